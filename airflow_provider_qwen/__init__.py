@@ -1,0 +1,37 @@
+"""Apache Airflow provider for Qwen image-to-image edits served by the Apikley API."""
+
+from __future__ import annotations
+
+from airflow_provider_qwen.connection_form import CONNECTION_TYPE
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "get_provider_info"]
+
+
+def get_provider_info() -> dict:
+    """Describe the provider to Airflow's providers manager (the ``apache_airflow_provider`` entry point)."""
+    return {
+        "package-name": "airflow-provider-qwen",
+        "name": "Qwen image-to-image (Apikley)",
+        "description": "Edit images with Qwen's image-to-image model through the Apikley API.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Apikley",
+                "external-doc-url": "https://docs.apikley.ru",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.hooks.apikley"]}],
+        "operators": [
+            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.operators.qwen"]}
+        ],
+        "sensors": [
+            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}
+        ],
+        "triggers": [
+            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}
+        ],
+        "connection-types": [CONNECTION_TYPE],
+    }

@@ -1,0 +1,40 @@
+"""
+The ``apikley`` connection type: how Airflow's connection form shows it, and its defaults.
+
+Kept free of Airflow imports: the providers manager reads it through :func:`get_provider_info`
+without importing the hook.
+"""
+
+from __future__ import annotations
+
+DEFAULT_BASE_URL = "https://api.apikley.ru"
+DEFAULT_UPLOAD_BASE_URL = "https://api.apikley.ru/file-upload"
+DEFAULT_TIMEOUT_SECONDS = 60.0
+
+#: Connection extras read by :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook`.
+CONN_FIELDS: dict[str, dict] = {
+    "upload_base_url": {
+        "label": "Upload base URL",
+        "description": "Base URL of Apikley's file upload API.",
+        "schema": {"type": ["string", "null"], "format": "url", "default": DEFAULT_UPLOAD_BASE_URL},
+    },
+    "timeout": {
+        "label": "Request timeout (seconds)",
+        "description": "How long one HTTP request to Apikley may take before it is abandoned.",
+        "schema": {"type": ["number", "null"], "minimum": 1, "default": DEFAULT_TIMEOUT_SECONDS},
+    },
+}
+
+UI_FIELD_BEHAVIOUR: dict[str, dict] = {
+    "hidden-fields": ["login", "schema", "port"],
+    "relabeling": {"host": "Base URL", "password": "API key"},
+    "placeholders": {"host": DEFAULT_BASE_URL},
+}
+
+CONNECTION_TYPE: dict = {
+    "hook-class-name": "airflow_provider_qwen.hooks.apikley.ApikleyHook",
+    "hook-name": "Apikley",
+    "connection-type": "apikley",
+    "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+    "conn-fields": CONN_FIELDS,
+}

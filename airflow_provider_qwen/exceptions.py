@@ -1,0 +1,165 @@
+"""
+Exceptions raised by the Apikley provider.
+
+Every error code of the Apikley envelope maps to one subclass of :class:`ApikleyError`, so a DAG
+author (or an ``on_failure_callback``) can tell "out of credits" from "rate limited" without
+parsing messages. None of them ever carries the API key.
+"""
+
+from __future__ import annotations
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+
+class ApikleyError(AirflowException):
+    """
+    Base class of every error that comes from Apikley or from talking to it.
+
+    :param message: what went wrong, for a person.
+    :param code: the envelope's ``code`` (or the HTTP status when the body had none).
+    :param http_status: the HTTP status of the answer, when there was one.
+    :param retry_after: seconds the service asked us to wait (``Retry-After``), if any.
+    """
+
+    #: Whether repeating the same read may succeed; decides retries of status queries.
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+class ApikleyAuthError(ApikleyError):
+    """The API key is missing or was refused (401)."""
+
+
+class ApikleyInsufficientCreditsError(ApikleyError):
+    """The account has not enough credits for the task (402)."""
+
+
+class ApikleyNotFoundError(ApikleyError):
+    """The endpoint or the task does not exist (404, or 422 ``recordInfo is null``)."""
+
+
+class ApikleyUpstreamTimeoutError(ApikleyError):
+    """The model stayed silent for over ten minutes; the task failed (408)."""
+
+
+class ApikleyValidationError(ApikleyError):
+    """The service rejected the request's parameters (422)."""
+
+
+class ApikleyRateLimitError(ApikleyError):
+    """Too many requests (429). The service dropped the request, so repeating it is safe."""
+
+    transient = True
+
+
+class ApikleySubKeyLimitError(ApikleyError):
+    """The sub-key's usage cap was reached (433)."""
+
+
+class ApikleyMaintenanceError(ApikleyError):
+    """The service is under maintenance (455)."""
+
+    transient = True
+
+
+class ApikleyServerError(ApikleyError):
+    """The service failed on its side (500 and other 5xx)."""
+
+    transient = True
+
+
+class ApikleyGenerationFailedError(ApikleyError):
+    """The generation failed (501)."""
+
+
+class ApikleyFeatureDisabledError(ApikleyError):
+    """The feature is disabled for this account (505)."""
+
+
+class ApikleyBadResponseError(ApikleyError):
+    """The answer was not the JSON envelope Apikley documents (an HTML error page, say)."""
+
+    transient = True
+
+
+class ApikleyConnectionError(ApikleyError):
+    """
+    The connection to Apikley could not be made, or broke before an answer arrived.
+
+    :param request_not_sent: ``True`` when the connection never opened, so the service surely
+        did not receive the request and repeating a ``createTask`` cannot create a second task.
+    """
+
+    transient = True
+
+    def __init__(self, message: str, *, request_not_sent: bool) -> None:
+        super().__init__(message)
+        self.request_not_sent = request_not_sent
+
+
+class ApikleyConfigurationError(ApikleyError):
+    """The Airflow connection is unusable: no API key, or a base URL that is not a URL."""
+
+
+class ApikleyInputError(ApikleyError, ValueError):
+    """A request was refused before it was sent: a field broke one of the model's rules."""
+
+
+class ApikleyTaskFailedError(ApikleyError):
+    """
+    An Apikley task ended in state ``fail``.
+
+    :param apikley_task_id: the id of the failed task.
+    :param fail_code: Apikley's ``failCode``.
+    :param fail_message: Apikley's ``failMsg``.
+    """
+
+    def __init__(self, apikley_task_id: str, fail_code: str | None, fail_message: str | None) -> None:
+        super().__init__(
+            f"Apikley task {apikley_task_id} failed: failCode={fail_code or '-'}, "
+            f"failMsg={fail_message or '-'}"
+        )
+        self.apikley_task_id = apikley_task_id
+        self.fail_code = fail_code
+        self.fail_message = fail_message
+
+
+class ApikleyTaskTimeoutError(ApikleyError):
+    """An Apikley task did not finish before the wait's deadline."""
+
+
+ERROR_BY_CODE: dict[int, type[ApikleyError]] = {
+    401: ApikleyAuthError,
+    402: ApikleyInsufficientCreditsError,
+    404: ApikleyNotFoundError,
+    408: ApikleyUpstreamTimeoutError,
+    422: ApikleyValidationError,
+    429: ApikleyRateLimitError,
+    433: ApikleySubKeyLimitError,
+    455: ApikleyMaintenanceError,
+    500: ApikleyServerError,
+    501: ApikleyGenerationFailedError,
+    505: ApikleyFeatureDisabledError,
+}
+
+
+def error_class_for_code(code: int) -> type[ApikleyError]:
+    """Return the exception class for an Apikley envelope code (or HTTP status)."""
+    if code in ERROR_BY_CODE:
+        return ERROR_BY_CODE[code]
+    if code >= 500:
+        return ApikleyServerError
+    return ApikleyError

@@ -1,0 +1,317 @@
+"""The one place that speaks HTTP to Apikley, blocking (workers) and async (triggers)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import requests
+from requests.auth import AuthBase
+from urllib3.exceptions import ConnectTimeoutError
+
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+from airflow.providers.common.compat.sdk import mask_secret
+from airflow.providers.http.hooks.http import HttpHook
+
+from airflow_provider_qwen import __version__
+from airflow_provider_qwen.connection_form import (
+    CONN_FIELDS,
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT_SECONDS,
+    UI_FIELD_BEHAVIOUR,
+)
+from airflow_provider_qwen.exceptions import (
+    ApikleyBadResponseError,
+    ApikleyConfigurationError,
+    ApikleyConnectionError,
+    ApikleyError,
+    ApikleyInputError,
+)
+from airflow_provider_qwen.hooks.envelope import parse_envelope
+from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
+from airflow_provider_qwen.models import TaskRecord
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Connection
+
+CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
+RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
+CREDIT_ENDPOINT = "/api/v1/chat/credit"
+USER_AGENT = f"airflow-provider-qwen/{__version__}"
+
+
+class BearerAuth(AuthBase):
+    """Adds ``Authorization: Bearer <key>`` to each request; its repr never shows the key."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._api_key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(api_key=***)"
+
+
+def base_url_from_connection(conn: Connection) -> str:
+    """
+    The API's base URL from the connection's host; an empty host means Apikley's public API.
+
+    A host without a scheme gets ``https://``.
+
+    :raises ApikleyConfigurationError: when the host is not an http(s) URL.
+    """
+    host = (conn.host or "").strip() or DEFAULT_BASE_URL
+    if "://" not in host:
+        host = f"{conn.schema or 'https'}://{host}"
+    if conn.port:
+        host = f"{host}:{conn.port}"
+    parts = urlsplit(host)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL "
+            f"such as {DEFAULT_BASE_URL}"
+        )
+    return host.rstrip("/")
+
+
+def api_key_from_connection(conn: Connection) -> str:
+    """
+    The API key from the connection's password, registered with Airflow's secrets masker.
+
+    :raises ApikleyConfigurationError: when the password is empty.
+    """
+    api_key = (conn.password or "").strip()
+    if not api_key:
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} has no API key: put your Apikley API key in its password"
+        )
+    mask_secret(api_key)
+    return api_key
+
+
+def timeout_from_extra(extra: dict[str, Any]) -> float:
+    """The per-request timeout in seconds from the connection's extra, or the default."""
+    value = extra.get("timeout")
+    if value in (None, ""):
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if seconds <= 0:
+        raise ApikleyConfigurationError(
+            f"Connection extra timeout={value!r}: must be a number of seconds > 0"
+        )
+    return seconds
+
+
+def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    not_sent = isinstance(err, requests.ConnectTimeout) or isinstance(reason, ConnectTimeoutError)
+    return ApikleyConnectionError(
+        f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent
+    )
+
+
+def _task_id_from_create_answer(data: Any) -> str:
+    task_id = data.get("taskId") or data.get("task_id") if isinstance(data, dict) else None
+    if not task_id:
+        raise ApikleyBadResponseError(f"Apikley accepted the task but sent no taskId: {data!r}")
+    return str(task_id)
+
+
+def _require_task_id(task_id: str) -> str:
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise ApikleyInputError(f"apikley_task_id={task_id!r}: must be a non-empty string")
+    return task_id.strip()
+
+
+class ApikleyHook(HttpHook):
+    """
+    Talk to the Apikley API: create tasks, read their state, check credits.
+
+    The connection (type ``apikley``) holds the API key in its password and, optionally, the base
+    URL in its host (default https://api.apikley.ru). Its extra may set ``timeout`` (seconds per
+    request) and ``upload_base_url``, plus any request option :class:`HttpHook` reads (``proxies``,
+    ``verify``...).
+
+    Status queries are retried on 429, 455, 5xx, malformed answers and network errors, with
+    exponential backoff, jitter and ``Retry-After``. ``createTask`` is retried only where the service
+    surely did not take the request (429, or a connection that never opened), so a retry never
+    creates a second paid task.
+
+    :param apikley_conn_id: the Airflow connection to use.
+    :param retry_policy: how often and how patiently to repeat a failed call.
+    :param timeout: seconds one HTTP request may take; overrides the connection's ``timeout``.
+    """
+
+    conn_name_attr = "apikley_conn_id"
+    default_conn_name = "apikley_default"
+    conn_type = "apikley"
+    hook_name = "Apikley"
+    default_host = DEFAULT_BASE_URL
+    default_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+
+    def __init__(
+        self,
+        apikley_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(method="GET", http_conn_id=apikley_conn_id)
+        self.apikley_conn_id = apikley_conn_id
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._timeout_override = timeout
+        self._aio_session: aiohttp.ClientSession | None = None
+        self._aio_base_url = ""
+        self._aio_headers: dict[str, str] = {}
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form's labels; Airflow 3.2+ reads them from the provider info instead."""
+        return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
+
+    # ---- blocking client (workers) -----------------------------------------------------------
+
+    def _set_base_url(self, connection: Connection) -> None:
+        self.base_url = base_url_from_connection(connection)
+        self._base_url_initialized = True
+
+    def _extract_auth(self, connection: Connection) -> BearerAuth:
+        return BearerAuth(api_key_from_connection(connection))
+
+    def _configure_session_from_extra(
+        self, session: requests.Session, connection: Connection, extra_options: dict[str, Any]
+    ) -> requests.Session:
+        session = super()._configure_session_from_extra(session, connection, extra_options)
+        # HttpHook sends unknown extras as headers; ours are settings, not headers.
+        for field in CONN_FIELDS:
+            session.headers.pop(field, None)
+        return session
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One ``requests`` session, configured from the connection, reused by every call."""
+        return self.get_conn()
+
+    def _send(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:
+        session = self.session  # reads the connection, and with it merged_extra
+        timeout = self._timeout_override or timeout_from_extra(self.merged_extra)
+        options = {**self.merged_extra, "timeout": timeout, "check_response": False}
+        request = requests.Request(method, self.url_from_endpoint(endpoint), **request_kwargs)
+        try:
+            response = self.run_and_check(session, session.prepare_request(request), options)
+        except requests.RequestException as err:
+            raise _connection_error(err) from None
+        return parse_envelope(response.status_code, response.text, response.headers.get("Retry-After"))
+
+    def _call(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
+        for attempt in self.retry_policy.retrying(should_retry, self.log):
+            with attempt:
+                return self._send(method, endpoint, **request_kwargs)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None) -> str:
+        """
+        Create an Apikley task and return its id. The task runs on; poll it with :meth:`get_task`.
+
+        :param model: the model, e.g. ``qwen/image-to-image``.
+        :param input: the model's input, already validated.
+        :param callback_url: where Apikley POSTs the task's details when it ends.
+        :return: the Apikley task id.
+        """
+        body: dict[str, Any] = {"model": model, "input": input}
+        if callback_url:
+            body["callBackUrl"] = callback_url
+        data = self._call("POST", CREATE_TASK_ENDPOINT, should_retry=was_not_taken, json=body)
+        return _task_id_from_create_answer(data)
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        """
+        Read the state of an Apikley task.
+
+        :param task_id: the id :meth:`create_task` returned.
+        :raises ApikleyNotFoundError: when Apikley knows no such task.
+        """
+        task_id = _require_task_id(task_id)
+        data = self._call("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
+        return TaskRecord.from_api(data)
+
+    def get_credits(self) -> float:
+        """The account's remaining credits."""
+        data = self._call("GET", CREDIT_ENDPOINT, should_retry=is_transient)
+        try:
+            return float(data)
+        except (TypeError, ValueError):
+            raise ApikleyBadResponseError(f"Apikley sent credits that are not a number: {data!r}") from None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Make one cheap authenticated call (the credit balance) and say how it went."""
+        try:
+            credits = self.get_credits()
+        except ApikleyError as err:
+            return False, str(err)
+        return True, f"Connected to {self.base_url}: {credits:g} credits left"
+
+    # ---- async client (triggers) -------------------------------------------------------------
+
+    async def _aio(self) -> aiohttp.ClientSession:
+        if self._aio_session is None:
+            conn = await get_async_connection(self.apikley_conn_id, self)
+            extra = await get_async_extra_dejson(conn)
+            self._aio_base_url = base_url_from_connection(conn)
+            self._aio_headers = {
+                **self.default_headers,
+                "Authorization": f"Bearer {api_key_from_connection(conn)}",
+            }
+            timeout = self._timeout_override or timeout_from_extra(extra)
+            self._aio_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        return self._aio_session
+
+    async def _asend(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:
+        session = await self._aio()
+        url = self._aio_base_url + endpoint
+        try:
+            async with session.request(method, url, headers=self._aio_headers, **request_kwargs) as response:
+                body = await response.text()
+        except aiohttp.ClientConnectorError as err:
+            raise ApikleyConnectionError(f"Could not reach Apikley: {err}", request_not_sent=True) from None
+        except (TimeoutError, aiohttp.ClientError) as err:
+            raise ApikleyConnectionError(
+                f"Connection to Apikley broke: {type(err).__name__}: {err}", request_not_sent=False
+            ) from None
+        return parse_envelope(response.status, body, response.headers.get("Retry-After"))
+
+    async def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
+        async for attempt in self.retry_policy.async_retrying(should_retry, self.log):
+            with attempt:
+                return await self._asend(method, endpoint, **request_kwargs)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def aget_task(self, task_id: str) -> TaskRecord:
+        """
+        Read the state of an Apikley task without blocking the event loop.
+
+        The connection is resolved once, asynchronously, and one aiohttp session serves every
+        call until :meth:`aclose`.
+        """
+        task_id = _require_task_id(task_id)
+        data = await self._acall(
+            "GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id}
+        )
+        return TaskRecord.from_api(data)
+
+    async def aclose(self) -> None:
+        """Close the async session, if one was opened."""
+        if self._aio_session is not None:
+            await self._aio_session.close()
+            self._aio_session = None

@@ -1,0 +1,86 @@
+"""
+Reading Apikley's answers: ``{"code": int, "msg": str, "data": ...}``.
+
+The body's ``code`` is authoritative (Apikley answers HTTP 200 with an error code in the body),
+but a proxy's HTML error page or an HTTP error with a "success" body is an error too. The same
+function serves the sync and the async client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from airflow_provider_qwen.exceptions import (
+    ApikleyBadResponseError,
+    ApikleyError,
+    ApikleyNotFoundError,
+    error_class_for_code,
+)
+
+EXCERPT_CHARS = 200
+
+
+def parse_envelope(http_status: int, body: str, retry_after: str | None = None) -> Any:
+    """
+    Return the ``data`` of a successful answer, or raise the error the answer describes.
+
+    :param http_status: the answer's HTTP status.
+    :param body: the answer's body, decoded.
+    :param retry_after: the ``Retry-After`` header, if any.
+    :raises ApikleyError: the subclass that matches the body's code (or the HTTP status).
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("code"), int):
+        error_class = error_class_for_code(http_status) if http_status >= 400 else ApikleyBadResponseError
+        if error_class is ApikleyError:
+            error_class = ApikleyBadResponseError
+        raise error_class(
+            f"Apikley answered HTTP {http_status} with a body that is not its JSON envelope: "
+            f"{excerpt(body)!r}",
+            code=http_status,
+            http_status=http_status,
+            retry_after=parse_retry_after(retry_after),
+        )
+
+    code = payload["code"]
+    message = payload.get("msg") or payload.get("message") or ""
+    if code == 200 and http_status < 400:
+        return payload.get("data")
+
+    effective_code = code if code != 200 else http_status
+    error_class = error_class_for_code(effective_code)
+    if effective_code == 422 and "recordinfo is null" in message.lower():
+        error_class = ApikleyNotFoundError
+    raise error_class(
+        f"Apikley answered code {effective_code} (HTTP {http_status}): {message or 'no message'}",
+        code=effective_code,
+        http_status=http_status,
+        retry_after=parse_retry_after(retry_after),
+    )
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """The start of ``text`` on one line, for error messages."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,71 @@
+"""
+When a failed call to Apikley is repeated, and how long to wait first.
+
+Status queries are repeated on every transient error. ``createTask`` is repeated only where the
+service surely did not take the request (429, which Apikley drops, or a connection that never
+opened): anything else might have created a paid task already.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import tenacity
+
+from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyRateLimitError
+
+#: The longest ``Retry-After`` we honour; a longer one is treated as this.
+RETRY_AFTER_CAP_SECONDS = 300.0
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether repeating a read that raised ``error`` may succeed."""
+    return isinstance(error, ApikleyError) and error.transient
+
+
+def was_not_taken(error: BaseException) -> bool:
+    """Whether the service surely did not act on the request that raised ``error``."""
+    if isinstance(error, ApikleyRateLimitError):
+        return True
+    return isinstance(error, ApikleyConnectionError) and error.request_not_sent
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """
+    How many times to try a call and how long to wait in between.
+
+    :param attempts: tries in all, the first included (1 means no retry).
+    :param initial_wait: seconds before the first retry; doubled each time, with jitter.
+    :param max_wait: the longest wait between two tries, unless ``Retry-After`` asks for more.
+    """
+
+    attempts: int = 5
+    initial_wait: float = 1.0
+    max_wait: float = 30.0
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        backoff = tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)(retry_state)
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is None:
+            return backoff
+        return min(max(retry_after, backoff), RETRY_AFTER_CAP_SECONDS)
+
+    def _kwargs(self, should_retry, logger: logging.Logger) -> dict:
+        return {
+            "retry": tenacity.retry_if_exception(should_retry),
+            "stop": tenacity.stop_after_attempt(self.attempts),
+            "wait": self._wait,
+            "before_sleep": tenacity.before_sleep_log(logger, logging.WARNING),
+            "reraise": True,
+        }
+
+    def retrying(self, should_retry, logger: logging.Logger) -> tenacity.Retrying:
+        """A tenacity controller for a blocking call."""
+        return tenacity.Retrying(**self._kwargs(should_retry, logger))
+
+    def async_retrying(self, should_retry, logger: logging.Logger) -> tenacity.AsyncRetrying:
+        """A tenacity controller for a coroutine."""
+        return tenacity.AsyncRetrying(**self._kwargs(should_retry, logger))

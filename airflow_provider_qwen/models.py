@@ -1,0 +1,192 @@
+"""
+Typed shapes of what goes to Apikley and what comes back.
+
+:class:`QwenImageToImageInput` holds the ``input`` of a ``qwen/image-to-image`` task with the
+constraints of the model's published schema, so a bad value is refused before any request (and
+before any credit is spent). :class:`TaskRecord` is one answer of ``GET /api/v1/jobs/recordInfo``.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError
+
+QWEN_IMAGE_TO_IMAGE = "qwen/image-to-image"
+
+
+def _reject_bool(value: Any) -> Any:
+    # pydantic would read True as 1; for a number field that is always a mistake.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_reject_bool)]
+Integer = Annotated[int, BeforeValidator(_reject_bool)]
+
+
+class QwenImageToImageInput(BaseModel):
+    """
+    The ``input`` object of a ``qwen/image-to-image`` task.
+
+    Only ``prompt`` and ``image_url`` are required. A field left as ``None`` is left out of the
+    request, so Apikley applies its own default (strength 0.8, png, no acceleration, 30 steps,
+    guidance 2.5, safety checker on). Numbers given as strings (as Jinja renders them) are
+    converted; anything else that breaks a rule raises :class:`ApikleyInputError` naming the field,
+    the value and the rule.
+
+    :param prompt: what to do to the image; at most 5000 characters.
+    :param image_url: http(s) URL of the source image (jpeg, png or webp, at most 10 MB).
+    :param strength: 0 keeps the original, 1 remakes it fully; 0 to 1 in steps of 0.01.
+    :param output_format: ``png`` or ``jpeg``.
+    :param acceleration: ``none``, ``regular`` or ``high``; faster, at some cost in quality.
+    :param negative_prompt: what to keep out of the image; at most 500 characters.
+    :param seed: the same seed, prompt and model version give the same image.
+    :param num_inference_steps: 2 to 250 denoising steps.
+    :param guidance_scale: how closely to follow the prompt; 0 to 20 in steps of 0.1.
+    :param enable_safety_checker: ``False`` turns the safety checker off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=5000)
+    image_url: str
+    strength: Number | None = Field(default=None, ge=0, le=1, multiple_of=0.01)
+    output_format: Literal["png", "jpeg"] | None = None
+    acceleration: Literal["none", "regular", "high"] | None = None
+    negative_prompt: str | None = Field(default=None, max_length=500)
+    seed: Integer | None = None
+    num_inference_steps: Integer | None = Field(default=None, ge=2, le=250)
+    guidance_scale: Number | None = Field(default=None, ge=0, le=20, multiple_of=0.1)
+    enable_safety_checker: bool | None = None
+
+    @field_validator("image_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL of an uploaded image")
+        return value
+
+    @classmethod
+    def build(cls, **fields: Any) -> QwenImageToImageInput:
+        """
+        Validate ``fields`` and return the input, or raise :class:`ApikleyInputError`.
+
+        :raises ApikleyInputError: naming every field that breaks a rule, its value and the rule.
+        """
+        try:
+            return cls(**fields)
+        except ValidationError as err:
+            raise ApikleyInputError(describe_validation_error(cls.__name__, err)) from None
+
+    def to_api(self) -> dict[str, Any]:
+        """The ``input`` object as Apikley expects it, without the fields left unset."""
+        return self.model_dump(exclude_none=True)
+
+
+def describe_validation_error(model_name: str, err: ValidationError) -> str:
+    """One line per broken rule: ``field=value: rule``, values shortened to stay readable."""
+    lines = []
+    for problem in err.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"]) or "(input)"
+        value = problem.get("input")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        rule = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "missing":
+            lines.append(f"{field}: is required")
+        elif problem["type"] == "extra_forbidden":
+            lines.append(f"{field}={shown}: is not a field of {model_name}")
+        else:
+            lines.append(f"{field}={shown}: {rule}")
+    return f"Invalid {model_name}: " + "; ".join(lines)
+
+
+class TaskState(str, Enum):
+    """The life of an Apikley task: waiting → queuing → generating → success | fail."""
+
+    WAITING = "waiting"
+    QUEUING = "queuing"
+    GENERATING = "generating"
+    SUCCESS = "success"
+    FAIL = "fail"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task has ended (successfully or not)."""
+        return self in (TaskState.SUCCESS, TaskState.FAIL)
+
+
+def _decode_json_string(value: Any) -> Any:
+    # param and resultJson arrive as JSON encoded inside a string; "" means "nothing yet".
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else None
+    return value
+
+
+class TaskRecord(BaseModel):
+    """
+    One answer of ``recordInfo``: the state of an Apikley task and, once done, its results.
+
+    Optional fields may be absent; times are Unix milliseconds as Apikley sends them.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    task_id: str = Field(validation_alias=AliasChoices("taskId", "task_id"))
+    state: TaskState
+    model: str | None = None
+    param: Annotated[dict[str, Any] | None, BeforeValidator(_decode_json_string)] = None
+    result: Annotated[dict[str, Any] | None, BeforeValidator(_decode_json_string)] = Field(
+        default=None, validation_alias="resultJson"
+    )
+    fail_code: str | None = Field(default=None, validation_alias=AliasChoices("failCode", "fail_code"))
+    fail_message: str | None = Field(default=None, validation_alias=AliasChoices("failMsg", "fail_msg"))
+    cost_time: float | None = Field(default=None, validation_alias="costTime")
+    create_time: int | None = Field(default=None, validation_alias="createTime")
+    update_time: int | None = Field(default=None, validation_alias="updateTime")
+    complete_time: int | None = Field(default=None, validation_alias="completeTime")
+    credits_consumed: float | None = Field(default=None, validation_alias="creditsConsumed")
+
+    @field_validator("fail_code", mode="before")
+    @classmethod
+    def _code_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @classmethod
+    def from_api(cls, data: Any) -> TaskRecord:
+        """
+        Parse the ``data`` object of a ``recordInfo`` answer.
+
+        :raises ApikleyBadResponseError: when the answer lacks the task id or the state, has a state
+            Apikley does not document, or carries ``param``/``resultJson`` that are not JSON.
+        """
+        try:
+            return cls.model_validate(data)
+        except (ValidationError, ValueError) as err:
+            raise ApikleyBadResponseError(f"Unexpected recordInfo answer from Apikley: {err}") from None
+
+    @property
+    def result_urls(self) -> list[str]:
+        """URLs of the generated images (empty until the task succeeds). They expire: copy them."""
+        urls = (self.result or {}).get("resultUrls") or []
+        return [str(url) for url in urls]
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """The ``input`` the task was created with, when Apikley echoes it in ``param``."""
+        return dict((self.param or {}).get("input") or {})

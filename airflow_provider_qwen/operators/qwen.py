@@ -1,0 +1,156 @@
+"""Submitting a Qwen image-to-image edit to Apikley, and (optionally) waiting for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator, conf
+
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
+from airflow_provider_qwen.polling import wait_until_done
+from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: The operator arguments that make up the model's ``input``.
+INPUT_FIELDS: tuple[str, ...] = tuple(QwenImageToImageInput.model_fields)
+
+#: XCom key under which the Apikley task id is pushed as soon as the task is created.
+APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
+
+#: Extra time the trigger gets beyond its own deadline before Airflow gives up on it.
+TRIGGER_GRACE = timedelta(minutes=5)
+
+
+class QwenImageToImageOperator(BaseOperator):
+    """
+    Edit an image with Qwen's image-to-image model on Apikley.
+
+    The input is validated after templates render and before any request, so a bad value fails
+    the task without spending credits. The Apikley task id goes to XCom (key
+    ``apikley_task_id``) as soon as the task is created. With ``wait_for_completion`` the
+    operator then waits for the edit, in the triggerer when ``deferrable``, and returns
+    ``{"apikley_task_id", "state", "result_urls", "input"}``; a failed generation fails the task
+    with Apikley's failCode and failMsg. Result URLs expire (assume 24 hours): copy them promptly.
+
+    Arguments left as ``None`` are left out of the request, so Apikley applies its defaults.
+
+    :param prompt: what to do to the image; at most 5000 characters.
+    :param image_url: http(s) URL of the source image (jpeg, png or webp, at most 10 MB).
+    :param strength: 0 keeps the original, 1 remakes it fully; 0 to 1 in steps of 0.01.
+    :param output_format: ``png`` or ``jpeg``.
+    :param acceleration: ``none``, ``regular`` or ``high``.
+    :param negative_prompt: what to keep out of the image; at most 500 characters.
+    :param seed: the same seed, prompt and model version give the same image.
+    :param num_inference_steps: 2 to 250.
+    :param guidance_scale: 0 to 20 in steps of 0.1.
+    :param enable_safety_checker: ``False`` turns Apikley's safety checker off.
+    :param callback_url: where Apikley POSTs the task's details when it ends.
+    :param apikley_conn_id: the Airflow connection to Apikley.
+    :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting.
+    :param deferrable: wait in the triggerer, freeing the worker slot.
+    :param poll_interval: fixed seconds between status queries; by default Apikley's advised
+        cadence (2-3 s at first, slowing to 15-30 s after two minutes).
+    :param timeout: seconds to wait for the edit before failing the task.
+    """
+
+    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id")
+    ui_color = "#e8def8"
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        image_url: str,
+        strength: float | None = None,
+        output_format: str | None = None,
+        acceleration: str | None = None,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        enable_safety_checker: bool | None = None,
+        callback_url: str | None = None,
+        apikley_conn_id: str = ApikleyHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float | None = None,
+        timeout: float = 3600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.image_url = image_url
+        self.strength = strength
+        self.output_format = output_format
+        self.acceleration = acceleration
+        self.negative_prompt = negative_prompt
+        self.seed = seed
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.enable_safety_checker = enable_safety_checker
+        self.callback_url = callback_url
+        self.apikley_conn_id = apikley_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+
+    @cached_property
+    def hook(self) -> ApikleyHook:
+        """The hook for ``apikley_conn_id``."""
+        return ApikleyHook(self.apikley_conn_id)
+
+    def build_input(self) -> QwenImageToImageInput:
+        """
+        The validated model input from the (rendered) arguments.
+
+        :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
+        """
+        return QwenImageToImageInput.build(**{field: getattr(self, field) for field in INPUT_FIELDS})
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Validate, submit, push the task id, then wait here or in the triggerer."""
+        request = self.build_input().to_api()
+        apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
+        submitted_at = time.time()
+        self.log.info("Created Apikley task %s", apikley_task_id)
+        context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
+
+        if not self.wait_for_completion:
+            return task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
+
+        deadline = submitted_at + self.timeout
+        record = self.hook.get_task(apikley_task_id)
+        if not record.state.is_terminal:
+            if self.deferrable:
+                self.defer(
+                    trigger=ApikleyTaskTrigger(
+                        apikley_task_id=apikley_task_id,
+                        apikley_conn_id=self.apikley_conn_id,
+                        deadline=deadline,
+                        poll_interval=self.poll_interval,
+                        submitted_at=submitted_at,
+                    ),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
+                )
+            record = wait_until_done(
+                self.hook,
+                apikley_task_id,
+                submitted_at=submitted_at,
+                deadline=deadline,
+                poll_interval=self.poll_interval,
+            )
+        return {**result_from_record(record), "input": request}
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: check its event, return the result or fail."""
+        return {**result_from_event(event), "input": self.build_input().to_api()}

@@ -1,0 +1,105 @@
+"""Waiting for any Apikley task, by id: poking from a worker or deferred to the triggerer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+
+from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.results import result_from_event, result_from_record
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+#: Extra time the trigger gets beyond its own deadline before Airflow gives up on it.
+TRIGGER_GRACE = timedelta(minutes=5)
+
+
+class ApikleyTaskSensor(BaseSensorOperator):
+    """
+    Wait until an Apikley task ends; succeed with its results, fail if its generation failed.
+
+    Returns (and pushes to XCom) ``{"apikley_task_id", "state", "result_urls", "input"}``, the same
+    dict as :class:`~airflow_provider_qwen.operators.qwen.QwenImageToImageOperator`. A failed
+    generation fails the sensor without retries (waiting again cannot change it); with
+    ``soft_fail`` it and a timeout skip the task instead.
+
+    :param apikley_task_id: the task to wait for (templated), e.g. ``edit.output["apikley_task_id"]``.
+    :param apikley_conn_id: the Airflow connection to Apikley.
+    :param deferrable: wait in the triggerer, freeing the worker slot.
+    :param poke_interval: seconds between status queries, in both modes.
+    :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
+    """
+
+    template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id")
+
+    def __init__(
+        self,
+        *,
+        apikley_task_id: str,
+        apikley_conn_id: str = ApikleyHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: float = 10.0,
+        timeout: float = 3600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.apikley_task_id = apikley_task_id
+        self.apikley_conn_id = apikley_conn_id
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> ApikleyHook:
+        """The hook for ``apikley_conn_id``."""
+        return ApikleyHook(self.apikley_conn_id)
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        """Query the task once; done when it has ended."""
+        record = self.hook.get_task(self.apikley_task_id)
+        if not record.state.is_terminal:
+            self.log.info("Apikley task %s is %s", record.task_id, record.state.value)
+            return False
+        try:
+            return PokeReturnValue(is_done=True, xcom_value=result_from_record(record))
+        except ApikleyTaskFailedError as err:
+            raise AirflowFailException(str(err)) from err
+
+    def execute(self, context: Context) -> Any:
+        """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
+        if not self.deferrable:
+            return super().execute(context)
+        done = self.poke(context)
+        if isinstance(done, PokeReturnValue):
+            return done.xcom_value
+        self.defer(
+            trigger=ApikleyTaskTrigger(
+                apikley_task_id=self.apikley_task_id,
+                apikley_conn_id=self.apikley_conn_id,
+                deadline=time.time() + self.timeout,
+                poll_interval=self.poke_interval,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Turn the trigger's event into the result, or the failure it reports."""
+        try:
+            return result_from_event(event)
+        except ApikleyTaskTimeoutError as err:
+            raise AirflowSensorTimeout(str(err)) from err
+        except ApikleyTaskFailedError as err:
+            raise AirflowFailException(str(err)) from err
