@@ -9,11 +9,13 @@ before any credit is spent). :class:`TaskRecord` is one answer of ``GET /api/v1/
 from __future__ import annotations
 
 import json
-from enum import Enum
+import math
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
@@ -33,6 +35,19 @@ def _reject_bool(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
     return value
+
+
+def _on_step(step: float):
+    # A tolerance, not %: in floats 0.57 % 0.01 != 0, and 0.1 + 0.2 is not quite 0.3.
+    def check(value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        steps = value / step
+        if abs(steps - round(steps)) > 1e-9 * max(1.0, abs(steps)):
+            raise ValueError(f"must be a multiple of {step}")
+        return value
+
+    return AfterValidator(check)
 
 
 Number = Annotated[float, BeforeValidator(_reject_bool)]
@@ -65,13 +80,13 @@ class QwenImageToImageInput(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=5000)
     image_url: str
-    strength: Number | None = Field(default=None, ge=0, le=1, multiple_of=0.01)
+    strength: Annotated[Number, _on_step(0.01)] | None = Field(default=None, ge=0, le=1)
     output_format: Literal["png", "jpeg"] | None = None
     acceleration: Literal["none", "regular", "high"] | None = None
     negative_prompt: str | None = Field(default=None, max_length=500)
     seed: Integer | None = None
     num_inference_steps: Integer | None = Field(default=None, ge=2, le=250)
-    guidance_scale: Number | None = Field(default=None, ge=0, le=20, multiple_of=0.1)
+    guidance_scale: Annotated[Number, _on_step(0.1)] | None = Field(default=None, ge=0, le=20)
     enable_safety_checker: bool | None = None
 
     @field_validator("image_url")
@@ -116,7 +131,7 @@ def describe_validation_error(model_name: str, err: ValidationError) -> str:
     return f"Invalid {model_name}: " + "; ".join(lines)
 
 
-class TaskState(str, Enum):
+class TaskState(StrEnum):
     """The life of an Apikley task: waiting → queuing → generating → success | fail."""
 
     WAITING = "waiting"

@@ -8,8 +8,10 @@ opened): anything else might have created a paid task already.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from logging import Logger
+from typing import Any
 
 import tenacity
 
@@ -37,7 +39,8 @@ class RetryPolicy:
     How many times to try a call and how long to wait in between.
 
     :param attempts: tries in all, the first included (1 means no retry).
-    :param initial_wait: seconds before the first retry; doubled each time, with jitter.
+    :param initial_wait: the scale of the waits: the n-th retry waits a random time up to
+        ``initial_wait * 2**n`` (full jitter).
     :param max_wait: the longest wait between two tries, unless ``Retry-After`` asks for more.
     """
 
@@ -46,26 +49,37 @@ class RetryPolicy:
     max_wait: float = 30.0
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_exponential_jitter(initial=self.initial_wait, max=self.max_wait)(retry_state)
+        backoff = tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)(retry_state)
         error = retry_state.outcome.exception() if retry_state.outcome else None
         retry_after = getattr(error, "retry_after", None)
         if retry_after is None:
             return backoff
         return min(max(retry_after, backoff), RETRY_AFTER_CAP_SECONDS)
 
-    def _kwargs(self, should_retry, logger: logging.Logger) -> dict:
+    def _kwargs(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> dict[str, Any]:
+        def log_retry(retry_state: tenacity.RetryCallState) -> None:
+            error = retry_state.outcome.exception() if retry_state.outcome else None
+            wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+            logger.warning(
+                "Apikley call failed (try %d of %d): %s; retrying in %.1fs",
+                retry_state.attempt_number,
+                self.attempts,
+                error,
+                wait,
+            )
+
         return {
             "retry": tenacity.retry_if_exception(should_retry),
             "stop": tenacity.stop_after_attempt(self.attempts),
             "wait": self._wait,
-            "before_sleep": tenacity.before_sleep_log(logger, logging.WARNING),
+            "before_sleep": log_retry,
             "reraise": True,
         }
 
-    def retrying(self, should_retry, logger: logging.Logger) -> tenacity.Retrying:
+    def retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.Retrying:
         """A tenacity controller for a blocking call."""
         return tenacity.Retrying(**self._kwargs(should_retry, logger))
 
-    def async_retrying(self, should_retry, logger: logging.Logger) -> tenacity.AsyncRetrying:
+    def async_retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.AsyncRetrying:
         """A tenacity controller for a coroutine."""
         return tenacity.AsyncRetrying(**self._kwargs(should_retry, logger))

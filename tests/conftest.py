@@ -1,0 +1,37 @@
+"""Shared test setup: an isolated AIRFLOW_HOME and an Apikley connection with a recognisable key."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+# Airflow reads its configuration at import time: point it at a throw-away home first.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+import pytest
+
+from airflow_provider_qwen.hooks.retries import RetryPolicy
+
+#: The real backoff, kept before ``no_retry_waits`` replaces it, for the tests of the backoff itself.
+REAL_RETRY_WAIT = RetryPolicy._wait
+
+API_KEY = "sk-test-LEAKCANARY-0123456789abcdef"
+BASE_URL = "http://apikley.test"
+
+
+@pytest.fixture(autouse=True)
+def apikley_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apikley_default`` pointing at a fake host, as a user would set it in the environment."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_DEFAULT",
+        json.dumps({"conn_type": "apikley", "host": BASE_URL, "password": API_KEY}),
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries happen as in production, without the sleeps."""
+    monkeypatch.setattr(RetryPolicy, "_wait", lambda self, retry_state: 0.0)

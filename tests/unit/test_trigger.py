@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.models import TaskState
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from tests.conftest import API_KEY
+from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
+from tests.unit.scripted_server import ScriptedApikley
+
+
+@pytest.fixture
+async def http(monkeypatch):
+    """A loopback server playing Apikley, and ``apikley_default`` pointing at it."""
+    scripted = ScriptedApikley()
+    server = await scripted.start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_DEFAULT",
+        json.dumps({"conn_type": "apikley", "host": scripted.base_url, "password": API_KEY}),
+    )
+    yield scripted
+    await server.close()
+
+
+def make_trigger(**overrides) -> ApikleyTaskTrigger:
+    return ApikleyTaskTrigger(
+        **{"apikley_task_id": TASK_ID, "deadline": time.time() + 60, "poll_interval": 0.01, **overrides}
+    )
+
+
+async def run_to_events(trigger: ApikleyTaskTrigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+def test_serialize_round_trips_through_json_and_holds_no_key():
+    trigger = make_trigger(apikley_conn_id="my_apikley")
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_qwen.triggers.apikley.ApikleyTaskTrigger"
+    dumped = json.dumps(kwargs)
+    assert API_KEY not in dumped
+    rebuilt = ApikleyTaskTrigger(**json.loads(dumped))
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert set(kwargs) == {"apikley_task_id", "apikley_conn_id", "deadline", "poll_interval", "submitted_at"}
+
+
+async def test_success_after_polling_yields_one_event_with_result_urls(http):
+    for state in ("waiting", "queuing", "generating"):
+        http.add(record(state))
+    http.add(record("success"))
+    events = await run_to_events(make_trigger())
+    assert len(events) == 1
+    assert events[0]["status"] == "success"
+    assert events[0]["result_urls"] == [RESULT_URL]
+    assert events[0]["apikley_task_id"] == TASK_ID
+    assert http.count() == 4
+    assert API_KEY not in json.dumps(events)
+
+
+async def test_failed_generation_yields_failed_with_code_and_message(http):
+    http.add(record("fail", fail_code="501", fail_msg="nsfw content"))
+    (event,) = await run_to_events(make_trigger())
+    assert (event["status"], event["fail_code"], event["fail_message"]) == ("failed", "501", "nsfw content")
+
+
+async def test_deadline_yields_timeout_naming_the_task(http):
+    http.add(record("generating"), repeat=True)
+    started = time.monotonic()
+    (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, poll_interval=0.05))
+    assert event["status"] == "timeout"
+    assert TASK_ID in event["message"]
+    assert "generating" in event["message"]
+    assert time.monotonic() - started < 2
+
+
+async def test_a_past_deadline_still_checks_once_so_a_finished_task_is_not_lost(http):
+    http.add(record("success"))
+    (event,) = await run_to_events(make_trigger(deadline=time.time() - 10))
+    assert event["status"] == "success"
+
+
+async def test_unknown_task_yields_error_at_once(http):
+    http.add(envelope(None, code=422, msg="recordInfo is null"))
+    (event,) = await run_to_events(make_trigger())
+    assert event["status"] == "error"
+    assert "recordInfo is null" in event["message"]
+    assert http.count() == 1
+
+
+async def test_wrong_key_yields_error_without_retrying_or_leaking(http):
+    http.add(envelope(None, code=401, msg="bad key"), repeat=True)
+    (event,) = await run_to_events(make_trigger())
+    assert event["status"] == "error"
+    assert API_KEY not in event["message"]
+    assert http.count() == 1
+
+
+async def test_transient_errors_while_polling_are_retried(http):
+    http.add(envelope(None, code=429))
+    http.add(status=502, body="<html>Bad Gateway</html>")
+    http.add(drop=True)
+    http.add(record("queuing"), delay=1.0)  # longer than the hook's timeout
+    http.add(envelope(None, code=455))
+    http.add(record("success"))
+    hook = ApikleyHook(retry_policy=RetryPolicy(attempts=10), timeout=0.3)
+    assert (await hook.aget_task(TASK_ID)).state is TaskState.SUCCESS
+    await hook.aclose()
+    assert http.count() == 6
+
+
+async def test_async_hook_sends_bearer_and_user_agent_and_reuses_one_session(http):
+    http.add(record("waiting"), repeat=True)
+    hook = ApikleyHook()
+    await hook.aget_task(TASK_ID)
+    session = hook._aio_session
+    await hook.aget_task(TASK_ID)
+    assert hook._aio_session is session
+    headers = http.requests[0][2]
+    assert headers["Authorization"] == f"Bearer {API_KEY}"
+    assert headers["User-Agent"].startswith("airflow-provider-qwen/")
+    await hook.aclose()
+    assert session.closed
+
+
+async def test_trigger_closes_its_session(http, monkeypatch):
+    http.add(record("success"))
+    closed = []
+    original = ApikleyHook.aclose
+
+    async def spy(self):
+        closed.append(self._aio_session is not None)
+        await original(self)
+
+    monkeypatch.setattr(ApikleyHook, "aclose", spy)
+    await run_to_events(make_trigger())
+    assert closed == [True]
+
+
+async def test_trigger_never_creates_a_task(http):
+    http.add(record("generating"))
+    http.add(record("success"))
+    await run_to_events(make_trigger())
+    assert [method for method, _, _ in http.requests] == ["GET", "GET"]
+    assert all(path.startswith("/api/v1/jobs/recordInfo?taskId=") for _, path, _ in http.requests)
+
+
+async def test_trigger_resolves_the_connection_without_blocking_calls(http, monkeypatch):
+    http.add(record("success"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("sync connection lookup inside the event loop")
+
+    monkeypatch.setattr(ApikleyHook, "get_connection", classmethod(forbidden))
+    (event,) = await run_to_events(make_trigger())
+    assert event["status"] == "success"
