@@ -24,14 +24,8 @@ def get_provider_info() -> dict:
             }
         ],
         "hooks": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.hooks.apikley"]}],
-        "operators": [
-            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.operators.qwen"]}
-        ],
-        "sensors": [
-            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}
-        ],
-        "triggers": [
-            {"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}
-        ],
+        "operators": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.operators.qwen"]}],
+        "sensors": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}],
+        "triggers": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}],
         "connection-types": [CONNECTION_TYPE],
     }

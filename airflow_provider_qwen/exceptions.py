@@ -129,8 +129,7 @@ class ApikleyTaskFailedError(ApikleyError):
 
     def __init__(self, apikley_task_id: str, fail_code: str | None, fail_message: str | None) -> None:
         super().__init__(
-            f"Apikley task {apikley_task_id} failed: failCode={fail_code or '-'}, "
-            f"failMsg={fail_message or '-'}"
+            f"Apikley task {apikley_task_id} failed: failCode={fail_code or '-'}, failMsg={fail_message or '-'}"
         )
         self.apikley_task_id = apikley_task_id
         self.fail_code = fail_code

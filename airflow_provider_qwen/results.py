@@ -13,9 +13,7 @@ from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedErro
 from airflow_provider_qwen.models import TaskRecord, TaskState
 
 
-def task_summary(
-    apikley_task_id: str, state: str, result_urls: list[str], input: dict[str, Any]
-) -> dict[str, Any]:
+def task_summary(apikley_task_id: str, state: str, result_urls: list[str], input: dict[str, Any]) -> dict[str, Any]:
     """
     The task's XCom value: small, JSON only.
 
@@ -71,9 +69,7 @@ def result_from_event(event: Any) -> dict[str, Any]:
     if status == "success":
         urls = event.get("result_urls")
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
-            raise ApikleyError(
-                f"Apikley task {task_id} succeeded but its event has no result URLs: {event!r}"
-            )
+            raise ApikleyError(f"Apikley task {task_id} succeeded but its event has no result URLs: {event!r}")
         return task_summary(task_id, TaskState.SUCCESS.value, urls, event.get("input") or {})
     if status == "failed":
         raise ApikleyTaskFailedError(task_id, event.get("fail_code"), event.get("fail_message"))

@@ -76,8 +76,7 @@ def base_url_from_connection(conn: Connection) -> str:
         valid = False
     if not valid:
         raise ApikleyConfigurationError(
-            f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL "
-            f"such as {DEFAULT_BASE_URL}"
+            f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
         )
     return host.rstrip("/")
 
@@ -107,18 +106,14 @@ def timeout_from_extra(extra: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         seconds = 0.0
     if seconds <= 0:
-        raise ApikleyConfigurationError(
-            f"Connection extra timeout={value!r}: must be a number of seconds > 0"
-        )
+        raise ApikleyConfigurationError(f"Connection extra timeout={value!r}: must be a number of seconds > 0")
     return seconds
 
 
 def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
     reason = getattr(err.args[0], "reason", None) if err.args else None
     not_sent = isinstance(err, requests.ConnectTimeout) or isinstance(reason, ConnectTimeoutError)
-    return ApikleyConnectionError(
-        f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent
-    )
+    return ApikleyConnectionError(f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent)
 
 
 def _task_id_from_create_answer(data: Any) -> str:
@@ -305,9 +300,7 @@ class ApikleyHook(HttpHook):
         call until :meth:`aclose`.
         """
         task_id = _require_task_id(task_id)
-        data = await self._acall(
-            "GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id}
-        )
+        data = await self._acall("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
     async def aclose(self) -> None:

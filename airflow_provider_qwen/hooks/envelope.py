@@ -42,8 +42,7 @@ def parse_envelope(http_status: int, body: str, retry_after: str | None = None) 
         if error_class is ApikleyError:
             error_class = ApikleyBadResponseError
         raise error_class(
-            f"Apikley answered HTTP {http_status} with a body that is not its JSON envelope: "
-            f"{excerpt(body)!r}",
+            f"Apikley answered HTTP {http_status} with a body that is not its JSON envelope: {excerpt(body)!r}",
             code=http_status,
             http_status=http_status,
             retry_after=parse_retry_after(retry_after),

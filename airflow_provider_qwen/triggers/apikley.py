@@ -86,9 +86,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 delay = poll_delay(now - self.submitted_at, self.poll_interval)
                 if self.deadline is not None:
                     delay = min(delay, self.deadline - now)
-                self.log.debug(
-                    "Apikley task %s is %s; next query in %.1fs", task_id, record.state.value, delay
-                )
+                self.log.debug("Apikley task %s is %s; next query in %.1fs", task_id, record.state.value, delay)
                 await asyncio.sleep(delay)
         except Exception as err:
             return {"status": "error", "apikley_task_id": task_id, "message": f"{type(err).__name__}: {err}"}
