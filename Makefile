@@ -4,7 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test lint install clean
+.PHONY: test test-compat lint install clean
+
+# The older Airflow lines the provider supports; `make test` covers the newest.
+COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
+
+# pytest exits 5 when it collected no tests: that is a failure, never a pass.
+define pytest_strict
+$(1); status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+endef
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +27,21 @@ $(STAMP): pyproject.toml | $(BIN)/uv
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/pytest
+	@$(call pytest_strict,$(BIN)/pytest)
+
+# The same suite on each older supported Airflow, each in its own venv (.venv-airflow-X.Y).
+test-compat: | $(BIN)/uv
+	set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
+		venv=.venv-airflow-$$version; \
+		[ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv; \
+		$(BIN)/uv pip install --python $$venv/bin/python --quiet "apache-airflow==$$version.*" -e '.[dev]'; \
+		echo "== Airflow $$version"; \
+		$$venv/bin/pytest -q -p no:cacheprovider || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow-* .pytest_cache .ruff_cache

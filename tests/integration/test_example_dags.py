@@ -29,7 +29,10 @@ def fake_apikley(monkeypatch):
 
 
 def load_dag(dag_id: str):
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow < 3.2
+        from airflow.models.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert not bag.import_errors

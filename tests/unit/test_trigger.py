@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -148,12 +149,21 @@ async def test_trigger_never_creates_a_task(http):
     assert all(path.startswith("/api/v1/jobs/recordInfo?taskId=") for _, path, _ in http.requests)
 
 
-async def test_trigger_resolves_the_connection_without_blocking_calls(http, monkeypatch):
+async def test_trigger_never_looks_up_the_connection_on_the_event_loop(http, monkeypatch):
     http.add(record("success"))
+    original = ApikleyHook.get_connection.__func__
+    lookups_on_the_loop = []
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("sync connection lookup inside the event loop")
+    def watched(cls, conn_id):
+        # Older Airflow resolves it synchronously in a worker thread, which is fine; on the loop it is not.
+        try:
+            asyncio.get_running_loop()
+            lookups_on_the_loop.append(conn_id)
+        except RuntimeError:
+            pass
+        return original(cls, conn_id)
 
-    monkeypatch.setattr(ApikleyHook, "get_connection", classmethod(forbidden))
+    monkeypatch.setattr(ApikleyHook, "get_connection", classmethod(watched))
     (event,) = await run_to_events(make_trigger())
     assert event["status"] == "success"
+    assert lookups_on_the_loop == []
