@@ -14,7 +14,7 @@ from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
 from airflow_provider_qwen.polling import wait_until_done
 from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
-from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,9 +24,6 @@ INPUT_FIELDS: tuple[str, ...] = tuple(QwenImageToImageInput.model_fields)
 
 #: XCom key under which the Apikley task id is pushed as soon as the task is created.
 APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
-
-#: Extra time the trigger gets beyond its own deadline before Airflow gives up on it.
-TRIGGER_GRACE = timedelta(minutes=5)
 
 
 class QwenImageToImageOperator(BaseOperator):

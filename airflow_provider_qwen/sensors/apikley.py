@@ -19,13 +19,10 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.results import result_from_event, result_from_record
-from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-#: Extra time the trigger gets beyond its own deadline before Airflow gives up on it.
-TRIGGER_GRACE = timedelta(minutes=5)
 
 
 class ApikleyTaskSensor(BaseSensorOperator):

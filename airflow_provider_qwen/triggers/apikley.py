@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -12,6 +13,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.polling import poll_delay, timeout_message
 from airflow_provider_qwen.results import event_from_record
+
+#: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
+TRIGGER_GRACE = timedelta(minutes=5)
 
 
 class ApikleyTaskTrigger(BaseTrigger):
