@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -12,7 +15,7 @@ from requests.auth import AuthBase
 from urllib3.exceptions import ConnectTimeoutError
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
-from airflow.providers.common.compat.sdk import mask_secret
+from airflow.providers.common.compat.sdk import ObjectStoragePath, mask_secret
 from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_qwen import __version__
@@ -20,6 +23,7 @@ from airflow_provider_qwen.connection_form import (
     CONN_FIELDS,
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_UPLOAD_BASE_URL,
     UI_FIELD_BEHAVIOUR,
 )
 from airflow_provider_qwen.exceptions import (
@@ -28,10 +32,19 @@ from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
     ApikleyError,
     ApikleyInputError,
+    error_class_for_code,
 )
 from airflow_provider_qwen.hooks.envelope import parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
 from airflow_provider_qwen.models import TaskRecord
+from airflow_provider_qwen.storage import (
+    MAX_RESULT_BYTES,
+    StoredFile,
+    check_result_url,
+    check_upload,
+    check_upload_path,
+    write_atomically,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
@@ -40,6 +53,7 @@ CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
 RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
 CREDIT_ENDPOINT = "/api/v1/chat/credit"
 USER_AGENT = f"airflow-provider-qwen/{__version__}"
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
 
 
 class BearerAuth(AuthBase):
@@ -123,6 +137,13 @@ def _task_id_from_create_answer(data: Any) -> str:
     return str(task_id)
 
 
+def _download_url_from_upload_answer(data: Any) -> str:
+    url = data.get("downloadUrl") if isinstance(data, dict) else None
+    if not url:
+        raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {data!r}")
+    return str(url)
+
+
 def _require_task_id(task_id: str) -> str:
     if not isinstance(task_id, str) or not task_id.strip():
         raise ApikleyInputError(f"apikley_task_id={task_id!r}: must be a non-empty string")
@@ -198,11 +219,24 @@ class ApikleyHook(HttpHook):
         """One ``requests`` session, configured from the connection, reused by every call."""
         return self.get_conn()
 
-    def _send(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:
+    @cached_property
+    def _request_timeout(self) -> float:
+        self.session  # noqa: B018  (reading the connection fills merged_extra)
+        return self._timeout_override or timeout_from_extra(self.merged_extra)
+
+    @cached_property
+    def upload_base_url(self) -> str:
+        """Base URL of the file upload API, from the connection's ``upload_base_url`` extra."""
+        extra = self.get_connection(self.apikley_conn_id).extra_dejson
+        url = (extra.get("upload_base_url") or DEFAULT_UPLOAD_BASE_URL).rstrip("/")
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ApikleyConfigurationError(f"Connection extra upload_base_url={url!r}: must be an http(s) URL")
+        return url
+
+    def _send(self, method: str, url: str, **request_kwargs: Any) -> Any:
         session = self.session  # reads the connection, and with it merged_extra
-        timeout = self._timeout_override or timeout_from_extra(self.merged_extra)
-        options = {**self.merged_extra, "timeout": timeout, "check_response": False}
-        request = requests.Request(method, self.url_from_endpoint(endpoint), **request_kwargs)
+        options = {**self.merged_extra, "timeout": self._request_timeout, "check_response": False}
+        request = requests.Request(method, url, **request_kwargs)
         try:
             response = self.run_and_check(session, session.prepare_request(request), options)
         except requests.RequestException as err:
@@ -210,9 +244,11 @@ class ApikleyHook(HttpHook):
         return parse_envelope(response.status_code, response.text, response.headers.get("Retry-After"))
 
     def _call(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
+        """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
+        url = endpoint if "://" in endpoint else self.url_from_endpoint(endpoint)
         for attempt in self.retry_policy.retrying(should_retry, self.log):
             with attempt:
-                return self._send(method, endpoint, **request_kwargs)
+                return self._send(method, url, **request_kwargs)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None) -> str:
@@ -248,6 +284,113 @@ class ApikleyHook(HttpHook):
             return float(data)
         except (TypeError, ValueError):
             raise ApikleyBadResponseError(f"Apikley sent credits that are not a number: {data!r}") from None
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def upload_file(self, file: str | os.PathLike | bytes, upload_path: str, file_name: str | None = None) -> str:
+        """
+        Upload a local image (a path, or its bytes) and return the URL to pass as ``image_url``.
+
+        The file is checked first (JPEG, PNG or WebP, at most 10 MB): a bad one is refused before
+        any request. Uploaded files are temporary on Apikley's side (assume 24 hours).
+
+        :param file: a path to the image, or its bytes.
+        :param upload_path: the folder to upload into, without leading or trailing slash.
+        :param file_name: the name to store it under; the same name overwrites. By default the
+            path's name, or a name Apikley picks.
+        :return: the uploaded file's ``downloadUrl``.
+        """
+        if isinstance(file, bytes):
+            content, name = file, file_name or "image"
+        else:
+            content, name = Path(file).read_bytes(), file_name or Path(file).name
+        content_type = check_upload(content, name)
+        form = {"uploadPath": check_upload_path(upload_path), **({"fileName": file_name} if file_name else {})}
+        data = self._call(
+            "POST",
+            f"{self.upload_base_url}/api/file-stream-upload",
+            should_retry=self._upload_retry(file_name),
+            files={"file": (name, content, content_type)},
+            data=form,
+        )
+        return _download_url_from_upload_answer(data)
+
+    def upload_base64(self, content: bytes, upload_path: str, file_name: str | None = None) -> str:
+        """Like :meth:`upload_file`, sent as base64 JSON; for images already in memory."""
+        content_type = check_upload(content, file_name or "image")
+        body = {
+            "base64Data": f"data:{content_type};base64,{base64.b64encode(content).decode()}",
+            "uploadPath": check_upload_path(upload_path),
+            **({"fileName": file_name} if file_name else {}),
+        }
+        data = self._call(
+            "POST",
+            f"{self.upload_base_url}/api/file-base64-upload",
+            should_retry=self._upload_retry(file_name),
+            json=body,
+        )
+        return _download_url_from_upload_answer(data)
+
+    def upload_from_url(self, file_url: str, upload_path: str, file_name: str | None = None) -> str:
+        """Have Apikley fetch an image from ``file_url`` (http or https) and return its ``downloadUrl``."""
+        body = {
+            "fileUrl": check_result_url(file_url),
+            "uploadPath": check_upload_path(upload_path),
+            **({"fileName": file_name} if file_name else {}),
+        }
+        data = self._call(
+            "POST",
+            f"{self.upload_base_url}/api/file-url-upload",
+            should_retry=self._upload_retry(file_name),
+            json=body,
+        )
+        return _download_url_from_upload_answer(data)
+
+    @staticmethod
+    def _upload_retry(file_name: str | None):
+        # A named upload overwrites itself, so repeating it is harmless; an unnamed one might not be.
+        return is_transient if file_name else was_not_taken
+
+    def download_result(
+        self, url: str, dest: str | ObjectStoragePath, *, max_bytes: int = MAX_RESULT_BYTES
+    ) -> StoredFile:
+        """
+        Copy a result image to ``dest`` (any :class:`ObjectStoragePath`), atomically.
+
+        The API key is not sent: result URLs are signed links that may live on another host.
+
+        :param url: an http(s) result URL from :attr:`TaskRecord.result_urls`.
+        :param dest: where to write it; its folder is created if needed.
+        :param max_bytes: refuse results larger than this.
+        :return: where it was written, with size, content type and SHA-256.
+        """
+        check_result_url(url)
+        dest = dest if isinstance(dest, ObjectStoragePath) else ObjectStoragePath(dest)
+        for attempt in self.retry_policy.retrying(is_transient, self.log):
+            with attempt:
+                return self._download(url, dest, max_bytes)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    @cached_property
+    def _download_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update({"User-Agent": USER_AGENT})
+        return session
+
+    def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
+        try:
+            with self._download_session.get(url, stream=True, timeout=self._request_timeout) as response:
+                if response.status_code != 200:
+                    raise error_class_for_code(response.status_code)(
+                        f"Downloading result {url} answered HTTP {response.status_code}",
+                        code=response.status_code,
+                        http_status=response.status_code,
+                    )
+                return write_atomically(
+                    response.iter_content(DOWNLOAD_CHUNK_BYTES), dest, source_url=url, max_bytes=max_bytes
+                )
+        except requests.RequestException as err:
+            raise _connection_error(err) from None
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one cheap authenticated call (the credit balance) and say how it went."""

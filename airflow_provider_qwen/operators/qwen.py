@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperator, conf
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
@@ -56,9 +56,14 @@ class QwenImageToImageOperator(BaseOperator):
     :param poll_interval: fixed seconds between status queries; by default Apikley's advised
         cadence (2-3 s at first, slowing to 15-30 s after two minutes).
     :param timeout: seconds to wait for the edit before failing the task.
+    :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
+        ``s3://bucket/edits``) to copy the results into as soon as the edit succeeds, before the
+        result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
+        XCom value gains ``stored``: one ``{"uri", "source_url", "size", "content_type", "sha256"}``
+        per result.
     """
 
-    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id")
+    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path")
     ui_color = "#e8def8"
 
     def __init__(
@@ -80,6 +85,7 @@ class QwenImageToImageOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | None = None,
         timeout: float = 3600.0,
+        output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -99,6 +105,7 @@ class QwenImageToImageOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.output_path = output_path
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -146,8 +153,21 @@ class QwenImageToImageOperator(BaseOperator):
                 deadline=deadline,
                 poll_interval=self.poll_interval,
             )
-        return {**result_from_record(record), "input": request}
+        return self._store({**result_from_record(record), "input": request})
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: check its event, return the result or fail."""
-        return {**result_from_event(event), "input": self.build_input().to_api()}
+        """Resume after the trigger: check its event, store the results, return them or fail."""
+        return self._store({**result_from_event(event), "input": self.build_input().to_api()})
+
+    def _store(self, summary: dict[str, Any]) -> dict[str, Any]:
+        if not self.output_path:
+            return summary
+        folder = ObjectStoragePath(self.output_path)
+        extension = "jpg" if summary["input"].get("output_format") == "jpeg" else "png"
+        stored = [
+            self.hook.download_result(url, folder / f"{summary['apikley_task_id']}-{index}.{extension}")
+            for index, url in enumerate(summary["result_urls"])
+        ]
+        for item in stored:
+            self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
+        return {**summary, "stored": [item.to_dict() for item in stored]}

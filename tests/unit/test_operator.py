@@ -143,4 +143,21 @@ def test_execute_complete_fails_on_every_other_event(context, event, error, mess
 def test_every_input_field_and_the_callback_are_templated():
     fields = set(QwenImageToImageOperator.template_fields)
     assert {"prompt", "image_url", "strength", "seed", "guidance_scale", "callback_url", "apikley_conn_id"} <= fields
-    assert len(fields) == 12
+    assert len(fields) == 13
+
+
+def test_output_path_copies_each_result_and_reports_it(requests_mock, context, tmp_path):
+    png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
+    requests_mock.get(RESULT_URL, content=png)
+    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
+    result = make_operator(output_path=f"file://{tmp_path}/edits").execute_complete(context, event)
+    (stored,) = result["stored"]
+    assert stored["uri"] == f"file://{tmp_path}/edits/{TASK_ID}-0.png"
+    assert (tmp_path / "edits" / f"{TASK_ID}-0.png").read_bytes() == png
+    assert (stored["size"], stored["content_type"]) == (len(png), "image/png")
+
+
+def test_without_output_path_nothing_is_downloaded(requests_mock, context):
+    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
+    assert "stored" not in make_operator().execute_complete(context, event)
+    assert requests_mock.call_count == 0

@@ -1,0 +1,127 @@
+"""
+Images in and out: what Apikley accepts for upload, and copying results to the user's storage.
+
+Results are written to any :class:`ObjectStoragePath` (local ``file://``, S3, GCS... through
+fsspec) under a temporary name and renamed into place only once complete, so a failure midway
+leaves no half-written file where a downstream task would read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath
+from urllib.parse import urlsplit
+
+from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
+
+#: Apikley's limit for an uploaded source image.
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: The largest result image we copy; a bigger answer is refused rather than filling a disk.
+MAX_RESULT_BYTES = 50 * 1024 * 1024
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The MIME type of a PNG, JPEG or WebP image from its first bytes, else ``None``."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def check_upload(data: bytes, name: str) -> str:
+    """
+    Check an image before it is uploaded and return its MIME type.
+
+    :raises ApikleyInputError: when it is empty, over 10 MB, or not a JPEG, PNG or WebP image.
+    """
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ApikleyInputError(f"file={name!r} ({len(data)} bytes): must be at most {MAX_UPLOAD_BYTES} bytes (10 MB)")
+    content_type = sniff_image_type(data[:16])
+    if content_type is None:
+        raise ApikleyInputError(f"file={name!r}: must be a JPEG, PNG or WebP image")
+    return content_type
+
+
+def check_upload_path(upload_path: str) -> str:
+    """:raises ApikleyInputError: unless ``upload_path`` is a non-empty path without outer slashes."""
+    if not upload_path or upload_path != upload_path.strip("/") or ".." in PurePosixPath(upload_path).parts:
+        raise ApikleyInputError(
+            f"upload_path={upload_path!r}: must be a relative folder name without leading or trailing slash"
+        )
+    return upload_path
+
+
+def check_result_url(url: str) -> str:
+    """:raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path)."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApikleyInputError(f"result_url={url!r}: must be an http:// or https:// URL")
+    return url
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """
+    A result image copied to the user's storage.
+
+    :param uri: where it is now.
+    :param source_url: where it was copied from (an Apikley result URL, which expires).
+    :param size: its size in bytes.
+    :param content_type: its MIME type, from its content.
+    :param sha256: the hex SHA-256 of its bytes.
+    """
+
+    uri: str
+    source_url: str
+    size: int
+    content_type: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str | int]:
+        """A JSON-ready dict, for XCom."""
+        return asdict(self)
+
+
+def write_atomically(
+    chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int = MAX_RESULT_BYTES
+) -> StoredFile:
+    """
+    Write an image to ``dest`` from ``chunks``: all of it, or nothing.
+
+    :raises ApikleyError: when it grows past ``max_bytes``; nothing is left at ``dest``.
+    :raises ApikleyBadResponseError: when the bytes are not a PNG, JPEG or WebP image.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
+    digest = hashlib.sha256()
+    size = 0
+    head = b""
+    try:
+        with partial.open("wb") as out:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ApikleyError(f"Result {source_url} is larger than the {max_bytes} byte limit")
+                if len(head) < 16:
+                    head += chunk[: 16 - len(head)]
+                digest.update(chunk)
+                out.write(chunk)
+        content_type = sniff_image_type(head)
+        if content_type is None:
+            raise ApikleyBadResponseError(f"Result {source_url} is not a PNG, JPEG or WebP image")
+        partial.rename(dest)
+    except BaseException:
+        if partial.exists():
+            partial.unlink()
+        raise
+    return StoredFile(str(dest), source_url, size, content_type, digest.hexdigest())
