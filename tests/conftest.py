@@ -8,7 +8,9 @@ import tempfile
 from pathlib import Path
 
 # Airflow reads its configuration at import time: point it at a throw-away home first.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+if "AIRFLOW_HOME" not in os.environ:
+    _airflow_home = tempfile.TemporaryDirectory(prefix="airflow-home-")  # removed when pytest exits
+    os.environ["AIRFLOW_HOME"] = _airflow_home.name
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
