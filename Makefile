@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean
+.PHONY: test test-compat lint install clean demo
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
 COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
@@ -45,3 +45,13 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-airflow-* .pytest_cache .ruff_cache
+
+DEMO_STAMP := $(VENV)/.installed-emulator
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[emulator]'
+	touch $@
+
+# The catalog pipeline end to end on the embedded emulator; results land in .demo/output.
+demo: $(DEMO_STAMP)
+	$(BIN)/python scripts/demo.py
