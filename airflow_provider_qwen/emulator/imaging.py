@@ -80,8 +80,14 @@ def edit_image(data: bytes, prompt: str, *, strength: float = 0.8, seed: int = 0
     """Apply the prompt's effect, blended with the original by ``strength`` and shifted by ``seed``."""
     source = open_image(data)[0].convert("RGB")
     edited = choose_effect(prompt)(source).convert("RGB")
-    shift = random.Random(seed).randint(-24, 24)
-    edited = Image.merge("RGB", [band.point(lambda v, s=shift: max(0, min(255, v + s))) for band in edited.split()])
+    shifts = random.Random(seed).sample(range(-24, 25), 3)  # one per channel: seeds rarely coincide
+    edited = Image.merge(
+        "RGB",
+        [
+            band.point(lambda v, s=shift: max(0, min(255, v + s)))
+            for band, shift in zip(edited.split(), shifts, strict=True)
+        ],
+    )
     result = Image.blend(source, edited, strength)
     buffer = io.BytesIO()
     if output_format == "jpeg":

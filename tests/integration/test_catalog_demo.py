@@ -1,0 +1,64 @@
+"""The demo DAG, run by real Airflow against the emulator: upload, mapped deferred edits, persist, publish."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from airflow.providers.common.compat.sdk import DagRunState
+
+from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
+from tests.conftest import API_KEY
+from tests.integration.test_example_dags import load_dag, task_states
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    with run_emulator(EmulatorSettings(api_keys=[API_KEY], latency=(0.1, 0.1, 0.3))) as running:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_APIKLEY_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "apikley",
+                    "host": running.base_url,
+                    "password": API_KEY,
+                    "extra": {"upload_base_url": f"{running.base_url}/file-upload"},
+                }
+            ),
+        )
+        yield running
+
+
+def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
+    dag_run = load_dag("qwen_catalog_edit").test(run_conf={"output_uri": f"file://{tmp_path}"})
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    items = manifest["items"]
+    assert len(items) == 6
+    assert emulator.state.accepted_creates == 6
+    assert {item["apikley_task_id"] for item in items} == set(emulator.state.tasks)
+    for item in items:
+        stored = tmp_path / "edited" / f"{item['apikley_task_id']}-0.png"
+        assert item["stored_uri"] == f"file://{stored}"
+        content = stored.read_bytes()
+        assert hashlib.sha256(content).hexdigest() == item["sha256"]
+        assert Image.open(io.BytesIO(content)).format == "PNG"
+        assert content != (tmp_path / "source" / f"{item['sku']}.png").read_bytes()  # it was edited
+        task = emulator.state.tasks[item["apikley_task_id"]]
+        assert task.request["input"] == {
+            "prompt": item["prompt"],
+            "image_url": task.request["input"]["image_url"],
+            "seed": item["seed"],
+            "strength": item["strength"],
+            "output_format": "png",
+        }
+    sheet = Image.open(tmp_path / "contact_sheet.png")
+    assert sheet.width >= 2 * 240 and sheet.height >= 6 * 180
+    assert not list(tmp_path.rglob("*.partial"))
