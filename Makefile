@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo
+.PHONY: test test-compat lint install clean demo bench-emulator
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
 COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
@@ -55,3 +55,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/uv
 # The catalog pipeline end to end on the embedded emulator; results land in .demo/output.
 demo: $(DEMO_STAMP)
 	$(BIN)/python scripts/demo.py
+
+# recordInfo queries per second the emulator answers, beside a bare aiohttp server.
+bench-emulator: $(DEMO_STAMP)
+	$(BIN)/python -m airflow_provider_qwen.emulator.bench
