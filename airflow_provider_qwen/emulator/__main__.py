@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Emula
     parser.add_argument("--callback-key", help="HMAC key that signs callbacks")
     parser.add_argument("--callback-twice", action="store_true", default=None)
     parser.add_argument("--allow-image-host", action="append", dest="allowed_image_hosts")
+    parser.add_argument("--upload-base-path", help="where the upload API lives (default /file-upload)")
     parser.add_argument("--maintenance-seconds", type=float)
     parser.add_argument("--seed", type=int, dest="random_seed")
     args = parser.parse_args(argv)

@@ -23,7 +23,6 @@ from airflow_provider_qwen.emulator.settings import EmulatorSettings
 from airflow_provider_qwen.emulator.store import StoredFile, Task
 from airflow_provider_qwen.emulator.validation import create_request_problem
 
-UPLOAD_PREFIX = "/file-upload/api"
 DOWNLOAD_LINK_TTL = 20 * 60.0
 
 
@@ -86,6 +85,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FaultInjector:
     Its memory is the returned app's ``emulator`` attribute (an :class:`EmulatorState`).
     """
     state = EmulatorState(settings or EmulatorSettings())
+    upload_prefix = f"{state.settings.upload_base_path}/api"
     app = FastAPI(title="Apikley emulator", docs_url=None, redoc_url=None, openapi_url=None)
 
     def authorize(request: Request) -> str:
@@ -250,7 +250,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FaultInjector:
             }
         )
 
-    @app.post(f"{UPLOAD_PREFIX}/file-stream-upload")
+    @app.post(f"{upload_prefix}/file-stream-upload")
     async def stream_upload(
         request: Request,
         file: Annotated[UploadFile, File()],
@@ -262,7 +262,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FaultInjector:
         content = await file.read(MAX_IMAGE_BYTES + 1)
         return store_upload(request, content, uploadPath, fileName or file.filename)
 
-    @app.post(f"{UPLOAD_PREFIX}/file-base64-upload")
+    @app.post(f"{upload_prefix}/file-base64-upload")
     async def base64_upload(request: Request) -> JSONResponse:
         request.scope["emulator_endpoint"] = "upload"
         authorize(request)
@@ -276,7 +276,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FaultInjector:
             raise ApikleyError(422, "base64Data is not valid base64") from None
         return store_upload(request, content, str(body.get("uploadPath", "")), body.get("fileName"))
 
-    @app.post(f"{UPLOAD_PREFIX}/file-url-upload")
+    @app.post(f"{upload_prefix}/file-url-upload")
     async def url_upload(request: Request) -> JSONResponse:
         request.scope["emulator_endpoint"] = "upload"
         authorize(request)

@@ -38,6 +38,7 @@ class EmulatorSettings(BaseModel):
     :param jitter: each latency is multiplied by a random factor in 1 ± jitter.
     :param fail_fraction: fraction of tasks that end in ``fail``.
     :param file_ttl: seconds uploaded files and results stay available.
+    :param upload_base_path: where the upload API lives, like Apikley's ``/file-upload``.
     :param allowed_image_hosts: hosts (besides itself) it fetches ``image_url`` and ``fileUrl`` from.
     :param callback_key: HMAC key that signs callbacks; ``None`` sends them unsigned.
     :param callback_twice: deliver every callback twice, as Apikley may.
@@ -55,6 +56,7 @@ class EmulatorSettings(BaseModel):
     jitter: float = Field(0.2, ge=0, lt=1)
     fail_fraction: float = Field(0.0, ge=0, le=1)
     file_ttl: float = Field(24 * 3600.0, gt=0)
+    upload_base_path: str = Field("/file-upload", pattern=r"^(/[A-Za-z0-9._-]+)*$")
     allowed_image_hosts: list[str] = Field(default_factory=list)
     callback_key: str | None = None
     callback_twice: bool = False

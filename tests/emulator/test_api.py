@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import requests
 from PIL import Image
 
 from airflow_provider_qwen.emulator import EmulatorSettings
@@ -209,3 +210,16 @@ def test_maintenance_window_answers_455(emulator_settings):
 def test_settings_are_validated():
     with pytest.raises(ValueError):
         EmulatorSettings(fail_fraction=2)
+
+
+def test_the_upload_api_lives_under_a_configurable_base_path(emulator_settings):
+    from airflow_provider_qwen.emulator import run_emulator
+
+    with run_emulator(emulator_settings.model_copy(update={"upload_base_path": "/uploads/v2"})) as running:
+        answer = requests.post(
+            f"{running.base_url}/uploads/v2/api/file-stream-upload",
+            headers=AUTH,
+            files={"file": ("a.png", png(), "image/png")},
+            data={"uploadPath": "t"},
+        ).json()
+    assert answer["data"]["downloadUrl"].startswith(running.base_url)
