@@ -23,7 +23,7 @@ DEMO_DIR = ROOT / ".demo"
 API_KEY = "demo-key"
 
 
-def airflow_env(base_url: str, output: Path) -> dict[str, str]:
+def airflow_env(connection: str, output: Path) -> dict[str, str]:
     """The environment ``airflow`` runs in: its home, the DAGs folder and the connection."""
     return {
         **os.environ,
@@ -31,14 +31,7 @@ def airflow_env(base_url: str, output: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "QWEN_CATALOG_OUTPUT_URI": f"file://{output}",
-        "AIRFLOW_CONN_APIKLEY_DEFAULT": json.dumps(
-            {
-                "conn_type": "apikley",
-                "host": base_url,
-                "password": API_KEY,
-                "extra": {"upload_base_url": f"{base_url}/file-upload"},
-            }
-        ),
+        "AIRFLOW_CONN_APIKLEY_DEFAULT": connection,
     }
 
 
@@ -52,7 +45,7 @@ def main() -> int:
     settings = EmulatorSettings(api_keys=[API_KEY], latency=(0.2, 0.3, 1.0))
     started = time.monotonic()
     with run_emulator(settings) as emulator:
-        env = airflow_env(emulator.base_url, output)
+        env = airflow_env(emulator.airflow_connection(), output)
         airflow("db", "migrate", env=env)
         airflow("dags", "test", "qwen_catalog_edit", env=env)
     manifest = json.loads((output / "manifest.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,17 @@ class RunningEmulator:
 
     base_url: str
     state: EmulatorState
+
+    def airflow_connection(self, api_key: str | None = None) -> str:
+        """An ``apikley`` connection pointing at this emulator, for ``AIRFLOW_CONN_APIKLEY_DEFAULT``."""
+        return json.dumps(
+            {
+                "conn_type": "apikley",
+                "host": self.base_url,
+                "password": api_key or self.state.settings.api_keys[0],
+                "extra": {"upload_base_url": f"{self.base_url}{self.state.settings.upload_base_path}"},
+            }
+        )
 
 
 @contextmanager

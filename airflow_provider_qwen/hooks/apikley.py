@@ -73,11 +73,11 @@ def _task_id_from_create_answer(data: Any) -> str:
     return str(task_id)
 
 
-def _download_url_from_upload_answer(data: Any) -> str:
-    url = data.get("downloadUrl") if isinstance(data, dict) else None
-    if not url:
-        raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {data!r}")
-    return str(url)
+def _upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
+    fields = {"uploadPath": check_upload_path(upload_path)}
+    if file_name:
+        fields["fileName"] = file_name
+    return fields
 
 
 def _require_task_id(task_id: str) -> str:
@@ -241,51 +241,34 @@ class ApikleyHook(HttpHook):
         else:
             content, name = Path(file).read_bytes(), file_name or Path(file).name
         content_type = check_upload(content, name)
-        form = {"uploadPath": check_upload_path(upload_path), **({"fileName": file_name} if file_name else {})}
-        data = self._call(
-            "POST",
-            f"{self.upload_base_url}/api/file-stream-upload",
-            should_retry=self._upload_retry(file_name),
+        return self._upload(
+            "file-stream-upload",
+            file_name,
             files={"file": (name, content, content_type)},
-            data=form,
+            data=_upload_fields(upload_path, file_name),
         )
-        return _download_url_from_upload_answer(data)
 
     def upload_base64(self, content: bytes, upload_path: str, file_name: str | None = None) -> str:
         """Like :meth:`upload_file`, sent as base64 JSON; for images already in memory."""
         content_type = check_upload(content, file_name or "image")
-        body = {
-            "base64Data": f"data:{content_type};base64,{base64.b64encode(content).decode()}",
-            "uploadPath": check_upload_path(upload_path),
-            **({"fileName": file_name} if file_name else {}),
-        }
-        data = self._call(
-            "POST",
-            f"{self.upload_base_url}/api/file-base64-upload",
-            should_retry=self._upload_retry(file_name),
-            json=body,
+        data_url = f"data:{content_type};base64,{base64.b64encode(content).decode()}"
+        return self._upload(
+            "file-base64-upload", file_name, json={"base64Data": data_url, **_upload_fields(upload_path, file_name)}
         )
-        return _download_url_from_upload_answer(data)
 
     def upload_from_url(self, file_url: str, upload_path: str, file_name: str | None = None) -> str:
         """Have Apikley fetch an image from ``file_url`` (http or https) and return its ``downloadUrl``."""
-        body = {
-            "fileUrl": check_result_url(file_url),
-            "uploadPath": check_upload_path(upload_path),
-            **({"fileName": file_name} if file_name else {}),
-        }
-        data = self._call(
-            "POST",
-            f"{self.upload_base_url}/api/file-url-upload",
-            should_retry=self._upload_retry(file_name),
-            json=body,
-        )
-        return _download_url_from_upload_answer(data)
+        body = {"fileUrl": check_result_url(file_url), **_upload_fields(upload_path, file_name)}
+        return self._upload("file-url-upload", file_name, json=body)
 
-    @staticmethod
-    def _upload_retry(file_name: str | None):
+    def _upload(self, api: str, file_name: str | None, **request_kwargs: Any) -> str:
         # A named upload overwrites itself, so repeating it is harmless; an unnamed one might not be.
-        return is_transient if file_name else was_not_taken
+        should_retry = is_transient if file_name else was_not_taken
+        data = self._call("POST", f"{self.upload_base_url}/api/{api}", should_retry=should_retry, **request_kwargs)
+        url = data.get("downloadUrl") if isinstance(data, dict) else None
+        if not url:
+            raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {data!r}")
+        return str(url)
 
     def download_result(
         self, url: str, dest: str | ObjectStoragePath, *, max_bytes: int = MAX_RESULT_BYTES

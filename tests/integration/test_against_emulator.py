@@ -39,17 +39,7 @@ MODEL = "qwen/image-to-image"
 def emulator(monkeypatch):
     settings = EmulatorSettings(api_keys=[API_KEY], latency=(0.05, 0.05, 0.1), random_seed=3)
     with run_emulator(settings) as running:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APIKLEY_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "apikley",
-                    "host": running.base_url,
-                    "password": API_KEY,
-                    "extra": {"upload_base_url": f"{running.base_url}/file-upload", "timeout": 5},
-                }
-            ),
-        )
+        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", running.airflow_connection())
         yield running
 
 

@@ -21,17 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures
 @pytest.fixture
 def emulator(monkeypatch):
     with run_emulator(EmulatorSettings(api_keys=[API_KEY], latency=(0.1, 0.1, 0.3))) as running:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APIKLEY_DEFAULT",
-            json.dumps(
-                {
-                    "conn_type": "apikley",
-                    "host": running.base_url,
-                    "password": API_KEY,
-                    "extra": {"upload_base_url": f"{running.base_url}/file-upload"},
-                }
-            ),
-        )
+        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", running.airflow_connection())
         yield running
 
 
