@@ -15,7 +15,7 @@ from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
 from tests.conftest import API_KEY
 from tests.integration.test_example_dags import load_dag, task_states
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
+pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
 
 
 @pytest.fixture

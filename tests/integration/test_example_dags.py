@@ -12,7 +12,7 @@ from airflow.providers.common.compat.sdk import DagRunState
 from tests.conftest import API_KEY
 from tests.fake_apikley import FakeApikley
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("airflow_db")]
+pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.usefixtures("airflow_db")]
 
 DAGS_FOLDER = Path(__file__).parents[2] / "dags"
 IMAGES = [f"https://files.example.org/catalog/item-{index}.png" for index in range(4)]
