@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
+from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
 from airflow_provider_qwen.polling import wait_until_done
@@ -24,6 +25,9 @@ INPUT_FIELDS: tuple[str, ...] = tuple(QwenImageToImageInput.model_fields)
 
 #: XCom key under which the Apikley task id is pushed as soon as the task is created.
 APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
+
+#: Key under which the submitted task is remembered across tries (Airflow 3.3's task state store).
+RESUME_KEY = "apikley_task"
 
 
 class QwenImageToImageOperator(BaseOperator):
@@ -56,6 +60,8 @@ class QwenImageToImageOperator(BaseOperator):
     :param poll_interval: fixed seconds between status queries; by default Apikley's advised
         cadence (2-3 s at first, slowing to 15-30 s after two minutes).
     :param timeout: seconds to wait for the edit before failing the task.
+    :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
+        ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
         ``s3://bucket/edits``) to copy the results into as soon as the edit succeeds, before the
         result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
@@ -86,6 +92,7 @@ class QwenImageToImageOperator(BaseOperator):
         poll_interval: float | None = None,
         timeout: float = 3600.0,
         output_path: str | ObjectStoragePath | None = None,
+        resubmit_failed_task: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +113,7 @@ class QwenImageToImageOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.output_path = output_path
+        self.resubmit_failed = resubmit_failed_task
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -121,17 +129,25 @@ class QwenImageToImageOperator(BaseOperator):
         return QwenImageToImageInput.build(**{field: getattr(self, field) for field in INPUT_FIELDS})
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Validate, submit, push the task id, then wait here or in the triggerer."""
+        """Validate, submit (or resume the task an earlier try submitted), then wait."""
         request = self.build_input().to_api()
-        apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
-        submitted_at = time.time()
-        self.log.info("Created Apikley task %s", apikley_task_id)
+        store = context.get("task_state_store")
+        resumed = self._resumable_task(store)
+        if resumed:
+            apikley_task_id, submitted_at = resumed
+            self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
+        else:
+            apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
+            submitted_at = time.time()
+            if store is not None:
+                store.set(RESUME_KEY, {"apikley_task_id": apikley_task_id, "submitted_at": submitted_at})
+            self.log.info("Created Apikley task %s", apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
 
         if not self.wait_for_completion:
             return task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
 
-        deadline = submitted_at + self.timeout
+        deadline = self._deadline(context)
         record = self.hook.get_task(apikley_task_id)
         if not record.state.is_terminal:
             if self.deferrable:
@@ -144,20 +160,50 @@ class QwenImageToImageOperator(BaseOperator):
                         submitted_at=submitted_at,
                     ),
                     method_name="execute_complete",
-                    timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
+                    timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
                 )
-            record = wait_until_done(
-                self.hook,
-                apikley_task_id,
-                submitted_at=submitted_at,
-                deadline=deadline,
-                poll_interval=self.poll_interval,
-            )
+            try:
+                record = wait_until_done(
+                    self.hook,
+                    apikley_task_id,
+                    submitted_at=submitted_at,
+                    deadline=deadline,
+                    poll_interval=self.poll_interval,
+                )
+            except ApikleyTaskTimeoutError as err:
+                raise _with_retry_advice(err, store) from None
         return self._store({**result_from_record(record), "input": request})
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
-        return self._store({**result_from_event(event), "input": self.build_input().to_api()})
+        try:
+            summary = result_from_event(event)
+        except ApikleyTaskTimeoutError as err:
+            raise _with_retry_advice(err, context.get("task_state_store")) from None
+        return self._store({**summary, "input": self.build_input().to_api()})
+
+    def _resumable_task(self, store: Any) -> tuple[str, float] | None:
+        """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
+        saved = store.get(RESUME_KEY) if store is not None else None
+        if not saved:
+            return None
+        try:
+            record = self.hook.get_task(saved["apikley_task_id"])
+        except ApikleyNotFoundError:
+            self.log.warning("Apikley no longer knows task %s; submitting anew", saved["apikley_task_id"])
+            return None
+        if record.state is TaskState.FAIL and self.resubmit_failed:
+            self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
+            return None
+        return record.task_id, float(saved["submitted_at"])
+
+    def _deadline(self, context: Context) -> float:
+        """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""
+        deadline = time.time() + self.timeout
+        started = getattr(context["ti"], "start_date", None)
+        if self.execution_timeout and isinstance(started, datetime):
+            deadline = min(deadline, (started + self.execution_timeout).timestamp())
+        return deadline
 
     def _store(self, summary: dict[str, Any]) -> dict[str, Any]:
         if not self.output_path:
@@ -171,3 +217,14 @@ class QwenImageToImageOperator(BaseOperator):
         for item in stored:
             self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
         return {**summary, "stored": [item.to_dict() for item in stored]}
+
+
+def _with_retry_advice(err: ApikleyTaskTimeoutError, store: Any) -> ApikleyTaskTimeoutError:
+    if store is not None:
+        advice = "A retry of this task resumes waiting for it; it does not submit a new one."
+    else:
+        advice = (
+            "This Airflow has no task state store, so a retry submits a new task: to keep waiting for this "
+            "one instead, give its id to ApikleyTaskSensor."
+        )
+    return ApikleyTaskTimeoutError(f"{err} {advice}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from unittest import mock
 
 import pytest
@@ -161,3 +162,87 @@ def test_without_output_path_nothing_is_downloaded(requests_mock, context):
     event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
     assert "stored" not in make_operator().execute_complete(context, event)
     assert requests_mock.call_count == 0
+
+
+class FakeStateStore(dict):
+    """Airflow 3.3's task state store, as the operator uses it."""
+
+    def set(self, key, value):
+        self[key] = value
+
+
+def test_submitting_remembers_the_task_in_the_state_store(requests_mock):
+    requests_mock.post(CREATE_URL, json=created())
+    requests_mock.get(RECORD_URL, json=record("success"))
+    store = FakeStateStore()
+    make_operator().execute({"ti": mock.Mock(), "task_state_store": store})
+    assert store["apikley_task"]["apikley_task_id"] == TASK_ID
+
+
+@pytest.mark.parametrize("state", ["queuing", "generating"])
+def test_a_retry_resumes_a_running_task_instead_of_paying_again(requests_mock, state):
+    create = requests_mock.post(CREATE_URL, json=created("new-task"))
+    requests_mock.get(RECORD_URL, json=record(state))
+    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": time.time() - 5})
+    context = {"ti": mock.Mock(), "task_state_store": store}
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_operator(deferrable=True).execute(context)
+    assert create.call_count == 0
+    assert excinfo.value.trigger.apikley_task_id == TASK_ID
+    assert pushed(context) == {"apikley_task_id": TASK_ID}
+
+
+def test_a_retry_finishes_a_task_that_already_succeeded(requests_mock):
+    create = requests_mock.post(CREATE_URL, json=created("new-task"))
+    requests_mock.get(RECORD_URL, json=record("success"))
+    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": time.time() - 60})
+    result = make_operator(deferrable=True).execute({"ti": mock.Mock(), "task_state_store": store})
+    assert (result["apikley_task_id"], result["state"], create.call_count) == (TASK_ID, "success", 0)
+
+
+def test_a_retry_submits_anew_when_the_earlier_task_failed(requests_mock):
+    requests_mock.post(CREATE_URL, json=created("new-task"))
+    requests_mock.get(f"{RECORD_URL}?taskId={TASK_ID}", json=record("fail", fail_code="501"))
+    requests_mock.get(f"{RECORD_URL}?taskId=new-task", json=record("success", task_id="new-task"))
+    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
+    result = make_operator().execute({"ti": mock.Mock(), "task_state_store": store})
+    assert result["apikley_task_id"] == "new-task"
+    assert store["apikley_task"]["apikley_task_id"] == "new-task"
+
+
+def test_resubmitting_a_failed_task_can_be_turned_off(requests_mock):
+    create = requests_mock.post(CREATE_URL, json=created("new-task"))
+    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="bad"))
+    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
+    with pytest.raises(ApikleyTaskFailedError, match="failCode=501"):
+        make_operator(resubmit_failed_task=False).execute({"ti": mock.Mock(), "task_state_store": store})
+    assert create.call_count == 0
+
+
+def test_a_task_apikley_forgot_is_submitted_anew(requests_mock):
+    requests_mock.post(CREATE_URL, json=created("new-task"))
+    requests_mock.get(f"{RECORD_URL}?taskId={TASK_ID}", json={"code": 422, "msg": "recordInfo is null"})
+    requests_mock.get(f"{RECORD_URL}?taskId=new-task", json=record("success", task_id="new-task"))
+    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
+    assert make_operator().execute({"ti": mock.Mock(), "task_state_store": store})["apikley_task_id"] == "new-task"
+
+
+@pytest.mark.parametrize(
+    ("store", "advice"), [(FakeStateStore(), "resumes waiting for it"), (None, "a retry submits a new task")]
+)
+def test_a_timeout_says_what_a_retry_will_do(context, store, advice):
+    event = {"status": "timeout", "apikley_task_id": TASK_ID, "message": f"Apikley task {TASK_ID} did not finish"}
+    with pytest.raises(ApikleyTaskTimeoutError, match=advice):
+        make_operator().execute_complete({**context, "task_state_store": store}, event)
+
+
+def test_execution_timeout_shortens_the_trigger_deadline(requests_mock):
+    from datetime import datetime, timedelta
+
+    requests_mock.post(CREATE_URL, json=created())
+    requests_mock.get(RECORD_URL, json=record("queuing"))
+    ti = mock.Mock(start_date=datetime.now(UTC) - timedelta(seconds=30))
+    operator = make_operator(deferrable=True, timeout=3600, execution_timeout=timedelta(seconds=60))
+    with pytest.raises(TaskDeferred) as excinfo:
+        operator.execute({"ti": ti})
+    assert 25 <= excinfo.value.trigger.deadline - time.time() <= 31
