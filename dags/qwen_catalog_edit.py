@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -90,6 +91,9 @@ with DAG(
         output_format="png",
         output_path="{{ params.output_uri }}/edited",
         deferrable=True,
+        # A retry resumes the Apikley task its try submitted (Airflow 3.3), so retrying never pays twice.
+        retries=2,
+        retry_delay=timedelta(seconds=2),
     ).expand_kwargs(uploaded.map(edit_arguments))
 
     @task

@@ -52,3 +52,24 @@ def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
     sheet = Image.open(tmp_path / "contact_sheet.png")
     assert sheet.width >= 2 * 240 and sheet.height >= 6 * 180
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_worker_that_dies_right_after_submitting_is_resumed_not_resubmitted(emulator, tmp_path, monkeypatch):
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    real_get_task = ApikleyHook.get_task
+    crashed: list[str] = []
+
+    def crash_once_after_submit(self, task_id):
+        if not crashed:
+            crashed.append(task_id)
+            raise RuntimeError("worker lost right after createTask")
+        return real_get_task(self, task_id)
+
+    monkeypatch.setattr(ApikleyHook, "get_task", crash_once_after_submit)
+    dag_run = load_dag("qwen_catalog_edit").test(run_conf={"output_uri": f"file://{tmp_path}"})
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    assert crashed
+    assert emulator.state.accepted_creates == 6  # the crashed try's task was resumed, not paid again
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert crashed[0] in {item["apikley_task_id"] for item in manifest["items"]}
