@@ -20,7 +20,7 @@ import pytest
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 
 #: The real backoff, kept before ``no_retry_waits`` replaces it, for the tests of the backoff itself.
-REAL_RETRY_WAIT = RetryPolicy._wait
+REAL_RETRY_WAIT = RetryPolicy.wait_seconds
 
 API_KEY = "sk-test-LEAKCANARY-0123456789abcdef"
 BASE_URL = "http://apikley.test"
@@ -38,4 +38,4 @@ def apikley_connection(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries happen as in production, without the sleeps."""
-    monkeypatch.setattr(RetryPolicy, "_wait", lambda self, retry_state: 0.0)
+    monkeypatch.setattr(RetryPolicy, "wait_seconds", lambda self, failures, error: 0.0)

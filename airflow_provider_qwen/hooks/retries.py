@@ -8,6 +8,7 @@ opened): anything else might have created a paid task already.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import Logger
@@ -48,13 +49,22 @@ class RetryPolicy:
     initial_wait: float = 1.0
     max_wait: float = 30.0
 
-    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)(retry_state)
-        error = retry_state.outcome.exception() if retry_state.outcome else None
+    def wait_seconds(self, failures: int, error: BaseException | None) -> float:
+        """
+        How long to wait after ``failures`` failures in a row, the last one being ``error``.
+
+        Exponential backoff with full jitter, so many waiting tasks do not retry in step; a
+        ``Retry-After`` the service sent is honoured (up to five minutes).
+        """
+        backoff = random.uniform(0, min(self.max_wait, self.initial_wait * 2 ** (failures - 1)))
         retry_after = getattr(error, "retry_after", None)
         if retry_after is None:
             return backoff
         return min(max(retry_after, backoff), RETRY_AFTER_CAP_SECONDS)
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        return self.wait_seconds(retry_state.attempt_number, error)
 
     def _kwargs(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> dict[str, Any]:
         def log_retry(retry_state: tenacity.RetryCallState) -> None:

@@ -10,9 +10,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
 from airflow_provider_qwen.polling import poll_delay, timeout_message
 from airflow_provider_qwen.results import event_from_record
+
+#: Backoff between failed status queries.
+DEFAULT_RETRY_POLICY = RetryPolicy()
 
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
@@ -28,13 +33,16 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     Events (one per run): ``success`` with ``result_urls``; ``failed`` with ``fail_code`` and
     ``fail_message``; ``timeout`` when ``deadline`` passed first; ``error`` when Apikley could not
-    be asked (after the hook's retries) or refused, with ``message``.
+    be asked or refused, with ``message``.
 
     :param apikley_task_id: the Apikley task to wait for.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param deadline: epoch seconds after which the wait ends with ``timeout``; ``None`` waits on.
     :param poll_interval: fixed seconds between queries; ``None`` follows Apikley's advised cadence.
     :param submitted_at: epoch seconds when the task was created, which sets the cadence.
+    :param max_consecutive_errors: status queries in a row that may fail transiently (429, 455,
+        5xx, network errors, malformed answers) before the wait ends with ``error``; each failure
+        backs off exponentially, with jitter. A refused key or an unknown task ends it at once.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         deadline: float | None = None,
         poll_interval: float | None = None,
         submitted_at: float | None = None,
+        max_consecutive_errors: int = 10,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -51,6 +60,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.deadline = deadline
         self.poll_interval = poll_interval
         self.submitted_at = submitted_at if submitted_at is not None else time.time()
+        self.max_consecutive_errors = max_consecutive_errors
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The trigger's class path and its arguments (JSON primitives only)."""
@@ -62,12 +72,14 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
                 "submitted_at": self.submitted_at,
+                "max_consecutive_errors": self.max_consecutive_errors,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the task ends or the deadline passes; yield exactly one event."""
-        hook = ApikleyHook(self.apikley_conn_id)
+        # One try per query: the trigger counts consecutive failures itself, across queries.
+        hook = ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
         try:
             yield TriggerEvent(await self._wait(hook))
         finally:
@@ -75,22 +87,30 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ApikleyHook) -> dict[str, Any]:
         task_id = self.apikley_task_id
+        failures = 0
+        last_state = None
         try:
             while True:
-                record = await hook.aget_task(task_id)
-                if record.state.is_terminal:
-                    return event_from_record(record)
+                try:
+                    record = await hook.aget_task(task_id)
+                except ApikleyError as err:
+                    failures += 1
+                    if not is_transient(err) or failures >= self.max_consecutive_errors:
+                        raise
+                    delay = DEFAULT_RETRY_POLICY.wait_seconds(failures, err)
+                    self.log.warning("Query %d for Apikley task %s failed (%s); retrying", failures, task_id, err)
+                else:
+                    failures = 0
+                    last_state = record.state.value
+                    if record.state.is_terminal:
+                        return event_from_record(record)
+                    delay = poll_delay(time.time() - self.submitted_at, self.poll_interval)
                 now = time.time()
-                if self.deadline is not None and now >= self.deadline:
-                    return {
-                        "status": "timeout",
-                        "apikley_task_id": task_id,
-                        "message": timeout_message(task_id, record.state.value),
-                    }
-                delay = poll_delay(now - self.submitted_at, self.poll_interval)
                 if self.deadline is not None:
+                    if now >= self.deadline:
+                        message = timeout_message(task_id, last_state)
+                        return {"status": "timeout", "apikley_task_id": task_id, "message": message}
                     delay = min(delay, self.deadline - now)
-                self.log.debug("Apikley task %s is %s; next query in %.1fs", task_id, record.state.value, delay)
                 await asyncio.sleep(delay)
         except Exception as err:
             return {"status": "error", "apikley_task_id": task_id, "message": f"{type(err).__name__}: {err}"}

@@ -189,20 +189,10 @@ def test_connection_refused_is_retried_for_creates(monkeypatch):
     assert excinfo.value.request_not_sent
 
 
-class FakeRetryState:
-    def __init__(self, attempt_number: int, error: BaseException) -> None:
-        self.attempt_number = attempt_number
-        self.outcome = self
-        self._error = error
-
-    def exception(self) -> BaseException:
-        return self._error
-
-
 def test_backoff_grows_with_jitter_and_stays_under_the_cap():
     policy = RetryPolicy(initial_wait=1.0, max_wait=8.0)
     error = ApikleyServerError("boom")
-    waits = {n: [REAL_RETRY_WAIT(policy, FakeRetryState(n, error)) for _ in range(200)] for n in (1, 3, 6)}
+    waits = {n: [REAL_RETRY_WAIT(policy, n, error) for _ in range(200)] for n in (1, 3, 6)}
     assert all(0 <= wait <= 2 for wait in waits[1])
     assert all(0 <= wait <= 8 for wait in waits[3] + waits[6])
     assert max(waits[3]) > max(waits[1])
@@ -212,7 +202,7 @@ def test_backoff_grows_with_jitter_and_stays_under_the_cap():
 def test_retry_after_is_honoured_over_a_shorter_backoff():
     policy = RetryPolicy(initial_wait=0.001, max_wait=0.002)
     error = ApikleyRateLimitError("slow down", code=429, retry_after=7.0)
-    assert REAL_RETRY_WAIT(policy, FakeRetryState(1, error)) == 7.0
+    assert REAL_RETRY_WAIT(policy, 1, error) == 7.0
 
 
 def test_retry_after_header_reaches_the_exception(requests_mock):

@@ -46,7 +46,14 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
     assert API_KEY not in dumped
     rebuilt = ApikleyTaskTrigger(**json.loads(dumped))
     assert rebuilt.serialize() == (classpath, kwargs)
-    assert set(kwargs) == {"apikley_task_id", "apikley_conn_id", "deadline", "poll_interval", "submitted_at"}
+    assert set(kwargs) == {
+        "apikley_task_id",
+        "apikley_conn_id",
+        "deadline",
+        "poll_interval",
+        "submitted_at",
+        "max_consecutive_errors",
+    }
 
 
 async def test_success_after_polling_yields_one_event_with_result_urls(http):
@@ -167,3 +174,44 @@ async def test_trigger_never_looks_up_the_connection_on_the_event_loop(http, mon
     (event,) = await run_to_events(make_trigger())
     assert event["status"] == "success"
     assert lookups_on_the_loop == []
+
+
+async def test_the_trigger_rides_out_a_run_of_transient_failures(http):
+    for answer in (
+        {"payload": envelope(None, code=500)},
+        {"status": 502, "body": "<html>Bad Gateway</html>"},
+        {"drop": True},
+        {"payload": envelope(None, code=455)},
+        {"payload": envelope(None, code=429)},
+    ):
+        http.add(**answer)
+    http.add(record("success"))
+    (event,) = await run_to_events(make_trigger(max_consecutive_errors=6))
+    assert event["status"] == "success"
+    assert http.count() == 6
+
+
+async def test_too_many_failures_in_a_row_end_the_wait_with_the_last_error(http):
+    http.add(record("generating"))
+    http.add(envelope(None, code=500, msg="first"))
+    http.add(envelope(None, code=500, msg="second"))
+    http.add(envelope(None, code=455, msg="last one"))
+    (event,) = await run_to_events(make_trigger(max_consecutive_errors=3))
+    assert event["status"] == "error"
+    assert "last one" in event["message"]
+    assert http.count() == 4
+
+
+async def test_a_success_resets_the_failure_count(http):
+    for _ in range(3):
+        http.add(envelope(None, code=500))
+        http.add(record("generating"))
+    http.add(record("success"))
+    (event,) = await run_to_events(make_trigger(max_consecutive_errors=2))
+    assert event["status"] == "success"
+
+
+async def test_failures_past_the_deadline_end_in_timeout(http):
+    http.add(envelope(None, code=500), repeat=True)
+    (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, max_consecutive_errors=1000))
+    assert event["status"] == "timeout"
