@@ -31,7 +31,7 @@ test: $(STAMP)
 
 # The same suite on each older supported Airflow, each in its own venv (.venv-airflow-X.Y).
 test-compat: | $(BIN)/uv
-	set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
+	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
 		venv=.venv-airflow-$$version; \
 		[ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv; \
 		$(BIN)/uv pip install --python $$venv/bin/python --quiet "apache-airflow==$$version.*" -e '.[dev]'; \
