@@ -38,7 +38,7 @@ from airflow_provider_qwen.hooks.connection import (
     base_url_from_connection,
     timeout_from_extra,
 )
-from airflow_provider_qwen.hooks.envelope import parse_envelope
+from airflow_provider_qwen.hooks.envelope import check_answer_size, parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
 from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.storage import (
@@ -153,7 +153,9 @@ class ApikleyHook(HttpHook):
     @cached_property
     def session(self) -> requests.Session:
         """One ``requests`` session, configured from the connection, reused by every call."""
-        return self.get_conn()
+        session = self.get_conn()
+        session.stream = True  # answers are read in chunks, so an oversized one is refused early
+        return session
 
     @cached_property
     def _request_timeout(self) -> float:
@@ -174,10 +176,15 @@ class ApikleyHook(HttpHook):
         options = {**self.merged_extra, "timeout": self._request_timeout, "check_response": False}
         request = requests.Request(method, url, **request_kwargs)
         try:
-            response = self.run_and_check(session, session.prepare_request(request), options)
+            with self.run_and_check(session, session.prepare_request(request), options) as response:
+                body = b""
+                for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
+                    body += chunk
+                    check_answer_size(len(body))
         except requests.RequestException as err:
             raise _connection_error(err) from None
-        return parse_envelope(response.status_code, response.text, response.headers.get("Retry-After"))
+        text = body.decode(response.encoding or "utf-8", errors="replace")
+        return parse_envelope(response.status_code, text, response.headers.get("Retry-After"))
 
     def _call(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
         """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
@@ -339,14 +346,18 @@ class ApikleyHook(HttpHook):
         url = self._aio_base_url + endpoint
         try:
             async with session.request(method, url, headers=self._aio_headers, **request_kwargs) as response:
-                body = await response.text()
+                body = b""
+                while chunk := await response.content.readany():
+                    body += chunk
+                    check_answer_size(len(body))
         except aiohttp.ClientConnectorError as err:
             raise ApikleyConnectionError(f"Could not reach Apikley: {err}", request_not_sent=True) from None
         except (TimeoutError, aiohttp.ClientError) as err:
             raise ApikleyConnectionError(
                 f"Connection to Apikley broke: {type(err).__name__}: {err}", request_not_sent=False
             ) from None
-        return parse_envelope(response.status, body, response.headers.get("Retry-After"))
+        text = body.decode(response.charset or "utf-8", errors="replace")
+        return parse_envelope(response.status, text, response.headers.get("Retry-After"))
 
     async def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
         async for attempt in self.retry_policy.async_retrying(should_retry, self.log):

@@ -22,6 +22,14 @@ from airflow_provider_qwen.exceptions import (
 )
 
 EXCERPT_CHARS = 200
+#: The largest API answer read; Apikley's are a few KB, so more means something is wrong.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+def check_answer_size(size: int) -> None:
+    """:raises ApikleyBadResponseError: once an answer has grown past :data:`MAX_ANSWER_BYTES`."""
+    if size > MAX_ANSWER_BYTES:
+        raise ApikleyBadResponseError(f"Apikley's answer is larger than {MAX_ANSWER_BYTES} bytes; refused")
 
 
 def parse_envelope(http_status: int, body: str, retry_after: str | None = None) -> Any:

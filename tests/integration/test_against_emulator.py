@@ -15,6 +15,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
     ApikleyBadResponseError,
     ApikleyConnectionError,
+    ApikleyInputError,
     ApikleyInsufficientCreditsError,
     ApikleyMaintenanceError,
     ApikleyNotFoundError,
@@ -206,3 +207,34 @@ def test_rate_limit_error_surfaces_after_the_policy_is_exhausted(emulator, image
         ApikleyHook(retry_policy=RetryPolicy(attempts=3)).create_task(MODEL, {"prompt": "x", "image_url": image_url})
     assert emulator.state.stats["createTask fault:rate_limited"] == 3
     assert emulator.state.accepted_creates == 0
+
+
+BAD_INPUTS = [
+    ("prompt", ""),
+    ("prompt", "p" * 5001),
+    ("image_url", "ftp://example.org/a.png"),
+    ("strength", -0.01),
+    ("strength", 1.01),
+    ("strength", 0.555),
+    ("strength", "high"),
+    ("output_format", "gif"),
+    ("acceleration", "max"),
+    ("negative_prompt", "n" * 501),
+    ("seed", 1.5),
+    ("num_inference_steps", 1),
+    ("num_inference_steps", 251),
+    ("num_inference_steps", 2.5),
+    ("guidance_scale", -0.1),
+    ("guidance_scale", 20.1),
+    ("guidance_scale", 1.25),
+    ("enable_safety_checker", "perhaps"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_INPUTS)
+def test_bad_input_never_reaches_apikley(emulator, image_url, field, value):
+    arguments = {"task_id": "edit", "prompt": "x", "image_url": image_url, field: value}
+    with pytest.raises(ApikleyInputError) as excinfo:
+        QwenImageToImageOperator(**arguments).execute({"ti": mock.Mock()})
+    assert f"{field}=" in str(excinfo.value)
+    assert not any(name.startswith("createTask") for name in emulator.state.stats)

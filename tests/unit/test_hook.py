@@ -291,3 +291,10 @@ def test_no_key_in_repr_of_auth_or_errors(hook, requests_mock):
     assert API_KEY not in repr(hook.session.auth)
     assert API_KEY not in str(excinfo.value)
     assert API_KEY not in repr(excinfo.value)
+
+
+def test_a_huge_answer_is_refused_not_read_whole(hook, requests_mock):
+    huge = '{"code": 200, "msg": "success", "data": "' + "x" * (2 * 1024 * 1024) + '"}'
+    requests_mock.get(CREDIT_URL, text=huge)
+    with pytest.raises(ApikleyBadResponseError, match="larger than 1048576 bytes"):
+        ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_credits()

@@ -215,3 +215,10 @@ async def test_failures_past_the_deadline_end_in_timeout(http):
     http.add(envelope(None, code=500), repeat=True)
     (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, max_consecutive_errors=1000))
     assert event["status"] == "timeout"
+
+
+async def test_a_huge_answer_ends_the_wait_with_a_clear_error(http):
+    http.add(status=200, body="x" * (2 * 1024 * 1024), repeat=True)
+    (event,) = await run_to_events(make_trigger(max_consecutive_errors=2))
+    assert event["status"] == "error"
+    assert "larger than 1048576 bytes" in event["message"]
