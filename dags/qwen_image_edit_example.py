@@ -13,6 +13,7 @@ fetch, passed as the ``images`` param.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -34,6 +35,8 @@ with DAG(
     schedule=None,
     catchup=False,
     params={"images": Param(EXAMPLE_IMAGES, type="array"), "style": Param("sepia, studio light", type="string")},
+    # A retry resumes the Apikley task the failed try submitted (Airflow 3.3): it never pays twice.
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=1)},
     tags=["example", "qwen", "apikley"],
 ):
 

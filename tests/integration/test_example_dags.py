@@ -88,9 +88,9 @@ def test_submit_then_deferrable_sensor(fake_apikley):
     assert sensed["state"] == "success"
 
 
-def test_a_failed_generation_fails_the_mapped_task_and_says_why(fake_apikley):
+def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(fake_apikley):
     dag = load_dag("qwen_image_edit_example")
     dag_run = dag.test(run_conf={"images": IMAGES[:1], "style": "please fail"})
     assert dag_run.state == DagRunState.FAILED
     assert task_states(dag_run)["edit"] == ["failed"]
-    assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == 1
+    assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == 3  # the first try and two retries
