@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo bench-emulator
+.PHONY: test test-compat lint install clean demo bench-emulator fault-suite
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
 COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
@@ -65,3 +65,7 @@ demo: $(DEMO_STAMP)
 # recordInfo queries per second the emulator answers, beside a bare aiohttp server.
 bench-emulator: $(DEMO_STAMP)
 	$(BIN)/python -m airflow_provider_qwen.emulator.bench
+
+# Twenty mapped edits under each fault kind; prints the table README.md quotes (make test runs it too).
+fault-suite: $(STAMP)
+	$(BIN)/pytest -q tests/integration/test_fault_suite.py
