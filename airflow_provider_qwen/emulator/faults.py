@@ -1,7 +1,8 @@
 """
-Injected faults, as ASGI middleware: the answer a flaky gateway or an overloaded service gives.
+Injected faults and the maintenance window, as ASGI middleware in front of the API.
 
-A faulted request never reaches the route, so a faulted createTask creates nothing.
+A faulted request never reaches its route, so a faulted createTask creates nothing. The middleware
+also names each request's endpoint (``scope["emulator_endpoint"]``) for the statistics.
 """
 
 from __future__ import annotations
@@ -12,13 +13,26 @@ import random
 import time
 from typing import Any
 
-from airflow_provider_qwen.emulator.settings import EmulatorSettings, Faults
+from airflow_provider_qwen.emulator.settings import FAULT_KINDS, Faults
+from airflow_provider_qwen.emulator.state import EmulatorState
+
+Scope = dict[str, Any]
+Send = Any
+Receive = Any
+
+#: Endpoints that serve files rather than answer API calls: no maintenance window for them.
+FILE_ENDPOINTS = ("results", "files")
+
+HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>"
+)
 
 
-def endpoint_of(path: str) -> str | None:
-    """The endpoint name of a request path, as used in settings and statistics."""
-    if path.startswith("/_emulator"):
-        return None
+def endpoint_of(path: str, upload_base_path: str) -> str | None:
+    """The endpoint name of a request path, as used in settings and statistics; ``None`` if not an endpoint."""
+    if path.startswith(f"{upload_base_path}/api/file-"):
+        return "upload"
     for prefix, name in (
         ("/api/v1/jobs/createTask", "createTask"),
         ("/api/v1/jobs/recordInfo", "recordInfo"),
@@ -27,52 +41,74 @@ def endpoint_of(path: str) -> str | None:
         ("/results/", "results"),
         ("/files/", "files"),
     ):
-        if path.startswith(prefix):
+        if path == prefix or path.startswith(prefix):
             return name
-    return "upload" if "/api/file-" in path else None
+    return None
 
 
-class FaultInjector:
-    """Wraps the emulator's app; reads the faults from its (changeable) settings on every request."""
-
-    def __init__(self, app: Any, emulator: Any) -> None:
-        self.app = app
-        self.emulator = emulator
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        endpoint = endpoint_of(scope.get("path", "")) if scope["type"] == "http" else None
-        if endpoint is None:
-            return await self.app(scope, receive, send)
-        settings: EmulatorSettings = self.emulator.settings
-        if endpoint not in ("results", "files") and time.time() < self.emulator.maintenance_until:
-            self.emulator.count(endpoint, 455)
-            return await _json(send, 455, "service under maintenance")
-        faults = settings.faults.get(endpoint)
-        if faults is not None:
-            fault = _draw(faults, self.emulator.rng)
-            if fault == "slow":
-                await asyncio.sleep(faults.slow_seconds)
-            elif fault is not None:
-                self.emulator.count(endpoint, f"fault:{fault}")
-                return await _answer_fault(fault, faults, send)
-        return await self.app(scope, receive, send)
-
-
-def _draw(faults: Faults, rng: random.Random) -> str | None:
+def draw_fault(faults: Faults, rng: random.Random) -> str | None:
+    """One request's fault, or ``None``: each kind is drawn with its configured rate."""
     roll = rng.random()
-    for name in ("rate_limited", "maintenance", "server_error", "malformed", "html", "drop", "slow"):
-        rate = getattr(faults, name)
+    for kind in FAULT_KINDS:
+        rate = getattr(faults, kind)
         if roll < rate:
-            return name
+            return kind
         roll -= rate
     return None
 
 
-async def _json(send: Any, code: int, msg: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send(send, 200, "application/json", json.dumps({"code": code, "msg": msg, "data": None}).encode(), headers)
+class FaultInjector:
+    """
+    Wraps the emulator's app; reads the settings afresh on every request, so changes apply at once.
+
+    :ivar state: the emulator's memory (see :class:`~.state.EmulatorState`).
+    """
+
+    def __init__(self, app: Any, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = self.state
+        endpoint = endpoint_of(scope.get("path", ""), state.settings.upload_base_path)
+        if endpoint is None:
+            return await self.app(scope, receive, send)
+        scope["emulator_endpoint"] = endpoint
+        send = self._counting(endpoint, send)
+        if endpoint not in FILE_ENDPOINTS and state.in_maintenance(time.time()):
+            state.count(endpoint, 455)
+            return await _envelope(send, 455, "The service is under maintenance, please try again later")
+        faults = state.settings.faults.get(endpoint)
+        fault = draw_fault(faults, state.rng) if faults is not None else None
+        if fault is None:
+            return await self.app(scope, receive, send)
+        if fault == "slow":
+            state.slowed[endpoint] += 1
+            await asyncio.sleep(faults.slow_seconds)
+            return await self.app(scope, receive, send)
+        state.count(endpoint, f"fault:{fault}")
+        return await _answer_fault(fault, faults, send)
+
+    def _counting(self, endpoint: str, send: Send) -> Send:
+        statuses = self.state.http_statuses
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses[f"{endpoint} {message['status']}"] += 1
+            await send(message)
+
+        counting_send.inner = send  # type: ignore[attr-defined]  # the server's own send, to drop the socket
+        return counting_send
 
 
-async def _send(send: Any, status: int, content_type: str, body: bytes, headers: list | None = None) -> None:
+async def _envelope(send: Send, code: int, msg: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"code": code, "msg": msg, "data": None}).encode()
+    await _respond(send, 200, "application/json", body, headers)
+
+
+async def _respond(send: Send, status: int, content_type: str, body: bytes, headers: list | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -84,22 +120,28 @@ async def _send(send: Any, status: int, content_type: str, body: bytes, headers:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _answer_fault(fault: str, faults: Faults, send: Any) -> None:
+async def _drop(send: Send) -> None:
+    # uvicorn's send is a method of its request cycle, which holds the connection's transport:
+    # aborting it closes the socket with nothing sent, as a proxy that gave up would.
+    cycle = getattr(getattr(send, "inner", send), "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise ConnectionAbortedError("injected fault: connection dropped")  # another server: it drops or 500s
+    transport.abort()
+    cycle.disconnected = True  # so uvicorn does not report a missing response
+
+
+async def _answer_fault(fault: str, faults: Faults, send: Send) -> None:
     if fault == "rate_limited":
-        await _json(send, 429, "rate limited", [(b"retry-after", str(faults.retry_after).encode())])
+        retry_after = f"{faults.retry_after:g}".encode()
+        await _envelope(send, 429, "Too many requests, the request was dropped", [(b"retry-after", retry_after)])
     elif fault == "maintenance":
-        await _json(send, 455, "service under maintenance")
+        await _envelope(send, 455, "The service is under maintenance, please try again later")
     elif fault == "server_error":
-        await _json(send, 500, "internal error")
+        await _envelope(send, 500, "Server error, please try again later")
     elif fault == "malformed":
-        await _send(send, 200, "application/json", b'{"code": 200, "msg": "success", "data": {')
+        await _respond(send, 200, "application/json", b'{"code": 200, "msg": "success", "data": {"taskId": ')
     elif fault == "html":
-        page = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>"
-        await _send(send, 502, "text/html", page)
+        await _respond(send, 502, "text/html; charset=utf-8", HTML_PAGE)
     elif fault == "drop":
-        # uvicorn's send is a bound method of the request cycle, which holds the socket's transport.
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        if transport is not None:
-            transport.abort()
-        else:  # another server: the closest thing to a drop
-            await _send(send, 502, "text/plain", b"")
+        await _drop(send)

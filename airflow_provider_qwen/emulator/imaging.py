@@ -1,31 +1,37 @@
 """
 The edit itself: a deterministic Pillow effect chosen by the prompt's words.
 
-The same image, prompt, seed, strength and format always give the same bytes, so tests and demos
-can compare checksums.
+The same image, prompt, seed, strength and format always give the same bytes (no timestamps or
+other metadata are written), so tests and demos can compare checksums.
 """
 
 from __future__ import annotations
 
 import io
+import mimetypes
 import random
 from collections.abc import Callable
 
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageEnhance, ImageFilter, ImageOps
 
+#: Pillow format name → MIME type, for the source types the model accepts.
 ACCEPTED_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: output_format → (Pillow format, MIME type, file extension)
+OUTPUT_FORMATS = {"png": ("PNG", "image/png", "png"), "jpeg": ("JPEG", "image/jpeg", "jpg")}
+
+Effect = Callable[[Image.Image], Image.Image]
 
 
 class ImageProblem(ValueError):
-    """The source image cannot be edited: too large, not an image, or of a type not accepted."""
+    """The source image cannot be edited: missing, too large, not an image, or of a type not accepted."""
 
 
 def _sepia(image: Image.Image) -> Image.Image:
     return ImageOps.colorize(ImageOps.grayscale(image), "#2e1f0f", "#f3e3c3")
 
 
-def _tint(red: float, green: float, blue: float) -> Callable[[Image.Image], Image.Image]:
+def _tint(red: float, green: float, blue: float) -> Effect:
     def apply(image: Image.Image) -> Image.Image:
         channels = [
             band.point(lambda v, f=factor: min(255, int(v * f)))
@@ -36,8 +42,12 @@ def _tint(red: float, green: float, blue: float) -> Callable[[Image.Image], Imag
     return apply
 
 
-#: (words in the prompt, effect), first match wins.
-EFFECTS: list[tuple[tuple[str, ...], Callable[[Image.Image], Image.Image]]] = [
+def _contrast(image: Image.Image) -> Image.Image:
+    return ImageEnhance.Contrast(ImageOps.autocontrast(image)).enhance(1.3)
+
+
+#: (words in the prompt, effect), first match wins; a prompt matching none gets a contrast boost.
+EFFECTS: list[tuple[tuple[str, ...], Effect]] = [
     (("sepia", "vintage"), _sepia),
     (("black and white", "grayscale", "greyscale", "monochrome"), lambda im: ImageOps.grayscale(im).convert("RGB")),
     (("blur", "dreamy", "soft"), lambda im: im.filter(ImageFilter.GaussianBlur(3))),
@@ -49,49 +59,83 @@ EFFECTS: list[tuple[tuple[str, ...], Callable[[Image.Image], Image.Image]]] = [
 ]
 
 
-def _default_effect(image: Image.Image) -> Image.Image:
-    return ImageEnhance.Contrast(ImageOps.autocontrast(image)).enhance(1.3)
-
-
-def choose_effect(prompt: str) -> Callable[[Image.Image], Image.Image]:
-    """The effect whose words appear first in the list, or a contrast boost."""
+def choose_effect(prompt: str) -> Effect:
+    """The first effect whose words appear in ``prompt`` (case-insensitive), else a contrast boost."""
     lowered = prompt.lower()
     for words, effect in EFFECTS:
         if any(word in lowered for word in words):
             return effect
-    return _default_effect
+    return _contrast
 
 
-def open_image(data: bytes) -> tuple[Image.Image, str]:
-    """Decode a source image and return it with its MIME type."""
+def sniff_mime(data: bytes, file_name: str | None = None) -> str:
+    """The MIME type of a file, from its first bytes, else from its name's extension."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    guessed = mimetypes.guess_type(file_name or "")[0]
+    return guessed or "application/octet-stream"
+
+
+def open_image(data: bytes, content_type: str | None = None) -> Image.Image:
+    """
+    Decode a source image, refusing what the model would refuse.
+
+    :param content_type: the type it was served with, if known; it must be an accepted one too.
+    :raises ImageProblem: with a message fit for a task's ``failMsg``.
+    """
+    accepted = ", ".join(sorted(ACCEPTED_TYPES.values()))
+    if content_type is not None and content_type.split(";")[0].strip().lower() not in ACCEPTED_TYPES.values():
+        raise ImageProblem(f"image_url content type {content_type!r} is not accepted ({accepted})")
     if len(data) > MAX_IMAGE_BYTES:
-        raise ImageProblem(f"image is {len(data)} bytes, over the 10 MB limit")
+        raise ImageProblem(f"image_url file is {len(data)} bytes, over the 10 MB limit")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except Exception as err:
-        raise ImageProblem(f"image_url is not a readable image: {err}") from None
+        raise ImageProblem(f"image_url is not a readable image ({type(err).__name__})") from None
     if image.format not in ACCEPTED_TYPES:
-        raise ImageProblem(f"image type {image.format} is not accepted (jpeg, png or webp)")
-    return image, ACCEPTED_TYPES[image.format]
+        raise ImageProblem(f"image_url is a {image.format} image, which is not accepted ({accepted})")
+    return image
 
 
-def edit_image(data: bytes, prompt: str, *, strength: float = 0.8, seed: int = 0, output_format: str = "png") -> bytes:
-    """Apply the prompt's effect, blended with the original by ``strength`` and shifted by ``seed``."""
-    source = open_image(data)[0].convert("RGB")
-    edited = choose_effect(prompt)(source).convert("RGB")
-    shifts = random.Random(seed).sample(range(-24, 25), 3)  # one per channel: seeds rarely coincide
-    edited = Image.merge(
-        "RGB",
-        [
-            band.point(lambda v, s=shift: max(0, min(255, v + s)))
-            for band, shift in zip(edited.split(), shifts, strict=True)
-        ],
-    )
-    result = Image.blend(source, edited, strength)
+def _seeded_light(image: Image.Image, seed: int) -> Image.Image:
+    """
+    A faint ramp of light across the image, its angle and depth drawn from ``seed``.
+
+    The same offset goes to every channel, so a black and white edit stays grey.
+    """
+    rng = random.Random(seed)
+    angle, depth = rng.uniform(0, 360), rng.uniform(8, 20)
+    ramp = Image.linear_gradient("L").rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=128)
+    ramp = ramp.resize(image.size, Image.Resampling.BILINEAR).point(lambda v: 128 + round((v - 128) * depth / 128))
+    return ImageChops.add(image, Image.merge("RGB", (ramp, ramp, ramp)), offset=-128)
+
+
+def edit_image(
+    data: bytes,
+    prompt: str,
+    *,
+    strength: float = 0.8,
+    seed: int = 0,
+    output_format: str = "png",
+    content_type: str | None = None,
+) -> bytes:
+    """
+    Apply the prompt's effect, lit by ``seed``, and blend it with the original by ``strength``.
+
+    :return: the encoded result, the same size as the source.
+    :raises ImageProblem: when the source is not an image the model accepts.
+    """
+    source = open_image(data, content_type).convert("RGB")
+    edited = _seeded_light(choose_effect(prompt)(source).convert("RGB"), seed)
+    result = Image.blend(source, edited, float(strength))
+    pillow_format = OUTPUT_FORMATS[output_format][0]
     buffer = io.BytesIO()
-    if output_format == "jpeg":
-        result.save(buffer, format="JPEG", quality=90)
-    else:
-        result.save(buffer, format="PNG")
+    result.save(buffer, format=pillow_format, **({"quality": 90} if pillow_format == "JPEG" else {}))
     return buffer.getvalue()

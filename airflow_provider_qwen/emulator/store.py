@@ -10,7 +10,13 @@ from typing import Any
 
 @dataclass
 class Task:
-    """One createTask call that was accepted. Its state is read off the clock until it ends."""
+    """
+    One accepted createTask call. Its state is read off the clock, so a status query is a lookup.
+
+    :param request: the body as it was sent (``model``, ``input`` and ``callBackUrl`` if given).
+    :param queuing_at: when it leaves ``waiting``; ``generating_at`` and ``done_at`` likewise.
+    :param completed: when it ended (never before ``done_at``); ``None`` while it runs.
+    """
 
     task_id: str
     request: dict[str, Any]
@@ -19,10 +25,15 @@ class Task:
     generating_at: float
     done_at: float
     will_fail: bool
+    credits: float = 0.0
     result_urls: list[str] = field(default_factory=list)
     fail_code: str = ""
     fail_message: str = ""
     completed: float | None = None
+    param: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.param = json.dumps(self.request, separators=(",", ":"))
 
     def state(self, now: float) -> str:
         """waiting → queuing → generating, then success or fail once the edit has been made."""
@@ -34,23 +45,38 @@ class Task:
             return "queuing"
         return "generating"
 
+    def finish(self, now: float, *, result_urls: list[str] | None = None, fail: tuple[str, str] | None = None) -> None:
+        """End the task with its results, or with ``(failCode, failMsg)``."""
+        if fail is not None:
+            self.fail_code, self.fail_message = fail
+        else:
+            self.result_urls = list(result_urls or [])
+        self.completed = max(now, self.done_at)
+
     def record(self, now: float) -> dict[str, Any]:
-        """The ``data`` of a recordInfo answer."""
+        """The ``data`` of a recordInfo answer, and of a callback."""
         state = self.state(now)
-        done = state in ("success", "fail")
-        return {
+        done = self.completed is not None
+        if self.completed is not None:
+            updated = self.completed
+        else:
+            updated = next((at for at in (self.generating_at, self.queuing_at) if now >= at), self.created)
+        record: dict[str, Any] = {
             "taskId": self.task_id,
-            "model": self.request["model"],
+            "model": self.request.get("model", ""),
             "state": state,
-            "param": json.dumps(self.request),
+            "param": self.param,
             "resultJson": json.dumps({"resultUrls": self.result_urls}) if state == "success" else "",
             "failCode": self.fail_code if done else "",
             "failMsg": self.fail_message if done else "",
-            "costTime": int(((self.completed or now) - self.created) * 1000),
+            "costTime": int((self.completed - self.generating_at) * 1000) if self.completed is not None else 0,
             "createTime": int(self.created * 1000),
-            "updateTime": int(min(now, self.completed or now) * 1000),
-            "completeTime": int(self.completed * 1000) if self.completed else None,
+            "updateTime": int(updated * 1000),
+            "completeTime": int(self.completed * 1000) if self.completed is not None else None,
         }
+        if state == "success":
+            record["creditsConsumed"] = self.credits
+        return record
 
 
 @dataclass
@@ -60,6 +86,42 @@ class StoredFile:
     content: bytes
     mime_type: str
     expires: float
+    uploaded: float = field(default_factory=time.time)
 
-    def expired(self) -> bool:
-        return time.time() >= self.expires
+    def expired(self, now: float | None = None) -> bool:
+        """Whether it may no longer be served."""
+        return (time.time() if now is None else now) >= self.expires
+
+
+class FileStore:
+    """
+    Files by the path they are served at (``files/...`` or ``results/...``, no leading slash).
+
+    Expired files answer as missing, and are swept out now and then so memory does not grow.
+    """
+
+    SWEEP_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._files: dict[str, StoredFile] = {}
+        self._swept = time.time()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def put(self, path: str, content: bytes, mime_type: str, ttl: float) -> StoredFile:
+        """Store (or overwrite) the file served at ``path`` for ``ttl`` seconds."""
+        now = time.time()
+        if now - self._swept > self.SWEEP_EVERY:
+            self._files = {key: stored for key, stored in self._files.items() if not stored.expired(now)}
+            self._swept = now
+        stored = StoredFile(content, mime_type, now + ttl, now)
+        self._files[path] = stored
+        return stored
+
+    def get(self, path: str) -> StoredFile | None:
+        """The file served at ``path``, unless it is unknown or expired."""
+        stored = self._files.get(path)
+        if stored is None or stored.expired():
+            return None
+        return stored

@@ -1,0 +1,141 @@
+"""
+Twenty mapped edits under each kind of fault: every result arrives, and each edit is paid once.
+
+Runs ``qwen_image_edit_example`` with ``dag.test()`` against the emulator, once per fault kind,
+and prints a table of fault kind x (edits completed, createTask accepted, faults injected, task
+retries). ``make fault-suite`` shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from airflow.providers.common.compat.sdk import DagRunState
+
+from airflow_provider_qwen import polling
+from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from tests.conftest import API_KEY
+from tests.emulator.conftest import png
+from tests.integration.test_example_dags import load_dag, xcom_values
+
+pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.slow, pytest.mark.usefixtures("airflow_db")]
+
+EDITS = 20
+
+
+def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The first status query after each createTask kills the try, as a lost worker would."""
+    real_get_task = ApikleyHook.get_task
+    crashed: set[str] = set()
+
+    def get_task(self: ApikleyHook, task_id: str):
+        if task_id not in crashed:
+            crashed.add(task_id)
+            raise RuntimeError("worker lost right after createTask")
+        return real_get_task(self, task_id)
+
+    monkeypatch.setattr(ApikleyHook, "get_task", get_task)
+    return crashed
+
+
+def triggerer_restarts_mid_wait(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each trigger is killed after its first query and started again from its serialized kwargs."""
+    real_run = ApikleyTaskTrigger.run
+    restarted: list[str] = []
+
+    async def run(self: ApikleyTaskTrigger):
+        restarted.append(self.apikley_task_id)
+        first = asyncio.ensure_future(anext(real_run(self)))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        _, kwargs = self.serialize()
+        async for event in real_run(ApikleyTaskTrigger(**json.loads(json.dumps(kwargs)))):
+            yield event
+
+    monkeypatch.setattr(ApikleyTaskTrigger, "run", run)
+    return restarted
+
+
+@dataclass
+class FaultKind:
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Installs a fault outside the emulator; returns what it injected, one entry per fault.
+    patch: Callable[[pytest.MonkeyPatch], Sized] | None = None
+
+
+FAULT_KINDS = [
+    FaultKind("none"),
+    FaultKind("429 storm on createTask", {"faults": {"createTask": {"rate_limited": 0.3, "retry_after": 0}}}),
+    FaultKind("5xx burst on recordInfo", {"faults": {"recordInfo": {"server_error": 0.3, "html": 0.1}}}),
+    FaultKind("455 maintenance window", {"maintenance_seconds": 1.5}),
+    FaultKind("dropped connections", {"faults": {"recordInfo": {"drop": 0.3}, "results": {"drop": 0.2}}}),
+    FaultKind("slow answers", {"faults": {"recordInfo": {"slow": 0.3, "slow_seconds": 0.5}}}),
+    FaultKind("malformed bodies", {"faults": {"recordInfo": {"malformed": 0.3}}}),
+    FaultKind("worker lost after createTask", patch=worker_dies_after_each_submit),
+    FaultKind("triggerer restarted mid-wait", patch=triggerer_restarts_mid_wait),
+]
+
+ROWS: list[tuple[str, int, int, int, int]] = []
+
+
+def fault_table() -> list[str]:
+    """What the runs measured, as a Markdown table (printed at the end of the test session)."""
+    lines = [
+        "| fault kind | edits completed | createTask accepted | faults injected | task retries |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {done}/{EDITS} | {creates} | {faults} | {retries} |"
+        for name, done, creates, faults, retries in ROWS
+    ]
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def fast_polling(monkeypatch):
+    """Poll every 50-100 ms instead of Apikley's advised seconds, so 20 edits take seconds."""
+    monkeypatch.setattr(polling, "POLL_CADENCE", ((float("inf"), 0.05, 0.1),))
+
+
+def retried_tries(dag_run) -> int:
+    return sum(ti.try_number - 1 for ti in dag_run.get_task_instances() if ti.task_id == "edit")
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS, ids=[kind.name for kind in FAULT_KINDS])
+def test_every_edit_completes_and_is_paid_once(kind, monkeypatch, tmp_path):
+    # Faults start after the source image is uploaded, so every edit has the same, valid input.
+    base = EmulatorSettings(api_keys=[API_KEY], latency=(0.05, 0.05, 0.1), random_seed=20)
+    with run_emulator(base) as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", emulator.airflow_connection())
+        image_url = ApikleyHook().upload_file(png("#34495e"), "faults", file_name="source.png")
+        emulator.state.settings = EmulatorSettings.model_validate({**base.model_dump(), **kind.settings})
+        emulator.state.maintenance_until = time.time() + kind.settings.get("maintenance_seconds", 0)
+        injected = kind.patch(monkeypatch) if kind.patch else ()
+        dag_run = load_dag("qwen_image_edit_example").test(
+            run_conf={"images": [image_url] * EDITS, "style": "warm light"}
+        )
+        results = xcom_values(dag_run, "edit")
+        completed = sum(1 for result in results if result["state"] == "success" and result["result_urls"])
+        faults = (
+            len(injected)
+            + sum(emulator.state.slowed.values())
+            + sum(count for name, count in emulator.state.stats.items() if "fault:" in name or name.endswith(" 455"))
+        )
+        ROWS.append((kind.name, completed, emulator.state.accepted_creates, faults, retried_tries(dag_run)))
+
+    assert dag_run.state == DagRunState.SUCCESS
+    assert completed == EDITS
+    assert emulator.state.accepted_creates == EDITS
+    assert len({result["apikley_task_id"] for result in results}) == EDITS
+    if kind.settings or kind.patch:
+        assert faults > 0, "the fault was not injected"
