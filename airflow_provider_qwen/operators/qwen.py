@@ -55,6 +55,8 @@ class QwenImageToImageOperator(BaseOperator):
     :param enable_safety_checker: ``False`` turns Apikley's safety checker off.
     :param callback_url: where Apikley POSTs the task's details when it ends.
     :param apikley_conn_id: the Airflow connection to Apikley.
+    :param max_consecutive_poll_errors: in deferrable mode, how many status queries in a row may
+        fail transiently (429, 455, 5xx, network errors) before the task fails with the last error.
     :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting.
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poll_interval: fixed seconds between status queries; by default Apikley's advised
@@ -93,6 +95,7 @@ class QwenImageToImageOperator(BaseOperator):
         timeout: float = 3600.0,
         output_path: str | ObjectStoragePath | None = None,
         resubmit_failed_task: bool = True,
+        max_consecutive_poll_errors: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +111,7 @@ class QwenImageToImageOperator(BaseOperator):
         self.enable_safety_checker = enable_safety_checker
         self.callback_url = callback_url
         self.apikley_conn_id = apikley_conn_id
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poll_interval = poll_interval
@@ -157,6 +161,7 @@ class QwenImageToImageOperator(BaseOperator):
                         apikley_conn_id=self.apikley_conn_id,
                         deadline=deadline,
                         poll_interval=self.poll_interval,
+                        max_consecutive_errors=self.max_consecutive_poll_errors,
                         submitted_at=submitted_at,
                     ),
                     method_name="execute_complete",

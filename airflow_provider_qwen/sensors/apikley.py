@@ -36,6 +36,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     :param apikley_task_id: the task to wait for (templated), e.g. ``edit.output["apikley_task_id"]``.
     :param apikley_conn_id: the Airflow connection to Apikley.
+    :param max_consecutive_poll_errors: in deferrable mode, how many status queries in a row may
+        fail transiently (429, 455, 5xx, network errors) before the task fails with the last error.
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poke_interval: seconds between status queries, in both modes.
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
@@ -51,11 +53,13 @@ class ApikleyTaskSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = 10.0,
         timeout: float = 3600.0,
+        max_consecutive_poll_errors: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.apikley_task_id = apikley_task_id
         self.apikley_conn_id = apikley_conn_id
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.deferrable = deferrable
 
     @cached_property

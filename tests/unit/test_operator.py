@@ -246,3 +246,11 @@ def test_execution_timeout_shortens_the_trigger_deadline(requests_mock):
     with pytest.raises(TaskDeferred) as excinfo:
         operator.execute({"ti": ti})
     assert 25 <= excinfo.value.trigger.deadline - time.time() <= 31
+
+
+def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
+    requests_mock.post(CREATE_URL, json=created())
+    requests_mock.get(RECORD_URL, json=record("queuing"))
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_operator(deferrable=True, max_consecutive_poll_errors=25).execute(context)
+    assert excinfo.value.trigger.max_consecutive_errors == 25
