@@ -91,6 +91,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 apikley_conn_id=self.apikley_conn_id,
                 deadline=time.time() + self.timeout,
                 poll_interval=self.poke_interval,
+                max_consecutive_errors=self.max_consecutive_poll_errors,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,

@@ -90,3 +90,10 @@ def test_execute_complete_maps_timeout_and_failure_to_sensor_outcomes(context, e
 def test_execute_complete_success(context):
     event = {**EXPECTED, "status": "success"}
     assert make_sensor(deferrable=True).execute_complete(context, event) == EXPECTED
+
+
+def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
+    requests_mock.get(RECORD_URL, json=record("queuing"))
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_sensor(deferrable=True, max_consecutive_poll_errors=3).execute(context)
+    assert excinfo.value.trigger.max_consecutive_errors == 3
