@@ -23,6 +23,17 @@ from airflow_provider_qwen.hooks.retries import RetryPolicy
 REAL_RETRY_WAIT = RetryPolicy.wait_seconds
 
 API_KEY = "sk-test-LEAKCANARY-0123456789abcdef"
+
+
+def has_task_state_store() -> bool:
+    """Airflow 3.3 keeps task state across tries, which is what lets a retry resume a submitted edit."""
+    from packaging.version import Version
+
+    from airflow import __version__ as airflow_version
+
+    return Version(airflow_version) >= Version("3.3")
+
+
 BASE_URL = "http://apikley.test"
 
 
