@@ -113,6 +113,8 @@ def retried_tries(dag_run) -> int:
 
 @pytest.mark.parametrize("kind", FAULT_KINDS, ids=[kind.name for kind in FAULT_KINDS])
 def test_every_edit_completes_and_is_paid_once(kind, monkeypatch, tmp_path):
+    if kind.patch is worker_dies_after_each_submit and not has_task_state_store():
+        pytest.skip("resuming needs Airflow 3.3's task state store; test_catalog_demo checks the resubmit before 3.3")
     # Faults start after the source image is uploaded, so every edit has the same, valid input.
     base = EmulatorSettings(api_keys=[API_KEY], latency=(0.05, 0.05, 0.1), random_seed=20)
     with run_emulator(base) as emulator:
@@ -135,10 +137,7 @@ def test_every_edit_completes_and_is_paid_once(kind, monkeypatch, tmp_path):
 
     assert dag_run.state == DagRunState.SUCCESS
     assert completed == EDITS
-    if kind.patch is worker_dies_after_each_submit and not has_task_state_store():
-        assert emulator.state.accepted_creates == 2 * EDITS  # documented: no state store, a retry resubmits
-    else:
-        assert emulator.state.accepted_creates == EDITS
+    assert emulator.state.accepted_creates == EDITS
     assert len({result["apikley_task_id"] for result in results}) == EDITS
     if kind.settings or kind.patch:
         assert faults > 0, "the fault was not injected"
