@@ -6,7 +6,8 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from airflow_provider_qwen.exceptions import ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -18,6 +19,40 @@ POLL_CADENCE: tuple[tuple[float, float, float], ...] = (
     (120.0, 5.0, 10.0),
     (float("inf"), 15.0, 30.0),
 )
+
+
+#: Backoff between status queries that failed.
+QUERY_RETRY_POLICY = RetryPolicy()
+
+
+class QueryErrorBudget:
+    """
+    How many status queries in a row may fail transiently before the wait gives up.
+
+    A paid task keeps running on Apikley's side whatever happens to our queries, so a burst of
+    5xx, 455 or dropped connections should slow the wait down, not fail it.
+
+    :param limit: failures in a row that end the wait; the limit-th failure is raised.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failures = 0
+
+    def backoff_after(self, error: ApikleyError) -> float:
+        """
+        Count a failed query and return the seconds to wait before the next.
+
+        :raises ApikleyError: ``error`` itself when it is not transient or the budget is spent.
+        """
+        self.failures += 1
+        if not is_transient(error) or self.failures >= self.limit:
+            raise error
+        return QUERY_RETRY_POLICY.wait_seconds(self.failures, error)
+
+    def reset(self) -> None:
+        """A query succeeded: the next failure is the first in a row again."""
+        self.failures = 0
 
 
 def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
@@ -52,17 +87,31 @@ def wait_until_done(
     submitted_at: float,
     deadline: float,
     poll_interval: float | None = None,
+    max_consecutive_errors: int = 10,
 ) -> TaskRecord:
     """
     Block until the task ends and return its record; for waits that hold a worker slot.
 
+    :param hook: asks Apikley; give it a one-try retry policy, since the budget does the retrying.
+    :param max_consecutive_errors: status queries in a row that may fail transiently.
     :raises ApikleyTaskTimeoutError: when the deadline (epoch seconds) passes first.
+    :raises ApikleyError: a refusal, or the last of too many transient failures in a row.
     """
+    errors = QueryErrorBudget(max_consecutive_errors)
+    last_state = None
     while True:
-        record = hook.get_task(apikley_task_id)
-        if record.state.is_terminal:
-            return record
+        try:
+            record = hook.get_task(apikley_task_id)
+        except ApikleyError as err:
+            delay = errors.backoff_after(err)
+            hook.log.warning("Query for Apikley task %s failed (%s); retrying", apikley_task_id, err)
+        else:
+            errors.reset()
+            if record.state.is_terminal:
+                return record
+            last_state = record.state.value
+            delay = poll_delay(time.time() - submitted_at, poll_interval)
         now = time.time()
         if now >= deadline:
-            raise ApikleyTaskTimeoutError(timeout_message(apikley_task_id, record.state.value))
-        time.sleep(min(poll_delay(now - submitted_at, poll_interval), deadline - now))
+            raise ApikleyTaskTimeoutError(timeout_message(apikley_task_id, last_state))
+        time.sleep(min(delay, deadline - now))

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
+from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
 from airflow_provider_qwen.polling import wait_until_done
 from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
@@ -55,8 +56,9 @@ class QwenImageToImageOperator(BaseOperator):
     :param enable_safety_checker: ``False`` turns Apikley's safety checker off.
     :param callback_url: where Apikley POSTs the task's details when it ends.
     :param apikley_conn_id: the Airflow connection to Apikley.
-    :param max_consecutive_poll_errors: in deferrable mode, how many status queries in a row may
-        fail transiently (429, 455, 5xx, network errors) before the task fails with the last error.
+    :param max_consecutive_poll_errors: how many status queries in a row may fail transiently
+        (429, 455, 5xx, network errors) before the task fails with the last error; each failure
+        backs off exponentially, with jitter.
     :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting.
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poll_interval: fixed seconds between status queries; by default Apikley's advised
@@ -124,6 +126,11 @@ class QwenImageToImageOperator(BaseOperator):
         """The hook for ``apikley_conn_id``."""
         return ApikleyHook(self.apikley_conn_id)
 
+    @cached_property
+    def status_hook(self) -> ApikleyHook:
+        """Asks for the task's state one try at a time: the wait counts failed queries itself."""
+        return ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
+
     def build_input(self) -> QwenImageToImageInput:
         """
         The validated model input from the (rendered) arguments.
@@ -152,9 +159,9 @@ class QwenImageToImageOperator(BaseOperator):
             return task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
 
         deadline = self._deadline(context)
-        record = self.hook.get_task(apikley_task_id)
-        if not record.state.is_terminal:
-            if self.deferrable:
+        if self.deferrable:
+            record = self._state_if_known(apikley_task_id)
+            if record is None or not record.state.is_terminal:
                 self.defer(
                     trigger=ApikleyTaskTrigger(
                         apikley_task_id=apikley_task_id,
@@ -167,13 +174,15 @@ class QwenImageToImageOperator(BaseOperator):
                     method_name="execute_complete",
                     timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
                 )
+        else:
             try:
                 record = wait_until_done(
-                    self.hook,
+                    self.status_hook,
                     apikley_task_id,
                     submitted_at=submitted_at,
                     deadline=deadline,
                     poll_interval=self.poll_interval,
+                    max_consecutive_errors=self.max_consecutive_poll_errors,
                 )
             except ApikleyTaskTimeoutError as err:
                 raise _with_retry_advice(err, store) from None
@@ -186,6 +195,16 @@ class QwenImageToImageOperator(BaseOperator):
         except ApikleyTaskTimeoutError as err:
             raise _with_retry_advice(err, context.get("task_state_store")) from None
         return self._store({**summary, "input": self.build_input().to_api()})
+
+    def _state_if_known(self, apikley_task_id: str) -> TaskRecord | None:
+        """The task's record, or ``None`` when asking failed transiently (the trigger asks again)."""
+        try:
+            return self.status_hook.get_task(apikley_task_id)
+        except ApikleyError as err:
+            if not is_transient(err):
+                raise
+            self.log.warning("Could not ask about Apikley task %s yet (%s); deferring", apikley_task_id, err)
+            return None
 
     def _resumable_task(self, store: Any) -> tuple[str, float] | None:
         """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""

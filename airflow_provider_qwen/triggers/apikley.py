@@ -12,12 +12,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
-from airflow_provider_qwen.polling import poll_delay, timeout_message
+from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.polling import QueryErrorBudget, poll_delay, timeout_message
 from airflow_provider_qwen.results import event_from_record
-
-#: Backoff between failed status queries.
-DEFAULT_RETRY_POLICY = RetryPolicy()
 
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
@@ -87,20 +84,19 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ApikleyHook) -> dict[str, Any]:
         task_id = self.apikley_task_id
-        failures = 0
+        errors = QueryErrorBudget(self.max_consecutive_errors)
         last_state = None
         try:
             while True:
                 try:
                     record = await hook.aget_task(task_id)
                 except ApikleyError as err:
-                    failures += 1
-                    if not is_transient(err) or failures >= self.max_consecutive_errors:
-                        raise
-                    delay = DEFAULT_RETRY_POLICY.wait_seconds(failures, err)
-                    self.log.warning("Query %d for Apikley task %s failed (%s); retrying", failures, task_id, err)
+                    delay = errors.backoff_after(err)
+                    self.log.warning(
+                        "Query %d for Apikley task %s failed (%s); retrying", errors.failures, task_id, err
+                    )
                 else:
-                    failures = 0
+                    errors.reset()
                     last_state = record.state.value
                     if record.state.is_terminal:
                         return event_from_record(record)

@@ -20,7 +20,7 @@ import pytest
 from airflow.providers.common.compat.sdk import DagRunState
 
 from airflow_provider_qwen import polling
-from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
+from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import API_KEY, has_task_state_store
@@ -32,7 +32,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.slow, pyt
 EDITS = 20
 
 
-def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+def maintenance_from_first_submit(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator) -> tuple[()]:
+    """
+    Apikley answers 455 to every call for 1.5 s from the first createTask on.
+
+    The window opens with the first submit rather than at a fixed time, so a slow start of the
+    DAG run cannot let it close before any edit meets it. The emulator counts the 455s it sends.
+    """
+    real_create_task = ApikleyHook.create_task
+    opened = []
+
+    def create_task(self: ApikleyHook, *args, **kwargs):
+        if not opened:
+            opened.append(True)
+            emulator.state.maintenance_until = time.time() + 1.5
+        return real_create_task(self, *args, **kwargs)
+
+    monkeypatch.setattr(ApikleyHook, "create_task", create_task)
+    return ()
+
+
+def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator) -> set[str]:
     """The first status query after each createTask kills the try, as a lost worker would."""
     real_get_task = ApikleyHook.get_task
     crashed: set[str] = set()
@@ -47,7 +67,7 @@ def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     return crashed
 
 
-def triggerer_restarts_mid_wait(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def triggerer_restarts_mid_wait(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator) -> list[str]:
     """Each trigger is killed after its first query and started again from its serialized kwargs."""
     real_run = ApikleyTaskTrigger.run
     restarted: list[str] = []
@@ -69,15 +89,15 @@ def triggerer_restarts_mid_wait(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 class FaultKind:
     name: str
     settings: dict[str, Any] = field(default_factory=dict)
-    #: Installs a fault outside the emulator; returns what it injected, one entry per fault.
-    patch: Callable[[pytest.MonkeyPatch], Sized] | None = None
+    #: Installs a fault the emulator's settings cannot express; returns what it injected, one entry per fault.
+    patch: Callable[[pytest.MonkeyPatch, RunningEmulator], Sized] | None = None
 
 
 FAULT_KINDS = [
     FaultKind("none"),
     FaultKind("429 storm on createTask", {"faults": {"createTask": {"rate_limited": 0.3, "retry_after": 0}}}),
     FaultKind("5xx burst on recordInfo", {"faults": {"recordInfo": {"server_error": 0.3, "html": 0.1}}}),
-    FaultKind("455 maintenance window", {"maintenance_seconds": 1.5}),
+    FaultKind("455 maintenance window", patch=maintenance_from_first_submit),
     FaultKind("dropped connections", {"faults": {"recordInfo": {"drop": 0.3}, "results": {"drop": 0.2}}}),
     FaultKind("slow answers", {"faults": {"recordInfo": {"slow": 0.3, "slow_seconds": 0.5}}}),
     FaultKind("malformed bodies", {"faults": {"recordInfo": {"malformed": 0.3}}}),
@@ -121,8 +141,7 @@ def test_every_edit_completes_and_is_paid_once(kind, monkeypatch, tmp_path):
         monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", emulator.airflow_connection())
         image_url = ApikleyHook().upload_file(png("#34495e"), "faults", file_name="source.png")
         emulator.state.settings = EmulatorSettings.model_validate({**base.model_dump(), **kind.settings})
-        emulator.state.maintenance_until = time.time() + kind.settings.get("maintenance_seconds", 0)
-        injected = kind.patch(monkeypatch) if kind.patch else ()
+        injected = kind.patch(monkeypatch, emulator) if kind.patch else ()
         dag_run = load_dag("qwen_image_edit_example").test(
             run_conf={"images": [image_url] * EDITS, "style": "warm light"}
         )

@@ -9,15 +9,17 @@ import pytest
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_qwen.exceptions import (
+    ApikleyAuthError,
     ApikleyError,
     ApikleyInputError,
+    ApikleyServerError,
     ApikleyTaskFailedError,
     ApikleyTaskTimeoutError,
 )
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, created, record
+from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, created, envelope, record
 
 CREATE_URL = f"{BASE_URL}/api/v1/jobs/createTask"
 RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
@@ -75,6 +77,41 @@ def test_blocking_wait_times_out_naming_the_task(requests_mock, context):
     requests_mock.get(RECORD_URL, json=record("generating"))
     with pytest.raises(ApikleyTaskTimeoutError, match=TASK_ID):
         make_operator(deferrable=False, poll_interval=0.01, timeout=0.1).execute(context)
+
+
+def test_blocking_wait_rides_out_a_burst_of_server_errors(requests_mock, context):
+    requests_mock.post(CREATE_URL, json=created())
+    burst = [{"json": envelope(code=500, msg="Server error")}, {"status_code": 502, "text": "<html>Bad Gateway</html>"}]
+    requests_mock.get(RECORD_URL, [*burst * 4, {"json": record("success")}])
+    result = make_operator(deferrable=False, poll_interval=0.01).execute(context)
+    assert result["result_urls"] == [RESULT_URL]
+    assert [request.method for request in requests_mock.request_history].count("POST") == 1
+
+
+def test_blocking_wait_fails_once_the_error_budget_is_spent(requests_mock, context):
+    requests_mock.post(CREATE_URL, json=created())
+    failing = [{"json": envelope(code=500, msg="Server error")}] * 3
+    requests_mock.get(RECORD_URL, [*failing, {"json": record("success")}])
+    with pytest.raises(ApikleyServerError):
+        make_operator(deferrable=False, poll_interval=0.01, max_consecutive_poll_errors=3).execute(context)
+    assert requests_mock.call_count == 1 + 3
+
+
+def test_blocking_wait_stops_at_once_when_the_key_is_refused(requests_mock, context):
+    requests_mock.post(CREATE_URL, json=created())
+    requests_mock.get(RECORD_URL, json=envelope(code=401, msg="You do not have access permissions"))
+    with pytest.raises(ApikleyAuthError):
+        make_operator(deferrable=False, poll_interval=0.01).execute(context)
+    assert requests_mock.call_count == 2
+
+
+def test_defers_even_when_the_first_status_query_fails_transiently(requests_mock, context):
+    requests_mock.post(CREATE_URL, json=created())
+    requests_mock.get(RECORD_URL, json=envelope(code=455, msg="Service unavailable"))
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_operator(deferrable=True).execute(context)
+    assert excinfo.value.trigger.apikley_task_id == TASK_ID
+    assert requests_mock.call_count == 2
 
 
 def test_failed_generation_fails_with_task_id_code_and_message(requests_mock, context):
