@@ -40,6 +40,7 @@ from airflow_provider_qwen.hooks.connection import (
 )
 from airflow_provider_qwen.hooks.envelope import check_answer_size, parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
+from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.storage import (
     MAX_RESULT_BYTES,
@@ -126,6 +127,7 @@ class ApikleyHook(HttpHook):
         self._aio_session: aiohttp.ClientSession | None = None
         self._aio_base_url = ""
         self._aio_headers: dict[str, str] = {}
+        self._aio_timeout: aiohttp.ClientTimeout | None = None
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -337,15 +339,17 @@ class ApikleyHook(HttpHook):
                 **self.default_headers,
                 "Authorization": f"Bearer {api_key_from_connection(conn)}",
             }
-            timeout = self._timeout_override or timeout_from_extra(extra)
-            self._aio_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+            self._aio_timeout = aiohttp.ClientTimeout(total=self._timeout_override or timeout_from_extra(extra))
+            self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
         return self._aio_session
 
     async def _asend(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:
         session = await self._aio()
         url = self._aio_base_url + endpoint
         try:
-            async with session.request(method, url, headers=self._aio_headers, **request_kwargs) as response:
+            async with session.request(
+                method, url, headers=self._aio_headers, timeout=self._aio_timeout, **request_kwargs
+            ) as response:
                 body = b""
                 while chunk := await response.content.readany():
                     body += chunk
@@ -369,15 +373,15 @@ class ApikleyHook(HttpHook):
         """
         Read the state of an Apikley task without blocking the event loop.
 
-        The connection is resolved once, asynchronously, and one aiohttp session serves every
-        call until :meth:`aclose`.
+        The connection is resolved once, asynchronously. Calls go through the aiohttp session that
+        every hook of this connection in this event loop shares, until :meth:`aclose`.
         """
         task_id = _require_task_id(task_id)
         data = await self._acall("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
     async def aclose(self) -> None:
-        """Close the async session, if one was opened."""
+        """Give back the shared async session, if this hook borrowed it; the last user closes it."""
         if self._aio_session is not None:
-            await self._aio_session.close()
             self._aio_session = None
+            await shared_sessions.release(self.apikley_conn_id)

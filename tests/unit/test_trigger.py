@@ -4,10 +4,12 @@ import asyncio
 import json
 import time
 
+import aiohttp
 import pytest
 
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskState
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import API_KEY
@@ -134,18 +136,52 @@ async def test_async_hook_sends_bearer_and_user_agent_and_reuses_one_session(htt
     assert session.closed
 
 
-async def test_trigger_closes_its_session(http, monkeypatch):
-    http.add(record("success"))
-    closed = []
-    original = ApikleyHook.aclose
+async def test_hooks_of_one_connection_share_a_session_the_last_one_closes(http):
+    http.add(record("waiting"), repeat=True)
+    first, second = ApikleyHook(), ApikleyHook()
+    await first.aget_task(TASK_ID)
+    await second.aget_task(TASK_ID)
+    session = first._aio_session
+    assert second._aio_session is session
+    assert shared_sessions.borrowers("apikley_default") == 2
+    await first.aclose()
+    assert not session.closed
+    await second.aclose()
+    assert session.closed
+    assert shared_sessions.borrowers("apikley_default") == 0
 
-    async def spy(self):
-        closed.append(self._aio_session is not None)
-        await original(self)
 
-    monkeypatch.setattr(ApikleyHook, "aclose", spy)
-    await run_to_events(make_trigger())
-    assert closed == [True]
+async def test_a_shared_session_carries_each_hooks_own_key(http, monkeypatch):
+    http.add(record("waiting"), repeat=True)
+    before = ApikleyHook()
+    await before.aget_task(TASK_ID)
+    rotated = "sk-rotated-0000"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_DEFAULT",
+        json.dumps({"conn_type": "apikley", "host": http.base_url, "password": rotated}),
+    )
+    after = ApikleyHook()
+    await after.aget_task(TASK_ID)
+    assert after._aio_session is before._aio_session
+    assert [headers["Authorization"] for _, _, headers in http.requests] == [f"Bearer {API_KEY}", f"Bearer {rotated}"]
+    await before.aclose()
+    await after.aclose()
+
+
+async def test_many_concurrent_triggers_open_one_session_and_close_it(http, monkeypatch):
+    http.add(record("success"), repeat=True)
+    opened = []
+    original_init = aiohttp.ClientSession.__init__
+
+    def counting_init(self, *args, **kwargs):
+        opened.append(self)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_init)
+    runs = await asyncio.gather(*(run_to_events(make_trigger()) for _ in range(100)))
+    assert [event["status"] for (event,) in runs] == ["success"] * 100
+    assert len(opened) == 1
+    assert opened[0].closed
 
 
 async def test_trigger_never_creates_a_task(http):
