@@ -16,8 +16,10 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.polling import QueryErrorBudget
 from airflow_provider_qwen.results import result_from_event, result_from_record
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 
@@ -36,8 +38,10 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     :param apikley_task_id: the task to wait for (templated), e.g. ``edit.output["apikley_task_id"]``.
     :param apikley_conn_id: the Airflow connection to Apikley.
-    :param max_consecutive_poll_errors: in deferrable mode, how many status queries in a row may
-        fail transiently (429, 455, 5xx, network errors) before the task fails with the last error.
+    :param max_consecutive_poll_errors: how many status queries in a row may fail transiently (429,
+        455, 5xx, network errors) before the task fails with the last error. A failed poke is
+        counted and asked again at the next poke; in ``reschedule`` mode the count starts afresh
+        with each poke.
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poke_interval: seconds between status queries, in both modes.
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
@@ -64,12 +68,22 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> ApikleyHook:
-        """The hook for ``apikley_conn_id``."""
-        return ApikleyHook(self.apikley_conn_id)
+        """The hook for ``apikley_conn_id``; one try per query, since pokes count failures themselves."""
+        return ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
+
+    @cached_property
+    def _query_errors(self) -> QueryErrorBudget:
+        return QueryErrorBudget(self.max_consecutive_poll_errors)
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        """Query the task once; done when it has ended."""
-        record = self.hook.get_task(self.apikley_task_id)
+        """Query the task once; done when it has ended. A transient failure is a poke that is not done."""
+        try:
+            record = self.hook.get_task(self.apikley_task_id)
+        except ApikleyError as err:
+            self._query_errors.backoff_after(err)  # raises when not transient, or too many in a row
+            self.log.warning("Query for Apikley task %s failed (%s); asking again", self.apikley_task_id, err)
+            return False
+        self._query_errors.reset()
         if not record.state.is_terminal:
             self.log.info("Apikley task %s is %s", record.task_id, record.state.value)
             return False

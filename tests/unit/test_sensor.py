@@ -11,9 +11,10 @@ from airflow.providers.common.compat.sdk import (
     TaskDeferred,
 )
 
+from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from tests.conftest import BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, record
+from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, envelope, record
 
 RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
 EXPECTED = {
@@ -55,6 +56,34 @@ def test_poke_mode_times_out(requests_mock, context):
     requests_mock.get(RECORD_URL, json=record("queuing"))
     with pytest.raises(AirflowSensorTimeout):
         make_sensor(timeout=0.05).execute(context)
+
+
+def test_poke_mode_rides_out_transient_errors_between_pokes(requests_mock, context):
+    burst = [{"json": envelope(code=500, msg="Server error")}, {"status_code": 502, "text": "<html>Bad Gateway</html>"}]
+    requests_mock.get(RECORD_URL, [*burst * 3, {"json": record("success")}])
+    assert make_sensor().execute(context) == EXPECTED
+    assert requests_mock.call_count == 7
+
+
+def test_poke_mode_fails_once_the_error_budget_is_spent(requests_mock, context):
+    requests_mock.get(RECORD_URL, json=envelope(code=500, msg="Server error"))
+    with pytest.raises(ApikleyServerError):
+        make_sensor(max_consecutive_poll_errors=3).execute(context)
+    assert requests_mock.call_count == 3
+
+
+def test_poke_mode_fails_at_once_when_the_key_is_refused(requests_mock, context):
+    requests_mock.get(RECORD_URL, json=envelope(code=401, msg="You do not have access permissions"))
+    with pytest.raises(ApikleyAuthError):
+        make_sensor().execute(context)
+    assert requests_mock.call_count == 1
+
+
+def test_deferrable_mode_defers_even_when_the_first_query_fails_transiently(requests_mock, context):
+    requests_mock.get(RECORD_URL, json=envelope(code=455, msg="Service unavailable"))
+    with pytest.raises(TaskDeferred):
+        make_sensor(deferrable=True).execute(context)
+    assert requests_mock.call_count == 1
 
 
 def test_deferrable_mode_defers_with_an_absolute_deadline(requests_mock, context):
