@@ -1,0 +1,406 @@
+"""
+N mapped Qwen edits three ways on one real Airflow deployment: this provider against what users write today.
+
+``python -m benchmarks.compare_waits [--edits 50] [--parallelism 8] [--latency 1 2 3] [--poll-interval 2]``
+
+One emulator process and one deployment (PostgreSQL, scheduler with the LocalExecutor,
+dag-processor, triggerer, api-server; see ``tests/system/deployment.py``) run the DAGs of
+``benchmarks/dags`` one after the other, each over the same uploaded image:
+
+(a) ``bench_provider_deferrable``: ``QwenImageToImageOperator(deferrable=True)``, mapped.
+(b) ``bench_http_sensor``: ``HttpOperator`` POSTs createTask, ``HttpSensor(deferrable=True)`` with a
+    ``response_check`` waits; both mapped.
+(c) ``bench_python_sleep``: a mapped ``@task`` that POSTs with ``requests`` and polls in a sleep loop.
+
+All three poll every ``POLL_SECONDS`` (2 s) of their DAG files. Each run is checked (the run and
+every task instance succeeded, N results with URLs, exactly N tasks created and N succeeded on the
+emulator) and measured:
+
+- wall time: the DAG run's ``end_date - start_date`` in the metadata database;
+- worker-slot-seconds: the number of the run's task instances in state ``running``, read from the
+  metadata database every ``--sample-interval`` seconds and integrated over time (a ``deferred``
+  task instance holds no slot);
+- HTTP requests per edit: the emulator's request counters after the run minus before, by endpoint;
+- CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
+  scheduler and of the triggerer: each component's process and its descendants, less the
+  LocalExecutor's workers and their task processes (titled ``airflow worker ...``). The api-server,
+  which answers the task processes, and the workers (with the task processes they reaped) are
+  shown beside them.
+
+It prints a table and the ratios against (a), and exits non-zero when a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from airflow_provider_qwen.demo_images import draw_product
+from benchmarks.compare_connections import connection_environment
+from benchmarks.compare_sampling import (
+    ProcessGroup,
+    RunSampler,
+    component_members,
+    cpu_seconds_with_reaped_children,
+    worker_members,
+)
+from benchmarks.compare_workloads import DAGS_FOLDER, PROVIDER, WORKLOADS, Workload, dag_conf, result_urls
+from tests.system.deployment import AirflowDeployment, EmulatorProcess
+
+#: Seconds between status queries: each DAG file's ``POLL_SECONDS``, kept there as a user would.
+POLL_SECONDS = 2.0
+#: Seconds between two runs, so one run's stragglers (trigger clean-up, heartbeats) settle first.
+SETTLE_SECONDS = 5.0
+MEBIBYTE = 1024 * 1024
+#: Enough for any run: the emulator's default of 1000 credits (one per task) would run out at a few hundred edits.
+EMULATOR_CREDITS = "1000000"
+
+POLLING_ENDPOINTS = ("createTask", "recordInfo")
+#: Added to the modules the executor's fork server imports up front: the deployment preloads this
+#: provider and ``@task``, and without these (b)'s task processes alone would import their operators.
+EVEN_PRELOAD_MODULES = ("airflow.providers.http.operators.http", "airflow.providers.http.sensors.http", "requests")
+#: The process groups measured, in the table's order.
+COMPONENT_GROUPS = ("scheduler", "triggerer", "api-server")
+WORKERS = "workers"
+
+
+@dataclass
+class Measurement:
+    """What one run of one workload measured, and what its checks found wrong."""
+
+    workload: Workload
+    edits: int
+    run_id: str
+    wall_seconds: float = 0.0
+    slot_seconds: float = 0.0
+    peak_running: int = 0
+    peak_deferred: int = 0
+    requests: dict[str, int] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    counted: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def requests_per_edit(self, endpoint: str) -> float:
+        return self.requests.get(endpoint, 0) / self.edits
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare_waits", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--edits", type=int, default=50, help="mapped edits per DAG run (default: 50)")
+    parser.add_argument("--parallelism", type=int, default=8, help="[core] parallelism, the worker slots (default: 8)")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        nargs=3,
+        default=(1.0, 2.0, 3.0),
+        metavar=("WAITING", "QUEUING", "GENERATING"),
+        help="seconds an emulated task spends in each state (default: 1 2 3)",
+    )
+    parser.add_argument("--rate-limit", type=int, default=1000, help="createTask per 10 s the emulator accepts")
+    parser.add_argument("--warmup-edits", type=int, default=2, help="edits of an unmeasured first run per DAG; 0: none")
+    parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds between samples (default: 0.2)")
+    parser.add_argument("--run-timeout", type=float, default=900.0, help="seconds one DAG run may take")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=[workload.key for workload in WORKLOADS],
+        default=[workload.key for workload in WORKLOADS],
+        help="which ways to run (default: a b c)",
+    )
+    parser.add_argument("--workdir", type=Path, help="where logs and Airflow's home go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    if args.edits < 1 or args.parallelism < 1:
+        parser.error("--edits and --parallelism must be at least 1")
+    return args
+
+
+def upload_source_image(emulator: EmulatorProcess) -> str:
+    """Upload the image every edit starts from; return its URL."""
+    upload_base_url = json.loads(emulator.airflow_connection())["extra"]["upload_base_url"]
+    picture = draw_product("Benchmark", "#dfe7ef", "#c0392b")
+    response = requests.post(
+        f"{upload_base_url}/api/file-base64-upload",
+        json={"base64Data": base64.b64encode(picture).decode(), "uploadPath": "bench", "fileName": "source.png"},
+        headers={"Authorization": f"Bearer {emulator.api_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return response.json()["data"]["downloadUrl"]
+
+
+def preload_environment() -> dict[str, str]:
+    """``[core] mp_forkserver_preload`` with every way's operators, when the deployment preloads any."""
+    from tests.system import airflow_env
+
+    preloaded = getattr(airflow_env, "EXECUTOR_PRELOAD_MODULES", None)
+    if not preloaded:
+        return {}
+    return {"AIRFLOW__CORE__MP_FORKSERVER_PRELOAD": ",".join((*preloaded, *EVEN_PRELOAD_MODULES))}
+
+
+def process_groups(deployment: AirflowDeployment) -> dict[str, ProcessGroup]:
+    """Fresh groups for one run: each component less task workers, and the workers with their reaped tasks."""
+    groups = {
+        component: ProcessGroup(component_members(lambda component=component: deployment.process(component)))
+        for component in COMPONENT_GROUPS
+    }
+    groups[WORKERS] = ProcessGroup(
+        worker_members(lambda: deployment.process("scheduler")), cpu_of=cpu_seconds_with_reaped_children
+    )
+    return groups
+
+
+def metadata_connection(deployment: AirflowDeployment):
+    """A connection to the metadata database that sees every commit at once (autocommit)."""
+    import psycopg2
+
+    connection = psycopg2.connect(**deployment.postgres.connect_kwargs(), connect_timeout=10)
+    connection.autocommit = True
+    return connection
+
+
+# ---- one run -------------------------------------------------------------------------------------
+
+
+def run_workload(
+    deployment: AirflowDeployment,
+    emulator: EmulatorProcess,
+    workload: Workload,
+    edits: int,
+    image_url: str,
+    args: argparse.Namespace,
+) -> Measurement:
+    """Run one DAG with ``edits`` edits, sample it until it ends, and check what it produced."""
+    before = emulator.stats()
+    groups = process_groups(deployment)
+    for group in groups.values():
+        group.sample()  # the CPU baseline, before the run exists
+    run_id = deployment.trigger(workload.dag_id, conf=dag_conf(edits, image_url))
+    sampler = RunSampler(
+        lambda: metadata_connection(deployment), workload.dag_id, run_id, groups, interval=args.sample_interval
+    )
+    state = sampler.start().wait(args.run_timeout)
+    after = emulator.stats()
+
+    measurement = Measurement(workload, edits, run_id)
+    measurement.wall_seconds = run_wall_seconds(deployment, workload.dag_id, run_id)
+    measurement.slot_seconds = sampler.slots.slot_seconds
+    measurement.peak_running = sampler.slots.peak_running
+    measurement.peak_deferred = sampler.slots.peak_deferred
+    measurement.requests = requests_by_endpoint(before, after)
+    measurement.cpu_seconds = {name: group.cpu_seconds for name, group in groups.items()}
+    measurement.peak_rss = {name: group.peak_rss for name, group in groups.items()}
+    measurement.counted = {name: group.counted() for name, group in groups.items()}
+    measurement.problems = check_run(deployment, workload, run_id, state, edits, before, after)
+    return measurement
+
+
+def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) -> float:
+    """The run's duration as the metadata database recorded it."""
+    ((seconds,),) = deployment.sql(
+        "SELECT extract(epoch FROM end_date - start_date) FROM dag_run WHERE dag_id = %s AND run_id = %s",
+        (dag_id, run_id),
+    )
+    return float(seconds)
+
+
+def requests_by_endpoint(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """Requests the emulator answered between two statistics, by endpoint, whatever the answer code."""
+    counts: dict[str, int] = {}
+    for key, count in after["requests"].items():
+        endpoint = key.split(" ", 1)[0]
+        counts[endpoint] = counts.get(endpoint, 0) + count - before["requests"].get(key, 0)
+    return {endpoint: count for endpoint, count in counts.items() if count}
+
+
+def check_run(
+    deployment: AirflowDeployment,
+    workload: Workload,
+    run_id: str,
+    state: str,
+    edits: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> list[str]:
+    """What the run got wrong: its state, a task instance's, a missing result, or a task created twice."""
+    problems = []
+    if state != "success":
+        problems.append(f"the run ended {state}")
+    task_states = deployment.sql(
+        "SELECT task_id, state, count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s "
+        "GROUP BY task_id, state ORDER BY task_id",
+        (workload.dag_id, run_id),
+    )
+    problems += [f"{count} x {task_id} ended {state}" for task_id, state, count in task_states if state != "success"]
+    results = deployment.sql(
+        "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s AND key = 'return_value'",
+        (workload.dag_id, run_id, workload.result_task_id),
+    )
+    with_urls = sum(1 for (value,) in results if result_urls(decoded(value)))
+    if with_urls != edits:
+        problems.append(f"{with_urls} of {edits} edits returned result URLs")
+    created = after["accepted_create_tasks"] - before["accepted_create_tasks"]
+    if created != edits:
+        problems.append(f"the emulator accepted {created} createTask calls for {edits} edits")
+    succeeded = after["tasks_by_state"].get("success", 0) - before["tasks_by_state"].get("success", 0)
+    if succeeded != edits:
+        problems.append(f"{succeeded} emulated tasks succeeded for {edits} edits")
+    return problems
+
+
+def decoded(value: Any) -> Any:
+    """An XCom value as stored: JSON, which the driver may hand over already decoded."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def table(measurements: list[Measurement]) -> list[str]:
+    """The figures as a Markdown table, one row per way."""
+    lines = [
+        "| way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
+        "(create + recordInfo + other) | scheduler CPU s | triggerer CPU s | scheduler peak RSS MiB "
+        "| triggerer peak RSS MiB | api-server CPU s | workers CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in measurements:
+        create, record = m.requests_per_edit("createTask"), m.requests_per_edit("recordInfo")
+        other = sum(count for endpoint, count in m.requests.items() if endpoint not in POLLING_ENDPOINTS) / m.edits
+        lines.append(
+            f"| ({m.workload.key}) {m.workload.label} | {m.wall_seconds:.1f} | {m.slot_seconds:.1f} "
+            f"| {m.peak_running} / {m.peak_deferred} "
+            f"| {create + record + other:.2f} ({create:.2f} + {record:.2f} + {other:.2f}) "
+            f"| {m.cpu_seconds['scheduler']:.1f} | {m.cpu_seconds['triggerer']:.1f} "
+            f"| {m.peak_rss['scheduler'] / MEBIBYTE:.0f} | {m.peak_rss['triggerer'] / MEBIBYTE:.0f} "
+            f"| {m.cpu_seconds['api-server']:.1f} | {m.cpu_seconds[WORKERS]:.1f} |"
+        )
+    return lines
+
+
+RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("wall", lambda m: m.wall_seconds),
+    ("worker-slot-s", lambda m: m.slot_seconds),
+    ("requests/edit", lambda m: sum(m.requests.values()) / m.edits),
+    ("scheduler CPU", lambda m: m.cpu_seconds["scheduler"]),
+    ("triggerer CPU", lambda m: m.cpu_seconds["triggerer"]),
+    ("scheduler RSS", lambda m: m.peak_rss["scheduler"]),
+    ("triggerer RSS", lambda m: m.peak_rss["triggerer"]),
+    ("api-server CPU", lambda m: m.cpu_seconds["api-server"]),
+    ("workers CPU", lambda m: m.cpu_seconds[WORKERS]),
+)
+
+
+def ratio_table(measurements: list[Measurement]) -> list[str]:
+    """Each figure divided by (a)'s from the same run."""
+    reference = next((m for m in measurements if m.workload == PROVIDER), None)
+    if reference is None:
+        return ["(no ratios: (a) did not run)"]
+    lines = [
+        "| way | " + " | ".join(name for name, _ in RATIO_COLUMNS) + " |",
+        "|---|" + "---:|" * len(RATIO_COLUMNS),
+    ]
+    for m in measurements:
+        cells = [ratio(figure(m), figure(reference)) for _, figure in RATIO_COLUMNS]
+        lines.append(f"| ({m.workload.key}) / (a) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}x" if reference else "n/a"
+
+
+def setup_lines(args: argparse.Namespace) -> list[str]:
+    latency = " + ".join(f"{seconds:g}" for seconds in args.latency)
+    return [
+        f"N = {args.edits} mapped edits per run, [core] parallelism = {args.parallelism} (LocalExecutor), "
+        f"poll every {POLL_SECONDS:g} s in every way",
+        f"emulator: {latency} s of waiting + queuing + generating per task (+-20% jitter), "
+        f"createTask limit {args.rate_limit} per 10 s",
+        f"Airflow {version('apache-airflow')}, "
+        f"apache-airflow-providers-http {version('apache-airflow-providers-http')}, "
+        f"airflow-provider-qwen {version('airflow-provider-qwen')}, {os.cpu_count()} CPUs, "
+        f"samples every {args.sample_interval:g} s",
+    ]
+
+
+def counted_lines(measurements: list[Measurement]) -> list[str]:
+    """Which processes each CPU and RSS figure covers, as the samples saw them."""
+    lines = []
+    for m in measurements:
+        for group, titles in m.counted.items():
+            lines.append(f"({m.workload.key}) {group}: {'; '.join(titles) or '(none)'}")
+    return lines
+
+
+def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
+    print("\n".join(["", *setup_lines(args), "", *table(measurements), "", *ratio_table(measurements), ""]))
+    print("Processes counted:")
+    print("\n".join(f"  {line}" for line in counted_lines(measurements)))
+    for m in measurements:
+        for problem in m.problems:
+            print(f"CHECK FAILED ({m.workload.key}) {m.workload.dag_id} {m.run_id}: {problem}", file=sys.stderr)
+
+
+# ---- main ----------------------------------------------------------------------------------------
+
+
+def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
+    """Start the emulator and the deployment, warm each DAG up, then measure each in turn."""
+    workloads = [workload for workload in WORKLOADS if workload.key in args.workloads]
+    with EmulatorProcess(
+        workdir, latency=tuple(args.latency), rate_limit=args.rate_limit, extra_args=("--credits", EMULATOR_CREDITS)
+    ) as emulator:
+        image_url = upload_source_image(emulator)
+        env = {
+            **connection_environment(emulator.airflow_connection(), emulator.base_url, emulator.api_key),
+            **preload_environment(),
+        }
+        print(f"Starting Airflow (logs in {workdir / 'logs'})...", flush=True)
+        with AirflowDeployment(workdir, DAGS_FOLDER, parallelism=args.parallelism, env=env) as deployment:
+            if args.warmup_edits:
+                for workload in workloads:
+                    print(f"Warming up {workload.dag_id} ({args.warmup_edits} edits)...", flush=True)
+                    warmup = run_workload(deployment, emulator, workload, args.warmup_edits, image_url, args)
+                    if warmup.problems:
+                        raise RuntimeError(f"the warm-up run of {workload.dag_id} failed: {warmup.problems}")
+                    time.sleep(SETTLE_SECONDS)
+            measurements = []
+            for workload in workloads:
+                print(f"Measuring ({workload.key}) {workload.dag_id} with {args.edits} edits...", flush=True)
+                measurement = run_workload(deployment, emulator, workload, args.edits, image_url, args)
+                print(f"  {measurement.wall_seconds:.1f} s, {measurement.slot_seconds:.1f} slot-s", flush=True)
+                measurements.append(measurement)
+                time.sleep(SETTLE_SECONDS)
+            return measurements
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        measurements = run_all(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="compare-waits-") as workdir:
+            measurements = run_all(args, Path(workdir))
+    report(args, measurements)
+    return 1 if any(m.problems for m in measurements) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The three ways of running N mapped edits that ``compare_waits`` measures, and how to read their results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The benchmark DAGs (``bench_*.py``).
+DAGS_FOLDER = Path(__file__).parent / "dags"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """
+    One benchmark DAG.
+
+    :param key: the short name the table uses, ``a``, ``b`` or ``c``.
+    :param dag_id: the DAG's id.
+    :param label: what it is, in a few words.
+    :param result_task_id: the mapped task whose return values are the edits' results.
+    """
+
+    key: str
+    dag_id: str
+    label: str
+    result_task_id: str
+
+
+PROVIDER = Workload("a", "bench_provider_deferrable", "provider, deferrable", "edit")
+HTTP_SENSOR = Workload("b", "bench_http_sensor", "HttpOperator + HttpSensor", "wait")
+PYTHON_SLEEP = Workload("c", "bench_python_sleep", "@task, requests, sleep", "edit")
+WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP)
+
+
+def result_urls(value: Any) -> list[str]:
+    """
+    The result URLs in one edit's return value: the provider returns a summary, the others the URLs.
+
+    A summary of an edit that did not succeed has none.
+    """
+    if isinstance(value, dict):
+        return list(value.get("result_urls") or []) if value.get("state") == "success" else []
+    return [str(url) for url in value or []]
+
+
+def dag_conf(edits: int, image_url: str) -> dict[str, Any]:
+    """The run configuration every benchmark DAG takes."""
+    return {"edits": edits, "image_url": image_url}
