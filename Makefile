@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo bench-emulator fault-suite
+.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer fault-suite \
+	system-test system-deps
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
 COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
@@ -26,7 +27,8 @@ $(STAMP): pyproject.toml | $(BIN)/uv
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Everything, the system test on a real deployment included.
+test: $(STAMP) system-deps
 	@$(call pytest_strict,$(BIN)/pytest)
 
 # The same suite on each older supported Airflow, each in its own venv (.venv-airflow-X.Y).
@@ -69,3 +71,23 @@ bench-emulator: $(DEMO_STAMP)
 # Twenty mapped edits under each fault kind; prints the table README.md quotes (make test runs it too).
 fault-suite: $(STAMP)
 	$(BIN)/pytest -q tests/integration/test_fault_suite.py
+
+# A real deployment: PostgreSQL, the scheduler, dag-processor, triggerer and api-server as separate
+# processes, and the emulator; 200 deferred edits through a triggerer crash, and a worker killed
+# right after it submitted. Installs PostgreSQL from Debian's packages when it is missing.
+system-test: $(STAMP) system-deps
+	@$(call pytest_strict,$(BIN)/pytest tests/system)
+
+# PostgreSQL from Debian's packages, for the system test; does nothing when it is installed.
+system-deps:
+	@bash scripts/install-system-test-deps.sh
+
+# The provider against HttpOperator + HttpSensor and a PythonOperator sleep loop on a real
+# deployment, then the triggerer's capacity; each prints a table README.md quotes.
+bench: bench-waits bench-triggerer
+
+bench-waits: $(STAMP) system-deps
+	$(BIN)/python -m benchmarks.compare_waits
+
+bench-triggerer: $(STAMP)
+	$(BIN)/python -m benchmarks.triggerer_capacity

@@ -1,0 +1,100 @@
+"""
+One deployment for the module's tests: the emulator as its own process, PostgreSQL, and Airflow's components.
+
+Both are stopped on every way out of the tests: fixture teardown runs on failures, on
+KeyboardInterrupt, and on SIGTERM, which the fixtures turn into KeyboardInterrupt. When a test
+fails, its report ends with the last lines of every component's log; the whole logs stay under
+the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.system.deployment import AirflowDeployment, EmulatorProcess
+from tests.system.ports import is_listening
+
+DAGS_FOLDER = Path(__file__).parent / "dags"
+
+#: ``[core] parallelism``: far fewer worker slots than edits, which must not hold one while they wait.
+PARALLELISM = 4
+
+#: Seconds each emulated task spends waiting, queuing and generating (each ±20 % jitter).
+GENERATION_LATENCY = (2.0, 4.0, 6.0)
+
+#: What the tests measured, printed at the end of the test session.
+MEASUREMENTS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def system_workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The deployment's working directory; while it exists, SIGTERM stops the tests as Ctrl-C does."""
+    with sigterm_raises_keyboard_interrupt():
+        yield tmp_path_factory.mktemp("system")
+
+
+@contextmanager
+def sigterm_raises_keyboard_interrupt() -> Iterator[None]:
+    """
+    Turn SIGTERM (a CI job's timeout, for one) into KeyboardInterrupt, so that fixture teardown
+    still stops the processes; by default SIGTERM ends Python at once and orphans them.
+    """
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def emulator(system_workdir: Path) -> Iterator[EmulatorProcess]:
+    """
+    The emulator, each task ~12 s from submitted to done, and a create rate limit that never binds.
+
+    At the pace four worker slots submit, that keeps a dozen edits waiting in the triggerer when it is
+    killed. The rate limit is the emulator's 20 per 10 s elsewhere: 429s and their retries are the
+    fault suite's subject, and here they would only stretch the run.
+    """
+    with EmulatorProcess(system_workdir, latency=GENERATION_LATENCY, rate_limit=1000) as running:
+        yield running
+    assert not is_listening(running.port), f"the emulator's port {running.port} is still taken"
+
+
+@pytest.fixture(scope="module")
+def deployment(system_workdir: Path, emulator: EmulatorProcess) -> Iterator[AirflowDeployment]:
+    env = {"AIRFLOW_CONN_APIKLEY_DEFAULT": emulator.airflow_connection()}
+    with AirflowDeployment(system_workdir, DAGS_FOLDER, parallelism=PARALLELISM, env=env) as running:
+        yield running
+    for port in (running.settings.api_port, running.postgres.port):
+        assert not is_listening(port), f"port {port} is still taken after the deployment stopped"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """On a failed test, show the tail of each component's log in its report."""
+    report = yield
+    if report.failed:
+        for name in ("deployment", "emulator"):
+            running = getattr(item, "funcargs", {}).get(name)
+            if running is not None:
+                report.sections.append((f"{name} logs (last lines)", running.log_tails()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("system test measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)

@@ -1,0 +1,222 @@
+"""
+The provider on a real deployment: separate scheduler, dag-processor, triggerer and api-server
+processes on PostgreSQL, against the emulator running as a process of its own.
+
+The two tests share one deployment and run in order; each counts only the createTask calls its
+own run made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import has_task_state_store
+from tests.system.conftest import MEASUREMENTS, PARALLELISM
+from tests.system.deployment import AirflowDeployment, EmulatorProcess
+from tests.system.waiting import wait_for
+
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not has_task_state_store(),
+        reason="needs Airflow 3.3's task state store: before 3.3 a retry submits a new Apikley task by design",
+    ),
+]
+
+DAG_ID = "qwen_system_edits"
+EDITS = 200
+MIDWAY_TIMEOUT_SECONDS = 300.0
+TAKEOVER_TIMEOUT_SECONDS = 120.0
+RUN_TIMEOUT_SECONDS = 480.0
+SUBMIT_TIMEOUT_SECONDS = 180.0
+
+#: Holds the first status query after createTask for longer than the test needs to find and kill the task.
+SLOW_RECORD_INFO = {"recordInfo": {"slow": 1.0, "slow_seconds": 30}}
+
+
+def accepted_creates(emulator: EmulatorProcess) -> int:
+    return emulator.stats()["accepted_create_tasks"]
+
+
+def edit_states(deployment: AirflowDeployment, run_id: str) -> Counter[str]:
+    rows = deployment.sql(
+        "SELECT state, count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'edit' "
+        "GROUP BY state",
+        (DAG_ID, run_id),
+    )
+    return Counter({state or "none": count for state, count in rows})
+
+
+def edit_results(deployment: AirflowDeployment, run_id: str) -> list[dict[str, Any]]:
+    """Each edit's return value (its XCom), by map index."""
+    rows = deployment.sql(
+        "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'edit' AND key = 'return_value' "
+        "ORDER BY map_index",
+        (DAG_ID, run_id),
+    )
+    return [value for (value,) in rows]
+
+
+def assert_results_stored(results: list[dict[str, Any]]) -> None:
+    """Each result names one stored file, which exists and has the size and sha256 the result says."""
+    for result in results:
+        (stored,) = result["stored"]
+        path = Path(urlsplit(stored["uri"]).path)
+        assert path.name == f"{result['apikley_task_id']}-0.png"
+        content = path.read_bytes()
+        assert len(content) == stored["size"] > 0
+        assert hashlib.sha256(content).hexdigest() == stored["sha256"]
+
+
+def running_triggerer_job(deployment: AirflowDeployment) -> int:
+    ((job_id,),) = deployment.sql(
+        "SELECT id FROM job WHERE job_type = 'TriggererJob' AND state = 'running' "
+        "ORDER BY latest_heartbeat DESC LIMIT 1"
+    )
+    return job_id
+
+
+def triggers_held_by(deployment: AirflowDeployment, triggerer_job_id: int) -> int:
+    ((count,),) = deployment.sql("SELECT count(*) FROM trigger WHERE triggerer_id = %s", (triggerer_job_id,))
+    return count
+
+
+@dataclass
+class TriggererCrash:
+    """What the triggerer held when it was killed, and how long until a new one took it over."""
+
+    orphaned_triggers: int
+    edit_states: Counter[str]
+    most_deferred: int
+    takeover_seconds: float
+
+
+def crash_triggerer_midway(
+    deployment: AirflowDeployment, emulator: EmulatorProcess, run_id: str, creates_before: int
+) -> TriggererCrash:
+    """
+    Once half the edits are submitted and the triggerer is waiting for some, SIGKILL it (and its
+    trigger runner) and start a new one; return when the new one has taken over every trigger.
+    """
+    triggerer_job = running_triggerer_job(deployment)
+    most_deferred = 0
+
+    def midway() -> bool:
+        nonlocal most_deferred
+        most_deferred = max(most_deferred, edit_states(deployment, run_id)["deferred"])
+        submitted = accepted_creates(emulator) - creates_before
+        return submitted >= EDITS // 2 and triggers_held_by(deployment, triggerer_job) > 0
+
+    wait_for(
+        midway, timeout=MIDWAY_TIMEOUT_SECONDS, what=f"{EDITS // 2} edits submitted, some waiting in the triggerer"
+    )
+    deployment.kill("triggerer")
+    killed_at = time.monotonic()
+    orphaned = triggers_held_by(deployment, triggerer_job)
+    states_at_kill = edit_states(deployment, run_id)
+    deployment.start("triggerer")
+    wait_for(
+        lambda: triggers_held_by(deployment, triggerer_job) == 0,
+        timeout=TAKEOVER_TIMEOUT_SECONDS,
+        what="a new triggerer to take over the killed one's triggers",
+    )
+    return TriggererCrash(orphaned, states_at_kill, most_deferred, time.monotonic() - killed_at)
+
+
+def test_200_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(deployment, emulator, system_workdir):
+    output = system_workdir / "edits-200"
+    creates_before = accepted_creates(emulator)
+    started = time.monotonic()
+    run_id = deployment.trigger(DAG_ID, {"edits": EDITS, "output_uri": f"file://{output}"})
+
+    crash = crash_triggerer_midway(deployment, emulator, run_id, creates_before)
+    assert crash.orphaned_triggers > 0, "the triggerer held no trigger when it was killed: the crash tested nothing"
+    assert crash.most_deferred > PARALLELISM, f"only {crash.most_deferred} edits waited at once: do waits hold slots?"
+
+    state = deployment.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_SECONDS)
+    run_seconds = time.monotonic() - started
+    edits = [ti for ti in deployment.task_instances(DAG_ID, run_id) if ti["task_id"] == "edit"]
+    assert state == "success", Counter(ti["state"] for ti in edits)
+    assert sorted(ti["map_index"] for ti in edits) == list(range(EDITS))
+    assert {ti["state"] for ti in edits} == {"success"}
+
+    results = edit_results(deployment, run_id)
+    assert len(results) == EDITS
+    assert len({result["apikley_task_id"] for result in results}) == EDITS
+    assert_results_stored(results)
+    assert len(list(output.glob("*.png"))) == EDITS
+    creates = accepted_creates(emulator) - creates_before
+    assert creates == EDITS, f"{creates} createTask calls accepted for {EDITS} edits"
+
+    retries = sum(ti["try_number"] - 1 for ti in edits)
+    MEASUREMENTS.append(
+        f"{EDITS} deferrable edits, parallelism {PARALLELISM}: run took {run_seconds:.0f} s; "
+        f"createTask accepted {creates}; task retries {retries}; "
+        f"up to {crash.most_deferred} edits deferred at once; triggerer SIGKILLed holding "
+        f"{crash.orphaned_triggers} triggers (edit states then: {dict(crash.edit_states)}); "
+        f"a new triggerer had taken them over {crash.takeover_seconds:.0f} s after the kill"
+    )
+
+
+def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(deployment, emulator, system_workdir):
+    output = system_workdir / "edit-killed-worker"
+    before = emulator.stats()
+    emulator.configure(faults=SLOW_RECORD_INFO)
+    try:
+        run_id = deployment.trigger(DAG_ID, {"edits": 1, "output_uri": f"file://{output}"})
+        # Submitted, its Apikley task id saved, and now in its first status query, held 30 s.
+        wait_for(
+            lambda: (
+                (stats := emulator.stats())["accepted_create_tasks"] > before["accepted_create_tasks"]
+                and stats["slowed"].get("recordInfo", 0) > before["slowed"].get("recordInfo", 0)
+            ),
+            timeout=SUBMIT_TIMEOUT_SECONDS,
+            what="the edit to submit and start its first status query",
+            interval=0.2,
+        )
+        (edit,) = [ti for ti in deployment.task_instances(DAG_ID, run_id) if ti["task_id"] == "edit"]
+        worker = deployment.task_process(edit["id"])
+        worker_title = " ".join(worker.cmdline()).strip()
+        supervisor_title = " ".join(worker.parent().cmdline()).strip()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        emulator.configure(faults={})
+
+    state = deployment.wait_for_run(DAG_ID, run_id, timeout=SUBMIT_TIMEOUT_SECONDS)
+    (edit,) = [ti for ti in deployment.task_instances(DAG_ID, run_id) if ti["task_id"] == "edit"]
+    assert state == "success", edit
+    assert edit["try_number"] == 2, "the killed try was not retried"
+    creates = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
+    assert creates == 1, f"the retry paid again: {creates} createTask calls accepted for one edit"
+
+    first_try = task_log(deployment, run_id, attempt=1)
+    retry = task_log(deployment, run_id, attempt=2)
+    (created,) = re.findall(r"Created Apikley task (\w+)", first_try)
+    assert f"Resuming Apikley task {created}" in retry
+    (result,) = edit_results(deployment, run_id)
+    assert result["apikley_task_id"] == created
+    assert_results_stored([result])
+    MEASUREMENTS.append(
+        f"worker killed right after submitting: SIGKILLed the task process {worker_title!r} "
+        f"(child of {supervisor_title!r}); try 2 resumed Apikley task {created}; createTask accepted {creates}"
+    )
+
+
+def task_log(deployment: AirflowDeployment, run_id: str, attempt: int) -> str:
+    """The text of one try's log of the first mapped ``edit``."""
+    (path,) = (deployment.airflow_home / "logs").glob(
+        f"dag_id={DAG_ID}/run_id={run_id}/task_id=edit/map_index=0/attempt={attempt}.log"
+    )
+    return path.read_text()
