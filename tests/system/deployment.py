@@ -308,8 +308,9 @@ class AirflowDeployment:
         """
         The process running a task instance's try.
 
-        The LocalExecutor's worker (titled ``airflow worker -- LocalExecutor: <task>``) supervises
-        each try in a child process that titles itself ``airflow worker -- <task instance id>``.
+        The scheduler's LocalExecutor runs each try in a worker process (forked from its fork server)
+        titled ``airflow worker -- LocalExecutor: <task instance id>``, which supervises the try in a
+        child process titled ``airflow worker -- <task instance id>``: that child is returned.
 
         :raises TimeoutError: when no such process shows up within ``timeout`` seconds.
         """

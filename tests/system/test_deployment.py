@@ -39,6 +39,9 @@ EDITS = 200
 MIDWAY_TIMEOUT_SECONDS = 300.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0
 RUN_TIMEOUT_SECONDS = 480.0
+
+#: Triggers the triggerer should be waiting on when it is killed, if the run gets there in time.
+BUSY_TRIGGERER = 10
 SUBMIT_TIMEOUT_SECONDS = 180.0
 
 #: Holds the first status query after createTask for longer than the test needs to find and kill the task.
@@ -106,8 +109,11 @@ def crash_triggerer_midway(
     deployment: AirflowDeployment, emulator: EmulatorProcess, run_id: str, creates_before: int
 ) -> TriggererCrash:
     """
-    Once half the edits are submitted and the triggerer is waiting for some, SIGKILL it (and its
-    trigger runner) and start a new one; return when the new one has taken over every trigger.
+    Midway, SIGKILL the triggerer (and its trigger runner) and start a new one; return when the new
+    one has taken over every trigger.
+
+    Midway is once half the edits are submitted (each defers right after), at the first moment the
+    triggerer waits for ``BUSY_TRIGGERER`` of them, or for any once three quarters are submitted.
     """
     triggerer_job = running_triggerer_job(deployment)
     most_deferred = 0
@@ -116,7 +122,8 @@ def crash_triggerer_midway(
         nonlocal most_deferred
         most_deferred = max(most_deferred, edit_states(deployment, run_id)["deferred"])
         submitted = accepted_creates(emulator) - creates_before
-        return submitted >= EDITS // 2 and triggers_held_by(deployment, triggerer_job) > 0
+        held = triggers_held_by(deployment, triggerer_job)
+        return submitted >= EDITS // 2 and held > 0 and (held >= BUSY_TRIGGERER or submitted >= EDITS * 3 // 4)
 
     wait_for(
         midway, timeout=MIDWAY_TIMEOUT_SECONDS, what=f"{EDITS // 2} edits submitted, some waiting in the triggerer"
