@@ -19,7 +19,7 @@ from benchmarks.compare_connections import connection_environment
 from benchmarks.compare_workloads import DAGS_FOLDER, WORKLOADS, Workload, dag_conf, result_urls
 from tests.conftest import API_KEY
 from tests.emulator.conftest import png
-from tests.integration.test_example_dags import task_states, xcom_values
+from tests.integration.test_example_dags import load_dag, task_states, xcom_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.usefixtures("airflow_db")]
 
@@ -45,14 +45,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
 
 
 def load_bench_dag(dag_id: str):
-    try:
-        from airflow.dag_processing.dagbag import DagBag
-    except ImportError:  # Airflow < 3.2
-        from airflow.models.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
-    assert not bag.import_errors
-    return bag.get_dag(dag_id)
+    return load_dag(dag_id, DAGS_FOLDER)
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[workload.dag_id for workload in WORKLOADS])

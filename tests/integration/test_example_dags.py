@@ -28,13 +28,14 @@ def fake_apikley(monkeypatch):
         yield fake
 
 
-def load_dag(dag_id: str):
+def load_dag(dag_id: str, dag_folder: Path = DAGS_FOLDER):
+    """The DAG ``dag_id`` from ``dag_folder``, which must import without errors."""
     try:
         from airflow.dag_processing.dagbag import DagBag
     except ImportError:  # Airflow < 3.2
         from airflow.models.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    bag = DagBag(dag_folder=str(dag_folder))
     assert not bag.import_errors
     return bag.get_dag(dag_id)
 
