@@ -89,6 +89,7 @@ class PostgresCluster:
         self._as_postgres(
             self._bin("initdb"), "-D", self.data_dir, "-U", POSTGRES_USER, "--auth=trust", "-E", "UTF8", "--no-sync"
         )
+        # Throw-away data: durability is not worth the disk waits.
         options = (
             f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
