@@ -20,6 +20,9 @@ POLL_CADENCE: tuple[tuple[float, float, float], ...] = (
     (float("inf"), 15.0, 30.0),
 )
 
+#: A fixed poll interval varies by this fraction either way, so waits that started together
+#: (a triggerer picking up thousands of triggers at once) do not go on polling in step.
+POLL_INTERVAL_JITTER = 0.1
 
 #: Backoff between status queries that failed.
 QUERY_RETRY_POLICY = RetryPolicy()
@@ -60,11 +63,12 @@ def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
     Seconds to wait before the next status query.
 
     :param elapsed: seconds since the task was submitted.
-    :param poll_interval: a fixed interval that overrides Apikley's advised cadence (2-3 s for the
-        first 30 s, 5-10 s until 2 minutes, 15-30 s after that, with jitter).
+    :param poll_interval: an interval, varied by :data:`POLL_INTERVAL_JITTER` either way, that
+        overrides Apikley's advised cadence (2-3 s for the first 30 s, 5-10 s until 2 minutes,
+        15-30 s after that, with jitter).
     """
     if poll_interval is not None:
-        return float(poll_interval)
+        return poll_interval * random.uniform(1 - POLL_INTERVAL_JITTER, 1 + POLL_INTERVAL_JITTER)
     for until, shortest, longest in POLL_CADENCE:
         if elapsed < until:
             return random.uniform(shortest, longest)

@@ -7,6 +7,12 @@ Each probe runs in a fresh process of its own, since each distorts what the othe
 
 ``gc``
     The garbage collector's pauses in the window, by generation, and the objects it tracks per poller.
+``gc-frozen``
+    The same after ``gc.freeze()`` of everything loaded before the pollers (only when asked for):
+    what a triggerer that froze its start-up heap would see.
+``survivors``
+    The objects made during the window and still alive at its end, by type, per poll: what
+    outlives a poll ends up in the collector's oldest generation and lengthens its pauses.
 ``memory``
     ``tracemalloc``: the memory still held at the end of the window that was allocated after the
     baseline, per poller, by source line.
@@ -96,6 +102,54 @@ class GcPauses(Probe):
         return lines
 
 
+class GcPausesFrozenBaseline(GcPauses):
+    """
+    :class:`GcPauses` after ``gc.freeze()`` of everything loaded before the pollers start.
+
+    What a triggerer that froze its heap once started (Airflow, its providers, the settings) would
+    pay: the collector then walks the pollers' objects only.
+    """
+
+    def before_pollers(self) -> None:
+        """Freeze the baseline, then count and time as :class:`GcPauses` does."""
+        gc.freeze()
+        super().before_pollers()
+
+
+class Survivors(Probe):
+    """Counts, by type, the tracked objects made during the window that are still alive at its end."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.before: set[int] = set()
+        self.survivors: dict[str, int] = {}
+
+    def window_started(self) -> None:
+        """Remember every object tracked now."""
+        gc.collect()
+        self.before = {id(obj) for obj in gc.get_objects()}
+
+    def window_ended(self) -> None:
+        """Count the objects tracked now that were not at the start, once garbage is collected."""
+        gc.collect()
+        for obj in gc.get_objects():
+            if id(obj) not in self.before:
+                name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+                self.survivors[name] = self.survivors.get(name, 0) + 1
+
+    def report(self, figures: Figures) -> list[str]:
+        """The types that survive most, in objects per poll of the window."""
+        polls = max(figures.polls_in_window, 1)
+        total = sum(self.survivors.values())
+        lines = [
+            f"objects made in the window and alive at its end: {total / polls:.1f} per poll",
+            f"{'per poll':>9}  type",
+        ]
+        for name, count in sorted(self.survivors.items(), key=lambda item: -item[1])[:TOP]:
+            lines.append(f"{count / polls:>9.2f}  {name}")
+        return lines
+
+
 class HeldAllocations(Probe):
     """``tracemalloc`` from the baseline on; what is still held at the end of the window, per poller."""
 
@@ -181,6 +235,15 @@ class CpuProfile(Probe):
         return lines
 
 
+PROBES = {
+    "gc": GcPauses,
+    "gc-frozen": GcPausesFrozenBaseline,
+    "survivors": Survivors,
+    "memory": HeldAllocations,
+    "cpu": lambda _: CpuProfile(),
+}
+
+
 def short_path(filename: str) -> str:
     """A source path from the package root (``site-packages/`` and the repository are cut off)."""
     for marker in ("site-packages/", "/lib/python3", str(Path.cwd()) + "/"):
@@ -192,7 +255,7 @@ def short_path(filename: str) -> str:
 def profile_one(plan_path: str, configuration: str, n: str, probe_name: str) -> None:
     """Measure one configuration with one probe in this process and print what it found."""
     plan, count = Plan.load(Path(plan_path)), int(n)
-    probe = {"gc": GcPauses, "memory": HeldAllocations, "cpu": lambda _: CpuProfile()}[probe_name](count)
+    probe = PROBES[probe_name](count)
     figures = asyncio.run(measure(plan, configuration, count, probe))
     print(
         f"== {configuration}, N={count:,}, probe {probe_name}: {figures.polls_per_second:.0f} polls/s, "
@@ -208,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=10_000, help="number of concurrent pollers")
     parser.add_argument("--window", type=float, default=20.0, help="seconds of measurement per probe")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between two polls of one poller")
-    parser.add_argument("--probes", nargs="+", choices=["gc", "memory", "cpu"], default=["gc", "memory", "cpu"])
+    parser.add_argument("--probes", nargs="+", choices=list(PROBES), default=["gc", "memory", "cpu"])
     known = CONFIGURATIONS + OPTIONAL_CONFIGURATIONS
     parser.add_argument(
         "--configurations",

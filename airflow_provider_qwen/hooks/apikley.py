@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Awaitable
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import ObjectStoragePath
-from airflow.providers.http.hooks.http import HttpHook
+from airflow.providers.http.hooks.http import HttpHook, TCPKeepAliveAdapter
 
 from airflow_provider_qwen import __version__
 from airflow_provider_qwen.connection_form import (
@@ -120,7 +121,9 @@ class ApikleyHook(HttpHook):
         retry_policy: RetryPolicy | None = None,
         timeout: float | None = None,
     ) -> None:
-        super().__init__(method="GET", http_conn_id=apikley_conn_id)
+        # HttpHook would build its keep-alive adapter (a connection pool) now, for every hook; a
+        # trigger's hook never sends a blocking request, so it is built on first use instead.
+        super().__init__(method="GET", http_conn_id=apikley_conn_id, tcp_keep_alive=False)
         self.apikley_conn_id = apikley_conn_id
         self.retry_policy = retry_policy or RetryPolicy()
         self._timeout_override = timeout
@@ -135,6 +138,14 @@ class ApikleyHook(HttpHook):
         return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     # ---- blocking client (workers) -----------------------------------------------------------
+
+    def get_conn(
+        self, headers: dict[str, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """A ``requests`` session configured from the connection, with TCP keep-alive."""
+        if self.adapter is None and self.keep_alive_adapter is None:
+            self.keep_alive_adapter = TCPKeepAliveAdapter(idle=120, count=20, interval=30)
+        return super().get_conn(headers, extra_options)
 
     def _set_base_url(self, connection: Connection) -> None:
         self.base_url = base_url_from_connection(connection)
@@ -330,21 +341,17 @@ class ApikleyHook(HttpHook):
 
     # ---- async client (triggers) -------------------------------------------------------------
 
-    async def _aio(self) -> aiohttp.ClientSession:
-        if self._aio_session is None:
-            conn = await get_async_connection(self.apikley_conn_id, self)
-            extra = await get_async_extra_dejson(conn)
-            self._aio_base_url = base_url_from_connection(conn)
-            self._aio_headers = {
-                **self.default_headers,
-                "Authorization": f"Bearer {api_key_from_connection(conn)}",
-            }
-            self._aio_timeout = aiohttp.ClientTimeout(total=self._timeout_override or timeout_from_extra(extra))
-            self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
+    async def _open_aio(self) -> aiohttp.ClientSession:
+        conn = await get_async_connection(self.apikley_conn_id, self)
+        extra = await get_async_extra_dejson(conn)
+        self._aio_base_url = base_url_from_connection(conn)
+        self._aio_headers = {**self.default_headers, "Authorization": f"Bearer {api_key_from_connection(conn)}"}
+        self._aio_timeout = aiohttp.ClientTimeout(total=self._timeout_override or timeout_from_extra(extra))
+        self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
         return self._aio_session
 
     async def _asend(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:
-        session = await self._aio()
+        session = self._aio_session or await self._open_aio()
         url = self._aio_base_url + endpoint
         try:
             async with session.request(
@@ -363,7 +370,15 @@ class ApikleyHook(HttpHook):
         text = body.decode(response.charset or "utf-8", errors="replace")
         return parse_envelope(response.status, text, response.headers.get("Retry-After"))
 
-    async def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
+    def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Awaitable[Any]:
+        if self.retry_policy.attempts == 1:
+            # A trigger counts failures across polls itself. Its polls skip the retry controller,
+            # which would leave a reference cycle behind each time: a triggerer polling thousands
+            # of tasks would pay for those in garbage-collector pauses.
+            return self._asend(method, endpoint, **request_kwargs)
+        return self._acall_retrying(method, endpoint, should_retry=should_retry, **request_kwargs)
+
+    async def _acall_retrying(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
         async for attempt in self.retry_policy.async_retrying(should_retry, self.log):
             with attempt:
                 return await self._asend(method, endpoint, **request_kwargs)

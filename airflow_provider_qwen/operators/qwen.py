@@ -61,8 +61,9 @@ class QwenImageToImageOperator(BaseOperator):
         backs off exponentially, with jitter.
     :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting.
     :param deferrable: wait in the triggerer, freeing the worker slot.
-    :param poll_interval: fixed seconds between status queries; by default Apikley's advised
-        cadence (2-3 s at first, slowing to 15-30 s after two minutes).
+    :param poll_interval: seconds between status queries, varied by up to 10% either way so that
+        many waits do not poll in step; by default Apikley's advised cadence (2-3 s at first,
+        slowing to 15-30 s after two minutes).
     :param timeout: seconds to wait for the edit before failing the task.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.

@@ -43,7 +43,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
         counted and asked again at the next poke; in ``reschedule`` mode the count starts afresh
         with each poke.
     :param deferrable: wait in the triggerer, freeing the worker slot.
-    :param poke_interval: seconds between status queries, in both modes.
+    :param poke_interval: seconds between status queries, in both modes (deferred, varied by up to
+        10% either way).
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
     """
 

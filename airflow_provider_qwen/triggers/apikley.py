@@ -13,6 +13,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.polling import QueryErrorBudget, poll_delay, timeout_message
 from airflow_provider_qwen.results import event_from_record
 
@@ -35,7 +36,8 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param apikley_task_id: the Apikley task to wait for.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param deadline: epoch seconds after which the wait ends with ``timeout``; ``None`` waits on.
-    :param poll_interval: fixed seconds between queries; ``None`` follows Apikley's advised cadence.
+    :param poll_interval: seconds between queries, varied by up to 10% either way so that triggers
+        picked up together do not poll in step; ``None`` follows Apikley's advised cadence.
     :param submitted_at: epoch seconds when the task was created, which sets the cadence.
     :param max_consecutive_errors: status queries in a row that may fail transiently (429, 455,
         5xx, network errors, malformed answers) before the wait ends with ``error``; each failure
@@ -89,7 +91,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         try:
             while True:
                 try:
-                    record = await hook.aget_task(task_id)
+                    # The record is never bound here, so it does not live on through the sleep.
+                    event, delay, last_state = self._read(await hook.aget_task(task_id))
                 except ApikleyError as err:
                     delay = errors.backoff_after(err)
                     self.log.warning(
@@ -97,10 +100,8 @@ class ApikleyTaskTrigger(BaseTrigger):
                     )
                 else:
                     errors.reset()
-                    last_state = record.state.value
-                    if record.state.is_terminal:
-                        return event_from_record(record)
-                    delay = poll_delay(time.time() - self.submitted_at, self.poll_interval)
+                    if event is not None:
+                        return event
                 now = time.time()
                 if self.deadline is not None:
                     if now >= self.deadline:
@@ -110,3 +111,9 @@ class ApikleyTaskTrigger(BaseTrigger):
                 await asyncio.sleep(delay)
         except Exception as err:
             return {"status": "error", "apikley_task_id": task_id, "message": f"{type(err).__name__}: {err}"}
+
+    def _read(self, record: TaskRecord) -> tuple[dict[str, Any] | None, float, str]:
+        """The event if the task ended, else the seconds until the next query; and the state seen."""
+        if record.state.is_terminal:
+            return event_from_record(record), 0.0, record.state.value
+        return None, poll_delay(time.time() - self.submitted_at, self.poll_interval), record.state.value

@@ -5,6 +5,8 @@ import json
 import pytest
 import requests
 
+from airflow.providers.http.hooks.http import TCPKeepAliveAdapter
+
 from airflow_provider_qwen import __version__
 from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
@@ -88,6 +90,14 @@ def test_one_session_serves_every_call_of_a_hook(hook, requests_mock):
     first = hook.session
     hook.get_credits()
     assert hook.session is first
+
+
+def test_tcp_keep_alive_is_set_up_for_blocking_calls_only(hook, requests_mock):
+    # a trigger's hook only polls through aiohttp: it should not carry a requests connection pool
+    assert hook.keep_alive_adapter is None
+    requests_mock.get(CREDIT_URL, json=envelope(3))
+    hook.get_credits()
+    assert isinstance(hook.keep_alive_adapter, TCPKeepAliveAdapter)
 
 
 @pytest.mark.parametrize(("code", "error_class"), ERROR_CODES)

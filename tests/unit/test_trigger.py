@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 
@@ -258,3 +259,24 @@ async def test_a_huge_answer_ends_the_wait_with_a_clear_error(http):
     (event,) = await run_to_events(make_trigger(max_consecutive_errors=2))
     assert event["status"] == "error"
     assert "larger than 1048576 bytes" in event["message"]
+
+
+async def test_polls_leave_no_reference_cycles_for_the_garbage_collector(http):
+    # A triggerer runs thousands of these: garbage that only the collector can free costs pauses of
+    # the whole event loop, growing with the number of triggers.
+    async def cyclic_garbage_of_a_wait(polls: int) -> int:
+        for _ in range(polls - 1):
+            http.add(record("generating"))
+        http.add(record("success"))
+        gc.collect()
+        gc.disable()
+        try:
+            (event,) = await run_to_events(make_trigger(poll_interval=0))
+            assert event["status"] == "success"
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    await cyclic_garbage_of_a_wait(5)  # what the first wait loads and caches is not counted
+    short, long = await cyclic_garbage_of_a_wait(5), await cyclic_garbage_of_a_wait(105)
+    assert long - short < 100, f"100 more polls left {long - short} objects in reference cycles"
