@@ -23,6 +23,11 @@ CONN_FIELDS: dict[str, dict] = {
         "description": "How long one HTTP request to Apikley may take before it is abandoned.",
         "schema": {"type": ["number", "null"], "minimum": 1, "default": DEFAULT_TIMEOUT_SECONDS},
     },
+    "webhook_secret": {
+        "label": "Webhook HMAC key",
+        "description": "The key Apikley signs task callbacks with; unsigned callbacks are refused when it is set.",
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, dict] = {

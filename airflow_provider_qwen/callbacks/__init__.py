@@ -1,0 +1,1 @@
+"""Apikley's task callbacks, received by the Airflow api-server and turned into Asset events."""

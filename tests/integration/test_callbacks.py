@@ -1,0 +1,188 @@
+"""The callback receiver against a real (SQLite) Airflow database, with Apikley's answers mocked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete, select
+
+from airflow_provider_qwen.callbacks.receiver import create_callback_app
+from airflow_provider_qwen.callbacks.signing import callback_signature
+from tests.conftest import API_KEY, BASE_URL
+from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
+
+pytestmark = pytest.mark.integration
+
+RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
+WEBHOOK_KEY = "whsec-LEAKCANARY-hmac"
+ASSET_URI = "apikley://qwen/image-to-image"
+
+
+@pytest.fixture
+def asset(airflow_db):
+    """The default asset, as Airflow knows it once a DAG declares it; its events are removed afterwards."""
+    from airflow.models.asset import AssetActive, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        model = session.scalar(select(AssetModel).where(AssetModel.uri == ASSET_URI))
+        if model is None:
+            model = AssetModel(name=ASSET_URI, uri=ASSET_URI, group="asset")
+            session.add(model)
+            session.flush()
+            session.add(AssetActive.for_asset(model))
+        session.execute(delete(AssetEvent).where(AssetEvent.asset_id == model.id))
+        asset_id = model.id
+
+    def events() -> list[dict]:
+        with create_session() as session:
+            return list(session.scalars(select(AssetEvent.extra).where(AssetEvent.asset_id == asset_id)))
+
+    return events
+
+
+@pytest.fixture
+def signed_connection(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_DEFAULT",
+        json.dumps(
+            {"conn_type": "apikley", "host": BASE_URL, "password": API_KEY, "extra": {"webhook_secret": WEBHOOK_KEY}}
+        ),
+    )
+
+
+@pytest.fixture
+def client():
+    return TestClient(create_callback_app())
+
+
+def callback_body(state: str = "success", task_id: str = TASK_ID) -> dict:
+    answer = record(state, task_id=task_id)
+    return {"code": 200 if state == "success" else 501, "msg": "success", "data": answer["data"]}
+
+
+def signed(task_id: str = TASK_ID, at: float | None = None, key: str = WEBHOOK_KEY) -> dict[str, str]:
+    timestamp = str(int(time.time() if at is None else at))
+    return {"X-Webhook-Timestamp": timestamp, "X-Webhook-Signature": callback_signature(key, task_id, timestamp)}
+
+
+def test_a_signed_callback_records_one_asset_event_with_the_results(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", json=callback_body(), headers=signed())
+    assert response.status_code == 200
+    assert response.json() == {"apikley_task_id": TASK_ID, "recorded": True, "state": "success"}
+    (extra,) = asset()
+    assert extra["apikley_task_id"] == TASK_ID
+    assert extra["state"] == "success"
+    assert extra["result_urls"] == [RESULT_URL]
+    assert requests_mock.call_count == 1  # the state was read from Apikley, not taken from the body
+
+
+def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    first = client.post("/callback", json=callback_body(), headers=signed(at=time.time() - 1))
+    second = client.post("/callback", json=callback_body(), headers=signed())
+    assert (first.json()["recorded"], second.json()["recorded"]) == (True, False)
+    assert second.status_code == 200  # taken, so Apikley stops delivering it
+    assert len(asset()) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="unsigned"),
+        pytest.param(signed(key="not-the-key"), id="forged"),
+        pytest.param(signed(task_id="another-task"), id="signed-for-another-task"),
+        pytest.param(signed(at=time.time() - 3600), id="stale"),
+        pytest.param(signed(at=time.time() + 3600), id="from-the-future"),
+        pytest.param({"X-Webhook-Timestamp": "yesterday", "X-Webhook-Signature": "x"}, id="garbled"),
+    ],
+)
+def test_a_callback_that_is_not_signed_right_is_refused_without_detail_or_effect(
+    asset, signed_connection, client, requests_mock, headers
+):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", json=callback_body(), headers=headers)
+    assert (response.status_code, response.content) == (401, b"")
+    assert asset() == []
+    assert requests_mock.call_count == 0
+
+
+def test_a_replayed_callback_is_refused(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    headers = signed()
+    assert client.post("/callback", json=callback_body(), headers=headers).status_code == 200
+    assert client.post("/callback", json=callback_body(), headers=headers).status_code == 401
+    assert len(asset()) == 1
+
+
+def test_without_a_webhook_key_unsigned_callbacks_are_taken_and_checked_with_apikley(asset, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", json=callback_body())
+    assert response.status_code == 200
+    assert len(asset()) == 1
+
+
+def test_a_body_claiming_success_for_a_running_task_records_nothing(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("generating"))
+    response = client.post("/callback", json=callback_body("success"), headers=signed())
+    assert response.status_code == 202
+    assert response.json()["recorded"] is False
+    assert asset() == []
+
+
+def test_a_failed_task_is_recorded_with_its_code_and_message(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="nsfw content"))
+    assert client.post("/callback", json=callback_body("fail"), headers=signed()).status_code == 200
+    (extra,) = asset()
+    assert (extra["state"], extra["fail_code"], extra["fail_message"], extra["result_urls"]) == (
+        "fail",
+        "501",
+        "nsfw content",
+        [],
+    )
+
+
+def test_an_asset_no_dag_uses_is_a_clear_404(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", params={"asset": "s3://nowhere/edits"}, json=callback_body(), headers=signed())
+    assert response.status_code == 404
+    assert "s3://nowhere/edits" in response.json()["detail"]
+
+
+def test_a_task_apikley_does_not_know_records_nothing(asset, signed_connection, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=envelope(None, code=422, msg="recordInfo is null"))
+    assert client.post("/callback", json=callback_body(), headers=signed()).status_code == 404
+    assert asset() == []
+
+
+def test_a_body_without_a_task_id_is_a_bad_request(asset, client):
+    assert client.post("/callback", json={"code": 200, "data": {}}).status_code == 400
+    assert client.post("/callback", content=b"not json").status_code == 400
+
+
+def test_no_key_reaches_the_logs_or_the_answers(asset, signed_connection, client, requests_mock, caplog):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    caplog.set_level(logging.DEBUG)
+    answers = [
+        client.post("/callback", json=callback_body(), headers=signed(key="not-the-key")),
+        client.post("/callback", json=callback_body(), headers=signed()),
+    ]
+    text = caplog.text + "".join(answer.text for answer in answers)
+    assert "refused" in caplog.text
+    assert API_KEY not in text
+    assert WEBHOOK_KEY not in text
+
+
+def test_the_api_server_mounts_the_receiver_without_asking_for_a_login(asset, requests_mock):
+    from airflow.api_fastapi.app import create_app
+
+    requests_mock.get(RECORD_URL, json=record("success"))
+    with TestClient(create_app()) as api_server:
+        response = api_server.post("/apikley/callback", json=callback_body())
+    assert response.status_code == 200, response.text
+    assert len(asset()) == 1
