@@ -28,4 +28,5 @@ def get_provider_info() -> dict:
         "sensors": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}],
         "triggers": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}],
         "connection-types": [CONNECTION_TYPE],
+        "extra-links": ["airflow_provider_qwen.links.ApikleyTaskLink"],
     }

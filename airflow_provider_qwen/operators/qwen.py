@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath,
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
+from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
 from airflow_provider_qwen.polling import wait_until_done
 from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 
 #: The operator arguments that make up the model's ``input``.
 INPUT_FIELDS: tuple[str, ...] = tuple(QwenImageToImageInput.model_fields)
-
-#: XCom key under which the Apikley task id is pushed as soon as the task is created.
-APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
 
 #: Key under which the submitted task is remembered across tries (Airflow 3.3's task state store).
 RESUME_KEY = "apikley_task"
@@ -76,6 +74,7 @@ class QwenImageToImageOperator(BaseOperator):
 
     template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path")
     ui_color = "#e8def8"
+    operator_extra_links = (ApikleyTaskLink(),)
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.polling import QueryErrorBudget
 from airflow_provider_qwen.results import result_from_event, result_from_record
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
@@ -49,6 +50,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id")
+    operator_extra_links = (ApikleyTaskLink(),)
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
+        context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         if not self.deferrable:
             return super().execute(context)
         done = self.poke(context)

@@ -93,6 +93,8 @@ def test_deferrable_mode_defers_with_an_absolute_deadline(requests_mock, context
     trigger = excinfo.value.trigger
     assert (trigger.apikley_task_id, trigger.poll_interval) == (TASK_ID, 5)
     assert trigger.deadline > 1e9  # epoch seconds, not a duration
+    # the "Apikley task" link works while the sensor waits
+    context["ti"].xcom_push.assert_called_once_with(key="apikley_task_id", value=TASK_ID)
 
 
 def test_deferrable_mode_returns_at_once_when_already_done(requests_mock, context):

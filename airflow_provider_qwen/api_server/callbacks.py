@@ -1,7 +1,7 @@
 """
 ``POST /apikley/callback``: where Apikley tells Airflow that a task ended.
 
-Mounted on the Airflow api-server by :mod:`airflow_provider_qwen.callbacks.plugin`. Anyone can
+Mounted on the Airflow api-server by :mod:`airflow_provider_qwen.api_server.plugin`. Anyone can
 reach it, so it trusts nothing it is sent: the signature is checked when the connection has a
 webhook HMAC key, and the task's state is read from Apikley before anything is recorded.
 
@@ -15,12 +15,12 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_qwen.callbacks.asset_events import UnknownAsset, default_asset_uri, record_finished_task
-from airflow_provider_qwen.callbacks.signing import CallbackRejected, SignatureChecker
+from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
+from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.envelope import MAX_ANSWER_BYTES
@@ -58,16 +58,16 @@ def event_extra(record: TaskRecord) -> dict[str, Any]:
     }
 
 
-def create_callback_app(checker: SignatureChecker | None = None) -> FastAPI:
+def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     """
-    The receiver's FastAPI app.
+    The receiver's route.
 
-    :param checker: checks signatures and remembers accepted ones; one per app by default.
+    :param checker: checks signatures and remembers accepted ones; one per router by default.
     """
     checker = checker or SignatureChecker()
-    app = FastAPI(title="Apikley callbacks", openapi_url=None, docs_url=None, redoc_url=None)
+    router = APIRouter()
 
-    @app.post("/callback")
+    @router.post("/callback")
     async def receive_callback(
         request: Request, asset: str | None = None, conn_id: str = ApikleyHook.default_conn_name
     ) -> Response:
@@ -93,7 +93,7 @@ def create_callback_app(checker: SignatureChecker | None = None) -> FastAPI:
                 return Response(status_code=401)
         return await run_in_threadpool(_record, hook, task_id, asset)
 
-    return app
+    return router
 
 
 def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:

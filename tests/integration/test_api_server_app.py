@@ -1,4 +1,4 @@
-"""The callback receiver against a real (SQLite) Airflow database, with Apikley's answers mocked."""
+"""The provider's api-server app (callbacks, task pages) on a real Airflow database, Apikley's answers mocked."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
-from airflow_provider_qwen.callbacks.receiver import create_callback_app
-from airflow_provider_qwen.callbacks.signing import callback_signature
+from airflow_provider_qwen.api_server.app import create_app as create_provider_app
+from airflow_provider_qwen.api_server.signing import callback_signature
 from tests.conftest import API_KEY, BASE_URL
 from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
 
@@ -57,7 +57,7 @@ def signed_connection(monkeypatch):
 
 @pytest.fixture
 def client():
-    return TestClient(create_callback_app())
+    return TestClient(create_provider_app())
 
 
 def callback_body(state: str = "success", task_id: str = TASK_ID) -> dict:
@@ -178,11 +178,42 @@ def test_no_key_reaches_the_logs_or_the_answers(asset, signed_connection, client
     assert WEBHOOK_KEY not in text
 
 
-def test_the_api_server_mounts_the_receiver_without_asking_for_a_login(asset, requests_mock):
+@pytest.fixture
+def api_server(airflow_db):
+    """Airflow's own api-server app, with the provider's plugin mounted as a deployment would have it."""
     from airflow.api_fastapi.app import create_app
 
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def admin_token() -> str:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+
+
+def test_the_task_page_shows_state_and_results_to_a_logged_in_user(api_server, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
-    with TestClient(create_app()) as api_server:
-        response = api_server.post("/apikley/callback", json=callback_body())
+    response = api_server.get(
+        f"/apikley/connections/apikley_default/tasks/{TASK_ID}", headers={"Authorization": f"Bearer {admin_token()}"}
+    )
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert (page["apikley_task_id"], page["state"], page["result_urls"]) == (TASK_ID, "success", [RESULT_URL])
+    assert API_KEY not in response.text
+
+
+def test_the_task_page_asks_for_a_login(api_server, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = api_server.get(f"/apikley/connections/apikley_default/tasks/{TASK_ID}")
+    assert response.status_code in (401, 403)
+    assert requests_mock.call_count == 0
+
+
+def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, api_server, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = api_server.post("/apikley/callback", json=callback_body())
     assert response.status_code == 200, response.text
     assert len(asset()) == 1

@@ -1,0 +1,21 @@
+"""The FastAPI app the provider adds to the Airflow api-server: callbacks and task pages."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from airflow_provider_qwen.api_server.callbacks import callback_router
+from airflow_provider_qwen.api_server.signing import SignatureChecker
+from airflow_provider_qwen.api_server.task_page import router as task_page_router
+
+
+def create_app(checker: SignatureChecker | None = None) -> FastAPI:
+    """
+    The provider's app, to be mounted under :data:`~airflow_provider_qwen.links.API_SERVER_PREFIX`.
+
+    :param checker: checks callback signatures and remembers accepted ones; one per app by default.
+    """
+    app = FastAPI(title="Apikley", openapi_url=None, docs_url=None, redoc_url=None)
+    app.include_router(callback_router(checker))
+    app.include_router(task_page_router)
+    return app

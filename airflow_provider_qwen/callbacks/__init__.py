@@ -1,1 +1,0 @@
-"""Apikley's task callbacks, received by the Airflow api-server and turned into Asset events."""

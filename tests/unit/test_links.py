@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
+from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
+from tests.unit.fixtures import IMAGE_URL, TASK_ID
+
+
+@pytest.fixture
+def xcom(monkeypatch):
+    """XCom values by key, as ``XCom.get_value`` would find them for the task instance."""
+    from airflow_provider_qwen import links
+
+    values: dict[str, str] = {}
+    monkeypatch.setattr(links.XCom, "get_value", lambda *, ti_key, key: values.get(key))
+    return values
+
+
+@pytest.mark.parametrize(
+    "operator",
+    [
+        QwenImageToImageOperator(task_id="edit", prompt="sepia", image_url=IMAGE_URL, apikley_conn_id="my apikley"),
+        ApikleyTaskSensor(task_id="wait", apikley_task_id=TASK_ID, apikley_conn_id="my apikley"),
+    ],
+    ids=["operator", "sensor"],
+)
+def test_the_link_opens_the_task_page_once_the_id_is_known(operator, xcom, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
+    (link,) = [link for link in operator.operator_extra_links if isinstance(link, ApikleyTaskLink)]
+    assert link.name == "Apikley task"
+    assert link.get_link(operator, ti_key=None) == ""
+    xcom[APIKLEY_TASK_ID_XCOM_KEY] = TASK_ID
+    assert link.get_link(operator, ti_key=None) == (
+        f"https://airflow.example.org/apikley/connections/my%20apikley/tasks/{TASK_ID}"
+    )
