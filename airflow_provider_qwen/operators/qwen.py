@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath,
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
+from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
 from airflow_provider_qwen.polling import wait_until_done
@@ -20,6 +21,7 @@ from airflow_provider_qwen.results import result_from_event, result_from_record,
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 #: The operator arguments that make up the model's ``input``.
@@ -120,6 +122,7 @@ class QwenImageToImageOperator(BaseOperator):
         self.timeout = timeout
         self.output_path = output_path
         self.resubmit_failed = resubmit_failed_task
+        self._result: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -156,7 +159,7 @@ class QwenImageToImageOperator(BaseOperator):
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
 
         if not self.wait_for_completion:
-            return task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
+            return self._finish(task_summary(apikley_task_id, TaskState.WAITING.value, [], request))
 
         deadline = self._deadline(context)
         if self.deferrable:
@@ -186,7 +189,7 @@ class QwenImageToImageOperator(BaseOperator):
                 )
             except ApikleyTaskTimeoutError as err:
                 raise _with_retry_advice(err, store) from None
-        return self._store({**result_from_record(record), "input": request})
+        return self._finish(self._store({**result_from_record(record), "input": request}))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
@@ -194,7 +197,18 @@ class QwenImageToImageOperator(BaseOperator):
             summary = result_from_event(event)
         except ApikleyTaskTimeoutError as err:
             raise _with_retry_advice(err, context.get("task_state_store")) from None
-        return self._store({**summary, "input": self.build_input().to_api()})
+        return self._finish(self._store({**summary, "input": self.build_input().to_api()}))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """
+        Lineage for OpenLineage, when it is installed: the source image in, the results (their
+        copies in ``output_path`` when made) out, and the Apikley task id as the run's external query.
+        """
+        return edit_lineage(self._result) if self._result else None
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        self._result = result
+        return result
 
     def _state_if_known(self, apikley_task_id: str) -> TaskRecord | None:
         """The task's record, or ``None`` when asking failed transiently (the trigger asks again)."""

@@ -1,0 +1,56 @@
+"""
+OpenLineage for an edit: the source image in, the results out, the Apikley task as the run's query.
+
+OpenLineage is optional: without ``apache-airflow-providers-openlineage`` there is no lineage, and
+nothing here is imported until a lineage listener asks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+#: The ``source`` of the run facet that carries the Apikley task id.
+LINEAGE_SOURCE = "apikley"
+
+
+def dataset_for(uri: str) -> Dataset:
+    """
+    The OpenLineage dataset of a file URI, named the OpenLineage way.
+
+    ``https://host/path`` is namespace ``https://host``, name ``path``; ``s3://bucket/key`` is
+    ``s3://bucket`` and ``key``; ``file:///path`` is ``file`` and ``/path``.
+    """
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return Dataset(namespace="file", name=parts.path or uri)
+    return Dataset(namespace=f"{parts.scheme}://{parts.netloc}", name=parts.path.lstrip("/") or "/")
+
+
+def edit_lineage(summary: dict[str, Any]) -> OperatorLineage | None:
+    """
+    The lineage of one edit from the operator's result, or ``None`` when OpenLineage is not installed.
+
+    Outputs are the copies in the user's storage when the operator made them, else Apikley's
+    result URLs (which expire).
+    """
+    try:
+        from airflow.providers.common.compat.openlineage.facet import ExternalQueryRunFacet
+        from airflow.providers.openlineage.extractors import OperatorLineage
+    except ImportError:
+        return None
+    image_url = summary.get("input", {}).get("image_url")
+    outputs = [item["uri"] for item in summary.get("stored", [])] or summary.get("result_urls", [])
+    return OperatorLineage(
+        inputs=[dataset_for(image_url)] if image_url else [],
+        outputs=[dataset_for(uri) for uri in outputs],
+        run_facets={
+            "externalQuery": ExternalQueryRunFacet(externalQueryId=summary["apikley_task_id"], source=LINEAGE_SOURCE)
+        },
+    )
