@@ -1,9 +1,9 @@
-"""The "Apikley task" extra link, shown on the operator's and the sensor's task instances."""
+"""URLs of the provider's app on the api-server: the "Apikley task" extra link, and the callback URL."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, conf
 
@@ -17,11 +17,28 @@ APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
 API_SERVER_PREFIX = "/apikley"
 
 
+def _api_server_url(path: str) -> str:
+    return conf.get("api", "base_url", fallback="").rstrip("/") + API_SERVER_PREFIX + path
+
+
 def task_page_url(apikley_conn_id: str, apikley_task_id: str) -> str:
     """The api-server page of an Apikley task, read through ``apikley_conn_id``."""
-    base_url = conf.get("api", "base_url", fallback="").rstrip("/")
     conn_id, task_id = quote(apikley_conn_id, safe=""), quote(apikley_task_id, safe="")
-    return f"{base_url}{API_SERVER_PREFIX}/connections/{conn_id}/tasks/{task_id}"
+    return _api_server_url(f"/connections/{conn_id}/tasks/{task_id}")
+
+
+def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = None) -> str:
+    """
+    Where Apikley should send a task's callback: the provider's receiver on this Airflow's api-server.
+
+    Built from ``[api] base_url``, which must be a URL Apikley can reach.
+
+    :param asset_uri: the Asset the receiver updates; by default ``apikley://<model>``.
+    :param apikley_conn_id: the connection the receiver checks signatures and re-reads the task with;
+        by default ``apikley_default``.
+    """
+    query = {name: value for name, value in (("asset", asset_uri), ("conn_id", apikley_conn_id)) if value}
+    return _api_server_url("/callback") + (f"?{urlencode(query)}" if query else "")
 
 
 class ApikleyTaskLink(BaseOperatorLink):

@@ -94,4 +94,9 @@ async def run_task(state: EmulatorState, task: Task, origin: Origin, base_url: s
         task.finish(time.time(), fail=fail)
     callback_url = task.request.get("callBackUrl")
     if callback_url:
-        state.spawn(deliver_callback(callback_url, task, state.settings))
+        state.spawn(_call_back(state, callback_url, task))
+
+
+async def _call_back(state: EmulatorState, url: str, task: Task) -> None:
+    """Deliver the callback; the stats count the deliveries the receiver took (``callback taken``)."""
+    state.stats["callback taken"] += await deliver_callback(url, task, state.settings)

@@ -95,3 +95,45 @@ def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task
     assert dag_run.state == DagRunState.FAILED
     assert task_states(dag_run)["edit"] == ["failed"]
     assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == 3  # the first try and two retries
+
+
+def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_polls(fake_apikley, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
+    dag = load_dag("qwen_callback_producer")
+    dag_run = dag.test(run_conf={"images": IMAGES, "prompt": "studio light"})
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    requests = [task["request"] for task in fake_apikley.tasks.values()]
+    assert sorted(request["input"]["image_url"] for request in requests) == IMAGES
+    assert {request["callBackUrl"] for request in requests} == {
+        "https://airflow.example.org/apikley/callback?asset=apikley%3A%2F%2Fqwen%2Fimage-to-image"
+    }
+    assert fake_apikley.calls["GET /api/v1/jobs/recordInfo"] == 0
+
+
+def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(tmp_path, monkeypatch, requests_mock):
+    from types import SimpleNamespace
+
+    from airflow.providers.common.compat.sdk import Asset
+
+    monkeypatch.setenv("QWEN_EDITS_OUTPUT_URI", f"file://{tmp_path}/edits")
+    persist_results = load_dag("qwen_callback_consumer").get_task("persist_results")
+    assert [outlet.uri for outlet in persist_results.outlets] == [f"file://{tmp_path}/edits"]
+    png = b"\x89PNG\r\n\x1a\n" + b"\x02" * 32
+    requests_mock.get("https://files.example.org/out/a.png", content=png)
+    events = [
+        SimpleNamespace(
+            extra={"apikley_task_id": "a1", "state": "success", "result_urls": ["https://files.example.org/out/a.png"]}
+        ),
+        SimpleNamespace(
+            extra={
+                "apikley_task_id": "b2",
+                "state": "fail",
+                "result_urls": [],
+                "fail_code": "501",
+                "fail_message": "nsfw",
+            }
+        ),
+    ]
+    stored = persist_results.python_callable(triggering_asset_events={Asset("apikley://qwen/image-to-image"): events})
+    assert [(item["apikley_task_id"], item["size"]) for item in stored] == [("a1", len(png))]
+    assert (tmp_path / "edits" / "a1-0.png").read_bytes() == png

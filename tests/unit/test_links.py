@@ -35,3 +35,13 @@ def test_the_link_opens_the_task_page_once_the_id_is_known(operator, xcom, monke
     assert link.get_link(operator, ti_key=None) == (
         f"https://airflow.example.org/apikley/connections/my%20apikley/tasks/{TASK_ID}"
     )
+
+
+def test_the_callback_url_points_at_the_receiver_on_the_api_server(monkeypatch):
+    from airflow_provider_qwen.links import callback_url
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
+    assert callback_url() == "https://airflow.example.org/apikley/callback"
+    assert callback_url("s3://edits/done", "apikley_prod") == (
+        "https://airflow.example.org/apikley/callback?asset=s3%3A%2F%2Fedits%2Fdone&conn_id=apikley_prod"
+    )
