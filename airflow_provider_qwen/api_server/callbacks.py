@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: The connection extra holding the key Apikley signs callbacks with (Airflow hides values of "secret" fields).
 WEBHOOK_KEY_EXTRA = "webhook_secret"
+#: What a task id looks like; anything else in a callback is refused as malformed.
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: Re-reading the task must fit in Apikley's 15 s delivery timeout: one quick retry at most.
 RECHECK_RETRY_POLICY = RetryPolicy(attempts=2, initial_wait=0.5, max_wait=1.0)
 
@@ -43,7 +46,8 @@ def task_id_from_body(body: bytes) -> str | None:
         return None
     data = payload.get("data") if isinstance(payload, dict) else None
     task_id = (data.get("taskId") or data.get("task_id")) if isinstance(data, dict) else None
-    return task_id if isinstance(task_id, str) and task_id.strip() else None
+    # it reaches logs and Apikley's query string before anything vouches for it
+    return task_id if isinstance(task_id, str) and TASK_ID_PATTERN.fullmatch(task_id) else None
 
 
 def event_extra(record: TaskRecord) -> dict[str, Any]:

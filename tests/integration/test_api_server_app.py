@@ -163,6 +163,7 @@ def test_a_task_apikley_does_not_know_records_nothing(asset, signed_connection, 
 def test_a_body_without_a_task_id_is_a_bad_request(asset, client):
     assert client.post("/callback", json={"code": 200, "data": {}}).status_code == 400
     assert client.post("/callback", content=b"not json").status_code == 400
+    assert client.post("/callback", json=callback_body(task_id="x\n[fake log line]")).status_code == 400
 
 
 def test_no_key_reaches_the_logs_or_the_answers(asset, signed_connection, client, requests_mock, caplog):
