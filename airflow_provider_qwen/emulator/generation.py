@@ -99,4 +99,6 @@ async def run_task(state: EmulatorState, task: Task, origin: Origin, base_url: s
 
 async def _call_back(state: EmulatorState, url: str, task: Task) -> None:
     """Deliver the callback; the stats count the deliveries the receiver took (``callback taken``)."""
-    state.stats["callback taken"] += await deliver_callback(url, task, state.settings)
+    delivered = await deliver_callback(url, task, state.settings)
+    # counted after the await: `+= await` would read the count first, and lose concurrent deliveries
+    state.stats["callback taken"] += delivered

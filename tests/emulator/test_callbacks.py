@@ -81,11 +81,16 @@ def test_signed_callback_is_delivered_once_with_the_task_details(client, receive
     assert not hmac.compare_digest(headers["X-Webhook-Signature"], expected_signature(b"other", task_id, timestamp))
 
 
-def test_callbacks_can_be_delivered_twice(client, receiver):
+def test_callbacks_can_be_delivered_twice_and_each_delivery_is_counted(client, receiver):
     client.configure(callback_twice=True)
-    task_id = create_with_callback(client, receiver.url)
-    receiver.wait_for(2)
-    assert [body["data"]["taskId"] for _, body in receiver.calls] == [task_id, task_id]
+    task_ids = [create_with_callback(client, receiver.url) for _ in range(3)]
+    receiver.wait_for(6)
+    assert sorted(body["data"]["taskId"] for _, body in receiver.calls) == sorted(task_ids * 2)
+    deadline = time.monotonic() + 5
+    while client.stats()["requests"].get("callback taken", 0) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert client.stats()["requests"]["callback taken"] == 6
 
 
 def test_a_failed_task_calls_back_with_code_501_unsigned(client, receiver):

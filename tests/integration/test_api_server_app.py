@@ -195,6 +195,7 @@ def admin_token() -> str:
     return get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
 
 
+@pytest.mark.api_server_app
 def test_the_task_page_shows_state_and_results_to_a_logged_in_user(api_server, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     response = api_server.get(
@@ -206,6 +207,7 @@ def test_the_task_page_shows_state_and_results_to_a_logged_in_user(api_server, r
     assert API_KEY not in response.text
 
 
+@pytest.mark.api_server_app
 def test_the_task_page_asks_for_a_login(api_server, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     response = api_server.get(f"/apikley/connections/apikley_default/tasks/{TASK_ID}")
@@ -213,6 +215,7 @@ def test_the_task_page_asks_for_a_login(api_server, requests_mock):
     assert requests_mock.call_count == 0
 
 
+@pytest.mark.api_server_app
 def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, api_server, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     response = api_server.post("/apikley/callback", json=callback_body())

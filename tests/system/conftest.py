@@ -1,5 +1,5 @@
 """
-One deployment for the module's tests: the emulator as its own process, PostgreSQL, and Airflow's components.
+One deployment for all system tests: the emulator as its own process, PostgreSQL, and Airflow's components.
 
 Both are stopped on every way out of the tests: fixture teardown runs on failures, on
 KeyboardInterrupt, and on SIGTERM, which the fixtures turn into KeyboardInterrupt. When a test
@@ -9,6 +9,7 @@ the test's temporary directory.
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,14 @@ import pytest
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.ports import is_listening
 
-DAGS_FOLDER = Path(__file__).parent / "dags"
+#: The system test's own DAGs, and the example DAGs it runs as users would.
+SYSTEM_DAGS = sorted((Path(__file__).parent / "dags").glob("*.py"))
+EXAMPLE_DAGS = [
+    Path(__file__).parents[2] / "dags" / name for name in ("qwen_callback_edits.py", "qwen_catalog_edit.py")
+]
+
+#: The key the emulator signs its callbacks with, and the connection's ``webhook_secret``.
+WEBHOOK_SECRET = "system-test-webhook-secret"
 
 #: ``[core] parallelism``: far fewer worker slots than edits, which must not hold one while they wait.
 PARALLELISM = 4
@@ -31,7 +39,7 @@ GENERATION_LATENCY = (2.0, 4.0, 6.0)
 MEASUREMENTS: list[str] = []
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def system_workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The deployment's working directory; while it exists, SIGTERM stops the tests as Ctrl-C does."""
     with sigterm_raises_keyboard_interrupt():
@@ -58,7 +66,7 @@ def sigterm_raises_keyboard_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def emulator(system_workdir: Path) -> Iterator[EmulatorProcess]:
     """
     The emulator, each task ~12 s from submitted to done, and a create rate limit that never binds.
@@ -67,15 +75,26 @@ def emulator(system_workdir: Path) -> Iterator[EmulatorProcess]:
     killed. The rate limit is the emulator's 20 per 10 s elsewhere: 429s and their retries are the
     fault suite's subject, and here they would only stretch the run.
     """
-    with EmulatorProcess(system_workdir, latency=GENERATION_LATENCY, rate_limit=1000) as running:
+    with EmulatorProcess(
+        system_workdir,
+        latency=GENERATION_LATENCY,
+        rate_limit=1000,
+        callback_key=WEBHOOK_SECRET,
+        extra_args=["--callback-twice"],  # as Apikley may: the receiver must record each edit once
+    ) as running:
         yield running
     assert not is_listening(running.port), f"the emulator's port {running.port} is still taken"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def deployment(system_workdir: Path, emulator: EmulatorProcess) -> Iterator[AirflowDeployment]:
     env = {"AIRFLOW_CONN_APIKLEY_DEFAULT": emulator.airflow_connection()}
-    with AirflowDeployment(system_workdir, DAGS_FOLDER, parallelism=PARALLELISM, env=env) as running:
+    dags_folder = system_workdir / "dags"
+    dags_folder.mkdir()
+    for dag_file in SYSTEM_DAGS + EXAMPLE_DAGS:
+        shutil.copy(dag_file, dags_folder / dag_file.name)
+    env["QWEN_EDITS_OUTPUT_URI"] = f"file://{system_workdir}/callback-edits"
+    with AirflowDeployment(system_workdir, dags_folder, parallelism=PARALLELISM, env=env) as running:
         yield running
     for port in (running.settings.api_port, running.postgres.port):
         assert not is_listening(port), f"port {port} is still taken after the deployment stopped"

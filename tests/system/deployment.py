@@ -71,6 +71,8 @@ class EmulatorProcess:
     :param latency: seconds each task spends waiting, queuing and generating (before the emulator's jitter).
     :param rate_limit: createTask calls accepted per key per 10 s window; the default of 1000 never binds,
         unlike the emulator's own default of 20, which throttles runs of hundreds of edits.
+    :param callback_key: the key the emulator signs callbacks with, also put in the connection's
+        ``webhook_secret`` so the receiver checks it; ``None`` sends them unsigned.
     :param extra_args: more command-line flags, e.g. ``["--fault", "recordInfo:slow=0.1"]``.
     """
 
@@ -82,8 +84,10 @@ class EmulatorProcess:
         *,
         latency: tuple[float, float, float] = (1.0, 2.0, 3.0),
         rate_limit: int = 1000,
+        callback_key: str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
     ) -> None:
+        self.callback_key = callback_key
         self.port = free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
         self.log_dir = Path(workdir) / "logs"
@@ -103,6 +107,7 @@ class EmulatorProcess:
             str(rate_limit),
             "--log-level",
             "warning",
+            *(["--callback-key", callback_key] if callback_key else []),
             *extra_args,
         ]
         self._process = ManagedProcess(
@@ -155,7 +160,10 @@ class EmulatorProcess:
                 "conn_type": "apikley",
                 "host": self.base_url,
                 "password": self.api_key,
-                "extra": {"upload_base_url": f"{self.base_url}{self._upload_base_path}"},
+                "extra": {
+                    "upload_base_url": f"{self.base_url}{self._upload_base_path}",
+                    **({"webhook_secret": self.callback_key} if self.callback_key else {}),
+                },
             }
         )
 

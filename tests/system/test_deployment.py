@@ -2,7 +2,7 @@
 The provider on a real deployment: separate scheduler, dag-processor, triggerer and api-server
 processes on PostgreSQL, against the emulator running as a process of its own.
 
-The two tests share one deployment and run in order; each counts only the createTask calls its
+The system tests share one deployment and run in order; each counts only the createTask calls its
 own run made.
 """
 
@@ -227,3 +227,89 @@ def task_log(deployment: AirflowDeployment, run_id: str, attempt: int) -> str:
         f"dag_id={DAG_ID}/run_id={run_id}/task_id=edit/map_index=0/attempt={attempt}.log"
     )
     return path.read_text()
+
+
+PRODUCER_DAG_ID = "qwen_callback_producer"
+CONSUMER_DAG_ID = "qwen_callback_consumer"
+CALLBACK_EDITS = 10
+FINISHED_EDITS_ASSET = "apikley://qwen/image-to-image"
+CALLBACK_TIMEOUT_SECONDS = 240.0
+
+
+def upload_source_image(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> str:
+    from airflow_provider_qwen.demo_images import draw_product
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", emulator.airflow_connection())
+    return ApikleyHook().upload_file(draw_product("Callbacks", "#e8f4f5", "#8e44ad"), "system/callbacks", "source.png")
+
+
+def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]]:
+    rows = deployment.sql(
+        "SELECT asset_event.extra FROM asset_event JOIN asset ON asset.id = asset_event.asset_id WHERE asset.uri = %s",
+        (uri,),
+    )
+    return [extra for (extra,) in rows]
+
+
+def callbacks_taken(emulator: EmulatorProcess, before: dict[str, Any]) -> int:
+    return emulator.stats()["requests"].get("callback taken", 0) - before["requests"].get("callback taken", 0)
+
+
+def consumer_runs(deployment: AirflowDeployment) -> Counter[str]:
+    rows = deployment.sql("SELECT state FROM dag_run WHERE dag_id = %s", (CONSUMER_DAG_ID,))
+    return Counter(state for (state,) in rows)
+
+
+def test_signed_callbacks_start_the_consumer_with_no_status_polling(deployment, emulator, system_workdir, monkeypatch):
+    output = system_workdir / "callback-edits"
+    image_url = upload_source_image(emulator, monkeypatch)
+    wait_for(lambda: deployment.rest.dag(CONSUMER_DAG_ID), timeout=120, what=f"DAG {CONSUMER_DAG_ID} to be parsed")
+    deployment.rest.set_paused(CONSUMER_DAG_ID, False)
+    before = emulator.stats()
+    started = time.monotonic()
+
+    run_id = deployment.trigger(PRODUCER_DAG_ID, {"images": [image_url] * CALLBACK_EDITS, "prompt": "studio light"})
+    assert deployment.wait_for_run(PRODUCER_DAG_ID, run_id, timeout=CALLBACK_TIMEOUT_SECONDS) == "success"
+    submitted = [ti for ti in deployment.task_instances(PRODUCER_DAG_ID, run_id) if ti["task_id"] == "submit"]
+    assert len(submitted) == CALLBACK_EDITS
+    wait_for(
+        lambda: (
+            len(list(output.glob("*.png"))) >= CALLBACK_EDITS and not consumer_runs(deployment).keys() - {"success"}
+        ),
+        timeout=CALLBACK_TIMEOUT_SECONDS,
+        what=f"{CALLBACK_EDITS} results persisted by {CONSUMER_DAG_ID}",
+        interval=1.0,
+    )
+    seconds = time.monotonic() - started
+    # Every edit is delivered twice; the second may still be on its way (or retried: one signed in
+    # the same second as the first is a replay, refused).
+    wait_for(
+        lambda: callbacks_taken(emulator, before) >= 2 * CALLBACK_EDITS,
+        timeout=60,
+        what=f"the emulator to deliver all {2 * CALLBACK_EDITS} callbacks",
+        interval=1.0,
+    )
+
+    after = emulator.stats()
+    requests = Counter(after["requests"]) - Counter(before["requests"])
+    taken = requests["callback taken"]
+    assert after["accepted_create_tasks"] - before["accepted_create_tasks"] == CALLBACK_EDITS
+    assert taken == 2 * CALLBACK_EDITS, f"the receiver took {taken} of {2 * CALLBACK_EDITS} deliveries"
+    # The producer never asked: the only status queries are the receiver's, one per delivery it took.
+    assert requests["recordInfo 200"] == taken
+
+    events = asset_events(deployment, FINISHED_EDITS_ASSET)
+    assert sorted(event["apikley_task_id"] for event in events) == sorted(
+        {event["apikley_task_id"] for event in events}
+    ), "an edit was recorded twice"
+    assert len(events) == CALLBACK_EDITS
+    assert {event["state"] for event in events} == {"success"}
+    assert len(list(output.glob("*.png"))) == CALLBACK_EDITS
+    runs = consumer_runs(deployment)
+    assert set(runs) == {"success"}
+    MEASUREMENTS.append(
+        f"{CALLBACK_EDITS} edits by callback (each delivered twice, signed): all persisted {seconds:.0f} s after "
+        f"the producer started; {taken} deliveries taken, {len(events)} asset events, {runs['success']} consumer "
+        f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer"
+    )
