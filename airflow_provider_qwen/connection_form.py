@@ -31,7 +31,7 @@ CONN_FIELDS: dict[str, dict] = {
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, dict] = {
-    "hidden-fields": ["login", "schema", "port"],
+    "hidden-fields": ["login", "schema"],
     "relabeling": {"host": "Base URL", "password": "API key"},
     "placeholders": {"host": DEFAULT_BASE_URL},
 }

@@ -66,6 +66,8 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
             # Task processes reach the metadata database only through the api-server.
             "execution_api_server_url": f"{settings.api_url}/execution/",
             "mp_forkserver_preload": ",".join(EXECUTOR_PRELOAD_MODULES),
+            # the connection form's "Test" button
+            "test_connection": "Enabled",
         },
         "database": {"sql_alchemy_conn": settings.database_url},
         "api": {"host": LOOPBACK, "port": settings.api_port, "base_url": settings.api_url, "workers": 1},
