@@ -7,9 +7,10 @@ the provider's receiver on the Airflow api-server (``<api-server>/apikley/callba
 the signature, reads the task's state from Apikley and records an event of the asset
 ``apikley://qwen/image-to-image``.
 
-``qwen_callback_consumer`` is scheduled on that asset: each run copies the results of the edits
-whose events started it into ``QWEN_EDITS_OUTPUT_URI`` and updates the outlet asset there. Airflow
-may fold events that arrive close together into one run; each edit is still copied once.
+``qwen_callback_consumer`` is scheduled on that asset, partitioned by Apikley task id: it runs once
+per finished edit, copies its results into ``QWEN_EDITS_OUTPUT_URI`` and updates the outlet asset
+there. (Airflow 3.1 has no partitioned schedules: events that arrive close together share a run,
+and each edit is still copied once.)
 
 Apikley must reach the api-server: set ``[api] base_url`` to its public URL, and the connection's
 ``webhook_secret`` extra to the webhook HMAC key so that unsigned or forged callbacks are refused.
@@ -26,6 +27,11 @@ from typing import Any
 import pendulum
 
 from airflow.providers.common.compat.sdk import DAG, Asset, ObjectStoragePath, Param, task
+
+try:
+    from airflow.sdk import PartitionedAssetTimetable
+except ImportError:  # Airflow 3.1
+    PartitionedAssetTimetable = None
 
 from airflow_provider_qwen.api_server.asset_events import default_asset_uri
 from airflow_provider_qwen.links import callback_url
@@ -68,7 +74,7 @@ with DAG(
 with DAG(
     dag_id="qwen_callback_consumer",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    schedule=[FINISHED_EDITS],
+    schedule=PartitionedAssetTimetable(assets=FINISHED_EDITS) if PartitionedAssetTimetable else [FINISHED_EDITS],
     catchup=False,
     tags=["example", "qwen", "apikley", "callbacks"],
     doc_md=__doc__,

@@ -47,7 +47,10 @@ def record_finished_task(asset_uri: str, extra: dict[str, Any]) -> bool:
             raise UnknownAsset(asset_uri)
         if _already_recorded(session, asset, extra["apikley_task_id"]):
             return False
-        asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
+        # The task id is the event's partition: a consumer on a partitioned schedule (Airflow 3.2+)
+        # runs once per edit. Airflow 3.1 ignores it.
+        task_id = extra["apikley_task_id"]
+        asset_manager.register_asset_change(asset=asset, extra=extra, session=session, partition_key=task_id)
         return True
 
 

@@ -82,6 +82,19 @@ def test_a_signed_callback_records_one_asset_event_with_the_results(asset, signe
     assert requests_mock.call_count == 1  # the state was read from Apikley, not taken from the body
 
 
+def test_each_finished_edit_is_its_own_partition(asset, signed_connection, client, requests_mock):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    if not hasattr(AssetEvent, "partition_key"):
+        pytest.skip("asset partitions came with Airflow 3.2")
+    requests_mock.get(RECORD_URL, json=record("success"))
+    assert client.post("/callback", json=callback_body(), headers=signed()).status_code == 200
+    with create_session() as session:
+        keys = session.scalars(select(AssetEvent.partition_key)).all()
+    assert TASK_ID in keys
+
+
 def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     first = client.post("/callback", json=callback_body(), headers=signed(at=time.time() - 1))
