@@ -169,20 +169,23 @@ async def test_a_shared_session_carries_each_hooks_own_key(http, monkeypatch):
     await after.aclose()
 
 
-async def test_many_concurrent_triggers_open_one_session_and_close_it(http, monkeypatch):
+async def test_many_concurrent_triggers_share_one_open_session_and_close_it(http, monkeypatch):
     http.add(record("success"), repeat=True)
     opened = []
     original_init = aiohttp.ClientSession.__init__
 
     def counting_init(self, *args, **kwargs):
+        # A trigger that ends before a slow one borrows may close the session first; what must never
+        # happen is two sessions open at once.
+        assert all(session.closed for session in opened), "a second session opened beside an open one"
         opened.append(self)
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_init)
     runs = await asyncio.gather(*(run_to_events(make_trigger()) for _ in range(100)))
     assert [event["status"] for (event,) in runs] == ["success"] * 100
-    assert len(opened) == 1
-    assert opened[0].closed
+    assert 1 <= len(opened) < 100
+    assert all(session.closed for session in opened)
 
 
 async def test_trigger_never_creates_a_task(http):
