@@ -79,6 +79,8 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         # Executor workers come from a fork server holding EXECUTOR_PRELOAD_MODULES, not from the scheduler.
         "scheduler": {"job_heartbeat_sec": 2, "scheduler_heartbeat_sec": 2, "mp_start_method": "forkserver"},
         "logging": {"logging_level": "INFO"},
+        # the dev extra installs the OpenLineage provider for the lineage tests; nothing here collects lineage
+        "openlineage": {"disabled": True},
     }
     return {
         f"AIRFLOW__{section.upper()}__{key.upper()}": _config_value(value)

@@ -36,9 +36,9 @@ pytestmark = [
 
 DAG_ID = "qwen_system_edits"
 EDITS = 200
-MIDWAY_TIMEOUT_SECONDS = 300.0
+MIDWAY_TIMEOUT_SECONDS = 450.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0
-RUN_TIMEOUT_SECONDS = 480.0
+RUN_TIMEOUT_SECONDS = 720.0
 
 #: Triggers the triggerer should be waiting on when it is killed, if the run gets there in time.
 BUSY_TRIGGERER = 10
