@@ -41,15 +41,15 @@ def record_finished_task(asset_uri: str, extra: dict[str, Any]) -> bool:
     :return: whether an event was recorded (``False``: the task was delivered before).
     :raises UnknownAsset: when no DAG uses ``asset_uri``.
     """
+    task_id = extra["apikley_task_id"]
     with create_session(scoped=False) as session:
         asset = session.scalar(with_row_locks(select(AssetModel).where(AssetModel.uri == asset_uri), session))
         if asset is None:
             raise UnknownAsset(asset_uri)
-        if _already_recorded(session, asset, extra["apikley_task_id"]):
+        if _already_recorded(session, asset, task_id):
             return False
         # The task id is the event's partition: a consumer on a partitioned schedule (Airflow 3.2+)
         # runs once per edit. Airflow 3.1 ignores it.
-        task_id = extra["apikley_task_id"]
         asset_manager.register_asset_change(asset=asset, extra=extra, session=session, partition_key=task_id)
         return True
 
