@@ -7,6 +7,7 @@ without importing the hook.
 
 from __future__ import annotations
 
+CONN_TYPE = "apikley"
 DEFAULT_BASE_URL = "https://api.apikley.ru"
 DEFAULT_UPLOAD_BASE_URL = "https://api.apikley.ru/file-upload"
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -28,6 +29,14 @@ CONN_FIELDS: dict[str, dict] = {
         "description": "The key Apikley signs task callbacks with; unsigned callbacks are refused when it is set.",
         "schema": {"type": ["string", "null"], "format": "password"},
     },
+    "private_result_hosts": {
+        "label": "Private result hosts",
+        "description": (
+            "Comma-separated host names or IP networks on loopback or private ranges that result URLs may "
+            "point to. Not needed when the base URL itself is such a host."
+        ),
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 UI_FIELD_BEHAVIOUR: dict[str, dict] = {
@@ -39,7 +48,7 @@ UI_FIELD_BEHAVIOUR: dict[str, dict] = {
 CONNECTION_TYPE: dict = {
     "hook-class-name": "airflow_provider_qwen.hooks.apikley.ApikleyHook",
     "hook-name": "Apikley",
-    "connection-type": "apikley",
+    "connection-type": CONN_TYPE,
     "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
     "conn-fields": CONN_FIELDS,
 }

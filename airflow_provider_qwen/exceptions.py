@@ -95,6 +95,14 @@ class ApikleyBadResponseError(ApikleyError):
     transient = True
 
 
+class ApikleyURLRefusedError(ApikleyError):
+    """
+    A URL from outside (a result URL, or a redirect from one) points where the provider never goes:
+    a scheme other than http(s), a link-local or cloud-metadata address, or a loopback or private
+    host the connection does not allow. Not retried: the same URL is refused again.
+    """
+
+
 class ApikleyConnectionError(ApikleyError):
     """
     The connection to Apikley could not be made, or broke before an answer arrived.

@@ -7,6 +7,8 @@ from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, conf
 
+from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.providers.common.compat.sdk import BaseOperator
@@ -31,14 +33,32 @@ def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = Non
     """
     Where Apikley should send a task's callback: the provider's receiver on this Airflow's api-server.
 
-    Built from ``[api] base_url``, which must be a URL Apikley can reach.
+    Built from ``[api] base_url``, which must be a URL Apikley can reach. With neither argument the
+    receiver uses ``apikley_default`` and updates ``apikley://<model>``, and this reads nothing. A
+    URL that names a connection or an asset carries a token signed with that connection's
+    ``webhook_secret`` extra, so nobody else can make such a URL; building it reads the connection,
+    so call it at run time (in a task or a template), not at the top level of a DAG file.
 
     :param asset_uri: the Asset the receiver updates; by default ``apikley://<model>``.
     :param apikley_conn_id: the connection the receiver checks signatures and re-reads the task with;
         by default ``apikley_default``.
+    :raises ApikleyConfigurationError: when a connection or asset is named and the connection has no
+        ``webhook_secret``.
     """
-    query = {name: value for name, value in (("asset", asset_uri), ("conn_id", apikley_conn_id)) if value}
-    return _api_server_url("/callback") + (f"?{urlencode(query)}" if query else "")
+    if asset_uri is None and apikley_conn_id is None:
+        return _api_server_url("/callback")
+    from airflow_provider_qwen.api_server.signing import route_token
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    conn_id = apikley_conn_id or ApikleyHook.default_conn_name
+    key = ApikleyHook(conn_id).settings.webhook_secret
+    if key is None:
+        raise ApikleyConfigurationError(
+            f"callback_url(asset_uri={asset_uri!r}, apikley_conn_id={conn_id!r}): naming a connection or an "
+            f"asset needs the webhook_secret extra on connection {conn_id!r}, to sign the URL with"
+        )
+    query = {"conn_id": conn_id, "asset": asset_uri or "", "token": route_token(key, conn_id, asset_uri or "")}
+    return _api_server_url("/callback") + "?" + urlencode({name: value for name, value in query.items() if value})
 
 
 class ApikleyTaskLink(BaseOperatorLink):

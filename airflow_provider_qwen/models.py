@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +29,29 @@ from pydantic import (
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError
 
 QWEN_IMAGE_TO_IMAGE = "qwen/image-to-image"
+
+#: What an Apikley task id looks like (real ones are 32 hex characters). Ids arrive from outside
+#: (answers, callbacks, DAG arguments) and become file names, log lines and query strings, so
+#: nothing else is accepted anywhere.
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+TASK_ID_RULE = "must be 1 to 128 letters, digits, '-' or '_'"
+
+
+def is_task_id(value: Any) -> bool:
+    """Whether ``value`` is a string shaped like an Apikley task id (:data:`TASK_ID_PATTERN`)."""
+    return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
+
+
+def check_task_id(value: Any) -> str:
+    """
+    ``value`` as a task id given by a user (an operator or sensor argument).
+
+    :raises ApikleyInputError: naming the value and the rule, when it is not shaped like a task id.
+    """
+    task_id = value.strip() if isinstance(value, str) else value
+    if not is_task_id(task_id):
+        raise ApikleyInputError(f"apikley_task_id={value!r}: {TASK_ID_RULE}")
+    return task_id
 
 
 def _reject_bool(value: Any) -> Any:
@@ -176,6 +200,13 @@ class TaskRecord(BaseModel):
     update_time: int | None = Field(default=None, validation_alias="updateTime")
     complete_time: int | None = Field(default=None, validation_alias="completeTime")
     credits_consumed: float | None = Field(default=None, validation_alias="creditsConsumed")
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id_shape(cls, value: str) -> str:
+        if not is_task_id(value):
+            raise ValueError(TASK_ID_RULE)
+        return value
 
     @field_validator("fail_code", mode="before")
     @classmethod

@@ -18,13 +18,15 @@ from urllib.parse import urlsplit
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
+from airflow_provider_qwen.models import TASK_ID_RULE, is_task_id
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: The largest result image we copy; a bigger answer is refused rather than filling a disk.
 MAX_RESULT_BYTES = 50 * 1024 * 1024
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+#: The longest file name an upload may be stored under.
+MAX_FILE_NAME_CHARS = 255
 
 
 def sniff_image_type(head: bytes) -> str | None:
@@ -59,6 +61,39 @@ def check_upload_path(upload_path: str) -> str:
             f"upload_path={upload_path!r}: must be a relative folder name without leading or trailing slash"
         )
     return upload_path
+
+
+def check_file_name(file_name: str) -> str:
+    """:raises ApikleyInputError: unless ``file_name`` is a plain file name: no folder, no ``..``, no control character."""
+    if (
+        not isinstance(file_name, str)
+        or not file_name.strip()
+        or len(file_name) > MAX_FILE_NAME_CHARS
+        or file_name in (".", "..")
+        or any(char in file_name for char in "/\\")
+        or any(ord(char) < 32 or ord(char) == 127 for char in file_name)
+    ):
+        raise ApikleyInputError(
+            f"file_name={file_name!r}: must be a plain file name of at most {MAX_FILE_NAME_CHARS} characters, "
+            "without '/', '\\', control characters, and not '.' or '..'"
+        )
+    return file_name
+
+
+def result_destination(folder: ObjectStoragePath, apikley_task_id: str, index: int, extension: str) -> ObjectStoragePath:
+    """
+    Where result ``index`` of a task is copied: ``<folder>/<task id>-<index>.<extension>``.
+
+    The task id comes from outside, so the path is proven to stay inside ``folder``.
+
+    :raises ApikleyBadResponseError: when the task id is not shaped like one.
+    """
+    if not is_task_id(apikley_task_id):
+        raise ApikleyBadResponseError(f"Refusing to name a file after task id {apikley_task_id!r}: {TASK_ID_RULE}")
+    dest = folder / f"{apikley_task_id}-{int(index)}.{extension}"
+    if dest.parent != folder:
+        raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
+    return dest
 
 
 def check_result_url(url: str) -> str:

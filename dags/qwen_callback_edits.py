@@ -13,7 +13,8 @@ there. (Airflow 3.1 has no partitioned schedules: events that arrive close toget
 and each edit is still copied once.)
 
 Apikley must reach the api-server: set ``[api] base_url`` to its public URL, and the connection's
-``webhook_secret`` extra to the webhook HMAC key so that unsigned or forged callbacks are refused.
+``webhook_secret`` extra to the webhook HMAC key: the receiver refuses unsigned callbacks unless
+``[apikley] allow_unsigned_callbacks`` says otherwise.
 Callbacks can be lost: an edit that never calls back can still be waited for with
 ``ApikleyTaskSensor`` and its Apikley task id.
 """
@@ -37,6 +38,7 @@ from airflow_provider_qwen.api_server.asset_events import default_asset_uri
 from airflow_provider_qwen.links import callback_url
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+from airflow_provider_qwen.storage import result_destination
 
 #: What the receiver updates for every finished edit of the model.
 FINISHED_EDITS = Asset(default_asset_uri(QWEN_IMAGE_TO_IMAGE))
@@ -67,7 +69,8 @@ with DAG(
         task_id="submit",
         prompt="{{ params.prompt }}",
         wait_for_completion=False,
-        callback_url=callback_url(FINISHED_EDITS.uri),
+        # The receiver's defaults: apikley_default, and the asset apikley://<model>, i.e. FINISHED_EDITS.
+        callback_url=callback_url(),
     ).expand(image_url=list_images())
 
 
@@ -97,7 +100,7 @@ with DAG(
                 )
                 continue
             for index, url in enumerate(edit["result_urls"]):
-                copy = hook.download_result(url, folder / f"{edit['apikley_task_id']}-{index}.png")
+                copy = hook.download_result(url, result_destination(folder, edit["apikley_task_id"], index, "png"))
                 stored.append({"apikley_task_id": edit["apikley_task_id"], **copy.to_dict()})
         return stored
 

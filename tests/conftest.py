@@ -50,3 +50,22 @@ def apikley_connection(monkeypatch: pytest.MonkeyPatch) -> None:
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retries happen as in production, without the sleeps."""
     monkeypatch.setattr(RetryPolicy, "wait_seconds", lambda self, failures, error: 0.0)
+
+
+#: The public address that the tests' made-up host names resolve to (no DNS is reached).
+TEST_HOST_ADDRESS = "93.184.215.14"
+
+
+@pytest.fixture(autouse=True)
+def test_hosts_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made-up names (``*.test``, ``*.example.org``: the mocked Apikley and result hosts) resolve to a public address."""
+    import socket
+
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if isinstance(host, str) and host.endswith((".test", "example.org", "example.com")):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (TEST_HOST_ADDRESS, port or 0))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr("airflow_provider_qwen.hooks.downloads.socket.getaddrinfo", getaddrinfo)

@@ -2,52 +2,85 @@
 ``POST /apikley/callback``: where Apikley tells Airflow that a task ended.
 
 Mounted on the Airflow api-server by :mod:`airflow_provider_qwen.api_server.plugin`. Anyone can
-reach it, so it trusts nothing it is sent: the signature is checked when the connection has a
-webhook HMAC key, and the task's state is read from Apikley before anything is recorded.
+reach it, so it trusts nothing it is sent:
 
-Query parameters of the callback URL: ``asset`` (the URI of the Asset to update; by default
-``apikley://<model>``) and ``conn_id`` (the Apikley connection; ``apikley_default``).
+- The body is read up to :data:`MAX_CALLBACK_BYTES`; only ``data.taskId`` is taken from it, and
+  only when it is shaped like a task id.
+- The connection is ``apikley_default`` unless the URL names another, and the asset is
+  ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
+  ``token`` that :func:`~airflow_provider_qwen.links.callback_url` signs with that connection's
+  webhook key. A connection that is not of type ``apikley`` is never used.
+- Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a
+  connection without one takes unsigned callbacks only where the deployment opted in with
+  ``[apikley] allow_unsigned_callbacks = True``, and then only for the default connection and asset.
+- Every refusal is the same bare 401, so answers tell nothing about which connections exist.
+- The task's state is then read from Apikley, never taken from the body, and a finished task is
+  recorded once as an Asset event.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from airflow.providers.common.compat.sdk import conf
+
 from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
-from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker
+from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker, check_route_token
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.envelope import MAX_ANSWER_BYTES
 from airflow_provider_qwen.hooks.retries import RetryPolicy
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, TaskRecord
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, TaskRecord, is_task_id
 
 log = logging.getLogger(__name__)
 
-#: The connection extra holding the key Apikley signs callbacks with (Airflow hides values of "secret" fields).
-WEBHOOK_KEY_EXTRA = "webhook_secret"
-#: What a task id looks like; anything else in a callback is refused as malformed.
-TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: The largest callback body read; Apikley's are a few KB.
+MAX_CALLBACK_BYTES = 256 * 1024
 #: Re-reading the task must fit in Apikley's 15 s delivery timeout: one quick retry at most.
 RECHECK_RETRY_POLICY = RetryPolicy(attempts=2, initial_wait=0.5, max_wait=1.0)
+#: Seconds one re-read may take.
+RECHECK_TIMEOUT_SECONDS = 5.0
+#: The ``[apikley]`` option that lets a connection without a webhook key take unsigned callbacks.
+ALLOW_UNSIGNED_OPTION = "allow_unsigned_callbacks"
+
+
+class BodyTooLarge(Exception):
+    """The callback's body is over :data:`MAX_CALLBACK_BYTES`."""
+
+
+async def read_bounded(request: Request, limit: int = MAX_CALLBACK_BYTES) -> bytes:
+    """
+    The request's body, read no further than ``limit`` bytes.
+
+    :raises BodyTooLarge: when ``Content-Length`` or the bytes sent go past ``limit``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
 
 
 def task_id_from_body(body: bytes) -> str | None:
     """The task id from ``data.taskId`` (or ``data.task_id``) of a callback's JSON body."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         return None
     data = payload.get("data") if isinstance(payload, dict) else None
     task_id = (data.get("taskId") or data.get("task_id")) if isinstance(data, dict) else None
     # it reaches logs and Apikley's query string before anything vouches for it
-    return task_id if isinstance(task_id, str) and TASK_ID_PATTERN.fullmatch(task_id) else None
+    return task_id if is_task_id(task_id) else None
 
 
 def event_extra(record: TaskRecord) -> dict[str, Any]:
@@ -62,6 +95,58 @@ def event_extra(record: TaskRecord) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class CallbackRoute:
+    """
+    What a callback URL names: the connection to use and the asset to update.
+
+    :param conn_id: the connection named by the URL, or ``None`` for ``apikley_default``.
+    :param asset: the asset named by the URL, or ``None`` for ``apikley://<model>``.
+    :param token: the deployment's signature over both, required when either is named.
+    """
+
+    conn_id: str | None
+    asset: str | None
+    token: str | None
+
+    @property
+    def names_anything(self) -> bool:
+        """Whether the URL chooses a connection or an asset (and so needs a token)."""
+        return self.conn_id is not None or self.asset is not None
+
+    @property
+    def effective_conn_id(self) -> str:
+        return self.conn_id or ApikleyHook.default_conn_name
+
+
+def trusted_hook(route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker) -> ApikleyHook:
+    """
+    The hook to re-read the task with, once everything the caller chose is vouched for.
+
+    Reads the connection, and nothing leaves the api-server before this returns.
+
+    :raises CallbackRejected: when the connection is missing or not of type ``apikley``, the URL's
+        token or Apikley's signature is missing or wrong, or the callback is a replay.
+    """
+    hook = ApikleyHook(route.effective_conn_id, retry_policy=RECHECK_RETRY_POLICY, timeout=RECHECK_TIMEOUT_SECONDS)
+    try:
+        key = hook.settings.webhook_secret
+    except Exception as err:  # unknown connection, another type, or an unusable one: all look alike outside
+        raise CallbackRejected(f"connection {route.effective_conn_id!r} is not a usable Apikley connection") from err
+    if key is None:
+        if route.names_anything:
+            raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the URL with")
+        if not conf.getboolean("apikley", ALLOW_UNSIGNED_OPTION, fallback=False):
+            raise CallbackRejected(
+                f"connection {route.effective_conn_id!r} has no webhook key and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
+            )
+        return hook
+    if route.names_anything:
+        check_route_token(key, route.effective_conn_id, route.asset or "", route.token)
+    checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
+    return hook
+
+
 def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     """
     The receiver's route.
@@ -72,30 +157,23 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     router = APIRouter()
 
     @router.post("/callback")
-    async def receive_callback(
-        request: Request, asset: str | None = None, conn_id: str = ApikleyHook.default_conn_name
-    ) -> Response:
-        body = await request.body()
-        if len(body) > MAX_ANSWER_BYTES:
-            return JSONResponse({"detail": "body too large"}, status_code=413)
+    async def receive_callback(request: Request) -> Response:
+        try:
+            body = await read_bounded(request)
+        except BodyTooLarge:
+            return JSONResponse({"detail": f"body larger than {MAX_CALLBACK_BYTES} bytes"}, status_code=413)
         task_id = task_id_from_body(body)
         if task_id is None:
-            return JSONResponse({"detail": "no data.taskId in the body"}, status_code=400)
-        hook = ApikleyHook(conn_id, retry_policy=RECHECK_RETRY_POLICY)
+            return JSONResponse({"detail": "no valid data.taskId in the body"}, status_code=400)
+        query = request.query_params
+        route = CallbackRoute(conn_id=query.get("conn_id"), asset=query.get("asset"), token=query.get("token"))
+        headers = {name: request.headers.get(name) for name in ("X-Webhook-Timestamp", "X-Webhook-Signature")}
         try:
-            key = (await run_in_threadpool(hook.get_connection, conn_id)).extra_dejson.get(WEBHOOK_KEY_EXTRA)
-        except Exception:
-            log.warning("Apikley callback for task %s names connection %r, which cannot be read", task_id, conn_id)
+            hook = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
+        except CallbackRejected as rejected:
+            log.warning("Apikley callback for task %s refused: %s", task_id, rejected)
             return Response(status_code=401)
-        if key:
-            try:
-                checker.check(
-                    key, task_id, request.headers.get("X-Webhook-Timestamp"), request.headers.get("X-Webhook-Signature")
-                )
-            except CallbackRejected as rejected:
-                log.warning("Apikley callback refused: %s", rejected)
-                return Response(status_code=401)
-        return await run_in_threadpool(_record, hook, task_id, asset)
+        return await run_in_threadpool(_record, hook, task_id, route.asset)
 
     return router
 
@@ -108,6 +186,9 @@ def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
         return JSONResponse({"detail": "unknown task"}, status_code=404)
     except ApikleyError as err:
         log.warning("Apikley callback for task %s: its state could not be read: %s", task_id, err)
+        return JSONResponse({"detail": "task state could not be read; send again"}, status_code=503)
+    if record.task_id != task_id:
+        log.warning("Apikley callback for task %s: Apikley answered about task %s", task_id, record.task_id)
         return JSONResponse({"detail": "task state could not be read; send again"}, status_code=503)
     if not record.state.is_terminal:
         return JSONResponse(

@@ -4,7 +4,8 @@ Checking that a callback comes from Apikley, and that it is not an old one sent 
 Apikley signs only the task id and the time, not the body:
 ``X-Webhook-Signature = base64(HMAC-SHA256(key, taskId + "." + X-Webhook-Timestamp))``.
 So a receiver checks the signature, refuses stale or repeated ones, and reads the task's state
-from the API rather than from the body.
+from the API rather than from the body. What the callback URL names (a connection, an asset) is
+signed by the deployment itself: see :func:`route_token`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import threading
 import time
+from collections.abc import Callable
 
 #: Seconds a signed callback stays acceptable after its timestamp, and how far ahead a clock may be.
 DEFAULT_MAX_AGE_SECONDS = 300
@@ -29,21 +30,39 @@ def callback_signature(key: str, task_id: str, timestamp: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def route_token(key: str, conn_id: str, asset_uri: str) -> str:
+    """
+    The deployment's own signature over a callback URL's ``conn_id`` and ``asset``.
+
+    Made with the connection's webhook key, so only someone holding it can point a callback at a
+    connection or an asset; the prefix keeps it apart from Apikley's signatures made with that key.
+    """
+    message = f"apikley-callback-route\n{conn_id}\n{asset_uri}".encode()
+    digest = hmac.new(key.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def check_route_token(key: str, conn_id: str, asset_uri: str, token: str | None) -> None:
+    """:raises CallbackRejected: unless ``token`` is :func:`route_token` of this connection and asset."""
+    if not token or not hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()):
+        raise CallbackRejected(f"callback URL names connection {conn_id!r} or an asset without a valid token")
+
+
 class SignatureChecker:
     """
     Accept each correctly signed, fresh callback once.
 
-    Signatures already accepted are remembered until they are stale anyway, so a replay within the
-    window is refused as well. The memory is per api-server process; the effect of a callback is
-    made idempotent separately, so a replay that reaches another process changes nothing.
+    Accepted signatures are remembered (by ``remember``; in the metadata database by default, so
+    every api-server process and restart shares the memory) until they are stale anyway, so a
+    replay within the window is refused too.
 
     :param max_age: seconds a timestamp may lie in the past (or in the future, for clock skew).
+    :param remember: records an accepted signature; returns ``False`` when it was recorded before.
     """
 
-    def __init__(self, max_age: float = DEFAULT_MAX_AGE_SECONDS) -> None:
+    def __init__(self, max_age: float = DEFAULT_MAX_AGE_SECONDS, remember: Remember | None = None) -> None:
         self.max_age = max_age
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._remember = remember
 
     def check(self, key: str, task_id: str, timestamp: str | None, signature: str | None) -> None:
         """
@@ -62,13 +81,16 @@ class SignatureChecker:
         now = time.time()
         if abs(now - sent_at) > self.max_age:
             raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago")
-        with self._lock:
-            self._forget_older_than(now - self.max_age)
-            if signature in self._seen:
-                raise CallbackRejected(f"replayed callback for task {task_id}")
-            self._seen[signature] = sent_at
+        remember = self._remember or _remember_in_database
+        if not remember(expected, now - self.max_age):
+            raise CallbackRejected(f"replayed callback for task {task_id}")
 
-    def _forget_older_than(self, cutoff: float) -> None:
-        for seen, sent_at in list(self._seen.items()):
-            if sent_at < cutoff:
-                del self._seen[seen]
+
+#: Records an accepted signature and forgets those accepted before a cutoff; ``False`` for a replay.
+Remember = Callable[[str, float], bool]
+
+
+def _remember_in_database(signature: str, forget_before: float) -> bool:
+    from airflow_provider_qwen.api_server.deliveries import remember_signature
+
+    return remember_signature(signature, forget_before)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Awaitable
+import ssl
+from collections.abc import Awaitable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 import aiohttp
 import requests
@@ -16,44 +16,32 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import ObjectStoragePath
-from airflow.providers.http.hooks.http import HttpHook, TCPKeepAliveAdapter
+from airflow.providers.http.hooks.http import HttpHook
 
 from airflow_provider_qwen import __version__
-from airflow_provider_qwen.connection_form import (
-    CONN_FIELDS,
-    DEFAULT_BASE_URL,
-    DEFAULT_UPLOAD_BASE_URL,
-    UI_FIELD_BEHAVIOUR,
-)
+from airflow_provider_qwen.connection_form import DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
 from airflow_provider_qwen.exceptions import (
     ApikleyBadResponseError,
-    ApikleyConfigurationError,
     ApikleyConnectionError,
     ApikleyError,
-    ApikleyInputError,
     error_class_for_code,
 )
-from airflow_provider_qwen.hooks.connection import (
-    BearerAuth,
-    api_key_from_connection,
-    base_url_from_connection,
-    timeout_from_extra,
-)
-from airflow_provider_qwen.hooks.envelope import check_answer_size, parse_envelope
+from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth
+from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, wall_clock_limit
+from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
+from airflow_provider_qwen.hooks.envelope import check_answer_size, excerpt, parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
 from airflow_provider_qwen.hooks.sessions import shared_sessions
-from airflow_provider_qwen.models import TaskRecord
+from airflow_provider_qwen.models import TaskRecord, check_task_id, is_task_id
 from airflow_provider_qwen.storage import (
     MAX_RESULT_BYTES,
     StoredFile,
+    check_file_name,
     check_result_url,
     check_upload,
     check_upload_path,
     write_atomically,
 )
-
-if TYPE_CHECKING:
-    from airflow.providers.common.compat.sdk import Connection
 
 CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
 RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
@@ -68,34 +56,35 @@ def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
     return ApikleyConnectionError(f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent)
 
 
+def _deadline_passed(seconds: float) -> ApikleyConnectionError:
+    return ApikleyConnectionError(f"No complete answer within {seconds:g} s; abandoned", request_not_sent=False)
+
+
 def _task_id_from_create_answer(data: Any) -> str:
     task_id = data.get("taskId") or data.get("task_id") if isinstance(data, dict) else None
-    if not task_id:
-        raise ApikleyBadResponseError(f"Apikley accepted the task but sent no taskId: {data!r}")
-    return str(task_id)
+    if not is_task_id(task_id):
+        raise ApikleyBadResponseError(
+            f"Apikley accepted the task but sent no usable taskId: {excerpt(repr(data))}; "
+            "look for the task in Apikley's logs before submitting it again"
+        )
+    return task_id
 
 
 def _upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
     fields = {"uploadPath": check_upload_path(upload_path)}
     if file_name:
-        fields["fileName"] = file_name
+        fields["fileName"] = check_file_name(file_name)
     return fields
-
-
-def _require_task_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise ApikleyInputError(f"apikley_task_id={task_id!r}: must be a non-empty string")
-    return task_id.strip()
 
 
 class ApikleyHook(HttpHook):
     """
     Talk to the Apikley API: create tasks, read their state, check credits.
 
-    The connection (type ``apikley``) holds the API key in its password and, optionally, the base
-    URL in its host (default https://api.apikley.ru). Its extra may set ``timeout`` (seconds per
-    request) and ``upload_base_url``, plus any request option :class:`HttpHook` reads (``proxies``,
-    ``verify``...).
+    The connection must be of type ``apikley``; it holds the API key in its password and, optionally,
+    the base URL in its host (default https://api.apikley.ru). Its extra may set ``timeout`` (seconds
+    one call may take in all), ``upload_base_url``, ``webhook_secret``, ``proxies``, ``verify`` and
+    ``private_result_hosts``; other extras are ignored, never sent (see :class:`ApikleySettings`).
 
     Status queries are retried on 429, 455, 5xx, malformed answers and network errors, with
     exponential backoff, jitter and ``Retry-After``. ``createTask`` is retried only where the service
@@ -104,7 +93,7 @@ class ApikleyHook(HttpHook):
 
     :param apikley_conn_id: the Airflow connection to use.
     :param retry_policy: how often and how patiently to repeat a failed call.
-    :param timeout: seconds one HTTP request may take; overrides the connection's ``timeout``.
+    :param timeout: seconds one HTTP call may take in all; overrides the connection's ``timeout``.
     """
 
     conn_name_attr = "apikley_conn_id"
@@ -122,15 +111,14 @@ class ApikleyHook(HttpHook):
         timeout: float | None = None,
     ) -> None:
         # HttpHook would build its keep-alive adapter (a connection pool) now, for every hook; a
-        # trigger's hook never sends a blocking request, so it is built on first use instead.
+        # trigger's hook never sends a blocking request, so get_conn builds one on first use instead.
         super().__init__(method="GET", http_conn_id=apikley_conn_id, tcp_keep_alive=False)
         self.apikley_conn_id = apikley_conn_id
         self.retry_policy = retry_policy or RetryPolicy()
         self._timeout_override = timeout
         self._aio_session: aiohttp.ClientSession | None = None
         self._aio_base_url = ""
-        self._aio_headers: dict[str, str] = {}
-        self._aio_timeout: aiohttp.ClientTimeout | None = None
+        self._aio_options: dict[str, Any] = {}
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -139,69 +127,72 @@ class ApikleyHook(HttpHook):
 
     # ---- blocking client (workers) -----------------------------------------------------------
 
+    @cached_property
+    def settings(self) -> ApikleySettings:
+        """
+        What this hook takes from its connection, read once.
+
+        :raises ApikleyConfigurationError: when the connection is not of type ``apikley``, has no API
+            key or holds an extra that breaks its rule.
+        """
+        return ApikleySettings.from_connection(self.get_connection(self.apikley_conn_id))
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one HTTP call may take in all, answer included."""
+        return self._timeout_override or self.settings.timeout
+
     def get_conn(
         self, headers: dict[str, Any] | None = None, extra_options: dict[str, Any] | None = None
     ) -> requests.Session:
-        """A ``requests`` session configured from the connection, with TCP keep-alive."""
-        if self.adapter is None and self.keep_alive_adapter is None:
-            self.keep_alive_adapter = TCPKeepAliveAdapter(idle=120, count=20, interval=30)
-        return super().get_conn(headers, extra_options)
-
-    def _set_base_url(self, connection: Connection) -> None:
-        self.base_url = base_url_from_connection(connection)
-        self._base_url_initialized = True
-
-    def _extract_auth(self, connection: Connection) -> BearerAuth:
-        return BearerAuth(api_key_from_connection(connection))
-
-    def _configure_session_from_extra(
-        self, session: requests.Session, connection: Connection, extra_options: dict[str, Any]
-    ) -> requests.Session:
-        session = super()._configure_session_from_extra(session, connection, extra_options)
-        # HttpHook sends unknown extras as headers; ours are settings, not headers.
-        for field in CONN_FIELDS:
-            session.headers.pop(field, None)
+        """
+        A ``requests`` session for the API: the key as a bearer token, the connection's ``proxies``
+        and ``verify``, TCP keep-alive and a wall-clock limit per call. No other extra is used.
+        """
+        settings = self.settings
+        self.base_url = settings.base_url
+        session = requests.Session()
+        session.auth = BearerAuth(settings.api_key)
+        session.headers.update({**self.default_headers, **(headers or {})})
+        session.proxies.update(settings.proxies)
+        session.verify = settings.verify
+        session.stream = True  # answers are read in chunks, so an oversized one is refused early
+        adapter = DeadlineAdapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         return session
 
     @cached_property
     def session(self) -> requests.Session:
         """One ``requests`` session, configured from the connection, reused by every call."""
-        session = self.get_conn()
-        session.stream = True  # answers are read in chunks, so an oversized one is refused early
-        return session
+        return self.get_conn()
 
-    @cached_property
-    def _request_timeout(self) -> float:
-        self.session  # noqa: B018  (reading the connection fills merged_extra)
-        return self._timeout_override or timeout_from_extra(self.merged_extra)
-
-    @cached_property
+    @property
     def upload_base_url(self) -> str:
         """Base URL of the file upload API, from the connection's ``upload_base_url`` extra."""
-        extra = self.get_connection(self.apikley_conn_id).extra_dejson
-        url = (extra.get("upload_base_url") or DEFAULT_UPLOAD_BASE_URL).rstrip("/")
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise ApikleyConfigurationError(f"Connection extra upload_base_url={url!r}: must be an http(s) URL")
-        return url
+        return self.settings.upload_base_url
 
     def _send(self, method: str, url: str, **request_kwargs: Any) -> Any:
-        session = self.session  # reads the connection, and with it merged_extra
-        options = {**self.merged_extra, "timeout": self._request_timeout, "check_response": False}
-        request = requests.Request(method, url, **request_kwargs)
-        try:
-            with self.run_and_check(session, session.prepare_request(request), options) as response:
-                body = b""
-                for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
-                    body += chunk
-                    check_answer_size(len(body))
-        except requests.RequestException as err:
-            raise _connection_error(err) from None
-        text = body.decode(response.encoding or "utf-8", errors="replace")
-        return parse_envelope(response.status_code, text, response.headers.get("Retry-After"))
+        session = self.session
+        # Redirects are not followed: the key must not travel to wherever an answer points.
+        options = {"timeout": self.timeout, "allow_redirects": False, "check_response": False}
+        prepared = session.prepare_request(requests.Request(method, url, **request_kwargs))
+        with wall_clock_limit(self.timeout) as deadline:
+            try:
+                with self.run_and_check(session, prepared, options) as response:
+                    body = b""
+                    for chunk in response.iter_content(DOWNLOAD_CHUNK_BYTES):
+                        body += chunk
+                        check_answer_size(len(body))
+            except requests.RequestException as err:
+                raise (_deadline_passed(self.timeout) if deadline.expired else _connection_error(err)) from None
+            if deadline.expired:  # an answer without a length ends early, at the shutdown
+                raise _deadline_passed(self.timeout)
+        return parse_envelope(response.status_code, body, response.encoding, response.headers.get("Retry-After"))
 
     def _call(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
         """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
-        url = endpoint if "://" in endpoint else self.url_from_endpoint(endpoint)
+        url = endpoint if "://" in endpoint else self.settings.base_url + endpoint
         for attempt in self.retry_policy.retrying(should_retry, self.log):
             with attempt:
                 return self._send(method, url, **request_kwargs)
@@ -229,7 +220,7 @@ class ApikleyHook(HttpHook):
         :param task_id: the id :meth:`create_task` returned.
         :raises ApikleyNotFoundError: when Apikley knows no such task.
         """
-        task_id = _require_task_id(task_id)
+        task_id = check_task_id(task_id)
         data = self._call("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
@@ -256,6 +247,8 @@ class ApikleyHook(HttpHook):
             path's name, or a name Apikley picks.
         :return: the uploaded file's ``downloadUrl``.
         """
+        if file_name is not None:
+            check_file_name(file_name)
         if isinstance(file, bytes):
             content, name = file, file_name or "image"
         else:
@@ -286,9 +279,9 @@ class ApikleyHook(HttpHook):
         should_retry = is_transient if file_name else was_not_taken
         data = self._call("POST", f"{self.upload_base_url}/api/{api}", should_retry=should_retry, **request_kwargs)
         url = data.get("downloadUrl") if isinstance(data, dict) else None
-        if not url:
-            raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {data!r}")
-        return str(url)
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {excerpt(repr(data))}")
+        return url
 
     def download_result(
         self, url: str, dest: str | ObjectStoragePath, *, max_bytes: int = MAX_RESULT_BYTES
@@ -296,12 +289,15 @@ class ApikleyHook(HttpHook):
         """
         Copy a result image to ``dest`` (any :class:`ObjectStoragePath`), atomically.
 
-        The API key is not sent: result URLs are signed links that may live on another host.
+        Result URLs are signed links that may live on another host, so nothing of the connection is
+        sent with them. The URL and each redirect (at most three) are checked first: see
+        :class:`~airflow_provider_qwen.hooks.downloads.ResultHostPolicy`.
 
         :param url: an http(s) result URL from :attr:`TaskRecord.result_urls`.
         :param dest: where to write it; its folder is created if needed.
         :param max_bytes: refuse results larger than this.
         :return: where it was written, with size, content type and SHA-256.
+        :raises ApikleyURLRefusedError: when the URL or a redirect points where results may not be.
         """
         check_result_url(url)
         dest = dest if isinstance(dest, ObjectStoragePath) else ObjectStoragePath(dest)
@@ -312,24 +308,32 @@ class ApikleyHook(HttpHook):
 
     @cached_property
     def _download_session(self) -> requests.Session:
-        session = requests.Session()
-        session.headers.update({"User-Agent": USER_AGENT})
-        return session
+        return download_session(USER_AGENT)
+
+    @cached_property
+    def result_host_policy(self) -> ResultHostPolicy:
+        """Which hosts result URLs may point to, for this connection."""
+        return ResultHostPolicy.for_api(self.settings.base_url, self.settings.private_result_hosts)
 
     def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
-        try:
-            with self._download_session.get(url, stream=True, timeout=self._request_timeout) as response:
-                if response.status_code != 200:
-                    raise error_class_for_code(response.status_code)(
-                        f"Downloading result {url} answered HTTP {response.status_code}",
-                        code=response.status_code,
-                        http_status=response.status_code,
+        with wall_clock_limit(self.timeout) as deadline:
+            try:
+                with open_result(self._download_session, url, self.result_host_policy, self.timeout) as response:
+                    if response.status_code != 200:
+                        raise error_class_for_code(response.status_code)(
+                            f"Downloading result {url} answered HTTP {response.status_code}",
+                            code=response.status_code,
+                            http_status=response.status_code,
+                        )
+                    stored = write_atomically(
+                        _until_expired(response.iter_content(DOWNLOAD_CHUNK_BYTES), deadline),
+                        dest,
+                        source_url=url,
+                        max_bytes=max_bytes,
                     )
-                return write_atomically(
-                    response.iter_content(DOWNLOAD_CHUNK_BYTES), dest, source_url=url, max_bytes=max_bytes
-                )
-        except requests.RequestException as err:
-            raise _connection_error(err) from None
+            except requests.RequestException as err:
+                raise (_deadline_passed(self.timeout) if deadline.expired else _connection_error(err)) from None
+        return stored
 
     def test_connection(self) -> tuple[bool, str]:
         """Make one cheap authenticated call (the credit balance) and say how it went."""
@@ -343,10 +347,15 @@ class ApikleyHook(HttpHook):
 
     async def _open_aio(self) -> aiohttp.ClientSession:
         conn = await get_async_connection(self.apikley_conn_id, self)
-        extra = await get_async_extra_dejson(conn)
-        self._aio_base_url = base_url_from_connection(conn)
-        self._aio_headers = {**self.default_headers, "Authorization": f"Bearer {api_key_from_connection(conn)}"}
-        self._aio_timeout = aiohttp.ClientTimeout(total=self._timeout_override or timeout_from_extra(extra))
+        settings = ApikleySettings.from_connection(conn, await get_async_extra_dejson(conn))
+        self._aio_base_url = settings.base_url
+        self._aio_options = {
+            "headers": {**self.default_headers, "Authorization": f"Bearer {settings.api_key}"},
+            "timeout": aiohttp.ClientTimeout(total=self._timeout_override or settings.timeout),
+            "proxy": settings.proxies.get(settings.base_url.split("://", 1)[0]),
+            "ssl": _ssl_option(settings.verify),
+            "allow_redirects": False,
+        }
         self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
         return self._aio_session
 
@@ -354,9 +363,7 @@ class ApikleyHook(HttpHook):
         session = self._aio_session or await self._open_aio()
         url = self._aio_base_url + endpoint
         try:
-            async with session.request(
-                method, url, headers=self._aio_headers, timeout=self._aio_timeout, **request_kwargs
-            ) as response:
+            async with session.request(method, url, **self._aio_options, **request_kwargs) as response:
                 body = b""
                 while chunk := await response.content.readany():
                     body += chunk
@@ -367,8 +374,7 @@ class ApikleyHook(HttpHook):
             raise ApikleyConnectionError(
                 f"Connection to Apikley broke: {type(err).__name__}: {err}", request_not_sent=False
             ) from None
-        text = body.decode(response.charset or "utf-8", errors="replace")
-        return parse_envelope(response.status, text, response.headers.get("Retry-After"))
+        return parse_envelope(response.status, body, response.charset, response.headers.get("Retry-After"))
 
     def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Awaitable[Any]:
         if self.retry_policy.attempts == 1:
@@ -391,7 +397,7 @@ class ApikleyHook(HttpHook):
         The connection is resolved once, asynchronously. Calls go through the aiohttp session that
         every hook of this connection in this event loop shares, until :meth:`aclose`.
         """
-        task_id = _require_task_id(task_id)
+        task_id = check_task_id(task_id)
         data = await self._acall("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
@@ -400,3 +406,18 @@ class ApikleyHook(HttpHook):
         if self._aio_session is not None:
             self._aio_session = None
             await shared_sessions.release(self.apikley_conn_id)
+
+
+def _until_expired(chunks: Iterable[bytes], deadline: CallDeadline) -> Iterator[bytes]:
+    """The chunks, stopping with an error if the deadline passed: an answer cut off then is not complete."""
+    for chunk in chunks:
+        yield chunk
+    if deadline.expired:
+        raise _deadline_passed(deadline.seconds)
+
+
+def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
+    """aiohttp's ``ssl`` argument for the connection's ``verify`` extra."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return bool(verify)

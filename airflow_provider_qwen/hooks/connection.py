@@ -1,11 +1,15 @@
 """
-Reading an ``apikley`` connection: the base URL, the API key and the request timeout.
+Reading an ``apikley`` connection into the settings the clients use.
 
-Shared by the blocking and the async client, so both read a connection the same way.
+Shared by the blocking and the async client and by the api-server, so all of them read a
+connection the same way: only connections of type ``apikley``, and only the extras listed in
+:data:`KNOWN_EXTRAS`. Nothing else a connection holds is ever sent anywhere.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -14,11 +18,23 @@ from requests.auth import AuthBase
 
 from airflow.providers.common.compat.sdk import mask_secret
 
-from airflow_provider_qwen.connection_form import DEFAULT_BASE_URL, DEFAULT_TIMEOUT_SECONDS
+from airflow_provider_qwen.connection_form import (
+    CONN_TYPE,
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT_SECONDS,
+    DEFAULT_UPLOAD_BASE_URL,
+)
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
+
+log = logging.getLogger(__name__)
+
+#: The connection extras the provider reads; any other extra is ignored (never sent as a header).
+KNOWN_EXTRAS = frozenset(
+    {"timeout", "upload_base_url", "webhook_secret", "proxies", "verify", "private_result_hosts"}
+)
 
 
 class BearerAuth(AuthBase):
@@ -35,6 +51,75 @@ class BearerAuth(AuthBase):
         return "BearerAuth(api_key=***)"
 
 
+@dataclass(frozen=True)
+class ApikleySettings:
+    """
+    What the provider takes from an ``apikley`` connection.
+
+    :param conn_id: the connection's id.
+    :param base_url: the API's base URL, from the host (default https://api.apikley.ru).
+    :param api_key: the password; never in the repr.
+    :param timeout: seconds one request may take in all (extra ``timeout``).
+    :param upload_base_url: base URL of the file upload API (extra ``upload_base_url``).
+    :param webhook_secret: the key Apikley signs callbacks with (extra ``webhook_secret``); never in the repr.
+    :param proxies: ``requests``-style proxies for the API (extra ``proxies``).
+    :param verify: TLS verification: ``True``, ``False`` or a CA bundle path (extra ``verify``).
+    :param private_result_hosts: host names or IP networks on loopback or private ranges that result
+        URLs may point to (extra ``private_result_hosts``); public hosts need no listing.
+    """
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    upload_base_url: str = DEFAULT_UPLOAD_BASE_URL
+    webhook_secret: str | None = field(default=None, repr=False)
+    proxies: dict[str, str] = field(default_factory=dict)
+    verify: bool | str = True
+    private_result_hosts: tuple[str, ...] = ()
+
+    @classmethod
+    def from_connection(cls, conn: Connection, extra: dict[str, Any] | None = None) -> ApikleySettings:
+        """
+        Read ``conn`` (with its extra already parsed, for the async path).
+
+        :raises ApikleyConfigurationError: when the connection is not of type ``apikley``, has no API
+            key, or holds an extra that breaks its rule.
+        """
+        require_apikley_type(conn)
+        extra = conn.extra_dejson if extra is None else extra
+        if not isinstance(extra, dict):
+            raise ApikleyConfigurationError(f"Connection {conn.conn_id!r}: its extra must be a JSON object")
+        ignored = sorted(set(extra) - KNOWN_EXTRAS)
+        if ignored:
+            log.warning("Connection %r: extras %s are not Apikley settings and are ignored", conn.conn_id, ignored)
+        secret = extra.get("webhook_secret") or None
+        if secret is not None:
+            mask_secret(str(secret))
+        return cls(
+            conn_id=conn.conn_id,
+            base_url=base_url_from_connection(conn),
+            api_key=api_key_from_connection(conn),
+            timeout=timeout_from_extra(extra),
+            upload_base_url=_http_url_extra(conn, extra, "upload_base_url", DEFAULT_UPLOAD_BASE_URL),
+            webhook_secret=str(secret) if secret is not None else None,
+            proxies=_proxies_from_extra(conn, extra),
+            verify=_verify_from_extra(conn, extra),
+            private_result_hosts=_hosts_from_extra(conn, extra),
+        )
+
+
+def require_apikley_type(conn: Connection) -> None:
+    """
+    :raises ApikleyConfigurationError: unless ``conn`` is of type ``apikley``: its secret is never
+        used for, nor sent to, anything else.
+    """
+    if conn.conn_type != CONN_TYPE:
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} is of type {conn.conn_type!r}; Apikley needs a connection of type {CONN_TYPE!r}"
+        )
+
+
 def base_url_from_connection(conn: Connection) -> str:
     """
     The API's base URL from the connection's host; an empty host means Apikley's public API.
@@ -48,12 +133,7 @@ def base_url_from_connection(conn: Connection) -> str:
         host = f"{conn.schema or 'https'}://{host}"
     if conn.port:
         host = f"{host}:{conn.port}"
-    parts = urlsplit(host)
-    try:
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:
-        valid = False
-    if not valid:
+    if not _is_http_url(host):
         raise ApikleyConfigurationError(
             f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
         )
@@ -76,7 +156,7 @@ def api_key_from_connection(conn: Connection) -> str:
 
 
 def timeout_from_extra(extra: dict[str, Any]) -> float:
-    """The per-request timeout in seconds from the connection's extra, or the default."""
+    """The per-call time limit in seconds from the connection's extra, or the default."""
     value = extra.get("timeout")
     if value in (None, ""):
         return DEFAULT_TIMEOUT_SECONDS
@@ -84,6 +164,53 @@ def timeout_from_extra(extra: dict[str, Any]) -> float:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = 0.0
-    if seconds <= 0:
+    if not seconds > 0 or seconds == float("inf"):
         raise ApikleyConfigurationError(f"Connection extra timeout={value!r}: must be a number of seconds > 0")
     return seconds
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        return False
+
+
+def _http_url_extra(conn: Connection, extra: dict[str, Any], name: str, default: str) -> str:
+    url = str(extra.get(name) or default).rstrip("/")
+    if not _is_http_url(url):
+        raise ApikleyConfigurationError(f"Connection {conn.conn_id!r} extra {name}={url!r}: must be an http(s) URL")
+    return url
+
+
+def _proxies_from_extra(conn: Connection, extra: dict[str, Any]) -> dict[str, str]:
+    proxies = extra.get("proxies") or {}
+    if not isinstance(proxies, dict) or not all(isinstance(v, str) for v in proxies.values()):
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra proxies: must map a scheme to a proxy URL, "
+            'e.g. {"https": "http://proxy:3128"}'
+        )
+    return dict(proxies)
+
+
+def _verify_from_extra(conn: Connection, extra: dict[str, Any]) -> bool | str:
+    verify = extra.get("verify", True)
+    if isinstance(verify, str) and verify.lower() in ("true", "false"):
+        return verify.lower() == "true"
+    if not isinstance(verify, (bool, str)) or verify == "":
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra verify={verify!r}: must be true, false or a CA bundle path"
+        )
+    return verify
+
+
+def _hosts_from_extra(conn: Connection, extra: dict[str, Any]) -> tuple[str, ...]:
+    hosts = extra.get("private_result_hosts") or []
+    if isinstance(hosts, str):
+        hosts = [host.strip() for host in hosts.split(",") if host.strip()]
+    if not isinstance(hosts, list) or not all(isinstance(host, str) and host for host in hosts):
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra private_result_hosts: must be a list of host names or IP networks"
+        )
+    return tuple(host.lower() for host in hosts)

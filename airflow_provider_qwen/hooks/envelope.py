@@ -22,6 +22,8 @@ from airflow_provider_qwen.exceptions import (
 )
 
 EXCERPT_CHARS = 200
+#: The longest ``msg`` of Apikley's quoted in an error.
+MESSAGE_CHARS = 500
 #: The largest API answer read; Apikley's are a few KB, so more means something is wrong.
 MAX_ANSWER_BYTES = 1024 * 1024
 
@@ -32,32 +34,50 @@ def check_answer_size(size: int) -> None:
         raise ApikleyBadResponseError(f"Apikley's answer is larger than {MAX_ANSWER_BYTES} bytes; refused")
 
 
-def parse_envelope(http_status: int, body: str, retry_after: str | None = None) -> Any:
+def decode_json(body: bytes, charset: str | None = None) -> tuple[str | None, Any]:
+    """
+    The text and the JSON value of an answer from outside; ``None`` for what cannot be read.
+
+    Never raises: an unknown charset, bytes that are not text in it, and JSON nested too deep to
+    parse all give ``None``.
+    """
+    try:
+        text = body.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        return None, None
+    try:
+        return text, json.loads(text)
+    except (ValueError, RecursionError):
+        return text, None
+
+
+def parse_envelope(http_status: int, body: bytes, charset: str | None = None, retry_after: str | None = None) -> Any:
     """
     Return the ``data`` of a successful answer, or raise the error the answer describes.
 
     :param http_status: the answer's HTTP status.
-    :param body: the answer's body, decoded.
+    :param body: the answer's body, as sent.
+    :param charset: the charset the answer declares; UTF-8 when it declares none.
     :param retry_after: the ``Retry-After`` header, if any.
-    :raises ApikleyError: the subclass that matches the body's code (or the HTTP status).
+    :raises ApikleyError: the subclass that matches the body's code (or the HTTP status); an answer
+        that is not the envelope (not JSON, not text in its charset, nested too deep) is an
+        :class:`ApikleyBadResponseError` unless its HTTP status says more.
     """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
+    text, payload = decode_json(body, charset)
     if not isinstance(payload, dict) or not isinstance(payload.get("code"), int):
         error_class = error_class_for_code(http_status) if http_status >= 400 else ApikleyBadResponseError
         if error_class is ApikleyError:
             error_class = ApikleyBadResponseError
+        shown = excerpt(text) if text is not None else f"{len(body)} bytes that are not {charset or 'utf-8'} text"
         raise error_class(
-            f"Apikley answered HTTP {http_status} with a body that is not its JSON envelope: {excerpt(body)!r}",
+            f"Apikley answered HTTP {http_status} with a body that is not its JSON envelope: {shown!r}",
             code=http_status,
             http_status=http_status,
             retry_after=parse_retry_after(retry_after),
         )
 
     code = payload["code"]
-    message = payload.get("msg") or payload.get("message") or ""
+    message = excerpt(str(payload.get("msg") or payload.get("message") or ""), MESSAGE_CHARS)
     if code == 200 and http_status < 400:
         return payload.get("data")
 

@@ -18,6 +18,7 @@ from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLin
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
 from airflow_provider_qwen.polling import wait_until_done
 from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
+from airflow_provider_qwen.storage import result_destination
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ class QwenImageToImageOperator(BaseOperator):
         folder = ObjectStoragePath(self.output_path)
         extension = "jpg" if summary["input"].get("output_format") == "jpeg" else "png"
         stored = [
-            self.hook.download_result(url, folder / f"{summary['apikley_task_id']}-{index}.{extension}")
+            self.hook.download_result(url, result_destination(folder, summary["apikley_task_id"], index, extension))
             for index, url in enumerate(summary["result_urls"])
         ]
         for item in stored:

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
 from airflow_provider_qwen.api_server.app import create_app as create_provider_app
+from airflow_provider_qwen.api_server.deliveries import accepted_signatures, ensure_tables, recorded_tasks
 from airflow_provider_qwen.api_server.signing import callback_signature
 from tests.conftest import API_KEY, BASE_URL
 from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
@@ -29,6 +30,7 @@ def asset(airflow_db):
     from airflow.utils.session import create_session
 
     with create_session() as session:
+        ensure_tables(session)
         model = session.scalar(select(AssetModel).where(AssetModel.uri == ASSET_URI))
         if model is None:
             model = AssetModel(name=ASSET_URI, uri=ASSET_URI, group="asset")
@@ -37,6 +39,8 @@ def asset(airflow_db):
             session.add(AssetActive.for_asset(model))
         session.execute(delete(AssetEvent).where(AssetEvent.asset_id == model.id))
         asset_id = model.id
+        session.execute(delete(accepted_signatures))
+        session.execute(delete(recorded_tasks))
 
     def events() -> list[dict]:
         with create_session() as session:
@@ -63,6 +67,14 @@ def client():
 def callback_body(state: str = "success", task_id: str = TASK_ID) -> dict:
     answer = record(state, task_id=task_id)
     return {"code": 200 if state == "success" else 501, "msg": "success", "data": answer["data"]}
+
+
+def route(asset_uri: str | None = None, conn_id: str | None = None) -> str:
+    """The receiver's path with the query that ``callback_url`` signs for ``asset_uri`` and ``conn_id``."""
+    from airflow_provider_qwen.links import callback_url
+
+    url = callback_url(asset_uri, conn_id)
+    return "/callback" + url[url.index("?") :]
 
 
 def signed(task_id: str = TASK_ID, at: float | None = None, key: str = WEBHOOK_KEY) -> dict[str, str]:
@@ -133,7 +145,16 @@ def test_a_replayed_callback_is_refused(asset, signed_connection, client, reques
     assert len(asset()) == 1
 
 
-def test_without_a_webhook_key_unsigned_callbacks_are_taken_and_checked_with_apikley(asset, client, requests_mock):
+def test_without_a_webhook_key_unsigned_callbacks_are_refused_by_default(asset, client, requests_mock):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", json=callback_body())
+    assert (response.status_code, response.content) == (401, b"")
+    assert asset() == []
+    assert requests_mock.call_count == 0  # not even a status query of the account is spent
+
+
+def test_a_deployment_may_opt_in_to_unsigned_callbacks_on_the_default_route(asset, client, requests_mock, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
     requests_mock.get(RECORD_URL, json=record("success"))
     response = client.post("/callback", json=callback_body())
     assert response.status_code == 200
@@ -162,7 +183,7 @@ def test_a_failed_task_is_recorded_with_its_code_and_message(asset, signed_conne
 
 def test_an_asset_no_dag_uses_is_a_clear_404(asset, signed_connection, client, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post("/callback", params={"asset": "s3://nowhere/edits"}, json=callback_body(), headers=signed())
+    response = client.post(route("s3://nowhere/edits"), json=callback_body(), headers=signed())
     assert response.status_code == 404
     assert "s3://nowhere/edits" in response.json()["detail"]
 
@@ -229,8 +250,201 @@ def test_the_task_page_asks_for_a_login(api_server, requests_mock):
 
 
 @pytest.mark.api_server_app
-def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, api_server, requests_mock):
+def test_the_api_server_takes_callbacks_without_asking_for_a_login(
+    asset, signed_connection, api_server, requests_mock
+):
     requests_mock.get(RECORD_URL, json=record("success"))
-    response = api_server.post("/apikley/callback", json=callback_body())
+    response = api_server.post("/apikley/callback", json=callback_body(), headers=signed())
     assert response.status_code == 200, response.text
     assert len(asset()) == 1
+
+
+# ---- what a caller can choose: nothing that costs a secret ---------------------------------------
+
+POSTGRES_PASSWORD = "pg-LEAKCANARY-password"
+
+
+@pytest.fixture
+def foreign_connections(monkeypatch):
+    """A Postgres connection with a password, and a second Apikley connection without a webhook key."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MY_POSTGRES",
+        json.dumps({"conn_type": "postgres", "host": "db.internal.test", "password": POSTGRES_PASSWORD}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_OTHER", json.dumps({"conn_type": "apikley", "host": BASE_URL, "password": API_KEY})
+    )
+
+
+def test_a_callback_naming_another_type_of_connection_sends_nothing_and_looks_like_an_unknown_one(
+    asset, signed_connection, foreign_connections, client, requests_mock
+):
+    foreign = client.post("/callback?conn_id=my_postgres", json=callback_body(), headers=signed())
+    unknown = client.post("/callback?conn_id=no_such_connection", json=callback_body(), headers=signed(at=1))
+    assert (foreign.status_code, foreign.content) == (401, b"")
+    assert (unknown.status_code, unknown.content) == (401, b"")
+    assert requests_mock.call_count == 0  # the Postgres password went nowhere
+    assert asset() == []
+
+
+def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
+    asset, signed_connection, foreign_connections, client, requests_mock, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback?conn_id=apikley_other", json=callback_body())
+    assert (response.status_code, response.content) == (401, b"")
+    assert requests_mock.call_count == 0
+    assert asset() == []
+
+
+def test_unsigned_callbacks_opted_in_still_cannot_choose_an_asset(asset, client, requests_mock, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
+    requests_mock.get(RECORD_URL, json=record("success"))
+    response = client.post("/callback", params={"asset": ASSET_URI}, json=callback_body())
+    assert response.status_code == 401
+    assert asset() == []
+
+
+def test_the_asset_and_connection_in_a_callback_url_are_signed_by_the_deployment(
+    asset, signed_connection, client, requests_mock
+):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    signed_route = route(ASSET_URI)
+    assert "token=" in signed_route
+    tampered = signed_route.replace("qwen%2Fimage-to-image", "qwen%2Fother")
+    assert client.post(tampered, json=callback_body(), headers=signed(at=time.time() - 2)).status_code == 401
+    no_token = signed_route[: signed_route.index("&token=")]
+    assert client.post(no_token, json=callback_body(), headers=signed(at=time.time() - 1)).status_code == 401
+    assert asset() == []
+    assert client.post(signed_route, json=callback_body(), headers=signed()).status_code == 200
+    assert len(asset()) == 1
+
+
+def test_a_callback_url_naming_an_asset_needs_the_connection_webhook_key():
+    from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+    from airflow_provider_qwen.links import callback_url
+
+    with pytest.raises(ApikleyConfigurationError, match="webhook_secret"):
+        callback_url(ASSET_URI)
+
+
+# ---- once, across processes and at the same time -------------------------------------------------
+
+
+def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(
+    asset, signed_connection, requests_mock
+):
+    requests_mock.get(RECORD_URL, json=record("success"))
+    headers = signed()
+    first_process, second_process = TestClient(create_provider_app()), TestClient(create_provider_app())
+    assert first_process.post("/callback", json=callback_body(), headers=headers).status_code == 200
+    assert second_process.post("/callback", json=callback_body(), headers=headers).status_code == 401
+    assert len(asset()) == 1
+
+
+def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connection, requests_mock):
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests_mock.get(RECORD_URL, json=record("success"))
+    clients = [TestClient(create_provider_app()) for _ in range(3)]
+    now = time.time()
+    with ThreadPoolExecutor(3) as pool:  # three signatures (seconds apart), delivered at once
+        answers = list(
+            pool.map(
+                lambda n: clients[n].post("/callback", json=callback_body(), headers=signed(at=now - n)), range(3)
+            )
+        )
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert sorted(answer.json()["recorded"] for answer in answers) == [False, False, True]
+    assert len(asset()) == 1
+
+
+# ---- bounded input -------------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_from_its_declared_length(client, requests_mock):
+    from airflow_provider_qwen.api_server.callbacks import MAX_CALLBACK_BYTES
+
+    response = client.post(
+        "/callback", content=b"{}", headers={"Content-Length": str(64 * 1024 * 1024), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert requests_mock.call_count == 0
+
+
+async def test_a_body_without_a_length_is_read_no_further_than_the_limit():
+    from starlette.requests import Request
+
+    from airflow_provider_qwen.api_server.callbacks import MAX_CALLBACK_BYTES, BodyTooLarge, read_bounded
+
+    chunks_read = 0
+
+    async def endless_body() -> dict:
+        nonlocal chunks_read
+        chunks_read += 1
+        return {"type": "http.request", "body": b" " * 65536, "more_body": True}
+
+    with pytest.raises(BodyTooLarge):
+        await read_bounded(Request({"type": "http", "method": "POST", "headers": []}, endless_body))
+    assert chunks_read * 65536 <= MAX_CALLBACK_BYTES + 65536
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 10_000 + b"]" * 10_000, id="nested-10000-deep"),
+        pytest.param(b'{"data": {"taskId": "\xff\xfe"}}', id="invalid-utf8"),
+        pytest.param('{"data": {"taskId": "abc"}}'.encode("utf-16-le")[:-1], id="truncated-utf16"),
+        pytest.param(b'{"data": {"taskId": ["abc"]}}', id="task-id-not-a-string"),
+        pytest.param(b'{"data": {"taskId": "../escaped"}}', id="task-id-path"),
+    ],
+)
+def test_pathological_bodies_are_a_bad_request(client, requests_mock, body):
+    response = client.post("/callback", content=body, headers={"Content-Type": "application/json; charset=bogus"})
+    assert response.status_code == 400
+    assert requests_mock.call_count == 0
+
+
+# ---- the task page -------------------------------------------------------------------------------
+
+
+def open_task_page(connection_id: str, task_id: str = TASK_ID):
+    """The page's handler, called as the api-server calls it once the user may read the connection."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from airflow_provider_qwen.api_server.task_page import show_task
+
+    try:
+        return 200, asyncio.run(show_task(connection_id, task_id))
+    except HTTPException as err:
+        return err.status_code, err.detail
+
+
+def test_the_task_page_serves_only_apikley_connections(foreign_connections, requests_mock):
+    requests_mock.get(requests_mock_any_url(), text="secret-bearing answer")
+    status, detail = open_task_page("my_postgres")
+    assert status == 404
+    assert requests_mock.call_count == 0
+    assert open_task_page("no_such_connection")[0] == 404  # not a 500
+
+
+def test_the_task_page_never_echoes_what_the_host_answered(requests_mock):
+    requests_mock.get(RECORD_URL, text="<html>internal admin console: LEAKCANARY-page</html>", status_code=500)
+    status, detail = open_task_page("apikley_default")
+    assert status == 502
+    assert "LEAKCANARY" not in detail
+    assert "ApikleyServerError" in detail
+
+
+def test_the_task_page_refuses_what_is_not_a_task_id(requests_mock):
+    assert open_task_page("apikley_default", "../../etc")[0] == 400
+    assert requests_mock.call_count == 0
+
+
+def requests_mock_any_url():
+    import re
+
+    return re.compile(".*")

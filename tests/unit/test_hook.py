@@ -95,9 +95,10 @@ def test_one_session_serves_every_call_of_a_hook(hook, requests_mock):
 def test_tcp_keep_alive_is_set_up_for_blocking_calls_only(hook, requests_mock):
     # a trigger's hook only polls through aiohttp: it should not carry a requests connection pool
     assert hook.keep_alive_adapter is None
+    assert "session" not in vars(hook)
     requests_mock.get(CREDIT_URL, json=envelope(3))
     hook.get_credits()
-    assert isinstance(hook.keep_alive_adapter, TCPKeepAliveAdapter)
+    assert isinstance(hook.session.adapters["https://"], TCPKeepAliveAdapter)
 
 
 @pytest.mark.parametrize(("code", "error_class"), ERROR_CODES)
