@@ -64,7 +64,7 @@ def check_upload_path(upload_path: str) -> str:
 
 
 def check_file_name(file_name: str) -> str:
-    """:raises ApikleyInputError: unless ``file_name`` is a plain file name: no folder, no ``..``, no control character."""
+    """:raises ApikleyInputError: unless ``file_name`` is a plain name: no folder, no ``..``, no control character."""
     if (
         not isinstance(file_name, str)
         or not file_name.strip()
@@ -80,7 +80,9 @@ def check_file_name(file_name: str) -> str:
     return file_name
 
 
-def result_destination(folder: ObjectStoragePath, apikley_task_id: str, index: int, extension: str) -> ObjectStoragePath:
+def result_destination(
+    folder: ObjectStoragePath, apikley_task_id: str, index: int, extension: str
+) -> ObjectStoragePath:
     """
     Where result ``index`` of a task is copied: ``<folder>/<task id>-<index>.<extension>``.
 

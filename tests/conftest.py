@@ -58,7 +58,7 @@ TEST_HOST_ADDRESS = "93.184.215.14"
 
 @pytest.fixture(autouse=True)
 def test_hosts_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Made-up names (``*.test``, ``*.example.org``: the mocked Apikley and result hosts) resolve to a public address."""
+    """Made-up names (``*.test``, ``*.example.org``: the mocked hosts) resolve to a public address."""
     import socket
 
     real_getaddrinfo = socket.getaddrinfo

@@ -119,7 +119,9 @@ class CallbackRoute:
         return self.conn_id or ApikleyHook.default_conn_name
 
 
-def trusted_hook(route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker) -> ApikleyHook:
+def trusted_hook(
+    route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker
+) -> ApikleyHook:
     """
     The hook to re-read the task with, once everything the caller chose is vouched for.
 
@@ -138,7 +140,8 @@ def trusted_hook(route: CallbackRoute, headers: dict[str, str | None], task_id: 
             raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the URL with")
         if not conf.getboolean("apikley", ALLOW_UNSIGNED_OPTION, fallback=False):
             raise CallbackRejected(
-                f"connection {route.effective_conn_id!r} has no webhook key and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
+                f"connection {route.effective_conn_id!r} has no webhook key, "
+                f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
             )
         return hook
     if route.names_anything:

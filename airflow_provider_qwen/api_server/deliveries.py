@@ -88,7 +88,5 @@ def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
         delivery waits here until the first one's transaction ends.
     """
     session.execute(
-        insert(recorded_tasks).values(
-            asset_id=asset_id, apikley_task_id=apikley_task_id, recorded_at=datetime.now(UTC)
-        )
+        insert(recorded_tasks).values(asset_id=asset_id, apikley_task_id=apikley_task_id, recorded_at=datetime.now(UTC))
     )

@@ -410,8 +410,7 @@ class ApikleyHook(HttpHook):
 
 def _until_expired(chunks: Iterable[bytes], deadline: CallDeadline) -> Iterator[bytes]:
     """The chunks, stopping with an error if the deadline passed: an answer cut off then is not complete."""
-    for chunk in chunks:
-        yield chunk
+    yield from chunks
     if deadline.expired:
         raise _deadline_passed(deadline.seconds)
 

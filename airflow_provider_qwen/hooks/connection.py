@@ -32,9 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The connection extras the provider reads; any other extra is ignored (never sent as a header).
-KNOWN_EXTRAS = frozenset(
-    {"timeout", "upload_base_url", "webhook_secret", "proxies", "verify", "private_result_hosts"}
-)
+KNOWN_EXTRAS = frozenset({"timeout", "upload_base_url", "webhook_secret", "proxies", "verify", "private_result_hosts"})
 
 
 class BearerAuth(AuthBase):
@@ -116,7 +114,8 @@ def require_apikley_type(conn: Connection) -> None:
     """
     if conn.conn_type != CONN_TYPE:
         raise ApikleyConfigurationError(
-            f"Connection {conn.conn_id!r} is of type {conn.conn_type!r}; Apikley needs a connection of type {CONN_TYPE!r}"
+            f"Connection {conn.conn_id!r} is of type {conn.conn_type!r}; "
+            f"Apikley needs a connection of type {CONN_TYPE!r}"
         )
 
 

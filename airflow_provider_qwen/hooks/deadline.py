@@ -10,6 +10,7 @@ async client needs none of this: aiohttp's total timeout is already a wall-clock
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -53,10 +54,8 @@ class CallDeadline:
 
     def _expire(self, sock: socket.socket) -> None:
         self.expired = True
-        try:
+        with contextlib.suppress(OSError):  # already closed: nothing left to wake
             sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read, which then fails or ends
-        except OSError:
-            pass
 
 
 _current: ContextVar[CallDeadline | None] = ContextVar("apikley_call_deadline", default=None)

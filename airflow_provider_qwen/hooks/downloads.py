@@ -39,7 +39,8 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as err:
-            raise ApikleyConnectionError(f"Result host {host!r} does not resolve: {err}", request_not_sent=True) from None
+            message = f"Result host {host!r} does not resolve: {err}"
+            raise ApikleyConnectionError(message, request_not_sent=True) from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     # ::ffff:169.254.169.254 is the metadata service too
     return [getattr(a, "ipv4_mapped", None) or a for a in addresses]

@@ -250,9 +250,7 @@ def test_the_task_page_asks_for_a_login(api_server, requests_mock):
 
 
 @pytest.mark.api_server_app
-def test_the_api_server_takes_callbacks_without_asking_for_a_login(
-    asset, signed_connection, api_server, requests_mock
-):
+def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, signed_connection, api_server, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     response = api_server.post("/apikley/callback", json=callback_body(), headers=signed())
     assert response.status_code == 200, response.text
@@ -332,9 +330,7 @@ def test_a_callback_url_naming_an_asset_needs_the_connection_webhook_key():
 # ---- once, across processes and at the same time -------------------------------------------------
 
 
-def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(
-    asset, signed_connection, requests_mock
-):
+def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(asset, signed_connection, requests_mock):
     requests_mock.get(RECORD_URL, json=record("success"))
     headers = signed()
     first_process, second_process = TestClient(create_provider_app()), TestClient(create_provider_app())
@@ -351,9 +347,7 @@ def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connec
     now = time.time()
     with ThreadPoolExecutor(3) as pool:  # three signatures (seconds apart), delivered at once
         answers = list(
-            pool.map(
-                lambda n: clients[n].post("/callback", json=callback_body(), headers=signed(at=now - n)), range(3)
-            )
+            pool.map(lambda n: clients[n].post("/callback", json=callback_body(), headers=signed(at=now - n)), range(3))
         )
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert sorted(answer.json()["recorded"] for answer in answers) == [False, False, True]
@@ -364,11 +358,8 @@ def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connec
 
 
 def test_a_body_over_the_limit_is_refused_from_its_declared_length(client, requests_mock):
-    from airflow_provider_qwen.api_server.callbacks import MAX_CALLBACK_BYTES
-
-    response = client.post(
-        "/callback", content=b"{}", headers={"Content-Length": str(64 * 1024 * 1024), "Content-Type": "application/json"}
-    )
+    headers = {"Content-Length": str(64 * 1024 * 1024), "Content-Type": "application/json"}
+    response = client.post("/callback", content=b"{}", headers=headers)
     assert response.status_code == 413
     assert requests_mock.call_count == 0
 
@@ -425,8 +416,7 @@ def open_task_page(connection_id: str, task_id: str = TASK_ID):
 
 def test_the_task_page_serves_only_apikley_connections(foreign_connections, requests_mock):
     requests_mock.get(requests_mock_any_url(), text="secret-bearing answer")
-    status, detail = open_task_page("my_postgres")
-    assert status == 404
+    assert open_task_page("my_postgres")[0] == 404
     assert requests_mock.call_count == 0
     assert open_task_page("no_such_connection")[0] == 404  # not a 500
 
