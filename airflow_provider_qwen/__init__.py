@@ -29,4 +29,22 @@ def get_provider_info() -> dict:
         "triggers": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}],
         "connection-types": [CONNECTION_TYPE],
         "extra-links": ["airflow_provider_qwen.links.ApikleyTaskLink"],
+        "config": {
+            "apikley": {
+                "description": "The Apikley callback receiver on the api-server.",
+                "options": {
+                    "allow_unsigned_callbacks": {
+                        "description": (
+                            "Accept unsigned callbacks for apikley_default when that connection has no webhook_secret. "
+                            "Anyone who can reach the api-server can then record Asset events and spend status "
+                            "queries of the account: leave it off unless the api-server is reachable only by Apikley."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    }
+                },
+            }
+        },
     }

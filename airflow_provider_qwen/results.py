@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.models import TaskRecord, TaskState
+from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
 
 
 def task_summary(apikley_task_id: str, state: str, result_urls: list[str], input: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +64,8 @@ def result_from_event(event: Any) -> dict[str, Any]:
         raise ApikleyError(f"Expected an Apikley trigger event (a dict), got {event!r}")
     status = event.get("status")
     task_id = event.get("apikley_task_id")
-    if not isinstance(task_id, str) or not task_id:
-        raise ApikleyError(f"Apikley trigger event without a task id: {event!r}")
+    if not is_task_id(task_id):
+        raise ApikleyError(f"Apikley trigger event without a valid task id: {event!r}")
     if status == "success":
         urls = event.get("result_urls")
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):

@@ -291,7 +291,7 @@ async def prime_provider(plan: Plan) -> None:
     hook = ApikleyHook()
     try:
         await hook.aget_task(plan.task_ids[0])
-        sent = hook._aio_headers
+        sent = hook._aio_options["headers"]
     finally:
         await hook.aclose()
     if sent != plan.headers:

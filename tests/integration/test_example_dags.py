@@ -105,9 +105,7 @@ def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_p
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
     requests = [task["request"] for task in fake_apikley.tasks.values()]
     assert sorted(request["input"]["image_url"] for request in requests) == IMAGES
-    assert {request["callBackUrl"] for request in requests} == {
-        "https://airflow.example.org/apikley/callback?asset=apikley%3A%2F%2Fqwen%2Fimage-to-image"
-    }
+    assert {request["callBackUrl"] for request in requests} == {"https://airflow.example.org/apikley/callback"}
     assert fake_apikley.calls["GET /api/v1/jobs/recordInfo"] == 0
 
 

@@ -318,3 +318,38 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(deployment, 
         f"the producer started; {taken} deliveries taken, {len(events)} asset events, {runs['success']} consumer "
         f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer"
     )
+
+
+def test_concurrent_deliveries_of_one_task_record_one_event_on_postgres(deployment, emulator, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from airflow_provider_qwen.api_server.signing import callback_signature
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+    from tests.system.conftest import WEBHOOK_SECRET
+
+    image_url = upload_source_image(emulator, monkeypatch)
+    hook = ApikleyHook()
+    task_id = hook.create_task("qwen/image-to-image", {"prompt": "three at once", "image_url": image_url})
+    wait_for(lambda: hook.get_task(task_id).state.is_terminal, timeout=60, what=f"Apikley task {task_id} to end")
+    signed_at = int(time.time())
+
+    def deliver(seconds_earlier: int) -> requests.Response:
+        timestamp = str(signed_at - seconds_earlier)  # three distinct signatures, none of them a replay
+        return requests.post(
+            f"{deployment.api_url}/apikley/callback",
+            json={"code": 200, "msg": "success", "data": {"taskId": task_id}},
+            headers={
+                "X-Webhook-Timestamp": timestamp,
+                "X-Webhook-Signature": callback_signature(WEBHOOK_SECRET, task_id, timestamp),
+            },
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(deliver, range(3)))
+    assert [answer.status_code for answer in answers] == [200, 200, 200], [answer.text for answer in answers]
+    assert sorted(answer.json()["recorded"] for answer in answers) == [False, False, True]
+    events = [e for e in asset_events(deployment, FINISHED_EDITS_ASSET) if e["apikley_task_id"] == task_id]
+    assert len(events) == 1

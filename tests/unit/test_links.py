@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
@@ -42,6 +44,21 @@ def test_the_callback_url_points_at_the_receiver_on_the_api_server(monkeypatch):
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
     assert callback_url() == "https://airflow.example.org/apikley/callback"
-    assert callback_url("s3://edits/done", "apikley_prod") == (
-        "https://airflow.example.org/apikley/callback?asset=s3%3A%2F%2Fedits%2Fdone&conn_id=apikley_prod"
+
+
+def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_that_connection(monkeypatch):
+    from airflow_provider_qwen.api_server.signing import route_token
+    from airflow_provider_qwen.links import callback_url
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_PROD",
+        json.dumps({"conn_type": "apikley", "password": "k", "extra": {"webhook_secret": "prod-key"}}),
     )
+    token = route_token("prod-key", "apikley_prod", "s3://edits/done")
+    assert callback_url("s3://edits/done", "apikley_prod") == (
+        "https://airflow.example.org/apikley/callback"
+        f"?conn_id=apikley_prod&asset=s3%3A%2F%2Fedits%2Fdone&token={token}"
+    )
+    assert token != route_token("prod-key", "apikley_prod", "s3://edits/other")
+    assert token != route_token("another-key", "apikley_prod", "s3://edits/done")

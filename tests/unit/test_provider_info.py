@@ -61,3 +61,10 @@ def test_every_module_named_in_the_provider_info_imports():
         for entry in info[kind]:
             for module in entry["python-modules"]:
                 importlib.import_module(module)
+
+
+def test_the_unsigned_callback_setting_is_declared_and_off_by_default(providers_manager):
+    from airflow.configuration import conf
+
+    conf.load_providers_configuration()
+    assert conf.getboolean("apikley", "allow_unsigned_callbacks") is False
