@@ -57,8 +57,7 @@ def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_that_co
     )
     token = route_token("prod-key", "apikley_prod", "s3://edits/done")
     assert callback_url("s3://edits/done", "apikley_prod") == (
-        "https://airflow.example.org/apikley/callback"
-        f"?conn_id=apikley_prod&asset=s3%3A%2F%2Fedits%2Fdone&token={token}"
+        f"https://airflow.example.org/apikley/callback?conn_id=apikley_prod&asset=s3%3A%2F%2Fedits%2Fdone&token={token}"
     )
     assert token != route_token("prod-key", "apikley_prod", "s3://edits/other")
     assert token != route_token("another-key", "apikley_prod", "s3://edits/done")

@@ -97,7 +97,7 @@ def test_a_created_task_id_of_the_wrong_shape_is_refused_and_not_resubmitted(req
 @pytest.mark.parametrize("bad_id", ["../escaped", "/abs/evil"])
 def test_a_record_with_a_task_id_of_the_wrong_shape_is_a_bad_response(requests_mock, bad_id):
     requests_mock.get(RECORD_URL, json=record("success", task_id=bad_id))
-    with pytest.raises(ApikleyBadResponseError, match="taskId|task_id"):
+    with pytest.raises(ApikleyBadResponseError, match=r"taskId|task_id"):
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
 
 
@@ -111,9 +111,7 @@ def test_a_sensor_argument_of_the_wrong_shape_fails_before_any_request(requests_
 def test_results_are_never_written_outside_output_path(requests_mock, tmp_path):
     requests_mock.get(RESULT_URL, content=PNG)
     output = tmp_path / "edits"
-    operator = QwenImageToImageOperator(
-        task_id="edit", prompt="p", image_url=IMAGE_URL, output_path=f"file://{output}"
-    )
+    operator = QwenImageToImageOperator(task_id="edit", prompt="p", image_url=IMAGE_URL, output_path=f"file://{output}")
     for bad_id in ("../escaped", "../../abs", "/abs/evil"):
         event = {"status": "success", "apikley_task_id": bad_id, "result_urls": [RESULT_URL], "input": {}}
         with pytest.raises(ApikleyError):
@@ -148,7 +146,7 @@ def test_result_urls_to_unsafe_places_are_refused_without_a_request(requests_moc
 
 def test_a_redirect_to_the_metadata_service_is_refused(requests_mock, tmp_path):
     requests_mock.get(RESULT_URL, status_code=302, headers={"Location": METADATA_URL})
-    with pytest.raises(ApikleyURLRefusedError, match="169.254.169.254"):
+    with pytest.raises(ApikleyURLRefusedError, match=r"169\.254\.169\.254"):
         ApikleyHook().download_result(RESULT_URL, str(tmp_path / "out.png"))
     assert [request.url for request in requests_mock.request_history] == [RESULT_URL]
 
