@@ -65,7 +65,7 @@ def result_from_event(event: Any) -> dict[str, Any]:
     status = event.get("status")
     task_id = event.get("apikley_task_id")
     if not is_task_id(task_id):
-        raise ApikleyError(f"Apikley trigger event without a valid task id: {event!r}")
+        raise ApikleyError(f"Apikley trigger event without a task id of the right shape: {event!r}")
     if status == "success":
         urls = event.get("result_urls")
         if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):

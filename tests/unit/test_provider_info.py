@@ -66,5 +66,6 @@ def test_every_module_named_in_the_provider_info_imports():
 def test_the_unsigned_callback_setting_is_declared_and_off_by_default(providers_manager):
     from airflow.configuration import conf
 
+    providers_manager.initialize_providers_configuration()
     conf.load_providers_configuration()
     assert conf.getboolean("apikley", "allow_unsigned_callbacks") is False
