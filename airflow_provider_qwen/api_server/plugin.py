@@ -7,9 +7,11 @@ Callbacks go to ``<api-server>/apikley/callback``; task pages are under
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Any
+
 from airflow.providers.common.compat.sdk import AirflowPlugin
 
-from airflow_provider_qwen.api_server.app import create_app
 from airflow_provider_qwen.links import API_SERVER_PREFIX
 
 
@@ -17,4 +19,13 @@ class ApikleyPlugin(AirflowPlugin):
     """Receives Apikley's task callbacks as Asset events, and shows Apikley tasks to Airflow users."""
 
     name = "apikley"
-    fastapi_apps = [{"app": create_app(), "url_prefix": API_SERVER_PREFIX, "name": "Apikley"}]
+
+    @cached_property
+    def fastapi_apps(self) -> list[dict[str, Any]]:
+        """
+        The app, built when the api-server asks for it. Airflow loads plugins in every process, task
+        processes included, and the app pulls in the api-server's security module: ~2 s of imports.
+        """
+        from airflow_provider_qwen.api_server.app import create_app
+
+        return [{"app": create_app(), "url_prefix": API_SERVER_PREFIX, "name": "Apikley"}]
