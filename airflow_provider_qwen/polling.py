@@ -1,17 +1,26 @@
-"""How often to ask Apikley about a task, and the blocking wait used outside the triggerer."""
+"""
+How to wait for an Apikley task: when to ask again, when to give up.
+
+:class:`TaskWait` makes every decision of a wait; the trigger, the blocking wait below and the
+sensor's pokes are each a few lines around it, so they wait alike.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
+from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
     from airflow_provider_qwen.models import TaskRecord
+
+log = logging.getLogger(__name__)
 
 #: (seconds since submit, shortest, longest wait): Apikley's advice for polling a task.
 POLL_CADENCE: tuple[tuple[float, float, float], ...] = (
@@ -28,36 +37,6 @@ POLL_INTERVAL_JITTER = 0.1
 QUERY_RETRY_POLICY = RetryPolicy()
 
 
-class QueryErrorBudget:
-    """
-    How many status queries in a row may fail transiently before the wait gives up.
-
-    A paid task keeps running on Apikley's side whatever happens to our queries, so a burst of
-    5xx, 455 or dropped connections should slow the wait down, not fail it.
-
-    :param limit: failures in a row that end the wait; the limit-th failure is raised.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.failures = 0
-
-    def backoff_after(self, error: ApikleyError) -> float:
-        """
-        Count a failed query and return the seconds to wait before the next.
-
-        :raises ApikleyError: ``error`` itself when it is not transient or the budget is spent.
-        """
-        self.failures += 1
-        if not is_transient(error) or self.failures >= self.limit:
-            raise error
-        return QUERY_RETRY_POLICY.wait_seconds(self.failures, error)
-
-    def reset(self) -> None:
-        """A query succeeded: the next failure is the first in a row again."""
-        self.failures = 0
-
-
 def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
     """
     Seconds to wait before the next status query.
@@ -69,10 +48,8 @@ def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
     """
     if poll_interval is not None:
         return poll_interval * random.uniform(1 - POLL_INTERVAL_JITTER, 1 + POLL_INTERVAL_JITTER)
-    for until, shortest, longest in POLL_CADENCE:
-        if elapsed < until:
-            return random.uniform(shortest, longest)
-    raise AssertionError("unreachable: the cadence ends at infinity")  # pragma: no cover
+    shortest, longest = next((low, high) for until, low, high in POLL_CADENCE if elapsed < until)
+    return random.uniform(shortest, longest)
 
 
 def timeout_message(apikley_task_id: str, last_state: str | None) -> str:
@@ -84,38 +61,108 @@ def timeout_message(apikley_task_id: str, last_state: str | None) -> str:
     )
 
 
-def wait_until_done(
-    hook: ApikleyHook,
-    apikley_task_id: str,
-    *,
-    submitted_at: float,
-    deadline: float,
-    poll_interval: float | None = None,
-    max_consecutive_errors: int = 10,
-) -> TaskRecord:
+@dataclass(frozen=True)
+class Done:
+    """The task ended; here is its record."""
+
+    record: TaskRecord
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Ask again after this many seconds."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """The deadline passed first."""
+
+    message: str
+
+
+class TaskWait:
+    """
+    The decisions of one wait for an Apikley task, whoever runs the loop.
+
+    A paid task keeps running on Apikley's side whatever happens to our queries, so a transient
+    failure (429, 455, 5xx, network errors, malformed answers) slows the wait down with backoff and
+    jitter; only ``max_consecutive_poll_errors`` of them in a row, or a permanent one, end it.
+
+    :param apikley_task_id: the task waited for.
+    :param submitted_at: epoch seconds when it was created, which sets the cadence.
+    :param deadline: epoch seconds when the wait times out; ``None`` waits on.
+    :param poll_interval: a fixed interval (with jitter) instead of Apikley's advised cadence.
+    :param max_consecutive_poll_errors: failed queries in a row that end the wait; the last is raised.
+    :param logger: where a failed query is reported (the task's or trigger's own log).
+    """
+
+    def __init__(
+        self,
+        apikley_task_id: str,
+        *,
+        submitted_at: float,
+        deadline: float | None = None,
+        poll_interval: float | None = None,
+        max_consecutive_poll_errors: int = 10,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.apikley_task_id = apikley_task_id
+        self.submitted_at = submitted_at
+        self.deadline = deadline
+        self.poll_interval = poll_interval
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.log = logger or log
+        self.failures = 0
+        self.last_state: str | None = None
+
+    def after(self, outcome: TaskRecord | ApikleyError, now: float) -> Done | Sleep | TimedOut:
+        """
+        What to do after a query answered ``outcome`` (a record, or the error it raised) at ``now``.
+
+        :raises ApikleyError: ``outcome`` itself, when it is permanent or the last of too many in a row.
+        """
+        if isinstance(outcome, ApikleyError):
+            self.failures += 1
+            if not is_transient(outcome) or self.failures >= self.max_consecutive_poll_errors:
+                raise outcome
+            self.log.warning(
+                "Query %d for Apikley task %s failed (%s); asking again", self.failures, self.apikley_task_id, outcome
+            )
+            delay = QUERY_RETRY_POLICY.wait_seconds(self.failures, outcome)
+        else:
+            self.failures = 0
+            if outcome.state.is_terminal:
+                return Done(outcome)
+            self.last_state = outcome.state.value
+            delay = poll_delay(now - self.submitted_at, self.poll_interval)
+        if self.deadline is None:
+            return Sleep(delay)
+        if now >= self.deadline:
+            return TimedOut(timeout_message(self.apikley_task_id, self.last_state))
+        return Sleep(min(delay, self.deadline - now))
+
+
+def query(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:
+    """One status query, one try: the record, or the error it raised."""
+    try:
+        return hook.get_task(apikley_task_id, retry_policy=ONE_TRY)
+    except ApikleyError as err:
+        return err
+
+
+def wait_until_done(hook: ApikleyHook, wait: TaskWait) -> TaskRecord:
     """
     Block until the task ends and return its record; for waits that hold a worker slot.
 
-    :param hook: asks Apikley; give it a one-try retry policy, since the budget does the retrying.
-    :param max_consecutive_errors: status queries in a row that may fail transiently.
-    :raises ApikleyTaskTimeoutError: when the deadline (epoch seconds) passes first.
+    :raises ApikleyTaskTimeoutError: when the deadline passes first.
     :raises ApikleyError: a refusal, or the last of too many transient failures in a row.
     """
-    errors = QueryErrorBudget(max_consecutive_errors)
-    last_state = None
     while True:
-        try:
-            record = hook.get_task(apikley_task_id)
-        except ApikleyError as err:
-            delay = errors.backoff_after(err)
-            hook.log.warning("Query for Apikley task %s failed (%s); retrying", apikley_task_id, err)
-        else:
-            errors.reset()
-            if record.state.is_terminal:
-                return record
-            last_state = record.state.value
-            delay = poll_delay(time.time() - submitted_at, poll_interval)
-        now = time.time()
-        if now >= deadline:
-            raise ApikleyTaskTimeoutError(timeout_message(apikley_task_id, last_state))
-        time.sleep(min(delay, deadline - now))
+        step = wait.after(query(hook, wait.apikley_task_id), time.time())
+        if isinstance(step, Done):
+            return step.record
+        if isinstance(step, TimedOut):
+            raise ApikleyTaskTimeoutError(step.message)
+        time.sleep(step.seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -190,13 +190,21 @@ class ApikleyHook(HttpHook):
                 raise _deadline_passed(self.timeout)
         return parse_envelope(response.status_code, body, response.encoding, response.headers.get("Retry-After"))
 
-    def _call(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
+    def _call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        should_retry: Callable[[BaseException], bool],
+        retry_policy: RetryPolicy | None = None,
+        **request_kwargs: Any,
+    ) -> Any:
         """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
         url = endpoint if "://" in endpoint else self.settings.base_url + endpoint
-        for attempt in self.retry_policy.retrying(should_retry, self.log):
-            with attempt:
-                return self._send(method, url, **request_kwargs)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        policy = retry_policy or self.retry_policy
+        if policy.attempts == 1:
+            return self._send(method, url, **request_kwargs)
+        return policy.retrying(should_retry, self.log)(self._send, method, url, **request_kwargs)
 
     def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None) -> str:
         """
@@ -213,15 +221,23 @@ class ApikleyHook(HttpHook):
         data = self._call("POST", CREATE_TASK_ENDPOINT, should_retry=was_not_taken, json=body)
         return _task_id_from_create_answer(data)
 
-    def get_task(self, task_id: str) -> TaskRecord:
+    def get_task(self, task_id: str, *, retry_policy: RetryPolicy | None = None) -> TaskRecord:
         """
         Read the state of an Apikley task.
 
         :param task_id: the id :meth:`create_task` returned.
+        :param retry_policy: overrides the hook's for this call; a wait that counts failed queries
+            itself asks with :data:`~airflow_provider_qwen.hooks.retries.ONE_TRY`.
         :raises ApikleyNotFoundError: when Apikley knows no such task.
         """
         task_id = check_task_id(task_id)
-        data = self._call("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
+        data = self._call(
+            "GET",
+            RECORD_INFO_ENDPOINT,
+            should_retry=is_transient,
+            retry_policy=retry_policy,
+            params={"taskId": task_id},
+        )
         return TaskRecord.from_api(data)
 
     def get_credits(self) -> float:
@@ -301,10 +317,7 @@ class ApikleyHook(HttpHook):
         """
         check_result_url(url)
         dest = dest if isinstance(dest, ObjectStoragePath) else ObjectStoragePath(dest)
-        for attempt in self.retry_policy.retrying(is_transient, self.log):
-            with attempt:
-                return self._download(url, dest, max_bytes)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+        return self.retry_policy.retrying(is_transient, self.log)(self._download, url, dest, max_bytes)
 
     @cached_property
     def _download_session(self) -> requests.Session:
@@ -376,29 +389,40 @@ class ApikleyHook(HttpHook):
             ) from None
         return parse_envelope(response.status, body, response.charset, response.headers.get("Retry-After"))
 
-    def _acall(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Awaitable[Any]:
-        if self.retry_policy.attempts == 1:
+    def _acall(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        should_retry: Callable[[BaseException], bool],
+        retry_policy: RetryPolicy | None = None,
+        **request_kwargs: Any,
+    ) -> Awaitable[Any]:
+        policy = retry_policy or self.retry_policy
+        if policy.attempts == 1:
             # A trigger counts failures across polls itself. Its polls skip the retry controller,
             # which would leave a reference cycle behind each time: a triggerer polling thousands
             # of tasks would pay for those in garbage-collector pauses.
             return self._asend(method, endpoint, **request_kwargs)
-        return self._acall_retrying(method, endpoint, should_retry=should_retry, **request_kwargs)
+        return policy.async_retrying(should_retry, self.log)(self._asend, method, endpoint, **request_kwargs)
 
-    async def _acall_retrying(self, method: str, endpoint: str, *, should_retry, **request_kwargs: Any) -> Any:
-        async for attempt in self.retry_policy.async_retrying(should_retry, self.log):
-            with attempt:
-                return await self._asend(method, endpoint, **request_kwargs)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    async def aget_task(self, task_id: str) -> TaskRecord:
+    async def aget_task(self, task_id: str, *, retry_policy: RetryPolicy | None = None) -> TaskRecord:
         """
         Read the state of an Apikley task without blocking the event loop.
 
         The connection is resolved once, asynchronously. Calls go through the aiohttp session that
         every hook of this connection in this event loop shares, until :meth:`aclose`.
+
+        :param retry_policy: overrides the hook's for this call, as in :meth:`get_task`.
         """
         task_id = check_task_id(task_id)
-        data = await self._acall("GET", RECORD_INFO_ENDPOINT, should_retry=is_transient, params={"taskId": task_id})
+        data = await self._acall(
+            "GET",
+            RECORD_INFO_ENDPOINT,
+            should_retry=is_transient,
+            retry_policy=retry_policy,
+            params={"taskId": task_id},
+        )
         return TaskRecord.from_api(data)
 
     async def aclose(self) -> None:

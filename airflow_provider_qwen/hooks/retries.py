@@ -93,3 +93,7 @@ class RetryPolicy:
     def async_retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.AsyncRetrying:
         """A tenacity controller for a coroutine."""
         return tenacity.AsyncRetrying(**self._kwargs(should_retry, logger))
+
+
+#: One try, no retry: for waits that count failed queries across their polls themselves.
+ONE_TRY = RetryPolicy(attempts=1)

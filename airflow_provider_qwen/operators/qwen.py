@@ -12,14 +12,14 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath,
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient
+from airflow_provider_qwen.hooks.retries import ONE_TRY, is_transient
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
-from airflow_provider_qwen.polling import wait_until_done
-from airflow_provider_qwen.results import result_from_event, result_from_record, task_summary
+from airflow_provider_qwen.polling import TaskWait, wait_until_done
 from airflow_provider_qwen.storage import result_destination
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
+from airflow_provider_qwen.triggers.events import TaskEvent, summary_from_record, task_summary
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
@@ -43,18 +43,12 @@ class QwenImageToImageOperator(BaseOperator):
     ``{"apikley_task_id", "state", "result_urls", "input"}``; a failed generation fails the task
     with Apikley's failCode and failMsg. Result URLs expire (assume 24 hours): copy them promptly.
 
-    Arguments left as ``None`` are left out of the request, so Apikley applies its defaults.
+    The edit's own arguments (all templated) are the fields of
+    :class:`~airflow_provider_qwen.models.QwenImageToImageInput`, with its rules: ``prompt`` and
+    ``image_url`` (required), ``strength``, ``output_format``, ``acceleration``, ``negative_prompt``,
+    ``seed``, ``num_inference_steps``, ``guidance_scale``, ``enable_safety_checker``. Those left as
+    ``None`` are left out of the request, so Apikley applies its defaults.
 
-    :param prompt: what to do to the image; at most 5000 characters.
-    :param image_url: http(s) URL of the source image (jpeg, png or webp, at most 10 MB).
-    :param strength: 0 keeps the original, 1 remakes it fully; 0 to 1 in steps of 0.01.
-    :param output_format: ``png`` or ``jpeg``.
-    :param acceleration: ``none``, ``regular`` or ``high``.
-    :param negative_prompt: what to keep out of the image; at most 500 characters.
-    :param seed: the same seed, prompt and model version give the same image.
-    :param num_inference_steps: 2 to 250.
-    :param guidance_scale: 0 to 20 in steps of 0.1.
-    :param enable_safety_checker: ``False`` turns Apikley's safety checker off.
     :param callback_url: where Apikley POSTs the task's details when it ends.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently
@@ -122,18 +116,13 @@ class QwenImageToImageOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.output_path = output_path
-        self.resubmit_failed = resubmit_failed_task
+        self.resubmit_failed_task = resubmit_failed_task
         self._result: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> ApikleyHook:
         """The hook for ``apikley_conn_id``."""
         return ApikleyHook(self.apikley_conn_id)
-
-    @cached_property
-    def status_hook(self) -> ApikleyHook:
-        """Asks for the task's state one try at a time: the wait counts failed queries itself."""
-        return ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
 
     def build_input(self) -> QwenImageToImageInput:
         """
@@ -146,16 +135,16 @@ class QwenImageToImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate, submit (or resume the task an earlier try submitted), then wait."""
         request = self.build_input().to_api()
-        store = context.get("task_state_store")
-        resumed = self._resumable_task(store)
+        state_store = context.get("task_state_store")
+        resumed = self._resumable_task(state_store)
         if resumed:
             apikley_task_id, submitted_at = resumed
             self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
         else:
             apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
             submitted_at = time.time()
-            if store is not None:
-                store.set(RESUME_KEY, {"apikley_task_id": apikley_task_id, "submitted_at": submitted_at})
+            if state_store is not None:
+                state_store.set(RESUME_KEY, {"apikley_task_id": apikley_task_id, "submitted_at": submitted_at})
             self.log.info("Created Apikley task %s", apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
 
@@ -172,33 +161,34 @@ class QwenImageToImageOperator(BaseOperator):
                         apikley_conn_id=self.apikley_conn_id,
                         deadline=deadline,
                         poll_interval=self.poll_interval,
-                        max_consecutive_errors=self.max_consecutive_poll_errors,
+                        max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                         submitted_at=submitted_at,
                     ),
                     method_name="execute_complete",
                     timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
                 )
         else:
+            wait = TaskWait(
+                apikley_task_id,
+                submitted_at=submitted_at,
+                deadline=deadline,
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                logger=self.log,
+            )
             try:
-                record = wait_until_done(
-                    self.status_hook,
-                    apikley_task_id,
-                    submitted_at=submitted_at,
-                    deadline=deadline,
-                    poll_interval=self.poll_interval,
-                    max_consecutive_errors=self.max_consecutive_poll_errors,
-                )
+                record = wait_until_done(self.hook, wait)
             except ApikleyTaskTimeoutError as err:
-                raise _with_retry_advice(err, store) from None
-        return self._finish(self._store({**result_from_record(record), "input": request}))
+                raise _with_retry_advice(err, state_store) from None
+        return self._finish(self._copy_results({**summary_from_record(record), "input": request}))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
         try:
-            summary = result_from_event(event)
+            summary = TaskEvent.from_payload(event).summary(input=self.build_input().to_api())
         except ApikleyTaskTimeoutError as err:
             raise _with_retry_advice(err, context.get("task_state_store")) from None
-        return self._finish(self._store({**summary, "input": self.build_input().to_api()}))
+        return self._finish(self._copy_results(summary))
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
         """
@@ -214,16 +204,16 @@ class QwenImageToImageOperator(BaseOperator):
     def _state_if_known(self, apikley_task_id: str) -> TaskRecord | None:
         """The task's record, or ``None`` when asking failed transiently (the trigger asks again)."""
         try:
-            return self.status_hook.get_task(apikley_task_id)
+            return self.hook.get_task(apikley_task_id, retry_policy=ONE_TRY)
         except ApikleyError as err:
             if not is_transient(err):
                 raise
             self.log.warning("Could not ask about Apikley task %s yet (%s); deferring", apikley_task_id, err)
             return None
 
-    def _resumable_task(self, store: Any) -> tuple[str, float] | None:
+    def _resumable_task(self, state_store: Any) -> tuple[str, float] | None:
         """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
-        saved = store.get(RESUME_KEY) if store is not None else None
+        saved = state_store.get(RESUME_KEY) if state_store is not None else None
         if not saved:
             return None
         try:
@@ -231,7 +221,7 @@ class QwenImageToImageOperator(BaseOperator):
         except ApikleyNotFoundError:
             self.log.warning("Apikley no longer knows task %s; submitting anew", saved["apikley_task_id"])
             return None
-        if record.state is TaskState.FAIL and self.resubmit_failed:
+        if record.state is TaskState.FAIL and self.resubmit_failed_task:
             self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
             return None
         return record.task_id, float(saved["submitted_at"])
@@ -244,7 +234,7 @@ class QwenImageToImageOperator(BaseOperator):
             deadline = min(deadline, (started + self.execution_timeout).timestamp())
         return deadline
 
-    def _store(self, summary: dict[str, Any]) -> dict[str, Any]:
+    def _copy_results(self, summary: dict[str, Any]) -> dict[str, Any]:
         if not self.output_path:
             return summary
         folder = ObjectStoragePath(self.output_path)
@@ -258,8 +248,8 @@ class QwenImageToImageOperator(BaseOperator):
         return {**summary, "stored": [item.to_dict() for item in stored]}
 
 
-def _with_retry_advice(err: ApikleyTaskTimeoutError, store: Any) -> ApikleyTaskTimeoutError:
-    if store is not None:
+def _with_retry_advice(err: ApikleyTaskTimeoutError, state_store: Any) -> ApikleyTaskTimeoutError:
+    if state_store is not None:
         advice = "A retry of this task resumes waiting for it; it does not submit a new one."
     else:
         advice = (

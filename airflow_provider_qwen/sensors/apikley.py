@@ -16,13 +16,12 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
-from airflow_provider_qwen.polling import QueryErrorBudget
-from airflow_provider_qwen.results import result_from_event, result_from_record
+from airflow_provider_qwen.polling import Done, TaskWait, query
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
+from airflow_provider_qwen.triggers.events import TaskEvent, summary_from_record
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -71,27 +70,28 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> ApikleyHook:
-        """The hook for ``apikley_conn_id``; one try per query, since pokes count failures themselves."""
-        return ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
+        """The hook for ``apikley_conn_id``."""
+        return ApikleyHook(self.apikley_conn_id)
 
     @cached_property
-    def _query_errors(self) -> QueryErrorBudget:
-        return QueryErrorBudget(self.max_consecutive_poll_errors)
+    def _wait(self) -> TaskWait:
+        # The sensor's own timeout ends the wait; this counts failed queries across pokes.
+        return TaskWait(
+            self.apikley_task_id,
+            submitted_at=time.time(),
+            poll_interval=self.poke_interval,
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            logger=self.log,
+        )
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         """Query the task once; done when it has ended. A transient failure is a poke that is not done."""
-        try:
-            record = self.hook.get_task(self.apikley_task_id)
-        except ApikleyError as err:
-            self._query_errors.backoff_after(err)  # raises when not transient, or too many in a row
-            self.log.warning("Query for Apikley task %s failed (%s); asking again", self.apikley_task_id, err)
-            return False
-        self._query_errors.reset()
-        if not record.state.is_terminal:
-            self.log.info("Apikley task %s is %s", record.task_id, record.state.value)
+        step = self._wait.after(query(self.hook, self.apikley_task_id), time.time())
+        if not isinstance(step, Done):
+            self.log.info("Apikley task %s is %s", self.apikley_task_id, self._wait.last_state or "not known yet")
             return False
         try:
-            return PokeReturnValue(is_done=True, xcom_value=result_from_record(record))
+            return PokeReturnValue(is_done=True, xcom_value=summary_from_record(step.record))
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
@@ -109,7 +109,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 apikley_conn_id=self.apikley_conn_id,
                 deadline=time.time() + self.timeout,
                 poll_interval=self.poke_interval,
-                max_consecutive_errors=self.max_consecutive_poll_errors,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                with_input=True,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
@@ -118,7 +119,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Turn the trigger's event into the result, or the failure it reports."""
         try:
-            return result_from_event(event)
+            return TaskEvent.from_payload(event).summary()
         except ApikleyTaskTimeoutError as err:
             raise AirflowSensorTimeout(str(err)) from err
         except ApikleyTaskFailedError as err:

@@ -12,10 +12,10 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import RetryPolicy
+from airflow_provider_qwen.hooks.retries import ONE_TRY
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.polling import QueryErrorBudget, poll_delay, timeout_message
-from airflow_provider_qwen.results import event_from_record
+from airflow_provider_qwen.polling import Done, TaskWait, TimedOut
+from airflow_provider_qwen.triggers.events import EventStatus, TaskEvent
 
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
@@ -29,9 +29,9 @@ class ApikleyTaskTrigger(BaseTrigger):
     from the start is harmless. Its arguments are JSON primitives; the API key is read from the
     connection inside the triggerer, never stored with the trigger.
 
-    Events (one per run): ``success`` with ``result_urls``; ``failed`` with ``fail_code`` and
-    ``fail_message``; ``timeout`` when ``deadline`` passed first; ``error`` when Apikley could not
-    be asked or refused, with ``message``.
+    It fires one :class:`~airflow_provider_qwen.triggers.events.TaskEvent`: ``success`` with
+    ``result_urls``; ``failed`` with ``fail_code`` and ``fail_message``; ``timeout`` when
+    ``deadline`` passed first; ``error`` when Apikley could not be asked or refused, with ``message``.
 
     :param apikley_task_id: the Apikley task to wait for.
     :param apikley_conn_id: the Airflow connection to Apikley.
@@ -39,9 +39,11 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param poll_interval: seconds between queries, varied by up to 10% either way so that triggers
         picked up together do not poll in step; ``None`` follows Apikley's advised cadence.
     :param submitted_at: epoch seconds when the task was created, which sets the cadence.
-    :param max_consecutive_errors: status queries in a row that may fail transiently (429, 455,
-        5xx, network errors, malformed answers) before the wait ends with ``error``; each failure
-        backs off exponentially, with jitter. A refused key or an unknown task ends it at once.
+    :param max_consecutive_poll_errors: status queries in a row that may fail transiently (429,
+        455, 5xx, network errors, malformed answers) before the wait ends with ``error``; each
+        failure backs off exponentially, with jitter. A refused key or an unknown task ends it at once.
+    :param with_input: put the task's ``input`` (as Apikley echoes it) in the event, for a resuming
+        side that has no copy of its own.
     """
 
     def __init__(
@@ -51,7 +53,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         deadline: float | None = None,
         poll_interval: float | None = None,
         submitted_at: float | None = None,
-        max_consecutive_errors: int = 10,
+        max_consecutive_poll_errors: int = 10,
+        with_input: bool = False,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -59,7 +62,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.deadline = deadline
         self.poll_interval = poll_interval
         self.submitted_at = submitted_at if submitted_at is not None else time.time()
-        self.max_consecutive_errors = max_consecutive_errors
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.with_input = with_input
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The trigger's class path and its arguments (JSON primitives only)."""
@@ -71,49 +75,43 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
                 "submitted_at": self.submitted_at,
-                "max_consecutive_errors": self.max_consecutive_errors,
+                "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
+                "with_input": self.with_input,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the task ends or the deadline passes; yield exactly one event."""
-        # One try per query: the trigger counts consecutive failures itself, across queries.
-        hook = ApikleyHook(self.apikley_conn_id, retry_policy=RetryPolicy(attempts=1))
+        hook = ApikleyHook(self.apikley_conn_id)
         try:
-            yield TriggerEvent(await self._wait(hook))
+            yield TriggerEvent((await self._wait(hook)).to_payload())
         finally:
             await hook.aclose()
 
-    async def _wait(self, hook: ApikleyHook) -> dict[str, Any]:
-        task_id = self.apikley_task_id
-        errors = QueryErrorBudget(self.max_consecutive_errors)
-        last_state = None
+    async def _wait(self, hook: ApikleyHook) -> TaskEvent:
+        wait = TaskWait(
+            self.apikley_task_id,
+            submitted_at=self.submitted_at,
+            deadline=self.deadline,
+            poll_interval=self.poll_interval,
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            logger=self.log,
+        )
         try:
             while True:
-                try:
-                    # The record is never bound here, so it does not live on through the sleep.
-                    event, delay, last_state = self._read(await hook.aget_task(task_id))
-                except ApikleyError as err:
-                    delay = errors.backoff_after(err)
-                    self.log.warning(
-                        "Query %d for Apikley task %s failed (%s); retrying", errors.failures, task_id, err
-                    )
-                else:
-                    errors.reset()
-                    if event is not None:
-                        return event
-                now = time.time()
-                if self.deadline is not None:
-                    if now >= self.deadline:
-                        message = timeout_message(task_id, last_state)
-                        return {"status": "timeout", "apikley_task_id": task_id, "message": message}
-                    delay = min(delay, self.deadline - now)
-                await asyncio.sleep(delay)
+                # Neither the record nor the step outlives this line while the trigger sleeps.
+                step = wait.after(await self._query(hook), time.time())
+                if isinstance(step, Done):
+                    return TaskEvent.ended(step.record, with_input=self.with_input)
+                if isinstance(step, TimedOut):
+                    return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
+                await asyncio.sleep(step.seconds)
         except Exception as err:
-            return {"status": "error", "apikley_task_id": task_id, "message": f"{type(err).__name__}: {err}"}
+            return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=f"{type(err).__name__}: {err}")
 
-    def _read(self, record: TaskRecord) -> tuple[dict[str, Any] | None, float, str]:
-        """The event if the task ended, else the seconds until the next query; and the state seen."""
-        if record.state.is_terminal:
-            return event_from_record(record), 0.0, record.state.value
-        return None, poll_delay(time.time() - self.submitted_at, self.poll_interval), record.state.value
+    async def _query(self, hook: ApikleyHook) -> TaskRecord | ApikleyError:
+        # One try per query: the wait counts failures across queries itself.
+        try:
+            return await hook.aget_task(self.apikley_task_id, retry_policy=ONE_TRY)
+        except ApikleyError as err:
+            return err

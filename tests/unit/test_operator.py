@@ -290,4 +290,4 @@ def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
     requests_mock.get(RECORD_URL, json=record("queuing"))
     with pytest.raises(TaskDeferred) as excinfo:
         make_operator(deferrable=True, max_consecutive_poll_errors=25).execute(context)
-    assert excinfo.value.trigger.max_consecutive_errors == 25
+    assert excinfo.value.trigger.max_consecutive_poll_errors == 25

@@ -127,4 +127,4 @@ def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
     requests_mock.get(RECORD_URL, json=record("queuing"))
     with pytest.raises(TaskDeferred) as excinfo:
         make_sensor(deferrable=True, max_consecutive_poll_errors=3).execute(context)
-    assert excinfo.value.trigger.max_consecutive_errors == 3
+    assert excinfo.value.trigger.max_consecutive_poll_errors == 3

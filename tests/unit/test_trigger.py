@@ -55,7 +55,8 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "deadline",
         "poll_interval",
         "submitted_at",
-        "max_consecutive_errors",
+        "max_consecutive_poll_errors",
+        "with_input",
     }
 
 
@@ -226,7 +227,7 @@ async def test_the_trigger_rides_out_a_run_of_transient_failures(http):
     ):
         http.add(**answer)
     http.add(record("success"))
-    (event,) = await run_to_events(make_trigger(max_consecutive_errors=6))
+    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=6))
     assert event["status"] == "success"
     assert http.count() == 6
 
@@ -236,7 +237,7 @@ async def test_too_many_failures_in_a_row_end_the_wait_with_the_last_error(http)
     http.add(envelope(None, code=500, msg="first"))
     http.add(envelope(None, code=500, msg="second"))
     http.add(envelope(None, code=455, msg="last one"))
-    (event,) = await run_to_events(make_trigger(max_consecutive_errors=3))
+    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=3))
     assert event["status"] == "error"
     assert "last one" in event["message"]
     assert http.count() == 4
@@ -247,19 +248,19 @@ async def test_a_success_resets_the_failure_count(http):
         http.add(envelope(None, code=500))
         http.add(record("generating"))
     http.add(record("success"))
-    (event,) = await run_to_events(make_trigger(max_consecutive_errors=2))
+    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=2))
     assert event["status"] == "success"
 
 
 async def test_failures_past_the_deadline_end_in_timeout(http):
     http.add(envelope(None, code=500), repeat=True)
-    (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, max_consecutive_errors=1000))
+    (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, max_consecutive_poll_errors=1000))
     assert event["status"] == "timeout"
 
 
 async def test_a_huge_answer_ends_the_wait_with_a_clear_error(http):
     http.add(status=200, body="x" * (2 * 1024 * 1024), repeat=True)
-    (event,) = await run_to_events(make_trigger(max_consecutive_errors=2))
+    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=2))
     assert event["status"] == "error"
     assert "larger than 1048576 bytes" in event["message"]
 

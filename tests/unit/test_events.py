@@ -1,0 +1,54 @@
+"""The trigger's event contract: built and checked in one place, carrying no more than the resuming side needs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.models import TaskRecord
+from airflow_provider_qwen.triggers.events import EventStatus, TaskEvent
+from tests.unit.fixtures import RESULT_URL, TASK_ID, record
+
+
+def ended(state: str, **kwargs) -> TaskRecord:
+    return TaskRecord.from_api(record(state, **kwargs)["data"])
+
+
+def test_a_success_event_carries_the_results_and_not_the_prompt():
+    payload = TaskEvent.ended(ended("success", input={"prompt": "p" * 5000, "image_url": "https://x.test/a.png"}))
+    assert payload.to_payload() == {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL]}
+
+
+def test_the_input_travels_only_when_asked_for():
+    event = TaskEvent.ended(ended("success"), with_input=True)
+    assert event.to_payload()["input"]["prompt"] == "sepia"
+    assert TaskEvent.from_payload(json.loads(json.dumps(event.to_payload()))).summary()["input"]["prompt"] == "sepia"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        TaskEvent.ended(ended("success")),
+        TaskEvent.ended(ended("fail", fail_code="501", fail_msg="nsfw")),
+        TaskEvent(EventStatus.TIMEOUT, TASK_ID, message="late"),
+        TaskEvent(EventStatus.ERROR, TASK_ID, message="401"),
+    ],
+    ids=lambda event: event.status.value,
+)
+def test_every_event_survives_json_unchanged(event):
+    assert TaskEvent.from_payload(json.loads(json.dumps(event.to_payload()))) == event
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        (TaskEvent.ended(ended("fail", fail_code="501", fail_msg="nsfw")), ApikleyTaskFailedError),
+        (TaskEvent(EventStatus.TIMEOUT, TASK_ID, message="late"), ApikleyTaskTimeoutError),
+        (TaskEvent(EventStatus.ERROR, TASK_ID, message="401"), ApikleyError),
+    ],
+)
+def test_every_other_outcome_fails_the_task_with_its_reason(event, error):
+    with pytest.raises(error):
+        event.summary()
