@@ -29,22 +29,23 @@ install: $(STAMP)
 
 # Everything, the system test on a real deployment included.
 test: $(STAMP) system-deps
-	@$(call pytest_strict,$(BIN)/pytest)
+	@$(call pytest_strict,$(BIN)/pytest --durations=15)
 
-# The same suite on each older supported Airflow, each in its own venv (.venv-airflow-X.Y).
+# Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
+# Airflow's APIs (the emulator's and the benchmarks' own tests do not). Airflow 3.2.2's api-server
+# does not build with the cadwyn/FastAPI releases an unconstrained install resolves today, so that
+# line gets the newest releases it builds with (the ones the 3.3 line resolves).
+COMPAT_TESTS ?= tests/unit tests/integration
+
 test-compat: | $(BIN)/uv
 	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
 		venv=.venv-airflow-$$version; \
+		case $$version in 3.2) pins='cadwyn<8 fastapi<0.137';; *) pins='';; esac; \
 		[ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv; \
-		$(BIN)/uv pip install --python $$venv/bin/python --quiet "apache-airflow==$$version.*" -e '.[dev]'; \
-		echo "== Airflow $$version"; \
-		if [ "$$version" = 3.2 ]; then \
-			echo "Airflow 3.2: the dag.test() and whole-api-server tests are deselected: Airflow 3.2.2's" \
-			     "execution API fails to build with the FastAPI/cadwyn releases an unconstrained install resolves today."; \
-			$$venv/bin/pytest -q -p no:cacheprovider -m "not dagrun and not api_server_app" || exit 1; \
-		else \
-			$$venv/bin/pytest -q -p no:cacheprovider || exit 1; \
-		fi; \
+		$(BIN)/uv pip install --python $$venv/bin/python --quiet "apache-airflow==$$version.*" $$pins -e '.[dev]'; \
+		echo "== Airflow $$version $$pins"; \
+		$$venv/bin/pytest -q -p no:cacheprovider $(COMPAT_TESTS) || { status=$$?; \
+			[ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit 1; }; \
 	done
 
 lint: $(STAMP)

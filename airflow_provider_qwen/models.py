@@ -37,6 +37,17 @@ TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 TASK_ID_RULE = "must be 1 to 128 letters, digits, '-' or '_'"
 
 
+def is_http_url(value: Any) -> bool:
+    """Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any)."""
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    try:
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def is_task_id(value: Any) -> bool:
     """Whether ``value`` is a string shaped like an Apikley task id (:data:`TASK_ID_PATTERN`)."""
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
@@ -116,8 +127,7 @@ class QwenImageToImageInput(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not is_http_url(value):
             raise ValueError("must be an http:// or https:// URL of an uploaded image")
         return value
 
@@ -231,6 +241,21 @@ class TaskRecord(BaseModel):
         """URLs of the generated images (empty until the task succeeds). They expire: copy them."""
         urls = (self.result or {}).get("resultUrls") or []
         return [str(url) for url in urls]
+
+    def describe(self) -> dict[str, Any]:
+        """The task as JSON primitives: what it was asked, where it is or how it ended, and its results."""
+        return {
+            "apikley_task_id": self.task_id,
+            "model": self.model,
+            "state": self.state.value,
+            "result_urls": self.result_urls,
+            "fail_code": self.fail_code,
+            "fail_message": self.fail_message,
+            "input": self.input,
+            "create_time": self.create_time,
+            "complete_time": self.complete_time,
+            "credits_consumed": self.credits_consumed,
+        }
 
     @property
     def input(self) -> dict[str, Any]:

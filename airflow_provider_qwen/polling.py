@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskTimeoutError
@@ -82,6 +82,7 @@ class TimedOut:
     message: str
 
 
+@dataclass
 class TaskWait:
     """
     The decisions of one wait for an Apikley task, whoever runs the loop.
@@ -98,24 +99,14 @@ class TaskWait:
     :param logger: where a failed query is reported (the task's or trigger's own log).
     """
 
-    def __init__(
-        self,
-        apikley_task_id: str,
-        *,
-        submitted_at: float,
-        deadline: float | None = None,
-        poll_interval: float | None = None,
-        max_consecutive_poll_errors: int = 10,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        self.apikley_task_id = apikley_task_id
-        self.submitted_at = submitted_at
-        self.deadline = deadline
-        self.poll_interval = poll_interval
-        self.max_consecutive_poll_errors = max_consecutive_poll_errors
-        self.log = logger or log
-        self.failures = 0
-        self.last_state: str | None = None
+    apikley_task_id: str
+    submitted_at: float
+    deadline: float | None = None
+    poll_interval: float | None = None
+    max_consecutive_poll_errors: int = 10
+    logger: logging.Logger = field(default=log, repr=False)
+    failures: int = field(default=0, init=False)
+    last_state: str | None = field(default=None, init=False)
 
     def after(self, outcome: TaskRecord | ApikleyError, now: float) -> Done | Sleep | TimedOut:
         """
@@ -127,7 +118,7 @@ class TaskWait:
             self.failures += 1
             if not is_transient(outcome) or self.failures >= self.max_consecutive_poll_errors:
                 raise outcome
-            self.log.warning(
+            self.logger.warning(
                 "Query %d for Apikley task %s failed (%s); asking again", self.failures, self.apikley_task_id, outcome
             )
             delay = QUERY_RETRY_POLICY.wait_seconds(self.failures, outcome)

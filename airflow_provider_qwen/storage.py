@@ -13,12 +13,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
-from airflow_provider_qwen.models import TASK_ID_RULE, is_task_id
+from airflow_provider_qwen.models import TASK_ID_RULE, is_http_url, is_task_id
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -100,8 +99,7 @@ def result_destination(
 
 def check_result_url(url: str) -> str:
     """:raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path)."""
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_http_url(url):
         raise ApikleyInputError(f"result_url={url!r}: must be an http:// or https:// URL")
     return url
 

@@ -83,16 +83,14 @@ def task_id_from_body(body: bytes) -> str | None:
     return task_id if is_task_id(task_id) else None
 
 
+#: What a consumer DAG reads from the Asset event: the task, how it ended, its results.
+EVENT_EXTRA_FIELDS = ("apikley_task_id", "state", "result_urls", "fail_code", "fail_message", "model")
+
+
 def event_extra(record: TaskRecord) -> dict[str, Any]:
-    """What a consumer DAG reads from the Asset event: the task, how it ended, its results."""
-    return {
-        "apikley_task_id": record.task_id,
-        "state": record.state.value,
-        "result_urls": record.result_urls,
-        "fail_code": record.fail_code,
-        "fail_message": record.fail_message,
-        "model": record.model,
-    }
+    """The Asset event's extra for a finished task: :data:`EVENT_EXTRA_FIELDS` of its description."""
+    described = record.describe()
+    return {field: described[field] for field in EVENT_EXTRA_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,7 @@ def trusted_hook(
     :raises CallbackRejected: when the connection is missing or not of type ``apikley``, the URL's
         token or Apikley's signature is missing or wrong, or the callback is a replay.
     """
-    hook = ApikleyHook(route.effective_conn_id, retry_policy=RECHECK_RETRY_POLICY, timeout=RECHECK_TIMEOUT_SECONDS)
+    hook = ApikleyHook(route.effective_conn_id, timeout=RECHECK_TIMEOUT_SECONDS)
     try:
         key = hook.settings.webhook_secret
     except Exception as err:  # unknown connection, another type, or an unusable one: all look alike outside
@@ -183,7 +181,7 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
 
 def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
     try:
-        record = hook.get_task(task_id)
+        record = hook.get_task(task_id, retry_policy=RECHECK_RETRY_POLICY)
     except ApikleyNotFoundError:
         log.warning("Apikley callback for task %s, which Apikley does not know", task_id)
         return JSONResponse({"detail": "unknown task"}, status_code=404)

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from airflow.api_fastapi.core_api.security import requires_access_connection
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError
+from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.models import TASK_ID_RULE, is_task_id
@@ -29,12 +30,6 @@ PAGE_TIMEOUT_SECONDS = 10.0
 router = APIRouter()
 
 
-def _hook_for(connection_id: str) -> ApikleyHook:
-    hook = ApikleyHook(connection_id, retry_policy=PAGE_RETRY_POLICY, timeout=PAGE_TIMEOUT_SECONDS)
-    hook.settings  # noqa: B018  (reads the connection: unknown, another type or unusable all raise)
-    return hook
-
-
 @router.get(
     "/connections/{connection_id}/tasks/{apikley_task_id}",
     dependencies=[Depends(requires_access_connection(method="GET"))],
@@ -43,27 +38,15 @@ async def show_task(connection_id: str, apikley_task_id: str) -> dict[str, Any]:
     """The task's state, results or failure, and when it was created and completed."""
     if not is_task_id(apikley_task_id):
         raise HTTPException(400, f"apikley_task_id: {TASK_ID_RULE}")
+    hook = ApikleyHook(connection_id, timeout=PAGE_TIMEOUT_SECONDS)
     try:
-        hook = await run_in_threadpool(_hook_for, connection_id)
-    except Exception:
+        record = await run_in_threadpool(hook.get_task, apikley_task_id, retry_policy=PAGE_RETRY_POLICY)
+    except (AirflowNotFoundException, ApikleyConfigurationError):  # unknown, another type, or unusable
         raise HTTPException(404, f"No usable Apikley connection {connection_id!r}") from None
-    try:
-        record = await run_in_threadpool(hook.get_task, apikley_task_id)
     except ApikleyNotFoundError:
         raise HTTPException(404, f"Apikley knows no task {apikley_task_id}") from None
     except ApikleyError as err:
         # what the host answered is not repeated: only which kind of failure it was
         status = f", HTTP {err.http_status}" if err.http_status else ""
         raise HTTPException(502, f"Apikley could not be asked ({type(err).__name__}{status})") from None
-    return {
-        "apikley_task_id": record.task_id,
-        "model": record.model,
-        "state": record.state.value,
-        "result_urls": record.result_urls,
-        "fail_code": record.fail_code,
-        "fail_message": record.fail_message,
-        "input": record.input,
-        "create_time": record.create_time,
-        "complete_time": record.complete_time,
-        "credits_consumed": record.credits_consumed,
-    }
+    return record.describe()

@@ -69,17 +69,12 @@ def choose_effect(prompt: str) -> Effect:
 
 
 def sniff_mime(data: bytes, file_name: str | None = None) -> str:
-    """The MIME type of a file, from its first bytes, else from its name's extension."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    guessed = mimetypes.guess_type(file_name or "")[0]
-    return guessed or "application/octet-stream"
+    """The MIME type of a file, from the image format Pillow reads in it, else from its name's extension."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Image.MIME[image.format]
+    except (OSError, KeyError, ValueError):  # not an image Pillow knows, or one without a MIME type
+        return mimetypes.guess_type(file_name or "")[0] or "application/octet-stream"
 
 
 def open_image(data: bytes, content_type: str | None = None) -> Image.Image:

@@ -56,6 +56,10 @@ def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
     return ApikleyConnectionError(f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent)
 
 
+#: Whether a failed call may be repeated: :func:`is_transient` for reads, :func:`was_not_taken` for creates.
+Retry = Callable[[BaseException], bool]
+
+
 def _deadline_passed(seconds: float) -> ApikleyConnectionError:
     return ApikleyConnectionError(f"No complete answer within {seconds:g} s; abandoned", request_not_sent=False)
 
@@ -191,20 +195,11 @@ class ApikleyHook(HttpHook):
         return parse_envelope(response.status_code, body, response.encoding, response.headers.get("Retry-After"))
 
     def _call(
-        self,
-        method: str,
-        endpoint: str,
-        *,
-        should_retry: Callable[[BaseException], bool],
-        retry_policy: RetryPolicy | None = None,
-        **request_kwargs: Any,
+        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs
     ) -> Any:
         """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
         url = endpoint if "://" in endpoint else self.settings.base_url + endpoint
-        policy = retry_policy or self.retry_policy
-        if policy.attempts == 1:
-            return self._send(method, url, **request_kwargs)
-        return policy.retrying(should_retry, self.log)(self._send, method, url, **request_kwargs)
+        return (policy or self.retry_policy).call(should_retry, self.log, self._send, method, url, **kwargs)
 
     def create_task(self, model: str, input: dict[str, Any], callback_url: str | None = None) -> str:
         """
@@ -218,7 +213,7 @@ class ApikleyHook(HttpHook):
         body: dict[str, Any] = {"model": model, "input": input}
         if callback_url:
             body["callBackUrl"] = callback_url
-        data = self._call("POST", CREATE_TASK_ENDPOINT, should_retry=was_not_taken, json=body)
+        data = self._call("POST", CREATE_TASK_ENDPOINT, was_not_taken, json=body)
         return _task_id_from_create_answer(data)
 
     def get_task(self, task_id: str, *, retry_policy: RetryPolicy | None = None) -> TaskRecord:
@@ -231,18 +226,12 @@ class ApikleyHook(HttpHook):
         :raises ApikleyNotFoundError: when Apikley knows no such task.
         """
         task_id = check_task_id(task_id)
-        data = self._call(
-            "GET",
-            RECORD_INFO_ENDPOINT,
-            should_retry=is_transient,
-            retry_policy=retry_policy,
-            params={"taskId": task_id},
-        )
+        data = self._call("GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
     def get_credits(self) -> float:
         """The account's remaining credits."""
-        data = self._call("GET", CREDIT_ENDPOINT, should_retry=is_transient)
+        data = self._call("GET", CREDIT_ENDPOINT, is_transient)
         try:
             return float(data)
         except (TypeError, ValueError):
@@ -293,7 +282,7 @@ class ApikleyHook(HttpHook):
     def _upload(self, api: str, file_name: str | None, **request_kwargs: Any) -> str:
         # A named upload overwrites itself, so repeating it is harmless; an unnamed one might not be.
         should_retry = is_transient if file_name else was_not_taken
-        data = self._call("POST", f"{self.upload_base_url}/api/{api}", should_retry=should_retry, **request_kwargs)
+        data = self._call("POST", f"{self.upload_base_url}/api/{api}", should_retry, **request_kwargs)
         url = data.get("downloadUrl") if isinstance(data, dict) else None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ApikleyBadResponseError(f"Apikley accepted the upload but sent no downloadUrl: {excerpt(repr(data))}")
@@ -317,7 +306,7 @@ class ApikleyHook(HttpHook):
         """
         check_result_url(url)
         dest = dest if isinstance(dest, ObjectStoragePath) else ObjectStoragePath(dest)
-        return self.retry_policy.retrying(is_transient, self.log)(self._download, url, dest, max_bytes)
+        return self.retry_policy.call(is_transient, self.log, self._download, url, dest, max_bytes)
 
     @cached_property
     def _download_session(self) -> requests.Session:
@@ -390,21 +379,9 @@ class ApikleyHook(HttpHook):
         return parse_envelope(response.status, body, response.charset, response.headers.get("Retry-After"))
 
     def _acall(
-        self,
-        method: str,
-        endpoint: str,
-        *,
-        should_retry: Callable[[BaseException], bool],
-        retry_policy: RetryPolicy | None = None,
-        **request_kwargs: Any,
-    ) -> Awaitable[Any]:
-        policy = retry_policy or self.retry_policy
-        if policy.attempts == 1:
-            # A trigger counts failures across polls itself. Its polls skip the retry controller,
-            # which would leave a reference cycle behind each time: a triggerer polling thousands
-            # of tasks would pay for those in garbage-collector pauses.
-            return self._asend(method, endpoint, **request_kwargs)
-        return policy.async_retrying(should_retry, self.log)(self._asend, method, endpoint, **request_kwargs)
+        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs
+    ) -> Awaitable:
+        return (policy or self.retry_policy).call(should_retry, self.log, self._asend, method, endpoint, **kwargs)
 
     async def aget_task(self, task_id: str, *, retry_policy: RetryPolicy | None = None) -> TaskRecord:
         """
@@ -416,13 +393,7 @@ class ApikleyHook(HttpHook):
         :param retry_policy: overrides the hook's for this call, as in :meth:`get_task`.
         """
         task_id = check_task_id(task_id)
-        data = await self._acall(
-            "GET",
-            RECORD_INFO_ENDPOINT,
-            should_retry=is_transient,
-            retry_policy=retry_policy,
-            params={"taskId": task_id},
-        )
+        data = await self._acall("GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id})
         return TaskRecord.from_api(data)
 
     async def aclose(self) -> None:

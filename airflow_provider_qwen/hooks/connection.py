@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase
@@ -25,6 +24,7 @@ from airflow_provider_qwen.connection_form import (
     DEFAULT_UPLOAD_BASE_URL,
 )
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+from airflow_provider_qwen.models import is_http_url
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
@@ -132,7 +132,7 @@ def base_url_from_connection(conn: Connection) -> str:
         host = f"{conn.schema or 'https'}://{host}"
     if conn.port:
         host = f"{host}:{conn.port}"
-    if not _is_http_url(host):
+    if not is_http_url(host):
         raise ApikleyConfigurationError(
             f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
         )
@@ -168,17 +168,9 @@ def timeout_from_extra(extra: dict[str, Any]) -> float:
     return seconds
 
 
-def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:
-        return False
-
-
 def _http_url_extra(conn: Connection, extra: dict[str, Any], name: str, default: str) -> str:
     url = str(extra.get(name) or default).rstrip("/")
-    if not _is_http_url(url):
+    if not is_http_url(url):
         raise ApikleyConfigurationError(f"Connection {conn.conn_id!r} extra {name}={url!r}: must be an http(s) URL")
     return url
 

@@ -21,6 +21,7 @@ import requests
 
 from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyURLRefusedError
 from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
+from airflow_provider_qwen.models import is_http_url
 
 #: Redirects followed from a result URL before giving up.
 MAX_REDIRECTS = 3
@@ -77,14 +78,11 @@ class ResultHostPolicy:
         :return: ``url``, when it may be fetched.
         :raises ApikleyURLRefusedError: naming the URL and the rule it breaks.
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not is_http_url(url):
             raise ApikleyURLRefusedError(f"Result URL {url!r}: must be an http:// or https:// URL")
+        parts = urlsplit(url)
         host = parts.hostname.lower()
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ApikleyURLRefusedError(f"Result URL {url!r}: its port is not a number") from None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
         for address in resolve(host, port):
             if address.is_link_local or address.is_unspecified or address.is_multicast or address in METADATA_ADDRESSES:
                 raise ApikleyURLRefusedError(
