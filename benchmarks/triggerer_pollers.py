@@ -210,9 +210,9 @@ def counting_hook_class(counter: PollCounter) -> type:
     class CountingApikleyHook(ApikleyHook):
         polled = False
 
-        async def aget_task(self, task_id: str) -> Any:
+        async def aget_task(self, task_id: str, **kwargs: Any) -> Any:
             try:
-                record = await super().aget_task(task_id)
+                record = await super().aget_task(task_id, **kwargs)
             except ApikleyError as err:
                 counter.failure(err)
                 raise

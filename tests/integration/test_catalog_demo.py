@@ -60,11 +60,11 @@ def test_a_worker_that_dies_right_after_submitting_is_resumed_not_resubmitted(em
     real_get_task = ApikleyHook.get_task
     crashed: list[str] = []
 
-    def crash_once_after_submit(self, task_id):
+    def crash_once_after_submit(self, task_id, **kwargs):
         if not crashed:
             crashed.append(task_id)
             raise RuntimeError("worker lost right after createTask")
-        return real_get_task(self, task_id)
+        return real_get_task(self, task_id, **kwargs)
 
     monkeypatch.setattr(ApikleyHook, "get_task", crash_once_after_submit)
     dag_run = load_dag("qwen_catalog_edit").test(run_conf={"output_uri": f"file://{tmp_path}"})

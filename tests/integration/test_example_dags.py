@@ -1,8 +1,7 @@
-"""The example DAGs, run by real Airflow (``dag.test()``) against a fake Apikley on loopback."""
+"""The example DAGs, run by real Airflow (``dag.test()``) against the emulator on loopback."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,23 +9,35 @@ import pytest
 
 from airflow.providers.common.compat.sdk import DagRunState
 
+from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from tests.conftest import API_KEY
-from tests.fake_apikley import FakeApikley
+from tests.emulator.conftest import png
 
 pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.usefixtures("airflow_db")]
 
 DAGS_FOLDER = Path(__file__).parents[2] / "dags"
-IMAGES = [f"https://files.example.org/catalog/item-{index}.png" for index in range(4)]
+COLOURS = ("#c0392b", "#2c7fb8", "#27ae60", "#8e44ad")
 
 
 @pytest.fixture
-def fake_apikley(monkeypatch):
-    with FakeApikley(API_KEY) as fake:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APIKLEY_DEFAULT",
-            json.dumps({"conn_type": "apikley", "host": fake.base_url, "password": API_KEY}),
-        )
-        yield fake
+def emulator(monkeypatch):
+    """The emulator with quick tasks, and ``apikley_default`` pointing at it."""
+    settings = EmulatorSettings(api_keys=[API_KEY], latency=(0.05, 0.05, 0.1), random_seed=5)
+    with run_emulator(settings) as running:
+        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", running.airflow_connection())
+        yield running
+
+
+@pytest.fixture
+def images(emulator) -> list[str]:
+    """Four source images uploaded to the emulator, as a catalog step would."""
+    hook = ApikleyHook()
+    return [hook.upload_file(png(colour), "tests", file_name=f"item-{n}.png") for n, colour in enumerate(COLOURS)]
+
+
+def created_requests(emulator) -> list[dict]:
+    return [task.request for task in emulator.state.tasks.values()]
 
 
 def load_dag(dag_id: str, dag_folder: Path = DAGS_FOLDER):
@@ -59,54 +70,54 @@ def task_states(dag_run) -> dict[str, list[str]]:
     return states
 
 
-def test_mapped_deferrable_edits_run_end_to_end(fake_apikley):
+def test_mapped_deferrable_edits_run_end_to_end(emulator, images):
     dag = load_dag("qwen_image_edit_example")
-    dag_run = dag.test(run_conf={"images": IMAGES, "style": "warm light"})
+    dag_run = dag.test(run_conf={"images": images, "style": "warm light"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
-    assert task_states(dag_run)["edit"] == ["success"] * len(IMAGES)
+    assert task_states(dag_run)["edit"] == ["success"] * len(images)
 
-    assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == len(IMAGES)
-    # queuing when first checked by the operator, then generating and success in the trigger
-    assert fake_apikley.calls["GET /api/v1/jobs/recordInfo"] == 3 * len(IMAGES)
-    created = [task["request"] for task in fake_apikley.tasks.values()]
-    assert sorted(request["input"]["image_url"] for request in created) == IMAGES
+    assert emulator.state.accepted_creates == len(images)
+    created = created_requests(emulator)
+    assert sorted(request["input"]["image_url"] for request in created) == sorted(images)
     assert {request["input"]["prompt"] for request in created} == {"product photo, warm light"}
 
     task_ids = xcom_values(dag_run, "edit", key="apikley_task_id")
-    assert sorted(task_ids) == sorted(fake_apikley.tasks)
+    assert sorted(task_ids) == sorted(emulator.state.tasks)
     (summary,) = xcom_values(dag_run, "summarize")
-    assert sorted(summary) == IMAGES
-    assert all(url.startswith(f"{fake_apikley.base_url}/results/") for url in summary.values())
+    assert sorted(summary) == sorted(images)
+    assert all(url.startswith(emulator.base_url) for url in summary.values())
 
 
-def test_submit_then_deferrable_sensor(fake_apikley):
+def test_submit_then_deferrable_sensor(emulator, images):
     dag = load_dag("qwen_submit_then_sense_example")
-    dag_run = dag.test(run_conf={"image": IMAGES[0]})
+    dag_run = dag.test(run_conf={"image": images[0]})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
-    assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == 1
-    (task_id,) = fake_apikley.tasks
+    assert emulator.state.accepted_creates == 1
+    (task_id,) = emulator.state.tasks
     (sensed,) = xcom_values(dag_run, "wait")
     assert sensed["apikley_task_id"] == task_id
     assert sensed["state"] == "success"
+    assert sensed["input"]["image_url"] == images[0]  # the deferred sensor returns what the operator would
 
 
-def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(fake_apikley):
+def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(emulator, images):
+    emulator.state.settings = emulator.state.settings.model_copy(update={"fail_fraction": 1.0})
     dag = load_dag("qwen_image_edit_example")
-    dag_run = dag.test(run_conf={"images": IMAGES[:1], "style": "please fail"})
+    dag_run = dag.test(run_conf={"images": images[:1], "style": "studio light"})
     assert dag_run.state == DagRunState.FAILED
     assert task_states(dag_run)["edit"] == ["failed"]
-    assert fake_apikley.calls["POST /api/v1/jobs/createTask"] == 3  # the first try and two retries
+    assert emulator.state.accepted_creates == 3  # the first try and two retries
 
 
-def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_polls(fake_apikley, monkeypatch):
+def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_polls(emulator, images, monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
     dag = load_dag("qwen_callback_producer")
-    dag_run = dag.test(run_conf={"images": IMAGES, "prompt": "studio light"})
+    dag_run = dag.test(run_conf={"images": images, "prompt": "studio light"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
-    requests = [task["request"] for task in fake_apikley.tasks.values()]
-    assert sorted(request["input"]["image_url"] for request in requests) == IMAGES
-    assert {request["callBackUrl"] for request in requests} == {"https://airflow.example.org/apikley/callback"}
-    assert fake_apikley.calls["GET /api/v1/jobs/recordInfo"] == 0
+    created = created_requests(emulator)
+    assert sorted(request["input"]["image_url"] for request in created) == sorted(images)
+    assert {request["callBackUrl"] for request in created} == {"https://airflow.example.org/apikley/callback"}
+    assert not any(name.startswith("recordInfo") for name in emulator.stats()["requests"])
 
 
 FINISHED_EDITS_URI = "apikley://qwen/image-to-image"
@@ -134,8 +145,8 @@ def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(tm
     monkeypatch.setenv("QWEN_EDITS_OUTPUT_URI", f"file://{tmp_path}/edits")
     persist_results = load_dag("qwen_callback_consumer").get_task("persist_results")
     assert [outlet.uri for outlet in persist_results.outlets] == [f"file://{tmp_path}/edits"]
-    png = b"\x89PNG\r\n\x1a\n" + b"\x02" * 32
-    requests_mock.get("https://files.example.org/out/a.png", content=png)
+    result = png("#e67e22")
+    requests_mock.get("https://files.example.org/out/a.png", content=result)
     events = [
         SimpleNamespace(
             extra={"apikley_task_id": "a1", "state": "success", "result_urls": ["https://files.example.org/out/a.png"]}
@@ -151,5 +162,5 @@ def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(tm
         ),
     ]
     stored = persist_results.python_callable(triggering_asset_events=EventsByAssetUri({FINISHED_EDITS_URI: events}))
-    assert [(item["apikley_task_id"], item["size"]) for item in stored] == [("a1", len(png))]
-    assert (tmp_path / "edits" / "a1-0.png").read_bytes() == png
+    assert [(item["apikley_task_id"], item["size"]) for item in stored] == [("a1", len(result))]
+    assert (tmp_path / "edits" / "a1-0.png").read_bytes() == result

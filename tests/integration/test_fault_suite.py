@@ -57,11 +57,11 @@ def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch, emulator: Run
     real_get_task = ApikleyHook.get_task
     crashed: set[str] = set()
 
-    def get_task(self: ApikleyHook, task_id: str):
+    def get_task(self: ApikleyHook, task_id: str, **kwargs):
         if task_id not in crashed:
             crashed.add(task_id)
             raise RuntimeError("worker lost right after createTask")
-        return real_get_task(self, task_id)
+        return real_get_task(self, task_id, **kwargs)
 
     monkeypatch.setattr(ApikleyHook, "get_task", get_task)
     return crashed
