@@ -16,10 +16,16 @@ from airflow_provider_qwen.hooks.retries import ONE_TRY, is_transient
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
-from airflow_provider_qwen.polling import TaskWait, wait_until_done
 from airflow_provider_qwen.storage import result_destination
-from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
-from airflow_provider_qwen.triggers.events import TaskEvent, summary_from_record, task_summary
+from airflow_provider_qwen.triggers.apikley import (
+    TRIGGER_GRACE,
+    ApikleyTaskTrigger,
+    TaskEvent,
+    TaskWait,
+    summary_from_record,
+    task_summary,
+    wait_until_done,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage

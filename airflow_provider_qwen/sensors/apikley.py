@@ -19,9 +19,15 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
-from airflow_provider_qwen.polling import Done, TaskWait, query
-from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
-from airflow_provider_qwen.triggers.events import TaskEvent, summary_from_record
+from airflow_provider_qwen.triggers.apikley import (
+    TRIGGER_GRACE,
+    ApikleyTaskTrigger,
+    Done,
+    TaskEvent,
+    TaskWait,
+    query,
+    summary_from_record,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

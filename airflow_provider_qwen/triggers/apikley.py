@@ -1,21 +1,277 @@
-"""Waiting for an Apikley task in the triggerer, so no worker slot is held meanwhile."""
+"""
+Waiting for an Apikley task: when to ask again, when to give up, and how the wait ends.
+
+:class:`TaskWait` makes every decision of a wait. :class:`ApikleyTaskTrigger` waits in the
+triggerer, so no worker slot is held meanwhile; :func:`wait_until_done` waits in the worker; the
+sensor pokes. Each is a few lines around :class:`TaskWait`, so they wait alike.
+
+:class:`TaskEvent` is the one contract between the trigger and the tasks that defer to it: built
+here, sent as JSON primitives, parsed (and checked) here. :func:`task_summary` is the dict every
+wait pushes to XCom, whichever way it waited.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_qwen.exceptions import ApikleyError
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import ONE_TRY
-from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.polling import Done, TaskWait, TimedOut
-from airflow_provider_qwen.triggers.events import EventStatus, TaskEvent
+from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
+from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
+
+log = logging.getLogger(__name__)
+
+#: (seconds since submit, shortest, longest wait): Apikley's advice for polling a task.
+POLL_CADENCE: tuple[tuple[float, float, float], ...] = (
+    (30.0, 2.0, 3.0),
+    (120.0, 5.0, 10.0),
+    (float("inf"), 15.0, 30.0),
+)
+
+#: A fixed poll interval varies by this fraction either way, so waits that started together
+#: (a triggerer picking up thousands of triggers at once) do not go on polling in step.
+POLL_INTERVAL_JITTER = 0.1
+
+#: Backoff between status queries that failed.
+QUERY_RETRY_POLICY = RetryPolicy()
+
+
+def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
+    """
+    Seconds to wait before the next status query.
+
+    :param elapsed: seconds since the task was submitted.
+    :param poll_interval: an interval, varied by :data:`POLL_INTERVAL_JITTER` either way, that
+        overrides Apikley's advised cadence (2-3 s for the first 30 s, 5-10 s until 2 minutes,
+        15-30 s after that, with jitter).
+    """
+    if poll_interval is not None:
+        return poll_interval * random.uniform(1 - POLL_INTERVAL_JITTER, 1 + POLL_INTERVAL_JITTER)
+    shortest, longest = next((low, high) for until, low, high in POLL_CADENCE if elapsed < until)
+    return random.uniform(shortest, longest)
+
+
+def timeout_message(apikley_task_id: str, last_state: str | None) -> str:
+    """What a user reads when waiting for a task ran out of time."""
+    return (
+        f"Apikley task {apikley_task_id} did not finish before the deadline "
+        f"(last state: {last_state or 'unknown'}). It may still finish on Apikley's side "
+        f"under that id."
+    )
+
+
+@dataclass(frozen=True)
+class Done:
+    """The task ended; here is its record."""
+
+    record: TaskRecord
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Ask again after this many seconds."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """The deadline passed first."""
+
+    message: str
+
+
+@dataclass
+class TaskWait:
+    """
+    The decisions of one wait for an Apikley task, whoever runs the loop.
+
+    A paid task keeps running on Apikley's side whatever happens to our queries, so a transient
+    failure (429, 455, 5xx, network errors, malformed answers) slows the wait down with backoff and
+    jitter; only ``max_consecutive_poll_errors`` of them in a row, or a permanent one, end it.
+
+    :param apikley_task_id: the task waited for.
+    :param submitted_at: epoch seconds when it was created, which sets the cadence.
+    :param deadline: epoch seconds when the wait times out; ``None`` waits on.
+    :param poll_interval: a fixed interval (with jitter) instead of Apikley's advised cadence.
+    :param max_consecutive_poll_errors: failed queries in a row that end the wait; the last is raised.
+    :param logger: where a failed query is reported (the task's or trigger's own log).
+    """
+
+    apikley_task_id: str
+    submitted_at: float
+    deadline: float | None = None
+    poll_interval: float | None = None
+    max_consecutive_poll_errors: int = 10
+    logger: logging.Logger = field(default=log, repr=False)
+    failures: int = field(default=0, init=False)
+    last_state: str | None = field(default=None, init=False)
+
+    def after(self, outcome: TaskRecord | ApikleyError, now: float) -> Done | Sleep | TimedOut:
+        """
+        What to do after a query answered ``outcome`` (a record, or the error it raised) at ``now``.
+
+        :raises ApikleyError: ``outcome`` itself, when it is permanent or the last of too many in a row.
+        """
+        if isinstance(outcome, ApikleyError):
+            self.failures += 1
+            if not is_transient(outcome) or self.failures >= self.max_consecutive_poll_errors:
+                raise outcome
+            self.logger.warning(
+                "Query %d for Apikley task %s failed (%s); asking again", self.failures, self.apikley_task_id, outcome
+            )
+            delay = QUERY_RETRY_POLICY.wait_seconds(self.failures, outcome)
+        else:
+            self.failures = 0
+            if outcome.state.is_terminal:
+                return Done(outcome)
+            self.last_state = outcome.state.value
+            delay = poll_delay(now - self.submitted_at, self.poll_interval)
+        if self.deadline is None:
+            return Sleep(delay)
+        if now >= self.deadline:
+            return TimedOut(timeout_message(self.apikley_task_id, self.last_state))
+        return Sleep(min(delay, self.deadline - now))
+
+
+class EventStatus(StrEnum):
+    """How the wait ended."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """
+    The one event a trigger fires for an Apikley task. No key, no image bytes.
+
+    :param status: how the wait ended.
+    :param apikley_task_id: the task waited for.
+    :param result_urls: the results, for ``success``.
+    :param fail_code: Apikley's ``failCode``, for ``failed``.
+    :param fail_message: Apikley's ``failMsg``, for ``failed``.
+    :param message: what went wrong, for ``timeout`` and ``error``.
+    :param input: the task's ``input`` as Apikley echoes it, only when the resuming side asked for it.
+    """
+
+    status: EventStatus
+    apikley_task_id: str
+    result_urls: tuple[str, ...] = ()
+    fail_code: str | None = None
+    fail_message: str | None = None
+    message: str | None = None
+    input: dict[str, Any] | None = field(default=None, compare=False)
+
+    @classmethod
+    def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
+        """The event of a task that ended, successfully or not."""
+        succeeded = record.state is TaskState.SUCCESS
+        return cls(
+            status=EventStatus.SUCCESS if succeeded else EventStatus.FAILED,
+            apikley_task_id=record.task_id,
+            result_urls=tuple(record.result_urls) if succeeded else (),
+            fail_code=None if succeeded else record.fail_code,
+            fail_message=None if succeeded else record.fail_message,
+            input=record.input if with_input else None,
+        )
+
+    def to_payload(self) -> dict[str, Any]:
+        """The event as JSON primitives, without the fields that do not apply."""
+        payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
+        if self.status is EventStatus.SUCCESS:
+            payload["result_urls"] = list(self.result_urls)
+        for name in ("fail_code", "fail_message", "message", "input"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name)
+        return payload
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> TaskEvent:
+        """
+        Check a payload the trigger sent.
+
+        :raises ApikleyError: naming what is wrong, for anything this trigger does not send.
+        """
+        if not isinstance(payload, dict):
+            raise ApikleyError(f"Expected an Apikley trigger event (a dict), got {payload!r}")
+        task_id = payload.get("apikley_task_id")
+        if not is_task_id(task_id):
+            raise ApikleyError(f"Apikley trigger event without a task id of the right shape: {payload!r}")
+        try:
+            status = EventStatus(payload.get("status"))
+        except ValueError:
+            raise ApikleyError(
+                f"Unknown status {payload.get('status')!r} in the trigger event of Apikley task {task_id}"
+            ) from None
+        urls = payload.get("result_urls", [])
+        if status is EventStatus.SUCCESS and (
+            "result_urls" not in payload or not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
+        ):
+            raise ApikleyError(f"Apikley task {task_id} succeeded but its event has no result URLs: {payload!r}")
+        return cls(
+            status=status,
+            apikley_task_id=task_id,
+            result_urls=tuple(urls) if status is EventStatus.SUCCESS else (),
+            fail_code=payload.get("fail_code"),
+            fail_message=payload.get("fail_message"),
+            message=payload.get("message"),
+            input=payload.get("input"),
+        )
+
+    def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
+        """
+        The task's XCom value, for a ``success`` event.
+
+        :param input: the task's input; by default the one the event carries, if any.
+        :raises ApikleyTaskFailedError: for ``failed``.
+        :raises ApikleyTaskTimeoutError: for ``timeout``.
+        :raises ApikleyError: for ``error``.
+        """
+        if self.status is EventStatus.FAILED:
+            raise ApikleyTaskFailedError(self.apikley_task_id, self.fail_code, self.fail_message)
+        if self.status is EventStatus.TIMEOUT:
+            raise ApikleyTaskTimeoutError(self.message or f"Apikley task {self.apikley_task_id} timed out")
+        if self.status is EventStatus.ERROR:
+            raise ApikleyError(f"Waiting for Apikley task {self.apikley_task_id} failed: {self.message}")
+        chosen = input if input is not None else self.input or {}
+        return task_summary(self.apikley_task_id, TaskState.SUCCESS.value, self.result_urls, chosen)
+
+
+def task_summary(
+    apikley_task_id: str, state: str, result_urls: list[str] | tuple[str, ...], input: dict[str, Any]
+) -> dict[str, Any]:
+    """
+    The XCom value of an edit: small, JSON only.
+
+    :return: ``apikley_task_id``, ``state``, ``result_urls`` and the ``input`` of the task.
+    """
+    return {"apikley_task_id": apikley_task_id, "state": state, "result_urls": list(result_urls), "input": dict(input)}
+
+
+def summary_from_record(record: TaskRecord) -> dict[str, Any]:
+    """
+    The summary of a task that ended, read without a trigger (a blocking wait, a poke).
+
+    :raises ApikleyTaskFailedError: when it ended in ``fail``.
+    :raises ApikleyError: when it has not ended.
+    """
+    if not record.state.is_terminal:
+        raise ApikleyError(f"Apikley task {record.task_id} has not ended yet (state {record.state.value})")
+    return TaskEvent.ended(record, with_input=True).summary()
+
 
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
@@ -29,7 +285,7 @@ class ApikleyTaskTrigger(BaseTrigger):
     from the start is harmless. Its arguments are JSON primitives; the API key is read from the
     connection inside the triggerer, never stored with the trigger.
 
-    It fires one :class:`~airflow_provider_qwen.triggers.events.TaskEvent`: ``success`` with
+    It fires one :class:`TaskEvent`: ``success`` with
     ``result_urls``; ``failed`` with ``fail_code`` and ``fail_message``; ``timeout`` when
     ``deadline`` passed first; ``error`` when Apikley could not be asked or refused, with ``message``.
 
@@ -115,3 +371,27 @@ class ApikleyTaskTrigger(BaseTrigger):
             return await hook.aget_task(self.apikley_task_id, retry_policy=ONE_TRY)
         except ApikleyError as err:
             return err
+
+
+def query(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:
+    """One status query, one try: the record, or the error it raised."""
+    try:
+        return hook.get_task(apikley_task_id, retry_policy=ONE_TRY)
+    except ApikleyError as err:
+        return err
+
+
+def wait_until_done(hook: ApikleyHook, wait: TaskWait) -> TaskRecord:
+    """
+    Block until the task ends and return its record; for waits that hold a worker slot.
+
+    :raises ApikleyTaskTimeoutError: when the deadline passes first.
+    :raises ApikleyError: a refusal, or the last of too many transient failures in a row.
+    """
+    while True:
+        step = wait.after(query(hook, wait.apikley_task_id), time.time())
+        if isinstance(step, Done):
+            return step.record
+        if isinstance(step, TimedOut):
+            raise ApikleyTaskTimeoutError(step.message)
+        time.sleep(step.seconds)

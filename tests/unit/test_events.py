@@ -8,7 +8,7 @@ import pytest
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.triggers.events import EventStatus, TaskEvent
+from airflow_provider_qwen.triggers.apikley import EventStatus, TaskEvent
 from tests.unit.fixtures import RESULT_URL, TASK_ID, record
 
 

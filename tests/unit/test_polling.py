@@ -4,7 +4,7 @@ import pytest
 
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.polling import POLL_CADENCE, Done, Sleep, TaskWait, TimedOut, poll_delay
+from airflow_provider_qwen.triggers.apikley import POLL_CADENCE, Done, Sleep, TaskWait, TimedOut, poll_delay
 from tests.unit.fixtures import record
 
 
