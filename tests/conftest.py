@@ -1,4 +1,10 @@
-"""Shared test setup: an isolated AIRFLOW_HOME and an Apikley connection with a recognisable key."""
+"""
+Shared test setup: an isolated AIRFLOW_HOME, an Apikley connection with a recognisable key, and
+one emulator for the whole run.
+
+Every test that speaks HTTP to Apikley speaks to the emulator (:func:`apikley`); a test that needs
+one exact answer queues it with ``apikley.script(...)`` (see :mod:`airflow_provider_qwen.emulator.script`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,11 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
+from collections.abc import Iterator
+
 import pytest
 
+from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 
 #: The real backoff, kept before ``no_retry_waits`` replaces it, for the tests of the backoff itself.
@@ -69,3 +78,42 @@ def test_hosts_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_getaddrinfo(host, port, *args, **kwargs)
 
     monkeypatch.setattr("airflow_provider_qwen.hooks.downloads.socket.getaddrinfo", getaddrinfo)
+
+
+#: The key the emulator tests use (the provider's tests use :data:`API_KEY`).
+EMULATOR_KEY = "emulator-test-key"
+
+
+@pytest.fixture(scope="session")
+def shared_emulator() -> Iterator[RunningEmulator]:
+    """One emulator on a free loopback port for the whole run; each test's fixture resets it."""
+    with run_emulator(EmulatorSettings(api_keys=[EMULATOR_KEY, API_KEY])) as running:
+        yield running
+
+
+@pytest.fixture
+def apikley(shared_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    """
+    The emulator, reset, with ``apikley_default`` pointing at it.
+
+    Tasks take about 0.1 s (waiting, queuing, generating: 0.02 + 0.02 + 0.05 s); draws repeat.
+    """
+    shared_emulator.state.settings = EmulatorSettings(
+        api_keys=[API_KEY], latency=(0.02, 0.02, 0.05), jitter=0.0, random_seed=1
+    )
+    shared_emulator.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", shared_emulator.airflow_connection())
+    yield shared_emulator
+    shared_emulator.reset()  # stop what the test left running: tasks, callbacks
+
+
+@pytest.fixture
+def source_image_url(apikley: RunningEmulator) -> str:
+    """A small PNG the emulator serves, to edit."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), "#2c7fb8").save(buffer, format="PNG")
+    return apikley.put_file("tests/shoe.png", buffer.getvalue(), "image/png")

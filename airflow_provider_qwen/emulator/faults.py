@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any
 
+from airflow_provider_qwen.emulator.script import JOURNALLED_BODY_BYTES, Script, ScriptedAnswer, SeenRequest
 from airflow_provider_qwen.emulator.settings import FAULT_KINDS, Faults
 from airflow_provider_qwen.emulator.state import EmulatorState
 
@@ -77,6 +78,11 @@ class FaultInjector:
             return await self.app(scope, receive, send)
         scope["emulator_endpoint"] = endpoint
         send = self._counting(endpoint, send)
+        receive = await _journal(state.script, endpoint, scope, receive)
+        scripted = state.script.next_answer(endpoint)
+        if scripted is not None:
+            state.count(endpoint, "scripted")
+            return await _answer_script(scripted, send)
         if endpoint not in FILE_ENDPOINTS and state.in_maintenance(time.time()):
             state.count(endpoint, 455)
             return await _envelope(send, 455, "The service is under maintenance, please try again later")
@@ -118,6 +124,45 @@ async def _respond(send: Send, status: int, content_type: str, body: bytes, head
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _journal(script: Script, endpoint: str, scope: Scope, receive: Receive) -> Receive:
+    """Note the request in ``script``'s journal; the returned ``receive`` hands the app its body again."""
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    length = headers.get("content-length", "")
+    body = b""
+    if length.isdigit() and 0 < int(length) <= JOURNALLED_BODY_BYTES:
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False) and message["type"] == "http.request"
+        receive = _replay(body, receive)
+    query = scope.get("query_string", b"").decode("latin-1")
+    script.journal.append(SeenRequest(endpoint, scope.get("method", ""), scope.get("path", ""), query, headers, body))
+    return receive
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # what follows the body: a disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _answer_script(answer: ScriptedAnswer, send: Send) -> None:
+    if answer.delay:
+        await asyncio.sleep(answer.delay)
+    if answer.drop:
+        return await _drop(send)
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers.items()]
+    await _respond(send, answer.status, answer.content_type, answer.body, headers)
 
 
 async def _drop(send: Send) -> None:

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import uvicorn
 
 from airflow_provider_qwen.emulator.app import create_app
-from airflow_provider_qwen.emulator.settings import EmulatorSettings
+from airflow_provider_qwen.emulator.script import ScriptedAnswer, SeenRequest
+from airflow_provider_qwen.emulator.settings import ENDPOINTS, EmulatorSettings
 from airflow_provider_qwen.emulator.state import EmulatorState
 
 START_TIMEOUT_SECONDS = 10.0
@@ -47,6 +49,26 @@ class RunningEmulator:
         """Change settings from now on, as ``POST /_emulator/config`` does; ``faults`` is replaced as a whole."""
         self.state.settings = EmulatorSettings.model_validate({**self.state.settings.model_dump(), **changes})
         return self.state.settings
+
+    def put_file(self, path: str, content: bytes, mime_type: str = "image/png") -> str:
+        """Serve ``content`` as if it had been uploaded under ``path``; return its URL."""
+        self.state.files.put(f"files/{path}", content, mime_type, self.state.settings.file_ttl)
+        return f"{self.base_url}/files/{quote(path)}"
+
+    def script(self, endpoint: str, *answers: ScriptedAnswer) -> None:
+        """
+        Give the next requests to ``endpoint`` these exact answers, in order (see :mod:`~.script`).
+
+        :param endpoint: an endpoint name: ``createTask``, ``recordInfo``, ``upload``, ``credit``,
+            ``download-url``, ``results`` or ``files``.
+        """
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; known: {list(ENDPOINTS)}")
+        self.state.script.add(endpoint, answers)
+
+    def seen(self, endpoint: str | None = None) -> list[SeenRequest]:
+        """The requests received since the last reset, oldest first; only ``endpoint``'s when given."""
+        return self.state.script.seen(endpoint)
 
     def stats(self) -> dict[str, Any]:
         """What ``GET /_emulator/stats`` answers."""

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Coroutine
 from typing import Any
 
+from airflow_provider_qwen.emulator.script import Script
 from airflow_provider_qwen.emulator.settings import EmulatorSettings
 from airflow_provider_qwen.emulator.store import FileStore, Task
 
@@ -24,6 +25,7 @@ class EmulatorState:
     :ivar stats: requests by ``"<endpoint> <body code>"``, or ``"<endpoint> fault:<kind>"`` for an
         injected fault.
     :ivar http_statuses: requests by ``"<endpoint> <HTTP status>"``.
+    :ivar script: answers queued by endpoint, and the journal of requests (see :mod:`~.script`).
     """
 
     def __init__(self, settings: EmulatorSettings) -> None:
@@ -50,7 +52,7 @@ class EmulatorState:
             self.rng = random.Random(new.random_seed)
 
     def reset(self) -> None:
-        """Forget tasks, files, statistics and rate limit windows; restore the starting credits."""
+        """Forget tasks, files, statistics, rate limit windows and scripted answers; restore the starting credits."""
         for task in list(self.background):
             task.cancel()
         self.background = set()
@@ -63,6 +65,7 @@ class EmulatorState:
         self.slowed: Counter[str] = Counter()
         self.accepted_creates = 0
         self.create_times: dict[str, deque[float]] = defaultdict(deque)
+        self.script = Script()
 
     def in_maintenance(self, now: float) -> bool:
         """Whether the maintenance window is open."""

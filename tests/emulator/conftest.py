@@ -12,8 +12,9 @@ import requests
 from PIL import Image, ImageDraw
 
 from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
+from tests.conftest import EMULATOR_KEY
 
-KEY = "emulator-test-key"
+KEY = EMULATOR_KEY
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL = "qwen/image-to-image"
 
@@ -110,13 +111,6 @@ class Client:
 def emulator_settings() -> EmulatorSettings:
     """Fast tasks (about 0.2 s each), one known key, repeatable draws."""
     return EmulatorSettings(api_keys=[KEY], latency=(0.05, 0.05, 0.1), random_seed=1)
-
-
-@pytest.fixture(scope="session")
-def shared_emulator() -> Iterator[RunningEmulator]:
-    """One emulator on a free loopback port for the whole run; :func:`emulator` resets it for each test."""
-    with run_emulator(EmulatorSettings(api_keys=[KEY])) as running:
-        yield running
 
 
 @pytest.fixture
