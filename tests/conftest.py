@@ -107,6 +107,13 @@ def apikley(shared_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -
     shared_emulator.reset()  # stop what the test left running: tasks, callbacks
 
 
+def submit_edit(image_url: str, **input_fields: object) -> str:
+    """Create a real Qwen edit of ``image_url`` through ``apikley_default``; return its task id."""
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    return ApikleyHook().create_task("qwen/image-to-image", {"prompt": "sepia", "image_url": image_url, **input_fields})
+
+
 @pytest.fixture
 def source_image_url(apikley: RunningEmulator) -> str:
     """A small PNG the emulator serves, to edit."""

@@ -18,6 +18,7 @@ from airflow_provider_qwen.emulator.app import create_app
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, SeenRequest
 from airflow_provider_qwen.emulator.settings import ENDPOINTS, EmulatorSettings
 from airflow_provider_qwen.emulator.state import EmulatorState
+from airflow_provider_qwen.emulator.store import Task
 
 START_TIMEOUT_SECONDS = 10.0
 
@@ -54,6 +55,19 @@ class RunningEmulator:
         """Serve ``content`` as if it had been uploaded under ``path``; return its URL."""
         self.state.files.put(f"files/{path}", content, mime_type, self.state.settings.file_ttl)
         return f"{self.base_url}/files/{quote(path)}"
+
+    def wait_until_ended(self, task_id: str, timeout: float = 10.0) -> Task:
+        """
+        Block until the emulator has ended ``task_id`` (without asking it over HTTP); return the task.
+
+        :raises TimeoutError: when it is still running after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while (task := self.state.tasks[task_id]).completed is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"emulated task {task_id} did not end within {timeout} s")
+            time.sleep(0.01)
+        return task
 
     def script(self, endpoint: str, *answers: ScriptedAnswer) -> None:
         """

@@ -1,4 +1,4 @@
-"""The provider's api-server app (callbacks, task pages) on a real Airflow database, Apikley's answers mocked."""
+"""The provider's api-server app (callbacks, task pages) on a real Airflow database, Apikley played by the emulator."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from sqlalchemy import delete, select
 from airflow_provider_qwen.api_server.app import create_app as create_provider_app
 from airflow_provider_qwen.api_server.deliveries import accepted_signatures, ensure_tables, recorded_tasks
 from airflow_provider_qwen.api_server.signing import callback_signature
-from tests.conftest import API_KEY, BASE_URL
-from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
+from airflow_provider_qwen.emulator.script import ScriptedAnswer, task_record
+from tests.conftest import API_KEY, submit_edit
 
 pytestmark = pytest.mark.integration
 
-RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
+#: A task the emulator never created: a callback about it that got as far as Apikley would be a 404.
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+MODEL = "qwen/image-to-image"
 WEBHOOK_KEY = "whsec-LEAKCANARY-hmac"
 ASSET_URI = "apikley://qwen/image-to-image"
 
@@ -50,13 +52,11 @@ def asset(airflow_db):
 
 
 @pytest.fixture
-def signed_connection(monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_APIKLEY_DEFAULT",
-        json.dumps(
-            {"conn_type": "apikley", "host": BASE_URL, "password": API_KEY, "extra": {"webhook_secret": WEBHOOK_KEY}}
-        ),
-    )
+def signed_connection(apikley, monkeypatch):
+    """``apikley_default`` on the emulator, with the webhook key Apikley signs callbacks with."""
+    connection = json.loads(apikley.airflow_connection())
+    connection["extra"]["webhook_secret"] = WEBHOOK_KEY
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps(connection))
 
 
 @pytest.fixture
@@ -64,9 +64,22 @@ def client():
     return TestClient(create_provider_app())
 
 
-def callback_body(state: str = "success", task_id: str = TASK_ID) -> dict:
-    answer = record(state, task_id=task_id)
-    return {"code": 200 if state == "success" else 501, "msg": "success", "data": answer["data"]}
+def finished(apikley, task_id: str) -> str:
+    """``task_id``, once the emulator has ended it."""
+    apikley.wait_until_ended(task_id)
+    return task_id
+
+
+@pytest.fixture
+def finished_task(apikley, source_image_url) -> str:
+    """A real edit the emulator has made; made at once (no latency), as the test waits for nothing but it."""
+    apikley.configure(latency=(0.0, 0.0, 0.0))
+    return finished(apikley, submit_edit(source_image_url))
+
+
+def callback_body(task_id: str = TASK_ID, state: str = "success") -> dict:
+    """A callback as Apikley sends it, claiming that ``task_id`` is in ``state``."""
+    return {"code": 200 if state == "success" else 501, "msg": "success", "data": task_record(task_id, state)}
 
 
 def route(asset_uri: str | None = None, conn_id: str | None = None) -> str:
@@ -82,35 +95,37 @@ def signed(task_id: str = TASK_ID, at: float | None = None, key: str = WEBHOOK_K
     return {"X-Webhook-Timestamp": timestamp, "X-Webhook-Signature": callback_signature(key, task_id, timestamp)}
 
 
-def test_a_signed_callback_records_one_asset_event_with_the_results(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post("/callback", json=callback_body(), headers=signed())
+def test_a_signed_callback_records_one_asset_event_with_the_results(
+    apikley, asset, signed_connection, client, finished_task
+):
+    response = client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task))
     assert response.status_code == 200
-    assert response.json() == {"apikley_task_id": TASK_ID, "recorded": True, "state": "success"}
+    assert response.json() == {"apikley_task_id": finished_task, "recorded": True, "state": "success"}
     (extra,) = asset()
-    assert extra["apikley_task_id"] == TASK_ID
+    assert extra["apikley_task_id"] == finished_task
     assert extra["state"] == "success"
-    assert extra["result_urls"] == [RESULT_URL]
-    assert requests_mock.call_count == 1  # the state was read from Apikley, not taken from the body
+    assert extra["result_urls"] == apikley.state.tasks[finished_task].result_urls
+    assert extra["result_urls"]
+    assert len(apikley.seen("recordInfo")) == 1  # the state was read from Apikley, not taken from the body
 
 
-def test_each_finished_edit_is_its_own_partition(asset, signed_connection, client, requests_mock):
+def test_each_finished_edit_is_its_own_partition(asset, signed_connection, client, finished_task):
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
 
     if not hasattr(AssetEvent, "partition_key"):
         pytest.skip("asset partitions came with Airflow 3.2")
-    requests_mock.get(RECORD_URL, json=record("success"))
-    assert client.post("/callback", json=callback_body(), headers=signed()).status_code == 200
+    assert client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task)).status_code == 200
     with create_session() as session:
         keys = session.scalars(select(AssetEvent.partition_key)).all()
-    assert TASK_ID in keys
+    assert finished_task in keys
 
 
-def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    first = client.post("/callback", json=callback_body(), headers=signed(at=time.time() - 1))
-    second = client.post("/callback", json=callback_body(), headers=signed())
+def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, finished_task):
+    first = client.post(
+        "/callback", json=callback_body(finished_task), headers=signed(finished_task, at=time.time() - 1)
+    )
+    second = client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task))
     assert (first.json()["recorded"], second.json()["recorded"]) == (True, False)
     assert second.status_code == 200  # taken, so Apikley stops delivering it
     assert len(asset()) == 1
@@ -128,70 +143,75 @@ def test_the_same_task_delivered_twice_records_one_event(asset, signed_connectio
     ],
 )
 def test_a_callback_that_is_not_signed_right_is_refused_without_detail_or_effect(
-    asset, signed_connection, client, requests_mock, headers
+    apikley, asset, signed_connection, client, headers
 ):
-    requests_mock.get(RECORD_URL, json=record("success"))
     response = client.post("/callback", json=callback_body(), headers=headers)
     assert (response.status_code, response.content) == (401, b"")
     assert asset() == []
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
-def test_a_replayed_callback_is_refused(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    headers = signed()
-    assert client.post("/callback", json=callback_body(), headers=headers).status_code == 200
-    assert client.post("/callback", json=callback_body(), headers=headers).status_code == 401
+def test_a_replayed_callback_is_refused(asset, signed_connection, client, finished_task):
+    headers = signed(finished_task)
+    assert client.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 200
+    assert client.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 401
     assert len(asset()) == 1
 
 
-def test_without_a_webhook_key_unsigned_callbacks_are_refused_by_default(asset, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
+def test_without_a_webhook_key_unsigned_callbacks_are_refused_by_default(apikley, asset, client):
     response = client.post("/callback", json=callback_body())
     assert (response.status_code, response.content) == (401, b"")
     assert asset() == []
-    assert requests_mock.call_count == 0  # not even a status query of the account is spent
+    assert apikley.seen() == []  # not even a status query of the account is spent
 
 
-def test_a_deployment_may_opt_in_to_unsigned_callbacks_on_the_default_route(asset, client, requests_mock, monkeypatch):
+def test_a_deployment_may_opt_in_to_unsigned_callbacks_on_the_default_route(asset, client, finished_task, monkeypatch):
     monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post("/callback", json=callback_body())
+    response = client.post("/callback", json=callback_body(finished_task))
     assert response.status_code == 200
     assert len(asset()) == 1
 
 
-def test_a_body_claiming_success_for_a_running_task_records_nothing(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("generating"))
-    response = client.post("/callback", json=callback_body("success"), headers=signed())
+def test_a_body_claiming_success_for_a_running_task_records_nothing(
+    apikley, asset, signed_connection, client, source_image_url
+):
+    apikley.configure(latency=(0.0, 0.0, 30.0))  # generating for the whole test
+    task_id = submit_edit(source_image_url)
+    response = client.post("/callback", json=callback_body(task_id, "success"), headers=signed(task_id))
     assert response.status_code == 202
     assert response.json()["recorded"] is False
+    assert response.json()["state"] == "generating"
     assert asset() == []
 
 
-def test_a_failed_task_is_recorded_with_its_code_and_message(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="nsfw content"))
-    assert client.post("/callback", json=callback_body("fail"), headers=signed()).status_code == 200
+def test_a_failed_task_is_recorded_with_its_code_and_message(
+    apikley, asset, signed_connection, client, source_image_url
+):
+    apikley.configure(fail_fraction=1.0, latency=(0.0, 0.0, 0.0))
+    task_id = finished(apikley, submit_edit(source_image_url))
+    assert client.post("/callback", json=callback_body(task_id, "fail"), headers=signed(task_id)).status_code == 200
     (extra,) = asset()
     assert (extra["state"], extra["fail_code"], extra["fail_message"], extra["result_urls"]) == (
         "fail",
         "501",
-        "nsfw content",
+        apikley.state.tasks[task_id].fail_message,
         [],
     )
+    assert extra["fail_message"]
 
 
-def test_an_asset_no_dag_uses_is_a_clear_404(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post(route("s3://nowhere/edits"), json=callback_body(), headers=signed())
+def test_an_asset_no_dag_uses_is_a_clear_404(asset, signed_connection, client, finished_task):
+    response = client.post(
+        route("s3://nowhere/edits"), json=callback_body(finished_task), headers=signed(finished_task)
+    )
     assert response.status_code == 404
     assert "s3://nowhere/edits" in response.json()["detail"]
 
 
-def test_a_task_apikley_does_not_know_records_nothing(asset, signed_connection, client, requests_mock):
-    requests_mock.get(RECORD_URL, json=envelope(None, code=422, msg="recordInfo is null"))
+def test_a_task_apikley_does_not_know_records_nothing(apikley, asset, signed_connection, client):
     assert client.post("/callback", json=callback_body(), headers=signed()).status_code == 404
     assert asset() == []
+    assert len(apikley.seen("recordInfo")) == 1  # Apikley was asked, and said "recordInfo is null"
 
 
 def test_a_body_without_a_task_id_is_a_bad_request(asset, client):
@@ -200,12 +220,11 @@ def test_a_body_without_a_task_id_is_a_bad_request(asset, client):
     assert client.post("/callback", json=callback_body(task_id="x\n[fake log line]")).status_code == 400
 
 
-def test_no_key_reaches_the_logs_or_the_answers(asset, signed_connection, client, requests_mock, caplog):
-    requests_mock.get(RECORD_URL, json=record("success"))
+def test_no_key_reaches_the_logs_or_the_answers(asset, signed_connection, client, finished_task, caplog):
     caplog.set_level(logging.DEBUG)
     answers = [
-        client.post("/callback", json=callback_body(), headers=signed(key="not-the-key")),
-        client.post("/callback", json=callback_body(), headers=signed()),
+        client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task, key="not-the-key")),
+        client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task)),
     ]
     text = caplog.text + "".join(answer.text for answer in answers)
     assert "refused" in caplog.text
@@ -230,29 +249,29 @@ def admin_token() -> str:
 
 
 @pytest.mark.api_server_app
-def test_the_task_page_shows_state_and_results_to_a_logged_in_user(api_server, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
+def test_the_task_page_shows_state_and_results_to_a_logged_in_user(apikley, api_server, finished_task):
     response = api_server.get(
-        f"/apikley/connections/apikley_default/tasks/{TASK_ID}", headers={"Authorization": f"Bearer {admin_token()}"}
+        f"/apikley/connections/apikley_default/tasks/{finished_task}",
+        headers={"Authorization": f"Bearer {admin_token()}"},
     )
     assert response.status_code == 200, response.text
     page = response.json()
-    assert (page["apikley_task_id"], page["state"], page["result_urls"]) == (TASK_ID, "success", [RESULT_URL])
+    results = apikley.state.tasks[finished_task].result_urls
+    assert (page["apikley_task_id"], page["state"], page["result_urls"]) == (finished_task, "success", results)
+    assert results
     assert API_KEY not in response.text
 
 
 @pytest.mark.api_server_app
-def test_the_task_page_asks_for_a_login(api_server, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = api_server.get(f"/apikley/connections/apikley_default/tasks/{TASK_ID}")
+def test_the_task_page_asks_for_a_login(apikley, api_server, finished_task):
+    response = api_server.get(f"/apikley/connections/apikley_default/tasks/{finished_task}")
     assert response.status_code in (401, 403)
-    assert requests_mock.call_count == 0
+    assert apikley.seen("recordInfo") == []
 
 
 @pytest.mark.api_server_app
-def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, signed_connection, api_server, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = api_server.post("/apikley/callback", json=callback_body(), headers=signed())
+def test_the_api_server_takes_callbacks_without_asking_for_a_login(asset, signed_connection, api_server, finished_task):
+    response = api_server.post("/apikley/callback", json=callback_body(finished_task), headers=signed(finished_task))
     assert response.status_code == 200, response.text
     assert len(asset()) == 1
 
@@ -263,59 +282,59 @@ POSTGRES_PASSWORD = "pg-LEAKCANARY-password"
 
 
 @pytest.fixture
-def foreign_connections(monkeypatch):
-    """A Postgres connection with a password, and a second Apikley connection without a webhook key."""
+def foreign_connections(apikley, monkeypatch):
+    """
+    A Postgres connection with a password, and a second Apikley connection without a webhook key.
+
+    Both point at the emulator, so a request made with either would be seen.
+    """
     monkeypatch.setenv(
         "AIRFLOW_CONN_MY_POSTGRES",
-        json.dumps({"conn_type": "postgres", "host": "db.internal.test", "password": POSTGRES_PASSWORD}),
+        json.dumps({"conn_type": "postgres", "host": apikley.base_url, "password": POSTGRES_PASSWORD}),
     )
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_APIKLEY_OTHER", json.dumps({"conn_type": "apikley", "host": BASE_URL, "password": API_KEY})
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_OTHER", apikley.airflow_connection())
 
 
 def test_a_callback_naming_another_type_of_connection_sends_nothing_and_looks_like_an_unknown_one(
-    asset, signed_connection, foreign_connections, client, requests_mock
+    apikley, asset, signed_connection, foreign_connections, client
 ):
     foreign = client.post("/callback?conn_id=my_postgres", json=callback_body(), headers=signed())
     unknown = client.post("/callback?conn_id=no_such_connection", json=callback_body(), headers=signed(at=1))
     assert (foreign.status_code, foreign.content) == (401, b"")
     assert (unknown.status_code, unknown.content) == (401, b"")
-    assert requests_mock.call_count == 0  # the Postgres password went nowhere
+    assert apikley.seen() == []  # the Postgres password went nowhere
     assert asset() == []
 
 
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
-    asset, signed_connection, foreign_connections, client, requests_mock, monkeypatch
+    apikley, asset, signed_connection, foreign_connections, client, finished_task, monkeypatch
 ):
     monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post("/callback?conn_id=apikley_other", json=callback_body())
+    response = client.post("/callback?conn_id=apikley_other", json=callback_body(finished_task))
     assert (response.status_code, response.content) == (401, b"")
-    assert requests_mock.call_count == 0
+    assert apikley.seen("recordInfo") == []
     assert asset() == []
 
 
-def test_unsigned_callbacks_opted_in_still_cannot_choose_an_asset(asset, client, requests_mock, monkeypatch):
+def test_unsigned_callbacks_opted_in_still_cannot_choose_an_asset(asset, client, finished_task, monkeypatch):
     monkeypatch.setenv("AIRFLOW__APIKLEY__ALLOW_UNSIGNED_CALLBACKS", "True")
-    requests_mock.get(RECORD_URL, json=record("success"))
-    response = client.post("/callback", params={"asset": ASSET_URI}, json=callback_body())
+    response = client.post("/callback", params={"asset": ASSET_URI}, json=callback_body(finished_task))
     assert response.status_code == 401
     assert asset() == []
 
 
 def test_the_asset_and_connection_in_a_callback_url_are_signed_by_the_deployment(
-    asset, signed_connection, client, requests_mock
+    asset, signed_connection, client, finished_task
 ):
-    requests_mock.get(RECORD_URL, json=record("success"))
+    body = callback_body(finished_task)
     signed_route = route(ASSET_URI)
     assert "token=" in signed_route
     tampered = signed_route.replace("qwen%2Fimage-to-image", "qwen%2Fother")
-    assert client.post(tampered, json=callback_body(), headers=signed(at=time.time() - 2)).status_code == 401
+    assert client.post(tampered, json=body, headers=signed(finished_task, at=time.time() - 2)).status_code == 401
     no_token = signed_route[: signed_route.index("&token=")]
-    assert client.post(no_token, json=callback_body(), headers=signed(at=time.time() - 1)).status_code == 401
+    assert client.post(no_token, json=body, headers=signed(finished_task, at=time.time() - 1)).status_code == 401
     assert asset() == []
-    assert client.post(signed_route, json=callback_body(), headers=signed()).status_code == 200
+    assert client.post(signed_route, json=body, headers=signed(finished_task)).status_code == 200
     assert len(asset()) == 1
 
 
@@ -330,24 +349,25 @@ def test_a_callback_url_naming_an_asset_needs_the_connection_webhook_key():
 # ---- once, across processes and at the same time -------------------------------------------------
 
 
-def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(asset, signed_connection, requests_mock):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    headers = signed()
+def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(asset, signed_connection, finished_task):
+    headers = signed(finished_task)
     first_process, second_process = TestClient(create_provider_app()), TestClient(create_provider_app())
-    assert first_process.post("/callback", json=callback_body(), headers=headers).status_code == 200
-    assert second_process.post("/callback", json=callback_body(), headers=headers).status_code == 401
+    assert first_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 200
+    assert second_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 401
     assert len(asset()) == 1
 
 
-def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connection, requests_mock):
+def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connection, finished_task):
     from concurrent.futures import ThreadPoolExecutor
 
-    requests_mock.get(RECORD_URL, json=record("success"))
     clients = [TestClient(create_provider_app()) for _ in range(3)]
+    body = callback_body(finished_task)
     now = time.time()
     with ThreadPoolExecutor(3) as pool:  # three signatures (seconds apart), delivered at once
         answers = list(
-            pool.map(lambda n: clients[n].post("/callback", json=callback_body(), headers=signed(at=now - n)), range(3))
+            pool.map(
+                lambda n: clients[n].post("/callback", json=body, headers=signed(finished_task, at=now - n)), range(3)
+            )
         )
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert sorted(answer.json()["recorded"] for answer in answers) == [False, False, True]
@@ -357,11 +377,11 @@ def test_concurrent_deliveries_of_one_task_record_one_event(asset, signed_connec
 # ---- bounded input -------------------------------------------------------------------------------
 
 
-def test_a_body_over_the_limit_is_refused_from_its_declared_length(client, requests_mock):
+def test_a_body_over_the_limit_is_refused_from_its_declared_length(apikley, client):
     headers = {"Content-Length": str(64 * 1024 * 1024), "Content-Type": "application/json"}
     response = client.post("/callback", content=b"{}", headers=headers)
     assert response.status_code == 413
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
 async def test_a_body_without_a_length_is_read_no_further_than_the_limit():
@@ -391,10 +411,10 @@ async def test_a_body_without_a_length_is_read_no_further_than_the_limit():
         pytest.param(b'{"data": {"taskId": "../escaped"}}', id="task-id-path"),
     ],
 )
-def test_pathological_bodies_are_a_bad_request(client, requests_mock, body):
+def test_pathological_bodies_are_a_bad_request(apikley, client, body):
     response = client.post("/callback", content=body, headers={"Content-Type": "application/json; charset=bogus"})
     assert response.status_code == 400
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
 # ---- the task page -------------------------------------------------------------------------------
@@ -414,27 +434,26 @@ def open_task_page(connection_id: str, task_id: str = TASK_ID):
         return err.status_code, err.detail
 
 
-def test_the_task_page_serves_only_apikley_connections(foreign_connections, requests_mock):
-    requests_mock.get(requests_mock_any_url(), text="secret-bearing answer")
+def test_the_task_page_serves_only_apikley_connections(apikley, foreign_connections):
     assert open_task_page("my_postgres")[0] == 404
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
     assert open_task_page("no_such_connection")[0] == 404  # not a 500
 
 
-def test_the_task_page_never_echoes_what_the_host_answered(requests_mock):
-    requests_mock.get(RECORD_URL, text="<html>internal admin console: LEAKCANARY-page</html>", status_code=500)
+#: What a host that is not Apikley may answer: nothing of it may reach the page.
+ADMIN_CONSOLE = ScriptedAnswer(
+    b"<html>internal admin console: LEAKCANARY-page</html>", status=500, content_type="text/html", times=None
+)
+
+
+def test_the_task_page_never_echoes_what_the_host_answered(apikley):
+    apikley.script("recordInfo", ADMIN_CONSOLE)
     status, detail = open_task_page("apikley_default")
     assert status == 502
     assert "LEAKCANARY" not in detail
     assert "ApikleyServerError" in detail
 
 
-def test_the_task_page_refuses_what_is_not_a_task_id(requests_mock):
+def test_the_task_page_refuses_what_is_not_a_task_id(apikley):
     assert open_task_page("apikley_default", "../../etc")[0] == 400
-    assert requests_mock.call_count == 0
-
-
-def requests_mock_any_url():
-    import re
-
-    return re.compile(".*")
+    assert apikley.seen() == []

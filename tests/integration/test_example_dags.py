@@ -9,9 +9,7 @@ import pytest
 
 from airflow.providers.common.compat.sdk import DagRunState
 
-from airflow_provider_qwen.emulator import EmulatorSettings, run_emulator
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from tests.conftest import API_KEY
 from tests.emulator.conftest import png
 
 pytestmark = [pytest.mark.integration, pytest.mark.dagrun, pytest.mark.usefixtures("airflow_db")]
@@ -21,23 +19,14 @@ COLOURS = ("#c0392b", "#2c7fb8", "#27ae60", "#8e44ad")
 
 
 @pytest.fixture
-def emulator(monkeypatch):
-    """The emulator with quick tasks, and ``apikley_default`` pointing at it."""
-    settings = EmulatorSettings(api_keys=[API_KEY], latency=(0.05, 0.05, 0.1), random_seed=5)
-    with run_emulator(settings) as running:
-        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", running.airflow_connection())
-        yield running
-
-
-@pytest.fixture
-def images(emulator) -> list[str]:
+def images(apikley) -> list[str]:
     """Four source images uploaded to the emulator, as a catalog step would."""
     hook = ApikleyHook()
     return [hook.upload_file(png(colour), "tests", file_name=f"item-{n}.png") for n, colour in enumerate(COLOURS)]
 
 
-def created_requests(emulator) -> list[dict]:
-    return [task.request for task in emulator.state.tasks.values()]
+def created_requests(apikley) -> list[dict]:
+    return [task.request for task in apikley.state.tasks.values()]
 
 
 def load_dag(dag_id: str, dag_folder: Path = DAGS_FOLDER):
@@ -70,54 +59,54 @@ def task_states(dag_run) -> dict[str, list[str]]:
     return states
 
 
-def test_mapped_deferrable_edits_run_end_to_end(emulator, images):
+def test_mapped_deferrable_edits_run_end_to_end(apikley, images):
     dag = load_dag("qwen_image_edit_example")
     dag_run = dag.test(run_conf={"images": images, "style": "warm light"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
     assert task_states(dag_run)["edit"] == ["success"] * len(images)
 
-    assert emulator.state.accepted_creates == len(images)
-    created = created_requests(emulator)
+    assert apikley.state.accepted_creates == len(images)
+    created = created_requests(apikley)
     assert sorted(request["input"]["image_url"] for request in created) == sorted(images)
     assert {request["input"]["prompt"] for request in created} == {"product photo, warm light"}
 
     task_ids = xcom_values(dag_run, "edit", key="apikley_task_id")
-    assert sorted(task_ids) == sorted(emulator.state.tasks)
+    assert sorted(task_ids) == sorted(apikley.state.tasks)
     (summary,) = xcom_values(dag_run, "summarize")
     assert sorted(summary) == sorted(images)
-    assert all(url.startswith(emulator.base_url) for url in summary.values())
+    assert all(url.startswith(apikley.base_url) for url in summary.values())
 
 
-def test_submit_then_deferrable_sensor(emulator, images):
+def test_submit_then_deferrable_sensor(apikley, images):
     dag = load_dag("qwen_submit_then_sense_example")
     dag_run = dag.test(run_conf={"image": images[0]})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
-    assert emulator.state.accepted_creates == 1
-    (task_id,) = emulator.state.tasks
+    assert apikley.state.accepted_creates == 1
+    (task_id,) = apikley.state.tasks
     (sensed,) = xcom_values(dag_run, "wait")
     assert sensed["apikley_task_id"] == task_id
     assert sensed["state"] == "success"
     assert sensed["input"]["image_url"] == images[0]  # the deferred sensor returns what the operator would
 
 
-def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(emulator, images):
-    emulator.state.settings = emulator.state.settings.model_copy(update={"fail_fraction": 1.0})
+def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(apikley, images):
+    apikley.configure(fail_fraction=1.0)
     dag = load_dag("qwen_image_edit_example")
     dag_run = dag.test(run_conf={"images": images[:1], "style": "studio light"})
     assert dag_run.state == DagRunState.FAILED
     assert task_states(dag_run)["edit"] == ["failed"]
-    assert emulator.state.accepted_creates == 3  # the first try and two retries
+    assert apikley.state.accepted_creates == 3  # the first try and two retries
 
 
-def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_polls(emulator, images, monkeypatch):
+def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_polls(apikley, images, monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
     dag = load_dag("qwen_callback_producer")
     dag_run = dag.test(run_conf={"images": images, "prompt": "studio light"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
-    created = created_requests(emulator)
+    created = created_requests(apikley)
     assert sorted(request["input"]["image_url"] for request in created) == sorted(images)
     assert {request["callBackUrl"] for request in created} == {"https://airflow.example.org/apikley/callback"}
-    assert not any(name.startswith("recordInfo") for name in emulator.stats()["requests"])
+    assert not any(name.startswith("recordInfo") for name in apikley.stats()["requests"])
 
 
 FINISHED_EDITS_URI = "apikley://qwen/image-to-image"
@@ -139,18 +128,16 @@ class EventsByAssetUri(Mapping):
         return len(self.events)
 
 
-def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(tmp_path, monkeypatch, requests_mock):
+def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(apikley, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setenv("QWEN_EDITS_OUTPUT_URI", f"file://{tmp_path}/edits")
     persist_results = load_dag("qwen_callback_consumer").get_task("persist_results")
     assert [outlet.uri for outlet in persist_results.outlets] == [f"file://{tmp_path}/edits"]
     result = png("#e67e22")
-    requests_mock.get("https://files.example.org/out/a.png", content=result)
+    result_url = apikley.put_file("out/a.png", result)
     events = [
-        SimpleNamespace(
-            extra={"apikley_task_id": "a1", "state": "success", "result_urls": ["https://files.example.org/out/a.png"]}
-        ),
+        SimpleNamespace(extra={"apikley_task_id": "a1", "state": "success", "result_urls": [result_url]}),
         SimpleNamespace(
             extra={
                 "apikley_task_id": "b2",

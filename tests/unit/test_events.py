@@ -6,14 +6,17 @@ import json
 
 import pytest
 
+from airflow_provider_qwen.emulator.script import task_record
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.triggers.apikley import EventStatus, TaskEvent
-from tests.unit.fixtures import RESULT_URL, TASK_ID, record
+
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+RESULT_URL = "https://files.example.org/out/shoe-edited.png"
 
 
 def ended(state: str, **kwargs) -> TaskRecord:
-    return TaskRecord.from_api(record(state, **kwargs)["data"])
+    return TaskRecord.from_api(task_record(TASK_ID, state, result_urls=[RESULT_URL], **kwargs))
 
 
 def test_a_success_event_carries_the_results_and_not_the_prompt():
@@ -31,7 +34,7 @@ def test_the_input_travels_only_when_asked_for():
     "event",
     [
         TaskEvent.ended(ended("success")),
-        TaskEvent.ended(ended("fail", fail_code="501", fail_msg="nsfw")),
+        TaskEvent.ended(ended("fail", fail_code="501", fail_message="nsfw")),
         TaskEvent(EventStatus.TIMEOUT, TASK_ID, message="late"),
         TaskEvent(EventStatus.ERROR, TASK_ID, message="401"),
     ],
@@ -44,7 +47,7 @@ def test_every_event_survives_json_unchanged(event):
 @pytest.mark.parametrize(
     ("event", "error"),
     [
-        (TaskEvent.ended(ended("fail", fail_code="501", fail_msg="nsfw")), ApikleyTaskFailedError),
+        (TaskEvent.ended(ended("fail", fail_code="501", fail_message="nsfw")), ApikleyTaskFailedError),
         (TaskEvent(EventStatus.TIMEOUT, TASK_ID, message="late"), ApikleyTaskTimeoutError),
         (TaskEvent(EventStatus.ERROR, TASK_ID, message="401"), ApikleyError),
     ],

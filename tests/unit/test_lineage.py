@@ -7,11 +7,11 @@ import pytest
 
 from airflow_provider_qwen.lineage import dataset_for, edit_lineage
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
-from tests.conftest import BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, created, record
 
-CREATE_URL = f"{BASE_URL}/api/v1/jobs/createTask"
-RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
+#: For the tests that reach no Apikley: a task id, a source and a result as Apikley names them.
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+IMAGE_URL = "https://files.example.org/in/shoe.png"
+RESULT_URL = "https://files.example.org/out/shoe-edited.png"
 
 
 @pytest.mark.parametrize(
@@ -27,19 +27,24 @@ def test_datasets_are_named_the_openlineage_way(uri, namespace, name):
     assert (dataset.namespace, dataset.name) == (namespace, name)
 
 
-def test_a_finished_edit_has_the_source_in_the_copies_out_and_the_task_as_run_facet(requests_mock, tmp_path):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("success"))
-    requests_mock.get(RESULT_URL, content=b"\x89PNG\r\n\x1a\n" + b"0" * 64, headers={"Content-Type": "image/png"})
+def test_a_finished_edit_has_the_source_in_the_copies_out_and_the_task_as_run_facet(
+    apikley, source_image_url, tmp_path
+):
     operator = QwenImageToImageOperator(
-        task_id="edit", prompt="sepia", image_url=IMAGE_URL, deferrable=False, output_path=str(tmp_path)
+        task_id="edit",
+        prompt="sepia",
+        image_url=source_image_url,
+        deferrable=False,
+        poll_interval=0.01,
+        output_path=str(tmp_path),
     )
     operator.execute({"ti": mock.Mock()})
+    (task_id,) = apikley.state.tasks
     lineage = operator.get_openlineage_facets_on_complete(task_instance=None)
-    assert [(d.namespace, d.name) for d in lineage.inputs] == [("https://files.example.org", "in/shoe.png")]
-    assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(tmp_path / f"{TASK_ID}-0.png"))]
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [(apikley.base_url, "files/tests/shoe.png")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(tmp_path / f"{task_id}-0.png"))]
     facet = lineage.run_facets["externalQuery"]
-    assert (facet.externalQueryId, facet.source) == (TASK_ID, "apikley")
+    assert (facet.externalQueryId, facet.source) == (task_id, "apikley")
 
 
 def test_without_a_copy_the_outputs_are_the_result_urls():

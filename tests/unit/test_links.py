@@ -7,7 +7,9 @@ import pytest
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
-from tests.unit.fixtures import IMAGE_URL, TASK_ID
+
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+IMAGE_URL = "https://files.example.org/in/shoe.png"
 
 
 @pytest.fixture

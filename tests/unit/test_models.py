@@ -4,9 +4,14 @@ import json
 
 import pytest
 
+from airflow_provider_qwen.emulator.script import task_record
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError
 from airflow_provider_qwen.models import QwenImageToImageInput, TaskRecord, TaskState
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, record
+
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+IMAGE_URL = "https://files.example.org/in/shoe.png"
+RESULT_URL = "https://files.example.org/out/shoe-edited.png"
+INPUT = {"prompt": "sepia", "image_url": IMAGE_URL}
 
 REQUIRED = {"prompt": "make it sepia", "image_url": IMAGE_URL}
 
@@ -109,22 +114,23 @@ def test_every_broken_field_is_reported_at_once():
 
 
 def test_record_in_progress_has_no_results():
-    parsed = TaskRecord.from_api(record("generating")["data"])
+    parsed = TaskRecord.from_api(task_record(TASK_ID, "generating"))
     assert parsed.state is TaskState.GENERATING
     assert not parsed.state.is_terminal
     assert parsed.result_urls == []
 
 
 def test_record_success_decodes_result_json_and_param():
-    parsed = TaskRecord.from_api(record("success")["data"])
+    data = task_record(TASK_ID, "success", result_urls=[RESULT_URL], input=INPUT)
+    parsed = TaskRecord.from_api(data)
     assert parsed.state.is_terminal
     assert parsed.result_urls == [RESULT_URL]
-    assert parsed.input == {"prompt": "sepia", "image_url": IMAGE_URL}
-    assert parsed.complete_time == 1698765432000
+    assert parsed.input == INPUT
+    assert parsed.complete_time == data["completeTime"] > parsed.create_time
 
 
 def test_record_fail_keeps_code_and_message():
-    data = record("fail", fail_code="501", fail_msg="content flagged")["data"]
+    data = task_record(TASK_ID, "fail", fail_code="501", fail_message="content flagged")
     data["failCode"] = 501  # some answers send it as a number
     parsed = TaskRecord.from_api(data)
     assert (parsed.state, parsed.fail_code, parsed.fail_message) == (TaskState.FAIL, "501", "content flagged")
@@ -150,5 +156,5 @@ def test_record_that_is_not_the_documented_shape_is_a_clear_error(data):
 
 
 def test_record_param_round_trips_through_json():
-    parsed = TaskRecord.from_api(record("success")["data"])
+    parsed = TaskRecord.from_api(task_record(TASK_ID, "success", result_urls=[RESULT_URL], input=INPUT))
     assert json.loads(json.dumps(parsed.input)) == parsed.input

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import time
 from datetime import UTC
+from functools import partial
 from unittest import mock
 
 import pytest
 
 from airflow.providers.common.compat.sdk import TaskDeferred
 
+from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
+from airflow_provider_qwen.emulator.script import envelope, html_page
 from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
     ApikleyError,
@@ -16,19 +19,44 @@ from airflow_provider_qwen.exceptions import (
     ApikleyTaskFailedError,
     ApikleyTaskTimeoutError,
 )
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
-from tests.conftest import BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, created, envelope, record
 
-CREATE_URL = f"{BASE_URL}/api/v1/jobs/createTask"
-RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
+#: For the tests that never reach Apikley: a task id, a source and a result as Apikley names them.
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+IMAGE_URL = "https://files.example.org/in/shoe.png"
+RESULT_URL = "https://files.example.org/out/shoe-edited.png"
 SENT_INPUT = {"prompt": "sepia", "image_url": IMAGE_URL, "strength": 0.6, "seed": 7}
+
+#: Emulator latencies (waiting, queuing, generating) that keep a task queuing, or generating, for the whole test.
+STAYS_QUEUING = (0.0, 600.0, 0.0)
+STAYS_GENERATING = (0.0, 0.0, 600.0)
 
 
 def make_operator(**overrides) -> QwenImageToImageOperator:
-    arguments = {"task_id": "edit", "prompt": "sepia", "image_url": IMAGE_URL, "strength": 0.6, "seed": 7}
+    arguments = {
+        "task_id": "edit",
+        "prompt": "sepia",
+        "image_url": IMAGE_URL,
+        "strength": 0.6,
+        "seed": 7,
+        "poll_interval": 0.01,
+    }
     return QwenImageToImageOperator(**{**arguments, **overrides})
+
+
+@pytest.fixture
+def edit(source_image_url):
+    """``make_operator``, editing an image the emulator serves."""
+    return partial(make_operator, image_url=source_image_url)
+
+
+@pytest.fixture
+def sent_input(source_image_url) -> dict:
+    """The ``input`` the operator sends for the emulator's image."""
+    return {**SENT_INPUT, "image_url": source_image_url}
 
 
 @pytest.fixture
@@ -40,94 +68,108 @@ def pushed(context) -> dict:
     return {call.kwargs["key"]: call.kwargs["value"] for call in context["ti"].xcom_push.call_args_list}
 
 
-def test_defers_to_the_trigger_after_pushing_the_task_id(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("queuing"))
-    operator = make_operator(deferrable=True, timeout=600, poll_interval=4)
+def task_ids(apikley) -> list[str]:
+    """The ids of the tasks the emulator accepted, oldest first."""
+    return list(apikley.state.tasks)
+
+
+def earlier_task(apikley, sent_input, *, ended: bool = False) -> str:
+    """A task an earlier try submitted; with ``ended``, once it has ended."""
+    task_id = ApikleyHook().create_task(QWEN_IMAGE_TO_IMAGE, sent_input)
+    if ended:
+        apikley.wait_until_ended(task_id)
+    return task_id
+
+
+def test_defers_to_the_trigger_after_pushing_the_task_id(apikley, edit, sent_input, context):
+    apikley.configure(latency=STAYS_QUEUING)
+    operator = edit(deferrable=True, timeout=600, poll_interval=4)
     before = time.time()
     with pytest.raises(TaskDeferred) as excinfo:
         operator.execute(context)
-    assert pushed(context) == {"apikley_task_id": TASK_ID}
+    (task_id,) = task_ids(apikley)
+    assert pushed(context) == {"apikley_task_id": task_id}
     trigger = excinfo.value.trigger
     assert isinstance(trigger, ApikleyTaskTrigger)
-    assert trigger.apikley_task_id == TASK_ID
+    assert trigger.apikley_task_id == task_id
     assert before + 600 <= trigger.deadline <= time.time() + 600
     assert trigger.poll_interval == 4
     assert excinfo.value.method_name == "execute_complete"
-    assert requests_mock.request_history[0].json()["input"] == SENT_INPUT
+    assert apikley.seen("createTask")[0].json()["input"] == sent_input
 
 
-def test_does_not_defer_when_the_task_already_ended(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("success"))
-    result = make_operator(deferrable=True).execute(context)
-    assert result == {"apikley_task_id": TASK_ID, "state": "success", "result_urls": [RESULT_URL], "input": SENT_INPUT}
+def test_does_not_defer_when_the_task_already_ended(apikley, edit, sent_input, context):
+    # Apikley answers the first status query only after the ~0.1 s edit has ended
+    apikley.configure(faults={"recordInfo": {"slow": 1.0, "slow_seconds": 0.3}})
+    result = edit(deferrable=True).execute(context)
+    (task_id,) = task_ids(apikley)
+    result_urls = apikley.state.tasks[task_id].result_urls
+    assert result == {"apikley_task_id": task_id, "state": "success", "result_urls": result_urls, "input": sent_input}
+    assert result_urls[0].startswith(f"{apikley.base_url}/results/")
 
 
-def test_waits_in_the_worker_when_not_deferrable(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, [{"json": record(state)} for state in ("waiting", "generating", "success")])
-    result = make_operator(deferrable=False, poll_interval=0.01).execute(context)
-    assert result["result_urls"] == [RESULT_URL]
-    assert requests_mock.call_count == 4
+def test_waits_in_the_worker_when_not_deferrable(apikley, edit, context):
+    result = edit(deferrable=False).execute(context)
+    (task_id,) = task_ids(apikley)
+    assert result["result_urls"] == apikley.state.tasks[task_id].result_urls != []
+    assert len(apikley.seen("createTask")) == 1
+    assert len(apikley.seen("recordInfo")) > 1  # it asked while the task ran, and again once it succeeded
 
 
-def test_blocking_wait_times_out_naming_the_task(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("generating"))
-    with pytest.raises(ApikleyTaskTimeoutError, match=TASK_ID):
-        make_operator(deferrable=False, poll_interval=0.01, timeout=0.1).execute(context)
+def test_blocking_wait_times_out_naming_the_task(apikley, edit, context):
+    apikley.configure(latency=STAYS_GENERATING)
+    with pytest.raises(ApikleyTaskTimeoutError) as excinfo:
+        edit(deferrable=False, timeout=0.1).execute(context)
+    (task_id,) = task_ids(apikley)
+    assert task_id in str(excinfo.value)
 
 
-def test_blocking_wait_rides_out_a_burst_of_server_errors(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    burst = [{"json": envelope(code=500, msg="Server error")}, {"status_code": 502, "text": "<html>Bad Gateway</html>"}]
-    requests_mock.get(RECORD_URL, [*burst * 4, {"json": record("success")}])
-    result = make_operator(deferrable=False, poll_interval=0.01).execute(context)
-    assert result["result_urls"] == [RESULT_URL]
-    assert [request.method for request in requests_mock.request_history].count("POST") == 1
+def test_blocking_wait_rides_out_a_burst_of_server_errors(apikley, edit, context):
+    apikley.script("recordInfo", *[envelope(code=500, msg="Server error"), html_page(status=502)] * 4)
+    result = edit(deferrable=False).execute(context)
+    (task_id,) = task_ids(apikley)
+    assert result["result_urls"] == apikley.state.tasks[task_id].result_urls != []
+    assert len(apikley.seen("recordInfo")) > 8
+    assert len(apikley.seen("createTask")) == 1
 
 
-def test_blocking_wait_fails_once_the_error_budget_is_spent(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    failing = [{"json": envelope(code=500, msg="Server error")}] * 3
-    requests_mock.get(RECORD_URL, [*failing, {"json": record("success")}])
+def test_blocking_wait_fails_once_the_error_budget_is_spent(apikley, edit, context):
+    apikley.script("recordInfo", *[envelope(code=500, msg="Server error")] * 3)
     with pytest.raises(ApikleyServerError):
-        make_operator(deferrable=False, poll_interval=0.01, max_consecutive_poll_errors=3).execute(context)
-    assert requests_mock.call_count == 1 + 3
+        edit(deferrable=False, max_consecutive_poll_errors=3).execute(context)
+    assert [request.endpoint for request in apikley.seen()] == ["createTask"] + ["recordInfo"] * 3
 
 
-def test_blocking_wait_stops_at_once_when_the_key_is_refused(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=envelope(code=401, msg="You do not have access permissions"))
+def test_blocking_wait_stops_at_once_when_the_key_is_refused(apikley, edit, context):
+    apikley.script("recordInfo", envelope(code=401, msg="You do not have access permissions"))
     with pytest.raises(ApikleyAuthError):
-        make_operator(deferrable=False, poll_interval=0.01).execute(context)
-    assert requests_mock.call_count == 2
+        edit(deferrable=False).execute(context)
+    assert [request.endpoint for request in apikley.seen()] == ["createTask", "recordInfo"]
 
 
-def test_defers_even_when_the_first_status_query_fails_transiently(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=envelope(code=455, msg="Service unavailable"))
+def test_defers_even_when_the_first_status_query_fails_transiently(apikley, edit, context):
+    apikley.script("recordInfo", envelope(code=455, msg="Service unavailable"))
     with pytest.raises(TaskDeferred) as excinfo:
-        make_operator(deferrable=True).execute(context)
-    assert excinfo.value.trigger.apikley_task_id == TASK_ID
-    assert requests_mock.call_count == 2
+        edit(deferrable=True).execute(context)
+    assert excinfo.value.trigger.apikley_task_id == task_ids(apikley)[0]
+    assert [request.endpoint for request in apikley.seen()] == ["createTask", "recordInfo"]
 
 
-def test_failed_generation_fails_with_task_id_code_and_message(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="image unreadable"))
+def test_failed_generation_fails_with_task_id_code_and_message(apikley, edit, context):
+    apikley.configure(fail_fraction=1.0)
     with pytest.raises(ApikleyTaskFailedError) as excinfo:
-        make_operator().execute(context)
-    assert str(excinfo.value) == f"Apikley task {TASK_ID} failed: failCode=501, failMsg=image unreadable"
+        edit().execute(context)
+    (task_id,) = task_ids(apikley)
+    fail_code, fail_message = EMULATED_FAILURE
+    assert str(excinfo.value) == f"Apikley task {task_id} failed: failCode={fail_code}, failMsg={fail_message}"
 
 
-def test_without_waiting_returns_right_after_submitting(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    result = make_operator(wait_for_completion=False).execute(context)
-    assert result == {"apikley_task_id": TASK_ID, "state": "waiting", "result_urls": [], "input": SENT_INPUT}
-    assert requests_mock.call_count == 1
-    assert pushed(context) == {"apikley_task_id": TASK_ID}
+def test_without_waiting_returns_right_after_submitting(apikley, edit, sent_input, context):
+    result = edit(wait_for_completion=False).execute(context)
+    (task_id,) = task_ids(apikley)
+    assert result == {"apikley_task_id": task_id, "state": "waiting", "result_urls": [], "input": sent_input}
+    assert [request.endpoint for request in apikley.seen()] == ["createTask"]
+    assert pushed(context) == {"apikley_task_id": task_id}
 
 
 @pytest.mark.parametrize(
@@ -140,10 +182,10 @@ def test_without_waiting_returns_right_after_submitting(requests_mock, context):
         ("guidance_scale", 2.55),
     ],
 )
-def test_bad_input_fails_before_any_request(requests_mock, context, field, value):
+def test_bad_input_fails_before_any_request(apikley, edit, context, field, value):
     with pytest.raises(ApikleyInputError, match=f"{field}="):
-        make_operator(**{field: value}).execute(context)
-    assert requests_mock.call_count == 0
+        edit(**{field: value}).execute(context)
+    assert apikley.seen() == []
     context["ti"].xcom_push.assert_not_called()
 
 
@@ -184,10 +226,10 @@ def test_every_input_field_and_the_callback_are_templated():
     assert len(fields) == 13
 
 
-def test_output_path_copies_each_result_and_reports_it(requests_mock, context, tmp_path):
+def test_output_path_copies_each_result_and_reports_it(apikley, context, tmp_path):
     png = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
-    requests_mock.get(RESULT_URL, content=png)
-    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
+    result_url = apikley.put_file("out/shoe-edited.png", png, "image/png")
+    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [result_url], "input": {}}
     result = make_operator(output_path=f"file://{tmp_path}/edits").execute_complete(context, event)
     (stored,) = result["stored"]
     assert stored["uri"] == f"file://{tmp_path}/edits/{TASK_ID}-0.png"
@@ -195,10 +237,11 @@ def test_output_path_copies_each_result_and_reports_it(requests_mock, context, t
     assert (stored["size"], stored["content_type"]) == (len(png), "image/png")
 
 
-def test_without_output_path_nothing_is_downloaded(requests_mock, context):
-    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
+def test_without_output_path_nothing_is_downloaded(apikley, context):
+    result_url = apikley.put_file("out/shoe-edited.png", b"\x89PNG\r\n\x1a\n", "image/png")
+    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [result_url], "input": {}}
     assert "stored" not in make_operator().execute_complete(context, event)
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
 class FakeStateStore(dict):
@@ -208,60 +251,59 @@ class FakeStateStore(dict):
         self[key] = value
 
 
-def test_submitting_remembers_the_task_in_the_state_store(requests_mock):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("success"))
+def test_submitting_remembers_the_task_in_the_state_store(apikley, edit):
     store = FakeStateStore()
-    make_operator().execute({"ti": mock.Mock(), "task_state_store": store})
-    assert store["apikley_task"]["apikley_task_id"] == TASK_ID
+    edit().execute({"ti": mock.Mock(), "task_state_store": store})
+    assert store["apikley_task"]["apikley_task_id"] == task_ids(apikley)[0]
 
 
-@pytest.mark.parametrize("state", ["queuing", "generating"])
-def test_a_retry_resumes_a_running_task_instead_of_paying_again(requests_mock, state):
-    create = requests_mock.post(CREATE_URL, json=created("new-task"))
-    requests_mock.get(RECORD_URL, json=record(state))
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": time.time() - 5})
+@pytest.mark.parametrize("latency", [STAYS_QUEUING, STAYS_GENERATING], ids=["queuing", "generating"])
+def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, sent_input, latency):
+    apikley.configure(latency=latency)
+    task_id = earlier_task(apikley, sent_input)
+    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 5})
     context = {"ti": mock.Mock(), "task_state_store": store}
     with pytest.raises(TaskDeferred) as excinfo:
-        make_operator(deferrable=True).execute(context)
-    assert create.call_count == 0
-    assert excinfo.value.trigger.apikley_task_id == TASK_ID
-    assert pushed(context) == {"apikley_task_id": TASK_ID}
+        edit(deferrable=True).execute(context)
+    assert len(apikley.seen("createTask")) == 1  # the earlier try's
+    assert excinfo.value.trigger.apikley_task_id == task_id
+    assert pushed(context) == {"apikley_task_id": task_id}
 
 
-def test_a_retry_finishes_a_task_that_already_succeeded(requests_mock):
-    create = requests_mock.post(CREATE_URL, json=created("new-task"))
-    requests_mock.get(RECORD_URL, json=record("success"))
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": time.time() - 60})
-    result = make_operator(deferrable=True).execute({"ti": mock.Mock(), "task_state_store": store})
-    assert (result["apikley_task_id"], result["state"], create.call_count) == (TASK_ID, "success", 0)
+def test_a_retry_finishes_a_task_that_already_succeeded(apikley, edit, sent_input):
+    task_id = earlier_task(apikley, sent_input, ended=True)
+    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    result = edit(deferrable=True).execute({"ti": mock.Mock(), "task_state_store": store})
+    creates = len(apikley.seen("createTask"))
+    assert (result["apikley_task_id"], result["state"], creates) == (task_id, "success", 1)
 
 
-def test_a_retry_submits_anew_when_the_earlier_task_failed(requests_mock):
-    requests_mock.post(CREATE_URL, json=created("new-task"))
-    requests_mock.get(f"{RECORD_URL}?taskId={TASK_ID}", json=record("fail", fail_code="501"))
-    requests_mock.get(f"{RECORD_URL}?taskId=new-task", json=record("success", task_id="new-task"))
+def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_input):
+    apikley.configure(fail_fraction=1.0)
+    failed = earlier_task(apikley, sent_input, ended=True)
+    apikley.configure(fail_fraction=0.0)
+    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    result = edit().execute({"ti": mock.Mock(), "task_state_store": store})
+    assert task_ids(apikley) == [failed, result["apikley_task_id"]]
+    assert result["state"] == "success"
+    assert store["apikley_task"]["apikley_task_id"] == result["apikley_task_id"]
+
+
+def test_resubmitting_a_failed_task_can_be_turned_off(apikley, edit, sent_input):
+    apikley.configure(fail_fraction=1.0)
+    failed = earlier_task(apikley, sent_input, ended=True)
+    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    with pytest.raises(ApikleyTaskFailedError, match=f"{failed} failed: failCode=501"):
+        edit(resubmit_failed_task=False).execute({"ti": mock.Mock(), "task_state_store": store})
+    assert len(apikley.seen("createTask")) == 1  # the earlier try's
+
+
+def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit):
     store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
-    result = make_operator().execute({"ti": mock.Mock(), "task_state_store": store})
-    assert result["apikley_task_id"] == "new-task"
-    assert store["apikley_task"]["apikley_task_id"] == "new-task"
-
-
-def test_resubmitting_a_failed_task_can_be_turned_off(requests_mock):
-    create = requests_mock.post(CREATE_URL, json=created("new-task"))
-    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="bad"))
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
-    with pytest.raises(ApikleyTaskFailedError, match="failCode=501"):
-        make_operator(resubmit_failed_task=False).execute({"ti": mock.Mock(), "task_state_store": store})
-    assert create.call_count == 0
-
-
-def test_a_task_apikley_forgot_is_submitted_anew(requests_mock):
-    requests_mock.post(CREATE_URL, json=created("new-task"))
-    requests_mock.get(f"{RECORD_URL}?taskId={TASK_ID}", json={"code": 422, "msg": "recordInfo is null"})
-    requests_mock.get(f"{RECORD_URL}?taskId=new-task", json=record("success", task_id="new-task"))
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
-    assert make_operator().execute({"ti": mock.Mock(), "task_state_store": store})["apikley_task_id"] == "new-task"
+    result = edit().execute({"ti": mock.Mock(), "task_state_store": store})
+    (new_task_id,) = task_ids(apikley)
+    assert result["apikley_task_id"] == new_task_id != TASK_ID
+    assert apikley.seen("recordInfo")[0].query == f"taskId={TASK_ID}"
 
 
 @pytest.mark.parametrize(
@@ -273,21 +315,19 @@ def test_a_timeout_says_what_a_retry_will_do(context, store, advice):
         make_operator().execute_complete({**context, "task_state_store": store}, event)
 
 
-def test_execution_timeout_shortens_the_trigger_deadline(requests_mock):
+def test_execution_timeout_shortens_the_trigger_deadline(apikley, edit):
     from datetime import datetime, timedelta
 
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("queuing"))
+    apikley.configure(latency=STAYS_QUEUING)
     ti = mock.Mock(start_date=datetime.now(UTC) - timedelta(seconds=30))
-    operator = make_operator(deferrable=True, timeout=3600, execution_timeout=timedelta(seconds=60))
+    operator = edit(deferrable=True, timeout=3600, execution_timeout=timedelta(seconds=60))
     with pytest.raises(TaskDeferred) as excinfo:
         operator.execute({"ti": ti})
     assert 25 <= excinfo.value.trigger.deadline - time.time() <= 31
 
 
-def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
-    requests_mock.post(CREATE_URL, json=created())
-    requests_mock.get(RECORD_URL, json=record("queuing"))
+def test_the_poll_error_budget_reaches_the_trigger(apikley, edit, context):
+    apikley.configure(latency=STAYS_QUEUING)
     with pytest.raises(TaskDeferred) as excinfo:
-        make_operator(deferrable=True, max_consecutive_poll_errors=25).execute(context)
+        edit(deferrable=True, max_consecutive_poll_errors=25).execute(context)
     assert excinfo.value.trigger.max_consecutive_poll_errors == 25

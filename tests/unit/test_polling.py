@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_qwen.emulator.script import task_record
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.triggers.apikley import POLL_CADENCE, Done, Sleep, TaskWait, TimedOut, poll_delay
-from tests.unit.fixtures import record
 
 
 def test_a_fixed_interval_is_kept_within_ten_percent_and_varies():
@@ -27,7 +27,7 @@ def test_the_cadence_ends_at_infinity():
 
 
 def record_in(state: str):
-    return TaskRecord.from_api(record(state)["data"])
+    return TaskRecord.from_api(task_record("task-1", state))
 
 
 def test_a_wait_sleeps_until_the_task_ends_then_is_done():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from unittest import mock
 
 import pytest
@@ -11,22 +12,24 @@ from airflow.providers.common.compat.sdk import (
     TaskDeferred,
 )
 
+from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
+from airflow_provider_qwen.emulator.script import envelope, html_page, task_record
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
-from tests.conftest import BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, envelope, record
+from tests.conftest import submit_edit
 
-RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
-EXPECTED = {
-    "apikley_task_id": TASK_ID,
-    "state": "success",
-    "result_urls": [RESULT_URL],
-    "input": {"prompt": "sepia", "image_url": IMAGE_URL},
-}
+#: An id for the tests that never reach Apikley.
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+MODEL = "qwen/image-to-image"
+#: A task that stays queuing for a minute: longer than any test waits.
+STAYS_QUEUING = (0.0, 60.0, 0.0)
+SERVER_ERROR = envelope(code=500, msg="Server error")
 
 
-def make_sensor(**overrides) -> ApikleyTaskSensor:
-    return ApikleyTaskSensor(**{"task_id": "wait", "apikley_task_id": TASK_ID, "poke_interval": 0.01, **overrides})
+def make_sensor(apikley_task_id: str = TASK_ID, **overrides) -> ApikleyTaskSensor:
+    return ApikleyTaskSensor(
+        **{"task_id": "wait", "apikley_task_id": apikley_task_id, "poke_interval": 0.01, **overrides}
+    )
 
 
 @pytest.fixture
@@ -34,72 +37,99 @@ def context():
     return {"ti": mock.Mock()}
 
 
-def test_poke_mode_returns_the_same_dict_as_the_operator(requests_mock, context):
-    requests_mock.get(RECORD_URL, [{"json": record("generating")}, {"json": record("success")}])
-    assert make_sensor().execute(context) == EXPECTED
-    assert requests_mock.call_count == 2
+def finished(apikley, task_id: str) -> str:
+    """``task_id``, once the emulator has ended it."""
+    apikley.wait_until_ended(task_id)
+    return task_id
 
 
-def test_poke_mode_fails_a_failed_generation_without_retries(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("fail", fail_code="501", fail_msg="bad image"))
-    with pytest.raises(AirflowFailException, match=f"{TASK_ID} failed: failCode=501, failMsg=bad image"):
-        make_sensor().execute(context)
+def expected(apikley, task_id: str, image_url: str) -> dict:
+    """What the operator returns for a successful edit of ``image_url``: the same dict the sensor must return."""
+    return {
+        "apikley_task_id": task_id,
+        "state": "success",
+        "result_urls": apikley.state.tasks[task_id].result_urls,
+        "input": {"prompt": "sepia", "image_url": image_url},
+    }
 
 
-def test_soft_fail_skips_a_failed_generation(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("fail"))
+def test_poke_mode_returns_the_same_dict_as_the_operator(apikley, source_image_url, context):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    still_generating = task_record(task_id, "generating", input={"prompt": "sepia", "image_url": source_image_url})
+    apikley.script("recordInfo", envelope(still_generating))
+    result = make_sensor(task_id).execute(context)
+    assert result == expected(apikley, task_id, source_image_url)
+    assert result["result_urls"] == [f"{apikley.base_url}/results/{task_id}/0.png"]
+    assert len(apikley.seen("recordInfo")) == 2  # pokes again while generating, stops once done
+
+
+def test_poke_mode_fails_a_failed_generation_without_retries(apikley, source_image_url, context):
+    apikley.configure(fail_fraction=1.0)
+    task_id = submit_edit(source_image_url)
+    fail_code, fail_message = EMULATED_FAILURE
+    message = re.escape(f"{task_id} failed: failCode={fail_code}, failMsg={fail_message}")
+    with pytest.raises(AirflowFailException, match=message):
+        make_sensor(task_id).execute(context)
+
+
+def test_soft_fail_skips_a_failed_generation(apikley, source_image_url, context):
+    apikley.configure(fail_fraction=1.0)
     with pytest.raises(AirflowSkipException):
-        make_sensor(soft_fail=True).execute(context)
+        make_sensor(submit_edit(source_image_url), soft_fail=True).execute(context)
 
 
-def test_poke_mode_times_out(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("queuing"))
+def test_poke_mode_times_out(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
     with pytest.raises(AirflowSensorTimeout):
-        make_sensor(timeout=0.05).execute(context)
+        make_sensor(submit_edit(source_image_url), timeout=0.05).execute(context)
 
 
-def test_poke_mode_rides_out_transient_errors_between_pokes(requests_mock, context):
-    burst = [{"json": envelope(code=500, msg="Server error")}, {"status_code": 502, "text": "<html>Bad Gateway</html>"}]
-    requests_mock.get(RECORD_URL, [*burst * 3, {"json": record("success")}])
-    assert make_sensor().execute(context) == EXPECTED
-    assert requests_mock.call_count == 7
+def test_poke_mode_rides_out_transient_errors_between_pokes(apikley, source_image_url, context):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    apikley.script("recordInfo", *[SERVER_ERROR, html_page(status=502)] * 3)
+    assert make_sensor(task_id).execute(context) == expected(apikley, task_id, source_image_url)
+    assert len(apikley.seen("recordInfo")) == 7
 
 
-def test_poke_mode_fails_once_the_error_budget_is_spent(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=envelope(code=500, msg="Server error"))
+def test_poke_mode_fails_once_the_error_budget_is_spent(apikley, source_image_url, context):
+    task_id = submit_edit(source_image_url)
+    apikley.script("recordInfo", envelope(code=500, msg="Server error", times=None))
     with pytest.raises(ApikleyServerError):
-        make_sensor(max_consecutive_poll_errors=3).execute(context)
-    assert requests_mock.call_count == 3
+        make_sensor(task_id, max_consecutive_poll_errors=3).execute(context)
+    assert len(apikley.seen("recordInfo")) == 3
 
 
-def test_poke_mode_fails_at_once_when_the_key_is_refused(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=envelope(code=401, msg="You do not have access permissions"))
+def test_poke_mode_fails_at_once_when_the_key_is_refused(apikley, source_image_url, context, monkeypatch):
+    task_id = submit_edit(source_image_url)
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", apikley.airflow_connection(api_key="sk-revoked"))
     with pytest.raises(ApikleyAuthError):
-        make_sensor().execute(context)
-    assert requests_mock.call_count == 1
+        make_sensor(task_id).execute(context)
+    assert len(apikley.seen("recordInfo")) == 1
 
 
-def test_deferrable_mode_defers_even_when_the_first_query_fails_transiently(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=envelope(code=455, msg="Service unavailable"))
+def test_deferrable_mode_defers_even_when_the_first_query_fails_transiently(apikley, source_image_url, context):
+    task_id = submit_edit(source_image_url)
+    apikley.configure(maintenance_seconds=60)  # every call answers code 455 from now on
     with pytest.raises(TaskDeferred):
-        make_sensor(deferrable=True).execute(context)
-    assert requests_mock.call_count == 1
+        make_sensor(task_id, deferrable=True).execute(context)
+    assert len(apikley.seen("recordInfo")) == 1
 
 
-def test_deferrable_mode_defers_with_an_absolute_deadline(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("queuing"))
+def test_deferrable_mode_defers_with_an_absolute_deadline(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
+    task_id = submit_edit(source_image_url)
     with pytest.raises(TaskDeferred) as excinfo:
-        make_sensor(deferrable=True, timeout=120, poke_interval=5).execute(context)
+        make_sensor(task_id, deferrable=True, timeout=120, poke_interval=5).execute(context)
     trigger = excinfo.value.trigger
-    assert (trigger.apikley_task_id, trigger.poll_interval) == (TASK_ID, 5)
+    assert (trigger.apikley_task_id, trigger.poll_interval) == (task_id, 5)
     assert trigger.deadline > 1e9  # epoch seconds, not a duration
     # the "Apikley task" link works while the sensor waits
-    context["ti"].xcom_push.assert_called_once_with(key="apikley_task_id", value=TASK_ID)
+    context["ti"].xcom_push.assert_called_once_with(key="apikley_task_id", value=task_id)
 
 
-def test_deferrable_mode_returns_at_once_when_already_done(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("success"))
-    assert make_sensor(deferrable=True).execute(context) == EXPECTED
+def test_deferrable_mode_returns_at_once_when_already_done(apikley, source_image_url, context):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    assert make_sensor(task_id, deferrable=True).execute(context) == expected(apikley, task_id, source_image_url)
 
 
 def test_the_task_id_is_templated():
@@ -119,12 +149,18 @@ def test_execute_complete_maps_timeout_and_failure_to_sensor_outcomes(context, e
 
 
 def test_execute_complete_success(context):
-    event = {**EXPECTED, "status": "success"}
-    assert make_sensor(deferrable=True).execute_complete(context, event) == EXPECTED
+    summary = {
+        "apikley_task_id": TASK_ID,
+        "state": "success",
+        "result_urls": ["https://files.example.org/out/shoe-edited.png"],
+        "input": {"prompt": "sepia", "image_url": "https://files.example.org/in/shoe.png"},
+    }
+    event = {**summary, "status": "success"}
+    assert make_sensor(deferrable=True).execute_complete(context, event) == summary
 
 
-def test_the_poll_error_budget_reaches_the_trigger(requests_mock, context):
-    requests_mock.get(RECORD_URL, json=record("queuing"))
+def test_the_poll_error_budget_reaches_the_trigger(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
     with pytest.raises(TaskDeferred) as excinfo:
-        make_sensor(deferrable=True, max_consecutive_poll_errors=3).execute(context)
+        make_sensor(submit_edit(source_image_url), deferrable=True, max_consecutive_poll_errors=3).execute(context)
     assert excinfo.value.trigger.max_consecutive_poll_errors == 3

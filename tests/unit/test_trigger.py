@@ -8,27 +8,46 @@ import time
 import aiohttp
 import pytest
 
+from airflow_provider_qwen.emulator.script import ScriptedAnswer, dropped, envelope, html_page, task_record
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskState
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
-from tests.conftest import API_KEY
-from tests.unit.fixtures import RESULT_URL, TASK_ID, envelope, record
-from tests.unit.scripted_server import ScriptedApikley
+from tests.conftest import API_KEY, submit_edit
+
+#: A task the emulator never created: what it answers about it is scripted, or "recordInfo is null".
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+MODEL = "qwen/image-to-image"
+
+
+def finished(apikley, task_id: str) -> str:
+    """``task_id``, once the emulator has ended it."""
+    apikley.wait_until_ended(task_id)
+    return task_id
 
 
 @pytest.fixture
-async def http(monkeypatch):
-    """A loopback server playing Apikley, and ``apikley_default`` pointing at it."""
-    scripted = ScriptedApikley()
-    server = await scripted.start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_APIKLEY_DEFAULT",
-        json.dumps({"conn_type": "apikley", "host": scripted.base_url, "password": API_KEY}),
-    )
-    yield scripted
-    await server.close()
+def running_task(apikley, source_image_url) -> str:
+    """A real edit the emulator has just accepted."""
+    return submit_edit(source_image_url)
+
+
+@pytest.fixture
+def finished_task(apikley, source_image_url) -> str:
+    """A real edit the emulator has made; made at once (no latency), as the test waits for nothing but it."""
+    apikley.configure(latency=(0.0, 0.0, 0.0))
+    return finished(apikley, submit_edit(source_image_url))
+
+
+def record(state: str, task_id: str = TASK_ID, **options) -> ScriptedAnswer:
+    """A recordInfo answer for ``task_id`` in ``state``; ``options`` as for :class:`ScriptedAnswer`."""
+    return envelope(task_record(task_id, state), **options)
+
+
+def polls_seen(apikley) -> int:
+    """Status queries the emulator received."""
+    return len(apikley.seen("recordInfo"))
 
 
 def make_trigger(**overrides) -> ApikleyTaskTrigger:
@@ -60,89 +79,92 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
     }
 
 
-async def test_success_after_polling_yields_one_event_with_result_urls(http):
-    for state in ("waiting", "queuing", "generating"):
-        http.add(record(state))
-    http.add(record("success"))
-    events = await run_to_events(make_trigger())
+async def test_success_after_polling_yields_one_event_with_result_urls(apikley, finished_task):
+    apikley.script("recordInfo", *(record(state, finished_task) for state in ("waiting", "queuing", "generating")))
+    events = await run_to_events(make_trigger(apikley_task_id=finished_task))
     assert len(events) == 1
     assert events[0]["status"] == "success"
-    assert events[0]["result_urls"] == [RESULT_URL]
-    assert events[0]["apikley_task_id"] == TASK_ID
-    assert http.count() == 4
+    assert events[0]["result_urls"] == apikley.state.tasks[finished_task].result_urls
+    assert events[0]["result_urls"]
+    assert events[0]["apikley_task_id"] == finished_task
+    assert polls_seen(apikley) == 4  # the three running states, then the emulator's own success
     assert API_KEY not in json.dumps(events)
 
 
-async def test_failed_generation_yields_failed_with_code_and_message(http):
-    http.add(record("fail", fail_code="501", fail_msg="nsfw content"))
-    (event,) = await run_to_events(make_trigger())
-    assert (event["status"], event["fail_code"], event["fail_message"]) == ("failed", "501", "nsfw content")
+async def test_failed_generation_yields_failed_with_code_and_message(apikley, source_image_url):
+    apikley.configure(fail_fraction=1.0)
+    task_id = submit_edit(source_image_url)
+    (event,) = await run_to_events(make_trigger(apikley_task_id=task_id))
+    failed = apikley.state.tasks[task_id]
+    assert (event["status"], event["fail_code"], event["fail_message"]) == ("failed", "501", failed.fail_message)
+    assert failed.fail_message
 
 
-async def test_deadline_yields_timeout_naming_the_task(http):
-    http.add(record("generating"), repeat=True)
+async def test_deadline_yields_timeout_naming_the_task(apikley, source_image_url):
+    apikley.configure(latency=(0.0, 0.0, 30.0))  # still generating long after the deadline
+    task_id = submit_edit(source_image_url)
     started = time.monotonic()
-    (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, poll_interval=0.05))
+    (event,) = await run_to_events(
+        make_trigger(apikley_task_id=task_id, deadline=time.time() + 0.2, poll_interval=0.05)
+    )
     assert event["status"] == "timeout"
-    assert TASK_ID in event["message"]
+    assert task_id in event["message"]
     assert "generating" in event["message"]
     assert time.monotonic() - started < 2
 
 
-async def test_a_past_deadline_still_checks_once_so_a_finished_task_is_not_lost(http):
-    http.add(record("success"))
-    (event,) = await run_to_events(make_trigger(deadline=time.time() - 10))
+async def test_a_past_deadline_still_checks_once_so_a_finished_task_is_not_lost(finished_task):
+    (event,) = await run_to_events(make_trigger(apikley_task_id=finished_task, deadline=time.time() - 10))
     assert event["status"] == "success"
 
 
-async def test_unknown_task_yields_error_at_once(http):
-    http.add(envelope(None, code=422, msg="recordInfo is null"))
+async def test_unknown_task_yields_error_at_once(apikley):
     (event,) = await run_to_events(make_trigger())
     assert event["status"] == "error"
     assert "recordInfo is null" in event["message"]
-    assert http.count() == 1
+    assert polls_seen(apikley) == 1
 
 
-async def test_wrong_key_yields_error_without_retrying_or_leaking(http):
-    http.add(envelope(None, code=401, msg="bad key"), repeat=True)
+async def test_wrong_key_yields_error_without_retrying_or_leaking(apikley):
+    apikley.configure(api_keys=["sk-another-account"])  # the connection's key is refused with code 401
     (event,) = await run_to_events(make_trigger())
     assert event["status"] == "error"
     assert API_KEY not in event["message"]
-    assert http.count() == 1
+    assert polls_seen(apikley) == 1
 
 
-async def test_transient_errors_while_polling_are_retried(http):
-    http.add(envelope(None, code=429))
-    http.add(status=502, body="<html>Bad Gateway</html>")
-    http.add(drop=True)
-    http.add(record("queuing"), delay=1.0)  # longer than the hook's timeout
-    http.add(envelope(None, code=455))
-    http.add(record("success"))
+async def test_transient_errors_while_polling_are_retried(apikley, finished_task):
+    apikley.script(
+        "recordInfo",
+        envelope(code=429),
+        html_page(status=502),
+        dropped(),
+        record("queuing", finished_task, delay=1.0),  # longer than the hook's timeout
+        envelope(code=455),
+    )
     hook = ApikleyHook(retry_policy=RetryPolicy(attempts=10), timeout=0.3)
-    assert (await hook.aget_task(TASK_ID)).state is TaskState.SUCCESS
+    assert (await hook.aget_task(finished_task)).state is TaskState.SUCCESS
     await hook.aclose()
-    assert http.count() == 6
+    assert polls_seen(apikley) == 6
 
 
-async def test_async_hook_sends_bearer_and_user_agent_and_reuses_one_session(http):
-    http.add(record("waiting"), repeat=True)
+async def test_async_hook_sends_bearer_and_user_agent_and_reuses_one_session(apikley, running_task):
     hook = ApikleyHook()
-    await hook.aget_task(TASK_ID)
+    await hook.aget_task(running_task)
     session = hook._aio_session
-    await hook.aget_task(TASK_ID)
+    await hook.aget_task(running_task)
     assert hook._aio_session is session
-    headers = http.requests[0][2]
-    assert headers["Authorization"] == f"Bearer {API_KEY}"
-    assert headers["User-Agent"].startswith("airflow-provider-qwen/")
+    headers = apikley.seen("recordInfo")[0].headers
+    assert headers["authorization"] == f"Bearer {API_KEY}"
+    assert headers["user-agent"].startswith("airflow-provider-qwen/")
     await hook.aclose()
     assert session.closed
 
 
-async def test_hooks_of_one_connection_share_a_session_the_last_one_closes(http):
-    http.add(record("waiting"), repeat=True)
+async def test_hooks_of_one_connection_share_a_session_the_last_one_closes(running_task):
     first, second = ApikleyHook(), ApikleyHook()
-    await first.aget_task(TASK_ID)
-    await second.aget_task(TASK_ID)
+    await first.aget_task(running_task)
+    await second.aget_task(running_task)
     session = first._aio_session
     assert second._aio_session is session
     assert shared_sessions.borrowers("apikley_default") == 2
@@ -153,25 +175,22 @@ async def test_hooks_of_one_connection_share_a_session_the_last_one_closes(http)
     assert shared_sessions.borrowers("apikley_default") == 0
 
 
-async def test_a_shared_session_carries_each_hooks_own_key(http, monkeypatch):
-    http.add(record("waiting"), repeat=True)
-    before = ApikleyHook()
-    await before.aget_task(TASK_ID)
+async def test_a_shared_session_carries_each_hooks_own_key(apikley, running_task, monkeypatch):
     rotated = "sk-rotated-0000"
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_APIKLEY_DEFAULT",
-        json.dumps({"conn_type": "apikley", "host": http.base_url, "password": rotated}),
-    )
+    apikley.configure(api_keys=[API_KEY, rotated])  # the account's old and new key, mid-rotation
+    before = ApikleyHook()
+    await before.aget_task(running_task)
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", apikley.airflow_connection(api_key=rotated))
     after = ApikleyHook()
-    await after.aget_task(TASK_ID)
+    await after.aget_task(running_task)
     assert after._aio_session is before._aio_session
-    assert [headers["Authorization"] for _, _, headers in http.requests] == [f"Bearer {API_KEY}", f"Bearer {rotated}"]
+    sent = [request.headers["authorization"] for request in apikley.seen("recordInfo")]
+    assert sent == [f"Bearer {API_KEY}", f"Bearer {rotated}"]
     await before.aclose()
     await after.aclose()
 
 
-async def test_many_concurrent_triggers_share_one_open_session_and_close_it(http, monkeypatch):
-    http.add(record("success"), repeat=True)
+async def test_many_concurrent_triggers_share_one_open_session_and_close_it(finished_task, monkeypatch):
     opened = []
     original_init = aiohttp.ClientSession.__init__
 
@@ -183,22 +202,21 @@ async def test_many_concurrent_triggers_share_one_open_session_and_close_it(http
         original_init(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.ClientSession, "__init__", counting_init)
-    runs = await asyncio.gather(*(run_to_events(make_trigger()) for _ in range(100)))
+    runs = await asyncio.gather(*(run_to_events(make_trigger(apikley_task_id=finished_task)) for _ in range(100)))
     assert [event["status"] for (event,) in runs] == ["success"] * 100
     assert 1 <= len(opened) < 100
     assert all(session.closed for session in opened)
 
 
-async def test_trigger_never_creates_a_task(http):
-    http.add(record("generating"))
-    http.add(record("success"))
+async def test_trigger_never_creates_a_task(apikley):
+    apikley.script("recordInfo", record("generating"), record("success"))
     await run_to_events(make_trigger())
-    assert [method for method, _, _ in http.requests] == ["GET", "GET"]
-    assert all(path.startswith("/api/v1/jobs/recordInfo?taskId=") for _, path, _ in http.requests)
+    sent = apikley.seen()
+    assert [(request.method, request.path) for request in sent] == [("GET", "/api/v1/jobs/recordInfo")] * 2
+    assert all(request.query == f"taskId={TASK_ID}" for request in sent)
 
 
-async def test_trigger_never_looks_up_the_connection_on_the_event_loop(http, monkeypatch):
-    http.add(record("success"))
+async def test_trigger_never_looks_up_the_connection_on_the_event_loop(finished_task, monkeypatch):
     original = ApikleyHook.get_connection.__func__
     lookups_on_the_loop = []
 
@@ -212,66 +230,63 @@ async def test_trigger_never_looks_up_the_connection_on_the_event_loop(http, mon
         return original(cls, conn_id)
 
     monkeypatch.setattr(ApikleyHook, "get_connection", classmethod(watched))
-    (event,) = await run_to_events(make_trigger())
+    (event,) = await run_to_events(make_trigger(apikley_task_id=finished_task))
     assert event["status"] == "success"
     assert lookups_on_the_loop == []
 
 
-async def test_the_trigger_rides_out_a_run_of_transient_failures(http):
-    for answer in (
-        {"payload": envelope(None, code=500)},
-        {"status": 502, "body": "<html>Bad Gateway</html>"},
-        {"drop": True},
-        {"payload": envelope(None, code=455)},
-        {"payload": envelope(None, code=429)},
-    ):
-        http.add(**answer)
-    http.add(record("success"))
-    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=6))
+async def test_the_trigger_rides_out_a_run_of_transient_failures(apikley, finished_task):
+    apikley.script(
+        "recordInfo",
+        envelope(code=500),
+        html_page(status=502),
+        dropped(),
+        envelope(code=455),
+        envelope(code=429),
+    )
+    (event,) = await run_to_events(make_trigger(apikley_task_id=finished_task, max_consecutive_poll_errors=6))
     assert event["status"] == "success"
-    assert http.count() == 6
+    assert polls_seen(apikley) == 6
 
 
-async def test_too_many_failures_in_a_row_end_the_wait_with_the_last_error(http):
-    http.add(record("generating"))
-    http.add(envelope(None, code=500, msg="first"))
-    http.add(envelope(None, code=500, msg="second"))
-    http.add(envelope(None, code=455, msg="last one"))
+async def test_too_many_failures_in_a_row_end_the_wait_with_the_last_error(apikley):
+    apikley.script(
+        "recordInfo",
+        record("generating"),
+        envelope(code=500, msg="first"),
+        envelope(code=500, msg="second"),
+        envelope(code=455, msg="last one"),
+    )
     (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=3))
     assert event["status"] == "error"
     assert "last one" in event["message"]
-    assert http.count() == 4
+    assert polls_seen(apikley) == 4
 
 
-async def test_a_success_resets_the_failure_count(http):
-    for _ in range(3):
-        http.add(envelope(None, code=500))
-        http.add(record("generating"))
-    http.add(record("success"))
-    (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=2))
+async def test_a_success_resets_the_failure_count(apikley, finished_task):
+    apikley.script("recordInfo", *(envelope(code=500), record("generating", finished_task)) * 3)
+    (event,) = await run_to_events(make_trigger(apikley_task_id=finished_task, max_consecutive_poll_errors=2))
     assert event["status"] == "success"
 
 
-async def test_failures_past_the_deadline_end_in_timeout(http):
-    http.add(envelope(None, code=500), repeat=True)
+async def test_failures_past_the_deadline_end_in_timeout(apikley):
+    apikley.script("recordInfo", envelope(code=500, times=None))
     (event,) = await run_to_events(make_trigger(deadline=time.time() + 0.2, max_consecutive_poll_errors=1000))
     assert event["status"] == "timeout"
 
 
-async def test_a_huge_answer_ends_the_wait_with_a_clear_error(http):
-    http.add(status=200, body="x" * (2 * 1024 * 1024), repeat=True)
+async def test_a_huge_answer_ends_the_wait_with_a_clear_error(apikley):
+    apikley.script("recordInfo", ScriptedAnswer(b"x" * (2 * 1024 * 1024), times=None))
     (event,) = await run_to_events(make_trigger(max_consecutive_poll_errors=2))
     assert event["status"] == "error"
     assert "larger than 1048576 bytes" in event["message"]
 
 
-async def test_polls_leave_no_reference_cycles_for_the_garbage_collector(http):
+async def test_polls_leave_no_reference_cycles_for_the_garbage_collector(apikley):
     # A triggerer runs thousands of these: garbage that only the collector can free costs pauses of
     # the whole event loop, growing with the number of triggers.
     async def cyclic_garbage_of_a_wait(polls: int) -> int:
-        for _ in range(polls - 1):
-            http.add(record("generating"))
-        http.add(record("success"))
+        apikley.script("recordInfo", record("generating", times=polls - 1), record("success"))
         gc.collect()
         gc.disable()
         try:

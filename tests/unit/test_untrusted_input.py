@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
+from airflow_provider_qwen.emulator import RunningEmulator
+from airflow_provider_qwen.emulator.script import ScriptedAnswer, created, envelope, task_record
 from airflow_provider_qwen.exceptions import (
     ApikleyBadResponseError,
     ApikleyConfigurationError,
@@ -22,15 +26,16 @@ from airflow_provider_qwen.exceptions import (
     ApikleyURLRefusedError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
 from airflow_provider_qwen.hooks.envelope import parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from tests.conftest import API_KEY, BASE_URL
-from tests.unit.fixtures import IMAGE_URL, RESULT_URL, TASK_ID, created, envelope, record
 
-CREATE_URL = f"{BASE_URL}/api/v1/jobs/createTask"
-RECORD_URL = f"{BASE_URL}/api/v1/jobs/recordInfo"
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+#: A result URL as a scripted record names it (on a made-up host: never fetched).
+RESULT_URL = "https://files.example.org/out/shoe-edited.png"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
@@ -43,11 +48,41 @@ def apikley_connection(monkeypatch, host: str = BASE_URL, **extra) -> None:
     set_connection(monkeypatch, conn_type="apikley", host=host, password=API_KEY, extra=extra)
 
 
+def emulator_connection(monkeypatch, apikley: RunningEmulator) -> None:
+    """``apikley_default`` pointing at the emulator again, as the ``apikley`` fixture sets it."""
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", apikley.airflow_connection())
+
+
+@pytest.fixture
+def sent_anywhere(monkeypatch) -> list[str]:
+    """
+    The URL of every request the hook sends, wherever it goes (the emulator journals only what reaches
+    it). Only the emulator, on 127.0.0.1, is reached; any other host fails as an unreachable one would.
+    """
+    sent: list[str] = []
+    real_send = DeadlineAdapter.send
+
+    def send(self, request, **kwargs):
+        sent.append(request.url)
+        if urlsplit(request.url).hostname != "127.0.0.1":
+            raise requests.ConnectionError(f"test: {request.url} is out of reach")
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(DeadlineAdapter, "send", send)
+    return sent
+
+
 # ---- connections: only apikley ones, only known extras -------------------------------------------
 
 
-def test_a_connection_of_another_type_is_refused_before_any_request(monkeypatch, requests_mock, tmp_path):
-    set_connection(monkeypatch, conn_type="postgres", host=BASE_URL, password="pg-password")
+def test_a_connection_of_another_type_is_refused_before_any_request(monkeypatch, apikley, tmp_path):
+    set_connection(
+        monkeypatch,
+        conn_type="postgres",
+        host=apikley.base_url,
+        password="pg-password",
+        extra={"upload_base_url": apikley.upload_base_url},
+    )
     hook = ApikleyHook()
     image = tmp_path / "shoe.png"
     image.write_bytes(PNG)
@@ -56,16 +91,18 @@ def test_a_connection_of_another_type_is_refused_before_any_request(monkeypatch,
             call()
     with pytest.raises(ApikleyConfigurationError, match="of type 'postgres'"):
         asyncio.run(ApikleyHook().aget_task(TASK_ID))
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
-def test_extras_are_settings_never_headers(monkeypatch, requests_mock):
-    apikley_connection(monkeypatch, **{"X-Internal-Token": "LEAKCANARY-extra", "Authorization": "Basic Zm9v"})
-    requests_mock.get(RECORD_URL, json=record("success"))
-    ApikleyHook().get_task(TASK_ID)
-    sent = requests_mock.last_request.headers
-    assert "X-Internal-Token" not in sent
-    assert sent["Authorization"] == f"Bearer {API_KEY}"
+def test_extras_are_settings_never_headers(monkeypatch, apikley, source_image_url):
+    extras = {"X-Internal-Token": "LEAKCANARY-extra", "Authorization": "Basic Zm9v"}
+    apikley_connection(monkeypatch, host=apikley.base_url, **extras)
+    hook = ApikleyHook()
+    hook.get_task(hook.create_task("qwen/image-to-image", {"prompt": "p", "image_url": source_image_url}))
+    assert [request.endpoint for request in apikley.seen()] == ["createTask", "recordInfo"]
+    for request in apikley.seen():
+        assert "x-internal-token" not in request.headers
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
 
 
 def test_the_settings_repr_shows_no_secret(monkeypatch):
@@ -75,49 +112,52 @@ def test_the_settings_repr_shows_no_secret(monkeypatch):
     assert "LEAKCANARY" not in text
 
 
-def test_api_calls_do_not_follow_redirects(monkeypatch, requests_mock):
-    requests_mock.get(RECORD_URL, status_code=302, headers={"Location": "https://elsewhere.test/collect"})
-    requests_mock.get("https://elsewhere.test/collect", json=record("success"))
+def test_api_calls_do_not_follow_redirects(apikley):
+    # the place it points to would answer with a record: following it would succeed
+    apikley.script("recordInfo", ScriptedAnswer(status=302, headers={"Location": f"{apikley.base_url}/files/collect"}))
+    apikley.script("files", envelope(task_record(TASK_ID, "success", result_urls=[RESULT_URL])))
     with pytest.raises(ApikleyError):
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
-    assert [request.url.split("?")[0] for request in requests_mock.request_history] == [RECORD_URL]
+    assert [request.endpoint for request in apikley.seen()] == ["recordInfo"]
 
 
 # ---- task ids: one shape wherever they arrive ------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad_id", ["../escaped", "/abs/evil", "a b", "", "x" * 129, "id\n[fake log line]"])
-def test_a_created_task_id_of_the_wrong_shape_is_refused_and_not_resubmitted(requests_mock, bad_id):
-    requests_mock.post(CREATE_URL, json=created(bad_id))
+def test_a_created_task_id_of_the_wrong_shape_is_refused_and_not_resubmitted(apikley, source_image_url, bad_id):
+    apikley.script("createTask", created(bad_id))
     with pytest.raises(ApikleyBadResponseError, match="no usable taskId"):
-        ApikleyHook().create_task("qwen/image-to-image", {"prompt": "p", "image_url": IMAGE_URL})
-    assert requests_mock.call_count == 1
+        ApikleyHook().create_task("qwen/image-to-image", {"prompt": "p", "image_url": source_image_url})
+    assert len(apikley.seen()) == 1
 
 
 @pytest.mark.parametrize("bad_id", ["../escaped", "/abs/evil"])
-def test_a_record_with_a_task_id_of_the_wrong_shape_is_a_bad_response(requests_mock, bad_id):
-    requests_mock.get(RECORD_URL, json=record("success", task_id=bad_id))
+def test_a_record_with_a_task_id_of_the_wrong_shape_is_a_bad_response(apikley, bad_id):
+    apikley.script("recordInfo", envelope(task_record(bad_id, "success", result_urls=[RESULT_URL])))
     with pytest.raises(ApikleyBadResponseError, match=r"taskId|task_id"):
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
 
 
-def test_a_sensor_argument_of_the_wrong_shape_fails_before_any_request(requests_mock):
+def test_a_sensor_argument_of_the_wrong_shape_fails_before_any_request(apikley):
     sensor = ApikleyTaskSensor(task_id="wait", apikley_task_id="../../etc/passwd")
     with pytest.raises(ApikleyInputError, match=r"apikley_task_id='\.\./\.\./etc/passwd': must be 1 to 128"):
         sensor.poke({"ti": mock.Mock()})
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
-def test_results_are_never_written_outside_output_path(requests_mock, tmp_path):
-    requests_mock.get(RESULT_URL, content=PNG)
+def test_results_are_never_written_outside_output_path(apikley, source_image_url, tmp_path):
+    result_url = apikley.put_file("out/shoe-edited.png", PNG)  # there to be fetched
     output = tmp_path / "edits"
-    operator = QwenImageToImageOperator(task_id="edit", prompt="p", image_url=IMAGE_URL, output_path=f"file://{output}")
+    operator = QwenImageToImageOperator(
+        task_id="edit", prompt="p", image_url=source_image_url, output_path=f"file://{output}"
+    )
     for bad_id in ("../escaped", "../../abs", "/abs/evil"):
-        event = {"status": "success", "apikley_task_id": bad_id, "result_urls": [RESULT_URL], "input": {}}
+        event = {"status": "success", "apikley_task_id": bad_id, "result_urls": [result_url], "input": {}}
         with pytest.raises(ApikleyError):
             operator.execute_complete({"ti": mock.Mock()}, event)
     assert sorted(path.name for path in tmp_path.rglob("*")) == []
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
 # ---- result downloads ----------------------------------------------------------------------------
@@ -131,72 +171,85 @@ def test_results_are_never_written_outside_output_path(requests_mock, tmp_path):
         "http://[fe80::1]/x.png",
         "http://100.100.100.200/latest/meta-data/",
         "http://0.0.0.0:8080/x.png",
-        "http://127.0.0.1:8080/x.png",
+        "http://127.0.0.1:{emulator_port}/files/x.png",
         "http://10.0.0.7/x.png",
         "file:///etc/passwd",
         "ftp://files.example.org/x.png",
     ],
 )
-def test_result_urls_to_unsafe_places_are_refused_without_a_request(requests_mock, tmp_path, url):
+def test_result_urls_to_unsafe_places_are_refused_without_a_request(monkeypatch, apikley, sent_anywhere, tmp_path, url):
+    apikley.put_file("x.png", PNG)  # the loopback one would be fetched
+    apikley_connection(monkeypatch)  # a public API: its results are on public hosts
+    url = url.format(emulator_port=urlsplit(apikley.base_url).port)
     with pytest.raises(ApikleyError):
         ApikleyHook().download_result(url, str(tmp_path / "out.png"))
-    assert requests_mock.call_count == 0
+    assert sent_anywhere == []
+    assert apikley.seen() == []
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_redirect_to_the_metadata_service_is_refused(requests_mock, tmp_path):
-    requests_mock.get(RESULT_URL, status_code=302, headers={"Location": METADATA_URL})
+def test_a_redirect_to_the_metadata_service_is_refused(apikley, sent_anywhere, tmp_path):
+    result_url = f"{apikley.base_url}/results/{TASK_ID}/0.png"
+    apikley.script("results", ScriptedAnswer(status=302, headers={"Location": METADATA_URL}))
     with pytest.raises(ApikleyURLRefusedError, match=r"169\.254\.169\.254"):
-        ApikleyHook().download_result(RESULT_URL, str(tmp_path / "out.png"))
-    assert [request.url for request in requests_mock.request_history] == [RESULT_URL]
+        ApikleyHook().download_result(result_url, str(tmp_path / "out.png"))
+    assert sent_anywhere == [result_url]
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_redirects_are_followed_a_few_times_only(requests_mock, tmp_path):
-    for hop in range(5):
-        requests_mock.get(f"https://cdn.apikley.test/{hop}", status_code=302, headers={"Location": f"/{hop + 1}"})
+def test_redirects_are_followed_a_few_times_only(apikley, tmp_path):
+    apikley.script(
+        "results", *(ScriptedAnswer(status=302, headers={"Location": f"/results/hop/{hop + 1}"}) for hop in range(5))
+    )
     with pytest.raises(ApikleyURLRefusedError, match="redirects more than 3 times"):
-        ApikleyHook().download_result("https://cdn.apikley.test/0", str(tmp_path / "out.png"))
-    assert requests_mock.call_count == 4
+        ApikleyHook().download_result(f"{apikley.base_url}/results/hop/0", str(tmp_path / "out.png"))
+    assert [request.path for request in apikley.seen()] == [f"/results/hop/{hop}" for hop in range(4)]
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_a_public_redirect_is_followed_and_checked(requests_mock, tmp_path):
-    requests_mock.get(RESULT_URL, status_code=302, headers={"Location": "https://cdn.apikley.test/r.png"})
-    requests_mock.get("https://cdn.apikley.test/r.png", content=PNG)
-    stored = ApikleyHook().download_result(RESULT_URL, str(tmp_path / "out.png"))
+def test_a_redirect_to_an_allowed_host_is_followed_and_checked(apikley, tmp_path):
+    apikley.script("results", ScriptedAnswer(status=302, headers={"Location": apikley.put_file("cdn/r.png", PNG)}))
+    stored = ApikleyHook().download_result(f"{apikley.base_url}/results/{TASK_ID}/0.png", str(tmp_path / "out.png"))
     assert stored.size == len(PNG)
+    assert (tmp_path / "out.png").read_bytes() == PNG
+    assert [request.path for request in apikley.seen()] == [f"/results/{TASK_ID}/0.png", "/files/cdn/r.png"]
 
 
-def test_private_result_hosts_need_the_connection_to_allow_them(monkeypatch, requests_mock, tmp_path):
-    url = "http://10.0.0.7/r.png"
-    requests_mock.get(url, content=PNG)
-    apikley_connection(monkeypatch, private_result_hosts="10.0.0.0/24")
+def test_private_result_hosts_need_the_connection_to_allow_them(monkeypatch, apikley, sent_anywhere, tmp_path):
+    url = apikley.put_file("out/r.png", PNG)  # on loopback, a private address
+    apikley_connection(monkeypatch)  # a public API
+    with pytest.raises(ApikleyURLRefusedError, match="private_result_hosts"):
+        ApikleyHook().download_result(url, str(tmp_path / "a.png"))
+    assert sent_anywhere == []
+    apikley_connection(monkeypatch, private_result_hosts="127.0.0.0/8")
     assert ApikleyHook().download_result(url, str(tmp_path / "a.png")).size == len(PNG)
-    apikley_connection(monkeypatch, host="http://127.0.0.1:9")  # an emulator on loopback
+    emulator_connection(monkeypatch, apikley)  # an API on loopback
     with pytest.raises(ApikleyURLRefusedError):
         ApikleyHook().download_result(METADATA_URL, str(tmp_path / "b.png"))
     assert ApikleyHook().download_result(url, str(tmp_path / "b.png")).size == len(PNG)
+    assert sent_anywhere == [url, url]
 
 
-def test_nothing_of_the_connection_or_netrc_goes_to_a_result_host(monkeypatch, requests_mock, tmp_path):
+def test_nothing_of_the_connection_or_netrc_goes_to_a_result_host(monkeypatch, apikley, tmp_path):
+    result_url = apikley.put_file("out/shoe-edited.png", PNG)
     netrc = tmp_path / "netrc"
-    netrc.write_text("machine files.example.org login user password LEAKCANARY-netrc\n")
+    netrc.write_text(f"machine {urlsplit(result_url).hostname} login user password LEAKCANARY-netrc\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    apikley_connection(monkeypatch, **{"X-Internal-Token": "LEAKCANARY-extra"})
-    requests_mock.get(RESULT_URL, content=PNG)
-    ApikleyHook().download_result(RESULT_URL, str(tmp_path / "out.png"))
-    sent = requests_mock.last_request.headers
-    assert "Authorization" not in sent
+    apikley_connection(monkeypatch, host=apikley.base_url, **{"X-Internal-Token": "LEAKCANARY-extra"})
+    ApikleyHook().download_result(result_url, str(tmp_path / "out.png"))
+    [sent] = [request.headers for request in apikley.seen()]
+    assert "authorization" not in sent
     assert not any("LEAKCANARY" in str(value) for value in sent.values())
 
 
-def test_an_upload_file_name_is_checked_like_its_folder(requests_mock, tmp_path):
+def test_an_upload_file_name_is_checked_like_its_folder(apikley, tmp_path):
     image = tmp_path / "shoe.png"
     image.write_bytes(PNG)
     for name in ("../../escape.png", "a/b.png", "..", "bad\nname.png"):
         with pytest.raises(ApikleyInputError, match="file_name="):
             ApikleyHook().upload_file(image, "catalog", file_name=name)
-    assert requests_mock.call_count == 0
+    assert apikley.seen() == []
 
 
 # ---- answers that are not what they claim --------------------------------------------------------
@@ -215,18 +268,20 @@ def test_pathological_answers_are_bad_responses_in_both_clients(body, charset):
         parse_envelope(200, body, charset)
 
 
-def test_a_bogus_charset_is_a_bad_response_in_the_blocking_client(requests_mock):
-    requests_mock.get(
-        RECORD_URL,
-        content=json.dumps(record("success")).encode(),
-        headers={"Content-Type": "application/json; charset=no-such-charset"},
+def test_a_bogus_charset_is_a_bad_response_in_the_blocking_client(apikley):
+    apikley.script(
+        "recordInfo",
+        envelope(
+            task_record(TASK_ID, "success", result_urls=[RESULT_URL]),
+            content_type="application/json; charset=no-such-charset",
+        ),
     )
     with pytest.raises(ApikleyBadResponseError):
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
 
 
-def test_a_huge_message_is_shortened_in_the_error(requests_mock):
-    requests_mock.get(RECORD_URL, json=envelope(None, code=500, msg="x" * 100_000))
+def test_a_huge_message_is_shortened_in_the_error(apikley):
+    apikley.script("recordInfo", envelope(code=500, msg="x" * 100_000))
     with pytest.raises(ApikleyError) as excinfo:
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
     assert len(str(excinfo.value)) < 1000
@@ -240,7 +295,7 @@ def trickling_server(headers_first: bool, interval: float = 1.0, seconds: float 
     """A loopback HTTP server that answers one byte per ``interval``, for at most ``seconds``."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(seconds)
-    answer = json.dumps(record("success")).encode()
+    answer = envelope(task_record(TASK_ID, "success", result_urls=[RESULT_URL])).body
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n\r\n".encode()
 
     def serve() -> None:
