@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.hooks.retries import ONE_TRY, is_transient
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
 from airflow_provider_qwen.storage import result_destination
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
+    EventStatus,
     TaskEvent,
     TaskWait,
     summary_from_record,
@@ -66,6 +66,15 @@ class QwenImageToImageOperator(BaseOperator):
         many waits do not poll in step; by default Apikley's advised cadence (2-3 s at first,
         slowing to 15-30 s after two minutes).
     :param timeout: seconds to wait for the edit before failing the task.
+    :param expected_duration: seconds an edit is expected to take: the first status query waits
+        that long after submitting. By default the triggerer learns it from the edits it saw end
+        (a blocking wait starts asking at once).
+    :param end_in_triggerer: when a deferred edit succeeds, end the task from the triggerer
+        (its XCom value pushed there) instead of resuming it on a worker, which saves a worker run
+        and seconds per edit. ``None`` (the default) does so when nothing is left for a worker:
+        no ``output_path``, no ``on_success_callback``, no ``multiple_outputs``, ``do_xcom_push``
+        left on, and no OpenLineage listener waiting for the task's facets. Failures always resume
+        on a worker, which raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
@@ -101,6 +110,8 @@ class QwenImageToImageOperator(BaseOperator):
         output_path: str | ObjectStoragePath | None = None,
         resubmit_failed_task: bool = True,
         max_consecutive_poll_errors: int = 10,
+        expected_duration: float | None = None,
+        end_in_triggerer: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -123,6 +134,8 @@ class QwenImageToImageOperator(BaseOperator):
         self.timeout = timeout
         self.output_path = output_path
         self.resubmit_failed_task = resubmit_failed_task
+        self.expected_duration = expected_duration
+        self.end_in_triggerer = end_in_triggerer
         self._result: dict[str, Any] | None = None
 
     @cached_property
@@ -159,37 +172,44 @@ class QwenImageToImageOperator(BaseOperator):
 
         deadline = self._deadline(context)
         if self.deferrable:
-            record = self._state_if_known(apikley_task_id)
-            if record is None or not record.state.is_terminal:
-                self.defer(
-                    trigger=ApikleyTaskTrigger(
-                        apikley_task_id=apikley_task_id,
-                        apikley_conn_id=self.apikley_conn_id,
-                        deadline=deadline,
-                        poll_interval=self.poll_interval,
-                        max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-                        submitted_at=submitted_at,
-                    ),
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
-                )
-        else:
-            wait = TaskWait(
-                apikley_task_id,
-                submitted_at=submitted_at,
-                deadline=deadline,
-                poll_interval=self.poll_interval,
-                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-                logger=self.log,
+            self.defer(
+                trigger=ApikleyTaskTrigger(
+                    apikley_task_id=apikley_task_id,
+                    apikley_conn_id=self.apikley_conn_id,
+                    deadline=deadline,
+                    poll_interval=self.poll_interval,
+                    max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                    submitted_at=submitted_at,
+                    model=QWEN_IMAGE_TO_IMAGE,
+                    expected_duration=self.expected_duration,
+                    end_task_on_success=self._ends_in_triggerer(),
+                    maps_over_result=self._maps_over_result(context),
+                ),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
             )
-            try:
-                record = wait_until_done(self.hook, wait)
-            except ApikleyTaskTimeoutError as err:
-                raise _with_retry_advice(err, state_store) from None
+        wait = TaskWait(
+            apikley_task_id,
+            submitted_at=submitted_at,
+            deadline=deadline,
+            poll_interval=self.poll_interval,
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            expected_duration=self.expected_duration or 0.0,
+            logger=self.log,
+        )
+        try:
+            record = wait_until_done(self.hook, wait)
+        except ApikleyTaskTimeoutError as err:
+            raise _with_retry_advice(err, state_store) from None
         return self._finish(self._copy_results({**summary_from_record(record), "input": request}))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
+        if event == EventStatus.SUCCESS.value:
+            # The trigger ended the task itself, and a runner that ignores that (``dag.test()``)
+            # resumes it here: read the task again so the result is the same either way.
+            apikley_task_id = context["ti"].xcom_pull(key=APIKLEY_TASK_ID_XCOM_KEY)
+            event = TaskEvent.ended(self.hook.get_task(apikley_task_id)).to_payload()
         try:
             summary = TaskEvent.from_payload(event).summary(input=self.build_input().to_api())
         except ApikleyTaskTimeoutError as err:
@@ -207,15 +227,16 @@ class QwenImageToImageOperator(BaseOperator):
         self._result = result
         return result
 
-    def _state_if_known(self, apikley_task_id: str) -> TaskRecord | None:
-        """The task's record, or ``None`` when asking failed transiently (the trigger asks again)."""
-        try:
-            return self.hook.get_task(apikley_task_id, retry_policy=ONE_TRY)
-        except ApikleyError as err:
-            if not is_transient(err):
-                raise
-            self.log.warning("Could not ask about Apikley task %s yet (%s); deferring", apikley_task_id, err)
-            return None
+    def _ends_in_triggerer(self) -> bool:
+        if self.end_in_triggerer is not None:
+            return self.end_in_triggerer
+        worker_needed = self.output_path or self.on_success_callback or self.multiple_outputs or not self.do_xcom_push
+        return not worker_needed and not _lineage_listener_active()
+
+    def _maps_over_result(self, context: Context) -> bool:
+        """Whether downstream tasks map over this (unmapped) task's XCom value, as a worker checks it."""
+        unmapped = getattr(context["ti"], "map_index", -1) in (-1, None)
+        return unmapped and next(self.iter_mapped_dependants(), None) is not None
 
     def _resumable_task(self, state_store: Any) -> tuple[str, float] | None:
         """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
@@ -252,6 +273,15 @@ class QwenImageToImageOperator(BaseOperator):
         for item in stored:
             self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
         return {**summary, "stored": [item.to_dict() for item in stored]}
+
+
+def _lineage_listener_active() -> bool:
+    """Whether OpenLineage is installed and enabled, and so expects the task's facets from a worker."""
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    return not is_disabled()
 
 
 def _with_retry_advice(err: ApikleyTaskTimeoutError, state_store: Any) -> ApikleyTaskTimeoutError:

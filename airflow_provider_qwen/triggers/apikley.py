@@ -16,13 +16,14 @@ import asyncio
 import logging
 import random
 import time
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -105,6 +106,9 @@ class TaskWait:
     :param deadline: epoch seconds when the wait times out; ``None`` waits on.
     :param poll_interval: a fixed interval (with jitter) instead of Apikley's advised cadence.
     :param max_consecutive_poll_errors: failed queries in a row that end the wait; the last is raised.
+    :param expected_duration: seconds the task is expected to take: the first query waits until
+        then (counted from ``submitted_at``, so a wait that starts over does not wait twice), and
+        the advised cadence counts from then.
     :param logger: where a failed query is reported (the task's or trigger's own log).
     """
 
@@ -113,9 +117,20 @@ class TaskWait:
     deadline: float | None = None
     poll_interval: float | None = None
     max_consecutive_poll_errors: int = 10
+    expected_duration: float = 0.0
     logger: logging.Logger = field(default=log, repr=False)
     failures: int = field(default=0, init=False)
     last_state: str | None = field(default=None, init=False)
+
+    @property
+    def answer_due_at(self) -> float:
+        """Epoch seconds when the task is expected to have ended."""
+        return self.submitted_at + self.expected_duration
+
+    def first_query_delay(self, now: float) -> float:
+        """Seconds to wait at ``now`` before the first query: none once an answer is due."""
+        due = self.answer_due_at if self.deadline is None else min(self.answer_due_at, self.deadline)
+        return max(0.0, due - now)
 
     def after(self, outcome: TaskRecord | ApikleyError, now: float) -> Done | Sleep | TimedOut:
         """
@@ -136,12 +151,46 @@ class TaskWait:
             if outcome.state.is_terminal:
                 return Done(outcome)
             self.last_state = outcome.state.value
-            delay = poll_delay(now - self.submitted_at, self.poll_interval)
+            delay = poll_delay(max(0.0, now - self.answer_due_at), self.poll_interval)
         if self.deadline is None:
             return Sleep(delay)
         if now >= self.deadline:
             return TimedOut(timeout_message(self.apikley_task_id, self.last_state))
         return Sleep(min(delay, self.deadline - now))
+
+
+class ExpectedDurations:
+    """
+    How long tasks took (``completeTime - createTime``), by connection and model, as this process saw them.
+
+    The triggerer runs for days and sees every wait end, so it learns what to expect; a new
+    process starts with no expectation and asks at Apikley's advised cadence until it has one.
+
+    :param samples: durations kept per connection and model, newest first out.
+    :param percentile: the fraction of kept durations the expectation covers.
+    :param minimum_samples: durations needed before there is an expectation.
+    """
+
+    def __init__(self, samples: int = 200, percentile: float = 0.75, minimum_samples: int = 5) -> None:
+        self.percentile = percentile
+        self.minimum_samples = minimum_samples
+        self._seen: dict[tuple[str, str], deque[float]] = defaultdict(lambda: deque(maxlen=samples))
+
+    def note(self, apikley_conn_id: str, record: TaskRecord) -> None:
+        """Remember how long a task that ended took, when Apikley said."""
+        if record.complete_time and record.create_time and record.complete_time >= record.create_time:
+            self._seen[(apikley_conn_id, record.model or "")].append((record.complete_time - record.create_time) / 1000)
+
+    def expected(self, apikley_conn_id: str, model: str | None) -> float:
+        """Seconds a task of ``model`` is expected to take; 0 until enough have been seen."""
+        seen = sorted(self._seen.get((apikley_conn_id, model or ""), ()))
+        if len(seen) < self.minimum_samples:
+            return 0.0
+        return seen[min(len(seen) - 1, int(self.percentile * len(seen)))]
+
+
+#: What this process has seen; the trigger's first query waits for the expectation it gives.
+EXPECTED_DURATIONS = ExpectedDurations()
 
 
 class EventStatus(StrEnum):
@@ -285,9 +334,14 @@ class ApikleyTaskTrigger(BaseTrigger):
     from the start is harmless. Its arguments are JSON primitives; the API key is read from the
     connection inside the triggerer, never stored with the trigger.
 
-    It fires one :class:`TaskEvent`: ``success`` with
-    ``result_urls``; ``failed`` with ``fail_code`` and ``fail_message``; ``timeout`` when
-    ``deadline`` passed first; ``error`` when Apikley could not be asked or refused, with ``message``.
+    It fires one :class:`TaskEvent`: ``success`` with ``result_urls``; ``failed`` with
+    ``fail_code`` and ``fail_message``; ``timeout`` when ``deadline`` passed first; ``error`` when
+    Apikley could not be asked or refused, with ``message``. With ``end_task_on_success`` a success
+    ends the task from here instead: its XCom value is pushed and the task marked successful, so
+    no worker runs again for it.
+
+    The first query waits until an answer is due: ``submitted_at`` plus ``expected_duration``, or
+    plus what this triggerer has learned tasks of ``model`` take (see :class:`ExpectedDurations`).
 
     :param apikley_task_id: the Apikley task to wait for.
     :param apikley_conn_id: the Airflow connection to Apikley.
@@ -300,6 +354,11 @@ class ApikleyTaskTrigger(BaseTrigger):
         failure backs off exponentially, with jitter. A refused key or an unknown task ends it at once.
     :param with_input: put the task's ``input`` (as Apikley echoes it) in the event, for a resuming
         side that has no copy of its own.
+    :param model: the task's model, whose usual duration sets the first query.
+    :param expected_duration: seconds the task is expected to take; ``None`` uses what was learned.
+    :param end_task_on_success: end the deferred task from the triggerer when the edit succeeds.
+    :param maps_over_result: downstream tasks map over the task's XCom value, so its length is
+        recorded with it, as a worker records it.
     """
 
     def __init__(
@@ -311,6 +370,10 @@ class ApikleyTaskTrigger(BaseTrigger):
         submitted_at: float | None = None,
         max_consecutive_poll_errors: int = 10,
         with_input: bool = False,
+        model: str | None = None,
+        expected_duration: float | None = None,
+        end_task_on_success: bool = False,
+        maps_over_result: bool = False,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -320,6 +383,10 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.submitted_at = submitted_at if submitted_at is not None else time.time()
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.with_input = with_input
+        self.model = model
+        self.expected_duration = expected_duration
+        self.end_task_on_success = end_task_on_success
+        self.maps_over_result = maps_over_result
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The trigger's class path and its arguments (JSON primitives only)."""
@@ -333,6 +400,10 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "submitted_at": self.submitted_at,
                 "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
                 "with_input": self.with_input,
+                "model": self.model,
+                "expected_duration": self.expected_duration,
+                "end_task_on_success": self.end_task_on_success,
+                "maps_over_result": self.maps_over_result,
             },
         )
 
@@ -340,25 +411,36 @@ class ApikleyTaskTrigger(BaseTrigger):
         """Poll until the task ends or the deadline passes; yield exactly one event."""
         hook = ApikleyHook(self.apikley_conn_id)
         try:
-            yield TriggerEvent((await self._wait(hook)).to_payload())
+            event = await self._wait(hook)
         finally:
             await hook.aclose()
+        if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._push_result(event):
+            yield TaskSuccessEvent()
+        else:
+            yield TriggerEvent(event.to_payload())
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
+        expected = self.expected_duration
+        if expected is None:
+            expected = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
         wait = TaskWait(
             self.apikley_task_id,
             submitted_at=self.submitted_at,
             deadline=self.deadline,
             poll_interval=self.poll_interval,
             max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            expected_duration=expected,
             logger=self.log,
         )
         try:
+            await asyncio.sleep(wait.first_query_delay(time.time()))
             while True:
                 # Neither the record nor the step outlives this line while the trigger sleeps.
                 step = wait.after(await self._query(hook), time.time())
                 if isinstance(step, Done):
-                    return TaskEvent.ended(step.record, with_input=self.with_input)
+                    EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
+                    with_input = self.with_input or self.end_task_on_success
+                    return TaskEvent.ended(step.record, with_input=with_input)
                 if isinstance(step, TimedOut):
                     return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
                 await asyncio.sleep(step.seconds)
@@ -371,6 +453,40 @@ class ApikleyTaskTrigger(BaseTrigger):
             return await hook.aget_task(self.apikley_task_id, retry_policy=ONE_TRY)
         except ApikleyError as err:
             return err
+
+    async def _push_result(self, event: TaskEvent) -> bool:
+        """
+        Push the task's XCom value as its worker would; ``False`` when it cannot be pushed from here.
+
+        Through the Task SDK's XCom API, not ``TaskSuccessEvent(xcoms=...)``: that stores the value
+        as a JSON string and records no mapped length, so downstream tasks could not map over it.
+        Where the trigger runs without a task instance (``dag.test()``), the worker resumes instead.
+        """
+        ti = self.task_instance
+        if ti is None or not hasattr(ti, "run_id"):
+            return False
+        from asgiref.sync import sync_to_async
+
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = event.summary()
+        try:
+            await sync_to_async(XCom.set)(
+                key="return_value",
+                value=value,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                map_index=ti.map_index,
+                _mapped_length=len(value) if self.maps_over_result else None,
+            )
+        except Exception:
+            self.log.exception(
+                "Could not push the result of Apikley task %s; a worker resumes it", self.apikley_task_id
+            )
+            return False
+        self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
+        return True
 
 
 def query(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:
@@ -388,6 +504,7 @@ def wait_until_done(hook: ApikleyHook, wait: TaskWait) -> TaskRecord:
     :raises ApikleyTaskTimeoutError: when the deadline passes first.
     :raises ApikleyError: a refusal, or the last of too many transient failures in a row.
     """
+    time.sleep(wait.first_query_delay(time.time()))
     while True:
         step = wait.after(query(hook, wait.apikley_task_id), time.time())
         if isinstance(step, Done):

@@ -149,6 +149,17 @@ class EmulatorProcess:
         """``POST /_emulator/config``: the fields given replace the current settings (``faults`` as a whole)."""
         return self._admin("POST", "config", json=changes)
 
+    def record(self, apikley_task_id: str) -> dict[str, Any]:
+        """A task's record, as ``recordInfo`` answers it."""
+        answer = self._http.get(
+            f"{self.base_url}/api/v1/jobs/recordInfo",
+            params={"taskId": apikley_task_id},
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        return answer.json()["data"]
+
     def reset(self) -> dict[str, Any]:
         """``POST /_emulator/reset``: forget tasks, files and statistics."""
         return self._admin("POST", "reset")
