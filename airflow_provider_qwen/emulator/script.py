@@ -115,6 +115,7 @@ class SeenRequest:
     query: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)
 
     def json(self) -> Any:
         """The body, parsed."""

@@ -14,7 +14,7 @@ from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTi
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskState
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
 from airflow_provider_qwen.storage import result_destination
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
@@ -157,9 +157,11 @@ class QwenImageToImageOperator(BaseOperator):
         state_store = context.get("task_state_store")
         resumed = self._resumable_task(state_store)
         if resumed:
-            apikley_task_id, submitted_at = resumed
+            known, submitted_at = resumed
+            apikley_task_id = known.task_id
             self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
         else:
+            known = None
             apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
             submitted_at = time.time()
             if state_store is not None:
@@ -169,38 +171,23 @@ class QwenImageToImageOperator(BaseOperator):
 
         if not self.wait_for_completion:
             return self._finish(task_summary(apikley_task_id, TaskState.WAITING.value, [], request))
-
-        deadline = self._deadline(context)
-        if self.deferrable:
-            self.defer(
-                trigger=ApikleyTaskTrigger(
-                    apikley_task_id=apikley_task_id,
-                    apikley_conn_id=self.apikley_conn_id,
-                    deadline=deadline,
-                    poll_interval=self.poll_interval,
-                    max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-                    submitted_at=submitted_at,
-                    model=QWEN_IMAGE_TO_IMAGE,
-                    expected_duration=self.expected_duration,
-                    end_task_on_success=self._ends_in_triggerer(),
-                    maps_over_result=self._maps_over_result(context),
-                ),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
+        record = known if known is not None and known.state.is_terminal else None
+        if record is None:
+            wait = TaskWait(
+                apikley_task_id,
+                submitted_at=submitted_at,
+                deadline=self._deadline(context),
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                expected_duration=self.expected_duration or 0.0,
+                logger=self.log,
             )
-        wait = TaskWait(
-            apikley_task_id,
-            submitted_at=submitted_at,
-            deadline=deadline,
-            poll_interval=self.poll_interval,
-            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-            expected_duration=self.expected_duration or 0.0,
-            logger=self.log,
-        )
-        try:
-            record = wait_until_done(self.hook, wait)
-        except ApikleyTaskTimeoutError as err:
-            raise _with_retry_advice(err, state_store) from None
+            if self.deferrable:
+                self._defer_to_trigger(wait, context)
+            try:
+                record = wait_until_done(self.hook, wait)
+            except ApikleyTaskTimeoutError as err:
+                raise _with_retry_advice(err, state_store) from None
         return self._finish(self._copy_results({**summary_from_record(record), "input": request}))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -227,6 +214,25 @@ class QwenImageToImageOperator(BaseOperator):
         self._result = result
         return result
 
+    def _defer_to_trigger(self, wait: TaskWait, context: Context) -> None:
+        deadline = wait.deadline or time.time() + self.timeout
+        self.defer(
+            trigger=ApikleyTaskTrigger(
+                apikley_task_id=wait.apikley_task_id,
+                apikley_conn_id=self.apikley_conn_id,
+                deadline=deadline,
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                submitted_at=wait.submitted_at,
+                model=QWEN_IMAGE_TO_IMAGE,
+                expected_duration=self.expected_duration,
+                end_task_on_success=self._ends_in_triggerer(),
+                maps_over_result=self._maps_over_result(context),
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
+        )
+
     def _ends_in_triggerer(self) -> bool:
         if self.end_in_triggerer is not None:
             return self.end_in_triggerer
@@ -238,7 +244,7 @@ class QwenImageToImageOperator(BaseOperator):
         unmapped = getattr(context["ti"], "map_index", -1) in (-1, None)
         return unmapped and next(self.iter_mapped_dependants(), None) is not None
 
-    def _resumable_task(self, state_store: Any) -> tuple[str, float] | None:
+    def _resumable_task(self, state_store: Any) -> tuple[TaskRecord, float] | None:
         """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
         saved = state_store.get(RESUME_KEY) if state_store is not None else None
         if not saved:
@@ -251,7 +257,7 @@ class QwenImageToImageOperator(BaseOperator):
         if record.state is TaskState.FAIL and self.resubmit_failed_task:
             self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
             return None
-        return record.task_id, float(saved["submitted_at"])
+        return record, float(saved["submitted_at"])
 
     def _deadline(self, context: Context) -> float:
         """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""

@@ -55,18 +55,18 @@ def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
 
 
 def test_a_worker_that_dies_right_after_submitting_is_resumed_not_resubmitted(emulator, tmp_path, monkeypatch):
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+    from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 
-    real_get_task = ApikleyHook.get_task
+    real_defer = QwenImageToImageOperator.defer
     crashed: list[str] = []
 
-    def crash_once_after_submit(self, task_id, **kwargs):
+    def crash_once_before_deferring(self, *, trigger, **kwargs):
         if not crashed:
-            crashed.append(task_id)
+            crashed.append(trigger.apikley_task_id)
             raise RuntimeError("worker lost right after createTask")
-        return real_get_task(self, task_id, **kwargs)
+        return real_defer(self, trigger=trigger, **kwargs)
 
-    monkeypatch.setattr(ApikleyHook, "get_task", crash_once_after_submit)
+    monkeypatch.setattr(QwenImageToImageOperator, "defer", crash_once_before_deferring)
     dag_run = load_dag("qwen_catalog_edit").test(run_conf={"output_uri": f"file://{tmp_path}"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
     assert crashed

@@ -21,6 +21,7 @@ from airflow.providers.common.compat.sdk import DagRunState
 
 from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.triggers import apikley as waiting
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import API_KEY, has_task_state_store
@@ -53,17 +54,17 @@ def maintenance_from_first_submit(monkeypatch: pytest.MonkeyPatch, emulator: Run
 
 
 def worker_dies_after_each_submit(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator) -> set[str]:
-    """The first status query after each createTask kills the try, as a lost worker would."""
-    real_get_task = ApikleyHook.get_task
+    """Each try that submitted a task is lost before it defers, as a worker that died would be."""
+    real_defer = QwenImageToImageOperator.defer
     crashed: set[str] = set()
 
-    def get_task(self: ApikleyHook, task_id: str, **kwargs):
-        if task_id not in crashed:
-            crashed.add(task_id)
+    def defer(self: QwenImageToImageOperator, *, trigger: ApikleyTaskTrigger, **kwargs):
+        if trigger.apikley_task_id not in crashed:
+            crashed.add(trigger.apikley_task_id)
             raise RuntimeError("worker lost right after createTask")
-        return real_get_task(self, task_id, **kwargs)
+        return real_defer(self, trigger=trigger, **kwargs)
 
-    monkeypatch.setattr(ApikleyHook, "get_task", get_task)
+    monkeypatch.setattr(QwenImageToImageOperator, "defer", defer)
     return crashed
 
 

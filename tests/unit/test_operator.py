@@ -98,14 +98,50 @@ def test_defers_to_the_trigger_after_pushing_the_task_id(apikley, edit, sent_inp
     assert apikley.seen("createTask")[0].json()["input"] == sent_input
 
 
-def test_does_not_defer_when_the_task_already_ended(apikley, edit, sent_input, context):
-    # Apikley answers the first status query only after the ~0.1 s edit has ended
-    apikley.configure(faults={"recordInfo": {"slow": 1.0, "slow_seconds": 0.3}})
-    result = edit(deferrable=True).execute(context)
-    (task_id,) = task_ids(apikley)
+def test_defers_right_after_submitting_without_asking_first(apikley, edit, context):
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, expected_duration=7.5).execute(context)
+    trigger = excinfo.value.trigger
+    assert [request.endpoint for request in apikley.seen()] == ["createTask"]  # the trigger asks when it is due
+    assert (trigger.model, trigger.expected_duration) == (QWEN_IMAGE_TO_IMAGE, 7.5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "ends_in_triggerer"),
+    [
+        ({}, True),
+        ({"output_path": "file:///tmp/edits"}, False),
+        ({"on_success_callback": print}, False),
+        ({"multiple_outputs": True}, False),
+        ({"do_xcom_push": False}, False),
+        ({"output_path": "file:///tmp/edits", "end_in_triggerer": True}, True),
+        ({"end_in_triggerer": False}, False),
+    ],
+)
+def test_a_success_ends_in_the_triggerer_only_when_no_worker_work_is_left(
+    apikley, edit, context, arguments, ends_in_triggerer
+):
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, **arguments).execute(context)
+    assert excinfo.value.trigger.end_task_on_success is ends_in_triggerer
+
+
+def test_an_active_openlineage_listener_keeps_the_end_on_a_worker(apikley, edit, context, monkeypatch):
+    pytest.importorskip("airflow.providers.openlineage")
+    monkeypatch.setattr("airflow.providers.openlineage.conf.is_disabled", lambda: False)
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True).execute(context)
+    assert excinfo.value.trigger.end_task_on_success is False
+
+
+def test_a_success_the_trigger_ended_reads_the_same_result_when_resumed_anyway(apikley, edit, sent_input, context):
+    # ``dag.test()`` resumes on the worker even after the trigger ended the task itself
+    task_id = apikley.wait_until_ended(ApikleyHook().create_task(QWEN_IMAGE_TO_IMAGE, sent_input)).task_id
+    context["ti"].xcom_pull.return_value = task_id
+    result = edit().execute_complete(context, event="success")
     result_urls = apikley.state.tasks[task_id].result_urls
     assert result == {"apikley_task_id": task_id, "state": "success", "result_urls": result_urls, "input": sent_input}
-    assert result_urls[0].startswith(f"{apikley.base_url}/results/")
+    context["ti"].xcom_pull.assert_called_once_with(key="apikley_task_id")
 
 
 def test_waits_in_the_worker_when_not_deferrable(apikley, edit, context):
@@ -144,14 +180,6 @@ def test_blocking_wait_stops_at_once_when_the_key_is_refused(apikley, edit, cont
     apikley.script("recordInfo", envelope(code=401, msg="You do not have access permissions"))
     with pytest.raises(ApikleyAuthError):
         edit(deferrable=False).execute(context)
-    assert [request.endpoint for request in apikley.seen()] == ["createTask", "recordInfo"]
-
-
-def test_defers_even_when_the_first_status_query_fails_transiently(apikley, edit, context):
-    apikley.script("recordInfo", envelope(code=455, msg="Service unavailable"))
-    with pytest.raises(TaskDeferred) as excinfo:
-        edit(deferrable=True).execute(context)
-    assert excinfo.value.trigger.apikley_task_id == task_ids(apikley)[0]
     assert [request.endpoint for request in apikley.seen()] == ["createTask", "recordInfo"]
 
 

@@ -5,7 +5,15 @@ import pytest
 from airflow_provider_qwen.emulator.script import task_record
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.triggers.apikley import POLL_CADENCE, Done, Sleep, TaskWait, TimedOut, poll_delay
+from airflow_provider_qwen.triggers.apikley import (
+    POLL_CADENCE,
+    Done,
+    ExpectedDurations,
+    Sleep,
+    TaskWait,
+    TimedOut,
+    poll_delay,
+)
 
 
 def test_a_fixed_interval_is_kept_within_ten_percent_and_varies():
@@ -56,3 +64,41 @@ def test_a_wait_backs_off_transient_errors_until_too_many_in_a_row():
         wait.after(ApikleyServerError("500 again"), now=5.0)
     with pytest.raises(ApikleyAuthError):  # a refusal ends any wait at once
         TaskWait("t2", submitted_at=0.0).after(ApikleyAuthError("401"), now=1.0)
+
+
+def test_the_first_query_waits_until_an_answer_is_due_and_never_twice():
+    wait = TaskWait("t1", submitted_at=100.0, deadline=200.0, expected_duration=30.0)
+    assert wait.first_query_delay(now=100.0) == 30.0
+    assert wait.first_query_delay(now=125.0) == 5.0  # a wait that starts over counts from the submit
+    assert wait.first_query_delay(now=140.0) == 0.0
+    assert TaskWait("t2", submitted_at=100.0, deadline=110.0, expected_duration=30.0).first_query_delay(100.0) == 10.0
+
+
+def test_after_the_due_time_the_advised_cadence_starts_afresh():
+    wait = TaskWait("t1", submitted_at=0.0, expected_duration=60.0)
+    step = wait.after(record_in("generating"), now=61.0)
+    assert isinstance(step, Sleep) and 2.0 <= step.seconds <= 3.0  # not the 5-10 s of a task a minute old
+
+
+def finished_after(seconds: float, model: str = "qwen/image-to-image") -> TaskRecord:
+    data = task_record("task-1", "success", model=model)
+    data["createTime"] = data["completeTime"] - int(seconds * 1000)
+    return TaskRecord.from_api(data)
+
+
+def test_expected_durations_are_learned_per_connection_and_model():
+    durations = ExpectedDurations(percentile=0.75, minimum_samples=4)
+    for seconds in (10, 20, 30):
+        durations.note("apikley_default", finished_after(seconds))
+    assert durations.expected("apikley_default", "qwen/image-to-image") == 0.0  # too few to go by
+    durations.note("apikley_default", finished_after(40))
+    assert durations.expected("apikley_default", "qwen/image-to-image") == 40.0
+    assert durations.expected("apikley_default", "other/model") == 0.0
+    assert durations.expected("other_connection", "qwen/image-to-image") == 0.0
+
+
+def test_expected_durations_keep_the_newest_samples():
+    durations = ExpectedDurations(samples=4, percentile=0.0, minimum_samples=1)
+    for seconds in (1, 50, 60, 70, 80):
+        durations.note("c", finished_after(seconds))
+    assert durations.expected("c", "qwen/image-to-image") == 50.0  # the 1 s task was forgotten

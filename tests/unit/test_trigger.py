@@ -8,12 +8,14 @@ import time
 import aiohttp
 import pytest
 
+from airflow.triggers.base import TaskSuccessEvent
+
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, dropped, envelope, html_page, task_record
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskState
-from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger, ExpectedDurations
 from tests.conftest import API_KEY, submit_edit
 
 #: A task the emulator never created: what it answers about it is scripted, or "recordInfo is null".
@@ -76,6 +78,10 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "submitted_at",
         "max_consecutive_poll_errors",
         "with_input",
+        "model",
+        "expected_duration",
+        "end_task_on_success",
+        "maps_over_result",
     }
 
 
@@ -299,3 +305,87 @@ async def test_polls_leave_no_reference_cycles_for_the_garbage_collector(apikley
     await cyclic_garbage_of_a_wait(5)  # what the first wait loads and caches is not counted
     short, long = await cyclic_garbage_of_a_wait(5), await cyclic_garbage_of_a_wait(105)
     assert long - short < 100, f"100 more polls left {long - short} objects in reference cycles"
+
+
+async def test_the_first_query_waits_for_the_expected_duration(apikley, finished_task):
+    submitted_at = time.time()
+    (event,) = await run_to_events(
+        make_trigger(apikley_task_id=finished_task, submitted_at=submitted_at, expected_duration=0.3)
+    )
+    assert event["status"] == "success"
+    (first, *_) = apikley.seen("recordInfo")
+    assert first.at >= submitted_at + 0.3
+
+
+async def test_a_restarted_trigger_does_not_wait_for_the_expected_duration_again(apikley, finished_task):
+    started = time.time()
+    trigger = make_trigger(apikley_task_id=finished_task, submitted_at=started - 60, expected_duration=30)
+    (event,) = await run_to_events(trigger)
+    assert event["status"] == "success"
+    assert apikley.seen("recordInfo")[0].at - started < 1.0
+
+
+async def test_the_trigger_learns_how_long_tasks_take(apikley, finished_task, monkeypatch):
+    learned = ExpectedDurations(minimum_samples=1, percentile=1.0)
+    monkeypatch.setattr("airflow_provider_qwen.triggers.apikley.EXPECTED_DURATIONS", learned)
+    await run_to_events(make_trigger(apikley_task_id=finished_task, model=MODEL))
+    record = apikley.state.tasks[finished_task].record(time.time())
+    assert learned.expected("apikley_default", MODEL) == (record["completeTime"] - record["createTime"]) / 1000
+
+
+class TriggerTaskInstance:
+    """What the triggerer hands a trigger about the task it waits for."""
+
+    dag_id, task_id, run_id, map_index = "edits", "edit", "manual__1", 3
+
+
+@pytest.fixture
+def pushed(monkeypatch) -> list[dict]:
+    """The XComs the trigger pushes through the Task SDK, as the triggerer would forward them."""
+    calls: list[dict] = []
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+@pytest.mark.parametrize(("maps_over_result", "mapped_length"), [(False, None), (True, 4)])
+async def test_a_success_ends_the_task_from_the_triggerer_with_its_result_pushed(
+    apikley, finished_task, pushed, maps_over_result, mapped_length
+):
+    trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True, maps_over_result=maps_over_result)
+    trigger.task_instance = TriggerTaskInstance()
+    events = [event async for event in trigger.run()]
+    assert [type(event) for event in events] == [TaskSuccessEvent]
+    (push,) = pushed
+    task = apikley.state.tasks[finished_task]
+    assert push["value"] == {
+        "apikley_task_id": finished_task,
+        "state": "success",
+        "result_urls": task.result_urls,
+        "input": task.request["input"],
+    }
+    assert (push["key"], push["task_id"], push["run_id"], push["map_index"]) == ("return_value", "edit", "manual__1", 3)
+    assert push["_mapped_length"] == mapped_length
+
+
+async def test_a_failure_resumes_the_task_on_a_worker_even_when_success_would_not(apikley, source_image_url, pushed):
+    apikley.configure(fail_fraction=1.0, latency=(0.0, 0.0, 0.0))
+    trigger = make_trigger(apikley_task_id=finished(apikley, submit_edit(source_image_url)), end_task_on_success=True)
+    trigger.task_instance = TriggerTaskInstance()
+    (event,) = [event async for event in trigger.run()]
+    assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "failed"
+    assert pushed == []
+
+
+async def test_without_a_task_instance_or_an_xcom_api_the_worker_resumes_instead(apikley, finished_task, monkeypatch):
+    trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True)
+    (event,) = [event async for event in trigger.run()]  # no task instance, as under ``dag.test()``
+    assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "success"
+
+    def refuse(**kwargs):
+        raise ConnectionError("the triggerer's supervisor went away")
+
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", refuse)
+    trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True)
+    trigger.task_instance = TriggerTaskInstance()
+    (event,) = [event async for event in trigger.run()]
+    assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "success"
