@@ -1,26 +1,32 @@
 """
-N mapped Qwen edits three ways on one real Airflow deployment: this provider against what users write today.
+N mapped Qwen edits several ways on one real Airflow deployment: this provider against what users write today.
 
-``python -m benchmarks.compare_waits [--edits 50] [--parallelism 8] [--latency 1 2 3] [--poll-interval 2]``
+``python -m benchmarks.compare_waits [--edits 50] [--parallelism 8] [--edit-seconds 6 30]``
 
 One emulator process and one deployment (PostgreSQL, scheduler with the LocalExecutor,
 dag-processor, triggerer, api-server; see ``tests/system/deployment.py``) run the DAGs of
-``benchmarks/dags`` one after the other, each over the same uploaded image:
+``benchmarks/dags`` one after the other, each over the same uploaded image, for each edit duration:
 
-(a) ``bench_provider_deferrable``: ``QwenImageToImageOperator(deferrable=True)``, mapped.
+(a) ``bench_provider_deferrable``: ``QwenImageToImageOperator(deferrable=True)``, mapped, with its
+    defaults (the first query once an answer is due, then Apikley's advised cadence; a success ends
+    the task in the triggerer).
 (b) ``bench_http_sensor``: ``HttpOperator`` POSTs createTask, ``HttpSensor(deferrable=True)`` with a
-    ``response_check`` waits; both mapped.
+    ``response_check`` waits; both mapped, so the sensors start once every create is done.
 (c) ``bench_python_sleep``: a mapped ``@task`` that POSTs with ``requests`` and polls in a sleep loop.
+(d) ``bench_http_task_group``: (b)'s two operators in a mapped task group, so each sensor starts
+    right after its own create: the shape a user writes for per-item waits.
 
-All three poll every ``POLL_SECONDS`` (2 s) of their DAG files. Each run is checked (the run and
-every task instance succeeded, N results with URLs, exactly N tasks created and N succeeded on the
-emulator) and measured:
+(b), (c) and (d) poll every ``POLL_SECONDS`` (2 s) of their DAG files. Before each duration the
+triggerer is restarted and every DAG warmed up, so (a)'s triggerer has learned that duration as a
+long-running one has. Each run is checked (the run and every task instance succeeded, N results
+with URLs, exactly N tasks created and N succeeded on the emulator) and measured:
 
 - wall time: the DAG run's ``end_date - start_date`` in the metadata database;
 - worker-slot-seconds: the number of the run's task instances in state ``running``, read from the
   metadata database every ``--sample-interval`` seconds and integrated over time (a ``deferred``
   task instance holds no slot);
 - HTTP requests per edit: the emulator's request counters after the run minus before, by endpoint;
+- latency: from each edit's ``completeTime`` on Apikley to the end of its task instance, p50 and p90;
 - CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
   scheduler and of the triggerer: each component's process and its descendants, less the
   LocalExecutor's workers and their task processes (titled ``airflow worker ...``). The api-server,
@@ -55,7 +61,15 @@ from benchmarks.compare_sampling import (
     cpu_seconds_with_reaped_children,
     worker_members,
 )
-from benchmarks.compare_workloads import DAGS_FOLDER, PROVIDER, WORKLOADS, Workload, dag_conf, result_urls
+from benchmarks.compare_workloads import (
+    DAGS_FOLDER,
+    PROVIDER,
+    WORKLOADS,
+    Workload,
+    apikley_task_id,
+    dag_conf,
+    result_urls,
+)
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 
 #: Seconds between status queries: each DAG file's ``POLL_SECONDS``, kept there as a user would.
@@ -82,6 +96,7 @@ class Measurement:
     workload: Workload
     edits: int
     run_id: str
+    edit_seconds: float = 0.0
     wall_seconds: float = 0.0
     slot_seconds: float = 0.0
     peak_running: int = 0
@@ -91,6 +106,12 @@ class Measurement:
     peak_rss: dict[str, int] = field(default_factory=dict)
     counted: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    def latency(self, fraction: float) -> float:
+        """The ``fraction`` percentile of the edits' latencies (``completeTime`` -> task instance end)."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
     def requests_per_edit(self, endpoint: str) -> float:
         return self.requests.get(endpoint, 0) / self.edits
@@ -104,15 +125,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edits", type=int, default=50, help="mapped edits per DAG run (default: 50)")
     parser.add_argument("--parallelism", type=int, default=8, help="[core] parallelism, the worker slots (default: 8)")
     parser.add_argument(
-        "--latency",
+        "--edit-seconds",
         type=float,
-        nargs=3,
-        default=(1.0, 2.0, 3.0),
-        metavar=("WAITING", "QUEUING", "GENERATING"),
-        help="seconds an emulated task spends in each state (default: 1 2 3)",
+        nargs="+",
+        default=(6.0, 30.0),
+        help="how long an emulated edit takes, split 1:2:3 over waiting, queuing and generating; "
+        "each duration is measured in turn (default: 6 30)",
     )
     parser.add_argument("--rate-limit", type=int, default=1000, help="createTask per 10 s the emulator accepts")
-    parser.add_argument("--warmup-edits", type=int, default=2, help="edits of an unmeasured first run per DAG; 0: none")
+    parser.add_argument(
+        "--warmup-edits", type=int, default=10, help="edits of an unmeasured first run per DAG and duration; 0: none"
+    )
     parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds between samples (default: 0.2)")
     parser.add_argument("--run-timeout", type=float, default=900.0, help="seconds one DAG run may take")
     parser.add_argument(
@@ -126,7 +149,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.edits < 1 or args.parallelism < 1:
         parser.error("--edits and --parallelism must be at least 1")
+    if min(args.edit_seconds) <= 0:
+        parser.error("--edit-seconds must be positive")
     return args
+
+
+def stage_latencies(edit_seconds: float) -> tuple[float, float, float]:
+    """Waiting, queuing and generating seconds of an edit that takes ``edit_seconds``, split 1:2:3."""
+    return (edit_seconds / 6, edit_seconds / 3, edit_seconds / 2)
 
 
 def upload_source_image(emulator: EmulatorProcess) -> str:
@@ -207,7 +237,30 @@ def run_workload(
     measurement.peak_rss = {name: group.peak_rss for name, group in groups.items()}
     measurement.counted = {name: group.counted() for name, group in groups.items()}
     measurement.problems = check_run(deployment, workload, run_id, state, edits, before, after)
+    if not measurement.problems:
+        measurement.latencies = completion_latencies(deployment, emulator, workload, run_id)
     return measurement
+
+
+def completion_latencies(
+    deployment: AirflowDeployment, emulator: EmulatorProcess, workload: Workload, run_id: str
+) -> list[float]:
+    """Seconds from each edit's ``completeTime`` on Apikley to the end of its task instance (asked after counting)."""
+    ids = deployment.sql(
+        "SELECT map_index, value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s AND key = 'return_value'",
+        (workload.dag_id, run_id, workload.id_task_id),
+    )
+    ended = dict(
+        deployment.sql(
+            "SELECT map_index, extract(epoch FROM end_date) FROM task_instance "
+            "WHERE dag_id = %s AND run_id = %s AND task_id = %s",
+            (workload.dag_id, run_id, workload.result_task_id),
+        )
+    )
+    return [
+        float(ended[map_index]) - emulator.record(apikley_task_id(decoded(value)))["completeTime"] / 1000
+        for map_index, value in ids
+    ]
 
 
 def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) -> float:
@@ -274,18 +327,19 @@ def decoded(value: Any) -> Any:
 def table(measurements: list[Measurement]) -> list[str]:
     """The figures as a Markdown table, one row per way."""
     lines = [
-        "| way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
-        "(create + recordInfo + other) | scheduler CPU s | triggerer CPU s | scheduler peak RSS MiB "
-        "| triggerer peak RSS MiB | api-server CPU s | workers CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| edit | way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
+        "(create + recordInfo + other) | latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
+        "| scheduler peak RSS MiB | triggerer peak RSS MiB | api-server CPU s | workers CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         create, record = m.requests_per_edit("createTask"), m.requests_per_edit("recordInfo")
         other = sum(count for endpoint, count in m.requests.items() if endpoint not in POLLING_ENDPOINTS) / m.edits
         lines.append(
-            f"| ({m.workload.key}) {m.workload.label} | {m.wall_seconds:.1f} | {m.slot_seconds:.1f} "
-            f"| {m.peak_running} / {m.peak_deferred} "
+            f"| {m.edit_seconds:g} s | ({m.workload.key}) {m.workload.label} | {m.wall_seconds:.1f} "
+            f"| {m.slot_seconds:.1f} | {m.peak_running} / {m.peak_deferred} "
             f"| {create + record + other:.2f} ({create:.2f} + {record:.2f} + {other:.2f}) "
+            f"| {m.latency(0.5):.1f} / {m.latency(0.9):.1f} "
             f"| {m.cpu_seconds['scheduler']:.1f} | {m.cpu_seconds['triggerer']:.1f} "
             f"| {m.peak_rss['scheduler'] / MEBIBYTE:.0f} | {m.peak_rss['triggerer'] / MEBIBYTE:.0f} "
             f"| {m.cpu_seconds['api-server']:.1f} | {m.cpu_seconds[WORKERS]:.1f} |"
@@ -297,6 +351,8 @@ RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("wall", lambda m: m.wall_seconds),
     ("worker-slot-s", lambda m: m.slot_seconds),
     ("requests/edit", lambda m: sum(m.requests.values()) / m.edits),
+    ("latency p50", lambda m: m.latency(0.5)),
+    ("latency p90", lambda m: m.latency(0.9)),
     ("scheduler CPU", lambda m: m.cpu_seconds["scheduler"]),
     ("triggerer CPU", lambda m: m.cpu_seconds["triggerer"]),
     ("scheduler RSS", lambda m: m.peak_rss["scheduler"]),
@@ -307,17 +363,17 @@ RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
 
 
 def ratio_table(measurements: list[Measurement]) -> list[str]:
-    """Each figure divided by (a)'s from the same run."""
-    reference = next((m for m in measurements if m.workload == PROVIDER), None)
-    if reference is None:
-        return ["(no ratios: (a) did not run)"]
+    """Each figure divided by (a)'s for the same edit duration, from the same run."""
     lines = [
-        "| way | " + " | ".join(name for name, _ in RATIO_COLUMNS) + " |",
-        "|---|" + "---:|" * len(RATIO_COLUMNS),
+        "| edit | way | " + " | ".join(name for name, _ in RATIO_COLUMNS) + " |",
+        "|---:|---|" + "---:|" * len(RATIO_COLUMNS),
     ]
     for m in measurements:
+        reference = next((r for r in measurements if r.workload == PROVIDER and r.edit_seconds == m.edit_seconds), None)
+        if reference is None:
+            return ["(no ratios: (a) did not run)"]
         cells = [ratio(figure(m), figure(reference)) for _, figure in RATIO_COLUMNS]
-        lines.append(f"| ({m.workload.key}) / (a) | " + " | ".join(cells) + " |")
+        lines.append(f"| {m.edit_seconds:g} s | ({m.workload.key}) / (a) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -326,11 +382,13 @@ def ratio(value: float, reference: float) -> str:
 
 
 def setup_lines(args: argparse.Namespace) -> list[str]:
-    latency = " + ".join(f"{seconds:g}" for seconds in args.latency)
+    durations = ", ".join(
+        " + ".join(f"{seconds:g}" for seconds in stage_latencies(edit)) + f" = {edit:g} s" for edit in args.edit_seconds
+    )
     return [
         f"N = {args.edits} mapped edits per run, [core] parallelism = {args.parallelism} (LocalExecutor), "
-        f"poll every {POLL_SECONDS:g} s in every way",
-        f"emulator: {latency} s of waiting + queuing + generating per task (+-20% jitter), "
+        f"(b), (c), (d) poll every {POLL_SECONDS:g} s, (a) as its defaults say",
+        f"emulator: waiting + queuing + generating per task {durations} (+-20% jitter), "
         f"createTask limit {args.rate_limit} per 10 s",
         f"Airflow {version('apache-airflow')}, "
         f"apache-airflow-providers-http {version('apache-airflow-providers-http')}, "
@@ -364,7 +422,10 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
     """Start the emulator and the deployment, warm each DAG up, then measure each in turn."""
     workloads = [workload for workload in WORKLOADS if workload.key in args.workloads]
     with EmulatorProcess(
-        workdir, latency=tuple(args.latency), rate_limit=args.rate_limit, extra_args=("--credits", EMULATOR_CREDITS)
+        workdir,
+        latency=stage_latencies(args.edit_seconds[0]),
+        rate_limit=args.rate_limit,
+        extra_args=("--credits", EMULATOR_CREDITS),
     ) as emulator:
         image_url = upload_source_image(emulator)
         env = {
@@ -373,20 +434,24 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
         }
         print(f"Starting Airflow (logs in {workdir / 'logs'})...", flush=True)
         with AirflowDeployment(workdir, DAGS_FOLDER, parallelism=args.parallelism, env=env) as deployment:
-            if args.warmup_edits:
-                for workload in workloads:
-                    print(f"Warming up {workload.dag_id} ({args.warmup_edits} edits)...", flush=True)
+            measurements = []
+            for edit_seconds in args.edit_seconds:
+                emulator.configure(latency=stage_latencies(edit_seconds))
+                deployment.kill("triggerer")  # a triggerer that has only seen edits of this duration
+                deployment.start("triggerer")
+                for workload in workloads if args.warmup_edits else ():
+                    print(f"Warming up {workload.dag_id} ({args.warmup_edits} {edit_seconds:g} s edits)...", flush=True)
                     warmup = run_workload(deployment, emulator, workload, args.warmup_edits, image_url, args)
                     if warmup.problems:
                         raise RuntimeError(f"the warm-up run of {workload.dag_id} failed: {warmup.problems}")
                     time.sleep(SETTLE_SECONDS)
-            measurements = []
-            for workload in workloads:
-                print(f"Measuring ({workload.key}) {workload.dag_id} with {args.edits} edits...", flush=True)
-                measurement = run_workload(deployment, emulator, workload, args.edits, image_url, args)
-                print(f"  {measurement.wall_seconds:.1f} s, {measurement.slot_seconds:.1f} slot-s", flush=True)
-                measurements.append(measurement)
-                time.sleep(SETTLE_SECONDS)
+                for workload in workloads:
+                    print(f"Measuring ({workload.key}) {workload.dag_id}, {args.edits} {edit_seconds:g} s edits...")
+                    measurement = run_workload(deployment, emulator, workload, args.edits, image_url, args)
+                    measurement.edit_seconds = edit_seconds
+                    print(f"  {measurement.wall_seconds:.1f} s, {measurement.slot_seconds:.1f} slot-s", flush=True)
+                    measurements.append(measurement)
+                    time.sleep(SETTLE_SECONDS)
             return measurements
 
 

@@ -1,4 +1,4 @@
-"""The three ways of running N mapped edits that ``compare_waits`` measures, and how to read their results."""
+"""The ways of running N mapped edits that ``compare_waits`` measures, and how to read their results."""
 
 from __future__ import annotations
 
@@ -15,22 +15,28 @@ class Workload:
     """
     One benchmark DAG.
 
-    :param key: the short name the table uses, ``a``, ``b`` or ``c``.
+    :param key: the short name the table uses, ``a``, ``b``...
     :param dag_id: the DAG's id.
     :param label: what it is, in a few words.
-    :param result_task_id: the mapped task whose return values are the edits' results.
+    :param result_task_id: the mapped task whose return values are the edits' results, and whose end
+        is each edit's end.
+    :param id_task_id: the mapped task whose return values name each edit's Apikley task.
     """
 
     key: str
     dag_id: str
     label: str
     result_task_id: str
+    id_task_id: str
 
 
-PROVIDER = Workload("a", "bench_provider_deferrable", "provider, deferrable", "edit")
-HTTP_SENSOR = Workload("b", "bench_http_sensor", "HttpOperator + HttpSensor", "wait")
-PYTHON_SLEEP = Workload("c", "bench_python_sleep", "@task, requests, sleep", "edit")
-WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP)
+PROVIDER = Workload("a", "bench_provider_deferrable", "provider, deferrable (defaults)", "edit", "edit")
+HTTP_SENSOR = Workload("b", "bench_http_sensor", "HttpOperator, then HttpSensor", "wait", "create")
+PYTHON_SLEEP = Workload("c", "bench_python_sleep", "@task, requests, sleep", "edit", "edit")
+HTTP_TASK_GROUP = Workload(
+    "d", "bench_http_task_group", "HttpOperator -> HttpSensor per edit", "one_edit.wait", "one_edit.create"
+)
+WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP, HTTP_TASK_GROUP)
 
 
 def result_urls(value: Any) -> list[str]:
@@ -42,6 +48,11 @@ def result_urls(value: Any) -> list[str]:
     if isinstance(value, dict):
         return list(value.get("result_urls") or []) if value.get("state") == "success" else []
     return [str(url) for url in value or []]
+
+
+def apikley_task_id(value: Any) -> str:
+    """The Apikley task id in the return value of a workload's ``id_task_id``: a summary, or the bare id."""
+    return value["apikley_task_id"] if isinstance(value, dict) else str(value)
 
 
 def dag_conf(edits: int, image_url: str) -> dict[str, Any]:

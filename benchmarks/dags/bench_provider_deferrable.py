@@ -1,9 +1,10 @@
 """
 Benchmark workload (a): N mapped edits with this provider's deferrable operator.
 
-Each mapped ``QwenImageToImageOperator`` submits on a worker, checks the task once and defers to
-``ApikleyTaskTrigger``, which polls ``recordInfo`` every ``POLL_SECONDS`` in the triggerer; the
-worker slot is free while Apikley renders. ``python -m benchmarks.compare_waits`` runs it.
+Each mapped ``QwenImageToImageOperator``, with its defaults, submits on a worker and defers to
+``ApikleyTaskTrigger``: the triggerer asks ``recordInfo`` once an answer is due (what it learned
+edits take), then at Apikley's advised cadence, and ends the task itself when the edit succeeds.
+The worker slot is free while Apikley renders. ``python -m benchmarks.compare_waits`` runs it.
 
 Needs an ``apikley_default`` connection and an ``image_url`` Apikley can fetch.
 """
@@ -17,9 +18,6 @@ import pendulum
 from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
-
-#: Seconds between two status queries of one edit; the same in every benchmark DAG.
-POLL_SECONDS = 2.0
 
 with DAG(
     dag_id="bench_provider_deferrable",
@@ -47,5 +45,4 @@ with DAG(
         strength=0.6,
         output_format="png",
         deferrable=True,
-        poll_interval=POLL_SECONDS,
     ).expand_kwargs(plan_edits())
