@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer fault-suite \
+.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-task-start fault-suite \
 	system-test system-deps
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -88,10 +88,13 @@ system-deps:
 
 # The provider against HttpOperator + HttpSensor and a PythonOperator sleep loop on a real
 # deployment, then the triggerer's capacity; each prints a table README.md quotes.
-bench: bench-waits bench-triggerer
+bench: bench-waits bench-triggerer bench-task-start
 
 bench-waits: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.compare_waits
 
 bench-triggerer: $(STAMP)
 	$(BIN)/python -m benchmarks.triggerer_capacity
+
+bench-task-start: $(STAMP)
+	$(BIN)/python -m benchmarks.task_start

@@ -26,6 +26,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyError,
     error_class_for_code,
 )
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth
 from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, wall_clock_limit
 from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
@@ -101,7 +102,7 @@ class ApikleyHook(HttpHook):
     """
 
     conn_name_attr = "apikley_conn_id"
-    default_conn_name = "apikley_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "apikley"
     hook_name = "Apikley"
     default_host = DEFAULT_BASE_URL

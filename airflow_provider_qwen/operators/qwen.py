@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
@@ -30,6 +30,8 @@ from airflow_provider_qwen.triggers.apikley import (
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
+
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 #: The operator arguments that make up the model's ``input``.
 INPUT_FIELDS: tuple[str, ...] = tuple(QwenImageToImageInput.model_fields)
@@ -102,7 +104,7 @@ class QwenImageToImageOperator(BaseOperator):
         guidance_scale: float | None = None,
         enable_safety_checker: bool | None = None,
         callback_url: str | None = None,
-        apikley_conn_id: str = ApikleyHook.default_conn_name,
+        apikley_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | None = None,
@@ -141,6 +143,8 @@ class QwenImageToImageOperator(BaseOperator):
     @cached_property
     def hook(self) -> ApikleyHook:
         """The hook for ``apikley_conn_id``."""
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported when the task runs
+
         return ApikleyHook(self.apikley_conn_id)
 
     def build_input(self) -> QwenImageToImageInput:

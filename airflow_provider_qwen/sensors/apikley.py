@@ -17,7 +17,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
@@ -31,6 +31,8 @@ from airflow_provider_qwen.triggers.apikley import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 
 class ApikleyTaskSensor(BaseSensorOperator):
@@ -61,7 +63,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         self,
         *,
         apikley_task_id: str,
-        apikley_conn_id: str = ApikleyHook.default_conn_name,
+        apikley_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = 10.0,
         timeout: float = 3600.0,
@@ -77,6 +79,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
     @cached_property
     def hook(self) -> ApikleyHook:
         """The hook for ``apikley_conn_id``."""
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported when the task runs
+
         return ApikleyHook(self.apikley_conn_id)
 
     @cached_property

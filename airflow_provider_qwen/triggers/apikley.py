@@ -21,14 +21,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +367,7 @@ class ApikleyTaskTrigger(BaseTrigger):
     def __init__(
         self,
         apikley_task_id: str,
-        apikley_conn_id: str = ApikleyHook.default_conn_name,
+        apikley_conn_id: str = DEFAULT_CONN_ID,
         deadline: float | None = None,
         poll_interval: float | None = None,
         submitted_at: float | None = None,
@@ -409,6 +412,8 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the task ends or the deadline passes; yield exactly one event."""
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported in the triggerer only
+
         hook = ApikleyHook(self.apikley_conn_id)
         try:
             event = await self._wait(hook)
