@@ -318,7 +318,12 @@ def check_run(
 
 def decoded(value: Any) -> Any:
     """An XCom value as stored: JSON, which the driver may hand over already decoded."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    if not isinstance(value, str | bytes):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # a string value the driver already decoded
 
 
 # ---- report --------------------------------------------------------------------------------------
