@@ -24,9 +24,19 @@ def get_provider_info() -> dict:
             }
         ],
         "hooks": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.hooks.apikley"]}],
-        "operators": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.operators.qwen"]}],
+        "operators": [
+            {
+                "integration-name": "Apikley",
+                "python-modules": ["airflow_provider_qwen.operators.qwen", "airflow_provider_qwen.operators.batch"],
+            }
+        ],
         "sensors": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}],
-        "triggers": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.triggers.apikley"]}],
+        "triggers": [
+            {
+                "integration-name": "Apikley",
+                "python-modules": ["airflow_provider_qwen.triggers.apikley", "airflow_provider_qwen.triggers.batch"],
+            }
+        ],
         "connection-types": [CONNECTION_TYPE],
         "extra-links": ["airflow_provider_qwen.links.ApikleyTaskLink"],
         "config": {

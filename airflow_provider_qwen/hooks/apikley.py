@@ -359,7 +359,8 @@ class ApikleyHook(HttpHook):
             "ssl": _ssl_option(settings.verify),
             "allow_redirects": False,
         }
-        self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
+        if self._aio_session is None:  # queries started together all looked the connection up: borrow once
+            self._aio_session = await shared_sessions.acquire(self.apikley_conn_id)
         return self._aio_session
 
     async def _asend(self, method: str, endpoint: str, **request_kwargs: Any) -> Any:

@@ -389,3 +389,11 @@ async def test_without_a_task_instance_or_an_xcom_api_the_worker_resumes_instead
     trigger.task_instance = TriggerTaskInstance()
     (event,) = [event async for event in trigger.run()]
     assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "success"
+
+
+async def test_queries_started_together_borrow_the_shared_session_once(apikley, running_task):
+    hook = ApikleyHook()
+    await asyncio.gather(*(hook.aget_task(running_task) for _ in range(3)))
+    assert shared_sessions.borrowers("apikley_default") == 1
+    await hook.aclose()
+    assert shared_sessions.borrowers("apikley_default") == 0

@@ -1,0 +1,153 @@
+"""Waiting for many Apikley tasks in one trigger: a batch's edits, each asked about when its answer is due."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_qwen.exceptions import ApikleyError
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.hooks.retries import ONE_TRY
+from airflow_provider_qwen.triggers.apikley import (
+    EXPECTED_DURATIONS,
+    Done,
+    EventStatus,
+    TaskEvent,
+    TaskWait,
+    TimedOut,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+    from airflow_provider_qwen.models import TaskRecord
+
+#: Status queries one batch trigger keeps in flight at once.
+CONCURRENT_QUERIES = 16
+
+
+class ApikleyBatchTrigger(BaseTrigger):
+    """
+    Poll every task of a batch until each has ended or the deadline passes, then fire one event.
+
+    Each task is asked about first when its answer is due (its submit time plus the expected
+    duration), then at Apikley's advised cadence, and never again once it has ended, so a batch
+    costs about one status query per edit. Like :class:`~.apikley.ApikleyTaskTrigger` it only reads,
+    and its arguments are JSON primitives.
+
+    The event is ``{"status": "done", "tasks": [...]}``: one
+    :class:`~airflow_provider_qwen.triggers.apikley.TaskEvent` payload per task, in the order given.
+
+    :param tasks: ``[apikley_task_id, submitted_at]`` pairs, one per edit.
+    :param apikley_conn_id: the Airflow connection to Apikley.
+    :param deadline: epoch seconds after which the tasks still running end with ``timeout``.
+    :param model: the tasks' model, whose usual duration sets each first query.
+    :param expected_duration: seconds a task is expected to take; ``None`` uses what was learned.
+    :param poll_interval: a fixed interval (varied by 10%) instead of Apikley's advised cadence.
+    :param max_consecutive_poll_errors: failed queries in a row that end one task's wait with ``error``.
+    """
+
+    def __init__(
+        self,
+        tasks: list[list[Any]],
+        apikley_conn_id: str = DEFAULT_CONN_ID,
+        deadline: float | None = None,
+        model: str | None = None,
+        expected_duration: float | None = None,
+        poll_interval: float | None = None,
+        max_consecutive_poll_errors: int = 10,
+    ) -> None:
+        super().__init__()
+        self.tasks = [[str(task_id), float(submitted_at)] for task_id, submitted_at in tasks]
+        self.apikley_conn_id = apikley_conn_id
+        self.deadline = deadline
+        self.model = model
+        self.expected_duration = expected_duration
+        self.poll_interval = poll_interval
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The trigger's class path and its arguments (JSON primitives only)."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "tasks": self.tasks,
+                "apikley_conn_id": self.apikley_conn_id,
+                "deadline": self.deadline,
+                "model": self.model,
+                "expected_duration": self.expected_duration,
+                "poll_interval": self.poll_interval,
+                "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until every task has ended or timed out; yield exactly one event."""
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported in the triggerer only
+
+        hook = ApikleyHook(self.apikley_conn_id)
+        try:
+            events = await self._wait_for_all(hook)
+        finally:
+            await hook.aclose()
+        yield TriggerEvent({"status": "done", "tasks": [event.to_payload() for event in events]})
+
+    async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:
+        expected = self.expected_duration
+        if expected is None:
+            expected = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
+        waits = [
+            TaskWait(
+                task_id,
+                submitted_at=submitted_at,
+                deadline=self.deadline,
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                expected_duration=expected,
+                logger=self.log,
+            )
+            for task_id, submitted_at in self.tasks
+        ]
+        now = time.time()
+        due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(waits)]
+        heapq.heapify(due)
+        events: dict[int, TaskEvent] = {}
+        limit = asyncio.Semaphore(CONCURRENT_QUERIES)
+        while due:
+            await asyncio.sleep(max(0.0, due[0][0] - time.time()))
+            batch = []
+            while due and due[0][0] <= time.time():
+                batch.append(heapq.heappop(due)[1])
+            outcomes = await asyncio.gather(*(self._query(hook, waits[index], limit) for index in batch))
+            for index, outcome in zip(batch, outcomes, strict=True):
+                wait = waits[index]
+                try:
+                    step = wait.after(outcome, time.time())
+                except Exception as err:
+                    events[index] = TaskEvent(EventStatus.ERROR, wait.apikley_task_id, message=_describe(err))
+                    continue
+                if isinstance(step, Done):
+                    EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
+                    events[index] = TaskEvent.ended(step.record)
+                elif isinstance(step, TimedOut):
+                    events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
+                else:
+                    heapq.heappush(due, (time.time() + step.seconds, index))
+        self.log.info("All %d Apikley tasks of the batch have ended", len(waits))
+        return [events[index] for index in range(len(waits))]
+
+    @staticmethod
+    async def _query(hook: ApikleyHook, wait: TaskWait, limit: asyncio.Semaphore) -> TaskRecord | ApikleyError:
+        async with limit:
+            try:
+                return await hook.aget_task(wait.apikley_task_id, retry_policy=ONE_TRY)
+            except ApikleyError as err:
+                return err
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"

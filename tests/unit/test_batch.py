@@ -1,0 +1,211 @@
+"""A whole catalog in one task: checked before paying, submitted at the account's rate, resumed without paying twice."""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+import pytest
+
+from airflow.providers.common.compat.sdk import TaskDeferred
+
+from airflow_provider_qwen.emulator.script import envelope
+from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError
+from airflow_provider_qwen.operators.batch import (
+    LEDGER_PAGE,
+    BatchLedger,
+    CreateRateLimiter,
+    QwenImageToImageBatchOperator,
+)
+from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
+from tests.conftest import API_KEY, submit_edit
+
+
+class FakeStateStore(dict):
+    """Airflow 3.3's task state store, as the operator uses it."""
+
+    def set(self, key, value):
+        self[key] = value
+
+
+def make_batch(image_url: str, items: int = 3, **overrides) -> QwenImageToImageBatchOperator:
+    inputs = [{"prompt": f"variation {n}", "image_url": image_url, "seed": n} for n in range(items)]
+    arguments = {"task_id": "batch", "inputs": inputs, "poll_interval": 0.01, "expected_duration": 0.0}
+    return QwenImageToImageBatchOperator(**{**arguments, **overrides})
+
+
+def deferred(operator: QwenImageToImageBatchOperator, store: FakeStateStore | None = None) -> ApikleyBatchTrigger:
+    with pytest.raises(TaskDeferred) as excinfo:
+        operator.execute({"ti": mock.Mock(), "task_state_store": store})
+    return excinfo.value.trigger
+
+
+async def fire(trigger: ApikleyBatchTrigger) -> dict:
+    (event,) = [event.payload async for event in trigger.run()]
+    return event
+
+
+def test_every_item_is_checked_before_anything_is_sent(apikley, source_image_url):
+    inputs = [
+        {"prompt": "fine", "image_url": source_image_url},
+        {"prompt": "", "image_url": source_image_url},
+        "not a dict",
+        {"prompt": "fine", "image_url": "ftp://x", "strength": 3},
+    ]
+    with pytest.raises(ApikleyInputError) as excinfo:
+        QwenImageToImageBatchOperator(task_id="batch", inputs=inputs).execute({"ti": mock.Mock()})
+    message = str(excinfo.value)
+    assert "inputs[0]" not in message
+    assert "inputs[1]" in message and "prompt=''" in message
+    assert "inputs[2]: must be a dict of input fields, got str" in message
+    assert "inputs[3]" in message and "strength=3" in message and "image_url='ftp://x'" in message
+    assert apikley.seen() == []
+
+
+def test_the_limiter_allows_a_window_of_creates_then_waits_for_the_oldest_to_leave_it():
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+        now[0] += seconds
+
+    limiter = CreateRateLimiter(3, 10.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        limiter.wait()
+        limiter.created()
+        now[0] += 1
+    assert slept == []
+    limiter.wait()  # the first of three, at 100, leaves the window at 110
+    assert slept == [7.0] and now[0] == 110.0
+    limiter.created()
+    limiter.back_off(4.0)
+    limiter.wait()
+    assert slept == [7.0, 4.0]
+
+
+def test_a_batch_is_submitted_at_the_accounts_rate_without_a_single_429(apikley, source_image_url):
+    apikley.configure(create_rate_limit=3, create_rate_window=0.5)
+    started = time.monotonic()
+    trigger = deferred(make_batch(source_image_url, items=7, creates_per_window=3, window_seconds=0.5))
+    assert time.monotonic() - started >= 1.0  # 3 at once, 3 after 0.5 s, 1 after 1 s
+    assert [task_id for task_id, _ in trigger.tasks] == list(apikley.state.tasks)
+    assert apikley.state.accepted_creates == 7
+    assert not any(key.startswith("createTask 429") for key in apikley.stats()["requests"])
+
+
+def test_a_429_slows_the_batch_down_and_drops_no_item(apikley, source_image_url):
+    apikley.script("createTask", envelope(code=429, msg="Too many requests", times=4))
+    trigger = deferred(make_batch(source_image_url, items=3))
+    assert len(trigger.tasks) == 3 == apikley.state.accepted_creates
+    assert len(apikley.seen("createTask")) == 3 + 4
+
+
+def test_each_task_id_is_saved_as_soon_as_it_exists(apikley, source_image_url):
+    store = FakeStateStore()
+    trigger = deferred(make_batch(source_image_url, items=3), store)
+    assert BatchLedger(store).load() == {index: tuple(task) for index, task in enumerate(trigger.tasks)}
+
+
+def test_a_retry_resumes_the_batch_and_pays_only_for_the_items_never_submitted(apikley, source_image_url):
+    earlier = [submit_edit(source_image_url, seed=n) for n in range(2)]
+    store = FakeStateStore()
+    ledger = BatchLedger(store)
+    submitted = {0: (earlier[0], time.time()), 1: (earlier[1], time.time())}
+    ledger.record(1, submitted)
+
+    trigger = deferred(make_batch(source_image_url, items=4), store)
+
+    assert [task_id for task_id, _ in trigger.tasks][:2] == earlier
+    assert apikley.state.accepted_creates == 2 + 2
+    assert [request.json()["input"]["seed"] for request in apikley.seen("createTask")] == [0, 1, 2, 3]
+
+
+def test_the_ledger_keeps_pages_so_no_write_grows_with_the_batch():
+    store = FakeStateStore()
+    ledger = BatchLedger(store)
+    submitted = {index: (f"task-{index}", 1.0) for index in range(LEDGER_PAGE + 5)}
+    for index in submitted:
+        ledger.record(index, submitted)
+    assert sorted(store) == ["apikley_batch/0", "apikley_batch/1"]
+    assert len(store["apikley_batch/1"]) == 5
+    assert ledger.load() == submitted
+    assert BatchLedger(None).load() == {}
+
+
+async def test_one_trigger_waits_for_all_asking_about_each_once_when_its_answer_is_due(apikley, source_image_url):
+    apikley.configure(latency=(0.0, 0.0, 0.2), jitter=0.0)
+    tasks = [[submit_edit(source_image_url, seed=n), time.time()] for n in range(5)]
+    event = await fire(ApikleyBatchTrigger(tasks=tasks, expected_duration=0.4, poll_interval=0.05))
+    assert event["status"] == "done"
+    assert [item["apikley_task_id"] for item in event["tasks"]] == [task_id for task_id, _ in tasks]
+    assert {item["status"] for item in event["tasks"]} == {"success"}
+    assert len(apikley.seen("recordInfo")) == 5
+
+
+async def test_a_failed_or_unknown_item_does_not_stop_the_others(apikley, source_image_url):
+    good = submit_edit(source_image_url)
+    apikley.configure(fail_fraction=1.0)
+    bad = submit_edit(source_image_url)
+    tasks = [[good, time.time()], [bad, time.time()], ["no-such-task", time.time()]]
+    event = await fire(ApikleyBatchTrigger(tasks=tasks, expected_duration=0.0, poll_interval=0.02))
+    statuses = [(item["apikley_task_id"], item["status"]) for item in event["tasks"]]
+    assert statuses == [(good, "success"), (bad, "failed"), ("no-such-task", "error")]
+    assert API_KEY not in str(event)
+
+
+def test_results_come_back_in_input_order_and_are_stored(apikley, source_image_url, tmp_path):
+    operator = make_batch(source_image_url, items=3, output_path=f"file://{tmp_path}", max_failed_fraction=0.5)
+    task_ids = [apikley.wait_until_ended(submit_edit(source_image_url)).task_id for _ in range(2)]
+    event = {
+        "status": "done",
+        "tasks": [
+            {
+                "status": "success",
+                "apikley_task_id": task_ids[0],
+                "result_urls": apikley.state.tasks[task_ids[0]].result_urls,
+            },
+            {"status": "failed", "apikley_task_id": "t-failed", "fail_code": "501", "fail_message": "flagged"},
+            {
+                "status": "success",
+                "apikley_task_id": task_ids[1],
+                "result_urls": apikley.state.tasks[task_ids[1]].result_urls,
+            },
+        ],
+    }
+    results = operator.execute_complete({"ti": mock.Mock()}, event)
+    assert [(result["index"], result["state"]) for result in results] == [(0, "success"), (1, "failed"), (2, "success")]
+    assert results[1]["fail_code"] == "501" and results[1]["result_urls"] == []
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{task_id}-0.png" for task_id in task_ids)
+    assert results[0]["stored"][0]["uri"].endswith(f"{task_ids[0]}-0.png")
+
+
+def test_more_failures_than_the_threshold_fail_the_task_naming_them(source_image_url):
+    event = {
+        "status": "done",
+        "tasks": [
+            {"status": "success", "apikley_task_id": "t0", "result_urls": ["https://example.org/0.png"]},
+            {"status": "failed", "apikley_task_id": "t1", "fail_code": "501", "fail_message": "flagged"},
+            {"status": "timeout", "apikley_task_id": "t2", "message": "did not finish"},
+        ],
+    }
+    with pytest.raises(ApikleyError) as excinfo:
+        make_batch(source_image_url, max_failed_fraction=0.5).execute_complete({"ti": mock.Mock()}, event)
+    message = str(excinfo.value)
+    assert "2 of 3 edits did not succeed" in message
+    assert "inputs[1] (Apikley task t1) failed 501: flagged" in message
+    assert "inputs[2] (Apikley task t2) timeout: did not finish" in message
+
+
+@pytest.mark.parametrize("event", [None, {"status": "success"}, {"status": "done", "tasks": "all"}])
+def test_an_event_that_is_not_the_batch_triggers_is_an_error(event, source_image_url):
+    with pytest.raises(ApikleyError, match="Expected the event of an Apikley batch trigger"):
+        make_batch(source_image_url).execute_complete({"ti": mock.Mock()}, event)
+
+
+def test_the_trigger_holds_json_primitives_only(source_image_url):
+    trigger = ApikleyBatchTrigger(tasks=[["t1", 1.5], ["t2", 2.5]], deadline=100.0, model="qwen/image-to-image")
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_qwen.triggers.batch.ApikleyBatchTrigger"
+    assert ApikleyBatchTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert kwargs["tasks"] == [["t1", 1.5], ["t2", 2.5]]
