@@ -63,8 +63,8 @@ with DAG(
         ]
 
     @task
-    def edit(edit_input: dict[str, Any]) -> list[str]:
-        """Submit one edit, then poll until it ends; return its result URLs."""
+    def edit(edit_input: dict[str, Any]) -> dict[str, Any]:
+        """Submit one edit, then poll until it ends; return its task id and result URLs."""
         connection = BaseHook.get_connection(CONNECTION_ID)
         base_url = f"{connection.schema or 'http'}://{connection.host}:{connection.port}"
         with requests.Session() as session:
@@ -81,7 +81,8 @@ with DAG(
                 )
                 record = apikley_data(answer)
                 if record["state"] == "success":
-                    return json.loads(record["resultJson"])["resultUrls"]
+                    urls = json.loads(record["resultJson"])["resultUrls"]
+                    return {"apikley_task_id": task_id, "state": "success", "result_urls": urls}
                 if record["state"] == "fail":
                     raise AirflowFailException(f"Apikley task {task_id} failed: {record.get('failMsg')}")
                 time.sleep(POLL_SECONDS)
