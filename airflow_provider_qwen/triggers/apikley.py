@@ -174,7 +174,7 @@ class ExpectedDurations:
     :param minimum_samples: durations needed before there is an expectation.
     """
 
-    def __init__(self, samples: int = 200, percentile: float = 0.75, minimum_samples: int = 5) -> None:
+    def __init__(self, samples: int = 50, percentile: float = 0.75, minimum_samples: int = 5) -> None:
         self.percentile = percentile
         self.minimum_samples = minimum_samples
         self._seen: dict[tuple[str, str], deque[float]] = defaultdict(lambda: deque(maxlen=samples))

@@ -411,3 +411,47 @@ def edit_end_latencies(
         ended[index] - emulator.record(result["apikley_task_id"])["completeTime"] / 1000
         for index, result in enumerate(results)
     ]
+
+
+BATCH_DAG_ID = "qwen_system_batch"
+BATCH_EDITS = 40
+
+
+def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(deployment, emulator, system_workdir):
+    output = system_workdir / "batch"
+    before = accepted_creates(emulator)
+    run_id = deployment.trigger(BATCH_DAG_ID, {"edits": BATCH_EDITS, "output_uri": f"file://{output}"})
+    wait_for(
+        lambda: accepted_creates(emulator) - before >= BATCH_EDITS // 3,
+        timeout=SUBMIT_TIMEOUT_SECONDS,
+        what=f"a third of the batch's {BATCH_EDITS} edits to be submitted",
+        interval=0.1,
+    )
+    (batch,) = [ti for ti in deployment.task_instances(BATCH_DAG_ID, run_id) if ti["task_id"] == "batch"]
+    deployment.task_process(batch["id"]).send_signal(signal.SIGKILL)
+    submitted_when_killed = accepted_creates(emulator) - before
+
+    state = deployment.wait_for_run(BATCH_DAG_ID, run_id, timeout=SUBMIT_TIMEOUT_SECONDS)
+    (batch,) = [ti for ti in deployment.task_instances(BATCH_DAG_ID, run_id) if ti["task_id"] == "batch"]
+    assert state == "success", batch
+    assert batch["try_number"] == 2, "the killed try was not retried"
+    assert submitted_when_killed < BATCH_EDITS, "the batch was all submitted before the kill: nothing was resumed"
+    creates = accepted_creates(emulator) - before
+    assert creates == BATCH_EDITS, f"{creates} createTask calls accepted for {BATCH_EDITS} edits"
+
+    ((results,),) = deployment.sql(
+        "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' AND key = 'return_value'",
+        (BATCH_DAG_ID, run_id),
+    )
+    assert [result["index"] for result in results] == list(range(BATCH_EDITS))
+    assert {result["state"] for result in results} == {"success"}
+    assert_results_stored(results)
+    (retry_log,) = (deployment.airflow_home / "logs").glob(
+        f"dag_id={BATCH_DAG_ID}/run_id={run_id}/task_id=batch/attempt=2.log"
+    )
+    (resumed,) = re.findall(r"Resuming (\d+) Apikley tasks", retry_log.read_text())
+    assert int(resumed) == submitted_when_killed
+    MEASUREMENTS.append(
+        f"batch of {BATCH_EDITS}: worker SIGKILLed after {submitted_when_killed} creates; try 2 resumed them and "
+        f"submitted the rest; createTask accepted {creates}; all {BATCH_EDITS} results stored (sha256 checked)"
+    )
