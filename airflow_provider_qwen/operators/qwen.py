@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyInputError, ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
@@ -76,7 +76,7 @@ class QwenImageToImageOperator(BaseOperator):
         and seconds per edit. ``None`` (the default) does so when nothing is left for a worker:
         no ``output_path``, no ``on_success_callback``, no ``multiple_outputs``, ``do_xcom_push``
         left on, and no OpenLineage listener waiting for the task's facets. Failures always resume
-        on a worker, which raises the error.
+        on a worker, which raises the error. ``True`` with ``output_path`` is refused.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
@@ -137,6 +137,11 @@ class QwenImageToImageOperator(BaseOperator):
         self.output_path = output_path
         self.resubmit_failed_task = resubmit_failed_task
         self.expected_duration = expected_duration
+        if end_in_triggerer and output_path:
+            raise ApikleyInputError(
+                f"end_in_triggerer=True with output_path={output_path!r}: results are copied to output_path "
+                "on a worker, so a task that keeps them must resume on one; leave end_in_triggerer unset"
+            )
         self.end_in_triggerer = end_in_triggerer
         self._result: dict[str, Any] | None = None
 
