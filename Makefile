@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-task-start fault-suite \
+.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-task-start bench-batch fault-suite \
 	system-test system-deps
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -88,7 +88,7 @@ system-deps:
 
 # The provider against HttpOperator + HttpSensor and a PythonOperator sleep loop on a real
 # deployment, then the triggerer's capacity; each prints a table README.md quotes.
-bench: bench-waits bench-triggerer bench-task-start
+bench: bench-waits bench-triggerer bench-task-start bench-batch
 
 bench-waits: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.compare_waits
@@ -98,3 +98,6 @@ bench-triggerer: $(STAMP)
 
 bench-task-start: $(STAMP)
 	$(BIN)/python -m benchmarks.task_start
+
+bench-batch: $(STAMP)
+	$(BIN)/python -m benchmarks.batch_rate

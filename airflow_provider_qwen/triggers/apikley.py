@@ -154,7 +154,8 @@ class TaskWait:
             if outcome.state.is_terminal:
                 return Done(outcome)
             self.last_state = outcome.state.value
-            delay = poll_delay(max(0.0, now - self.answer_due_at), self.poll_interval)
+            # never ask again before an answer is due (an expectation learned since the first query)
+            delay = max(poll_delay(max(0.0, now - self.answer_due_at), self.poll_interval), self.answer_due_at - now)
         if self.deadline is None:
             return Sleep(delay)
         if now >= self.deadline:

@@ -137,6 +137,9 @@ class ApikleyBatchTrigger(BaseTrigger):
                     events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
                 else:
                     heapq.heappush(due, (time.time() + step.seconds, index))
+                    learned = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
+                    if self.expected_duration is None and learned > wait.expected_duration:
+                        wait.expected_duration = learned  # from the edits of this batch that ended since
         self.log.info("All %d Apikley tasks of the batch have ended", len(waits))
         return [events[index] for index in range(len(waits))]
 
