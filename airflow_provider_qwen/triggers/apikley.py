@@ -197,6 +197,20 @@ class ExpectedDurations:
 EXPECTED_DURATIONS = ExpectedDurations()
 
 
+def wait_settings(trigger: Any) -> dict[str, Any]:
+    """The :class:`TaskWait` arguments a trigger's own arguments set, the expected duration learned unless given."""
+    expected = trigger.expected_duration
+    if expected is None:
+        expected = EXPECTED_DURATIONS.expected(trigger.apikley_conn_id, trigger.model)
+    return {
+        "deadline": trigger.deadline,
+        "poll_interval": trigger.poll_interval,
+        "max_consecutive_poll_errors": trigger.max_consecutive_poll_errors,
+        "expected_duration": expected,
+        "logger": trigger.log,
+    }
+
+
 class EventStatus(StrEnum):
     """How the wait ended."""
 
@@ -426,18 +440,7 @@ class ApikleyTaskTrigger(BaseTrigger):
             yield TriggerEvent(event.to_payload())
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
-        expected = self.expected_duration
-        if expected is None:
-            expected = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
-        wait = TaskWait(
-            self.apikley_task_id,
-            submitted_at=self.submitted_at,
-            deadline=self.deadline,
-            poll_interval=self.poll_interval,
-            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-            expected_duration=expected,
-            logger=self.log,
-        )
+        wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))
         try:
             await asyncio.sleep(wait.first_query_delay(time.time()))
             while True:

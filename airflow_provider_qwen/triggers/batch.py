@@ -20,6 +20,7 @@ from airflow_provider_qwen.triggers.apikley import (
     TaskEvent,
     TaskWait,
     TimedOut,
+    wait_settings,
 )
 
 if TYPE_CHECKING:
@@ -97,21 +98,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         yield TriggerEvent({"status": "done", "tasks": [event.to_payload() for event in events]})
 
     async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:
-        expected = self.expected_duration
-        if expected is None:
-            expected = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
-        waits = [
-            TaskWait(
-                task_id,
-                submitted_at=submitted_at,
-                deadline=self.deadline,
-                poll_interval=self.poll_interval,
-                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-                expected_duration=expected,
-                logger=self.log,
-            )
-            for task_id, submitted_at in self.tasks
-        ]
+        settings = wait_settings(self)
+        waits = [TaskWait(task_id, submitted_at=submitted_at, **settings) for task_id, submitted_at in self.tasks]
         now = time.time()
         due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(waits)]
         heapq.heapify(due)
