@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -95,6 +96,11 @@ def result_destination(
     if dest.parent != folder:
         raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
     return dest
+
+
+def result_extension(input: dict[str, Any]) -> str:
+    """The file extension of a task's results, from the ``output_format`` of its ``input``."""
+    return "jpg" if input.get("output_format") == "jpeg" else "png"
 
 
 def check_result_url(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from airflow_provider_qwen.storage import (
     check_result_url,
     check_upload,
     check_upload_path,
+    result_destination,
     write_atomically,
 )
 
@@ -317,6 +318,23 @@ class ApikleyHook(HttpHook):
     def result_host_policy(self) -> ResultHostPolicy:
         """Which hosts result URLs may point to, for this connection."""
         return ResultHostPolicy.for_api(self.settings.base_url, self.settings.private_result_hosts)
+
+    def store_results(
+        self, apikley_task_id: str, result_urls: Sequence[str], folder: str | ObjectStoragePath, extension: str = "png"
+    ) -> list[StoredFile]:
+        """
+        Copy every result of a task into ``folder``, each as ``<apikley_task_id>-<n>.<extension>``.
+
+        :raises ApikleyBadResponseError: when the task id is not shaped like one (it names the files).
+        """
+        folder = folder if isinstance(folder, ObjectStoragePath) else ObjectStoragePath(folder)
+        stored = [
+            self.download_result(url, result_destination(folder, apikley_task_id, index, extension))
+            for index, url in enumerate(result_urls)
+        ]
+        for item in stored:
+            self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
+        return stored
 
     def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
         with wall_clock_limit(self.timeout) as deadline:

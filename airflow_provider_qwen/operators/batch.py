@@ -14,7 +14,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
-from airflow_provider_qwen.storage import result_destination
+from airflow_provider_qwen.storage import result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, EventStatus, TaskEvent
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 
@@ -264,15 +264,12 @@ class QwenImageToImageBatchOperator(BaseOperator):
         result.pop("status")
         result.setdefault("result_urls", [])
         if self.output_path and outcome.status is EventStatus.SUCCESS:
-            folder = ObjectStoragePath(self.output_path)
-            extension = "jpg" if self.inputs[index].get("output_format") == "jpeg" else "png"
+            extension = result_extension(self.inputs[index])
             try:
-                result["stored"] = [
-                    self.hook.download_result(
-                        url, result_destination(folder, outcome.apikley_task_id, n, extension)
-                    ).to_dict()
-                    for n, url in enumerate(outcome.result_urls)
-                ]
+                stored = self.hook.store_results(
+                    outcome.apikley_task_id, outcome.result_urls, self.output_path, extension
+                )
+                result["stored"] = [item.to_dict() for item in stored]
             except ApikleyError as err:  # the others are still stored
                 result.update(state=EventStatus.ERROR.value, message=f"Could not store the result: {err}")
         return result

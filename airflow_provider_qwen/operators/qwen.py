@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-from airflow_provider_qwen.exceptions import ApikleyInputError, ApikleyNotFoundError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
-from airflow_provider_qwen.storage import result_destination
+from airflow_provider_qwen.storage import result_extension
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
@@ -73,10 +73,12 @@ class QwenImageToImageOperator(BaseOperator):
         (a blocking wait starts asking at once).
     :param end_in_triggerer: when a deferred edit succeeds, end the task from the triggerer
         (its XCom value pushed there) instead of resuming it on a worker, which saves a worker run
-        and seconds per edit. ``None`` (the default) does so when nothing is left for a worker:
-        no ``output_path``, no ``on_success_callback``, no ``multiple_outputs``, ``do_xcom_push``
-        left on, and no OpenLineage listener waiting for the task's facets. Failures always resume
-        on a worker, which raises the error. ``True`` with ``output_path`` is refused.
+        and seconds per edit; results are then copied to ``output_path`` from the triggerer.
+        ``None`` (the default) does so when nothing is left for a worker: no ``on_success_callback``,
+        no ``multiple_outputs``, ``do_xcom_push`` left on, ``output_path`` a URI string (not an
+        ``ObjectStoragePath`` object, whose connection the trigger could not carry), and no
+        OpenLineage listener waiting for the task's facets. Failures always resume
+        on a worker, which raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
@@ -137,11 +139,6 @@ class QwenImageToImageOperator(BaseOperator):
         self.output_path = output_path
         self.resubmit_failed_task = resubmit_failed_task
         self.expected_duration = expected_duration
-        if end_in_triggerer and output_path:
-            raise ApikleyInputError(
-                f"end_in_triggerer=True with output_path={output_path!r}: results are copied to output_path "
-                "on a worker, so a task that keeps them must resume on one; leave end_in_triggerer unset"
-            )
         self.end_in_triggerer = end_in_triggerer
         self._result: dict[str, Any] | None = None
 
@@ -237,6 +234,7 @@ class QwenImageToImageOperator(BaseOperator):
                 expected_duration=self.expected_duration,
                 end_task_on_success=self._ends_in_triggerer(),
                 maps_over_result=self._maps_over_result(context),
+                output_path=str(self.output_path) if self.output_path else None,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
@@ -245,7 +243,13 @@ class QwenImageToImageOperator(BaseOperator):
     def _ends_in_triggerer(self) -> bool:
         if self.end_in_triggerer is not None:
             return self.end_in_triggerer
-        worker_needed = self.output_path or self.on_success_callback or self.multiple_outputs or not self.do_xcom_push
+        # an ObjectStoragePath object may carry a connection or options that a URI string would lose
+        worker_needed = (
+            isinstance(self.output_path, ObjectStoragePath)
+            or self.on_success_callback
+            or self.multiple_outputs
+            or not self.do_xcom_push
+        )
         return not worker_needed and not _lineage_listener_active()
 
     def _maps_over_result(self, context: Context) -> bool:
@@ -277,16 +281,11 @@ class QwenImageToImageOperator(BaseOperator):
         return deadline
 
     def _copy_results(self, summary: dict[str, Any]) -> dict[str, Any]:
-        if not self.output_path:
+        if not self.output_path or "stored" in summary:
             return summary
-        folder = ObjectStoragePath(self.output_path)
-        extension = "jpg" if summary["input"].get("output_format") == "jpeg" else "png"
-        stored = [
-            self.hook.download_result(url, result_destination(folder, summary["apikley_task_id"], index, extension))
-            for index, url in enumerate(summary["result_urls"])
-        ]
-        for item in stored:
-            self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
+        stored = self.hook.store_results(
+            summary["apikley_task_id"], summary["result_urls"], self.output_path, result_extension(summary["input"])
+        )
         return {**summary, "stored": [item.to_dict() for item in stored]}
 
 

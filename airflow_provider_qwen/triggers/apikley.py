@@ -29,6 +29,7 @@ from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedErro
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
+from airflow_provider_qwen.storage import result_extension
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -377,6 +378,8 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param end_task_on_success: end the deferred task from the triggerer when the edit succeeds.
     :param maps_over_result: downstream tasks map over the task's XCom value, so its length is
         recorded with it, as a worker records it.
+    :param output_path: with ``end_task_on_success``, a folder URI to copy the results into first,
+        as the operator's ``output_path`` does (in a thread, so the triggerer's loop goes on).
     """
 
     def __init__(
@@ -392,6 +395,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         expected_duration: float | None = None,
         end_task_on_success: bool = False,
         maps_over_result: bool = False,
+        output_path: str | None = None,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -405,6 +409,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.expected_duration = expected_duration
         self.end_task_on_success = end_task_on_success
         self.maps_over_result = maps_over_result
+        self.output_path = output_path
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """The trigger's class path and its arguments (JSON primitives only)."""
@@ -422,6 +427,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "expected_duration": self.expected_duration,
                 "end_task_on_success": self.end_task_on_success,
                 "maps_over_result": self.maps_over_result,
+                "output_path": self.output_path,
             },
         )
 
@@ -434,7 +440,7 @@ class ApikleyTaskTrigger(BaseTrigger):
             event = await self._wait(hook)
         finally:
             await hook.aclose()
-        if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._push_result(event):
+        if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._end_task(event):
             yield TaskSuccessEvent()
         else:
             yield TriggerEvent(event.to_payload())
@@ -463,13 +469,14 @@ class ApikleyTaskTrigger(BaseTrigger):
         except ApikleyError as err:
             return err
 
-    async def _push_result(self, event: TaskEvent) -> bool:
+    async def _end_task(self, event: TaskEvent) -> bool:
         """
-        Push the task's XCom value as its worker would; ``False`` when it cannot be pushed from here.
+        Store the results and push the task's XCom value as its worker would; ``False`` when that
+        cannot be done from here, and a worker resumes the task instead.
 
-        Through the Task SDK's XCom API, not ``TaskSuccessEvent(xcoms=...)``: that stores the value
-        as a JSON string and records no mapped length, so downstream tasks could not map over it.
-        Where the trigger runs without a task instance (``dag.test()``), the worker resumes instead.
+        The value goes through the Task SDK's XCom API, not ``TaskSuccessEvent(xcoms=...)``: that
+        stores it as a JSON string and records no mapped length, so downstream tasks could not map
+        over it. Where the trigger runs without a task instance (``dag.test()``), a worker resumes.
         """
         ti = self.task_instance
         if ti is None or not hasattr(ti, "run_id"):
@@ -479,6 +486,12 @@ class ApikleyTaskTrigger(BaseTrigger):
         from airflow.sdk.execution_time.xcom import XCom
 
         value = event.summary()
+        if self.output_path:
+            try:  # blocking file writes, in a thread of their own
+                value["stored"] = await sync_to_async(self._store_results, thread_sensitive=False)(value)
+            except Exception:
+                self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
+                return False
         try:
             await sync_to_async(XCom.set)(
                 key="return_value",
@@ -496,6 +509,14 @@ class ApikleyTaskTrigger(BaseTrigger):
             return False
         self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
         return True
+
+    def _store_results(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+        hook = ApikleyHook(self.apikley_conn_id)
+        extension = result_extension(summary["input"])
+        stored = hook.store_results(summary["apikley_task_id"], summary["result_urls"], self.output_path, extension)
+        return [item.to_dict() for item in stored]
 
 
 def query(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:

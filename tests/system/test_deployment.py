@@ -182,8 +182,9 @@ def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(de
     before = emulator.stats()
     emulator.configure(faults=SLOW_RECORD_INFO)
     try:
-        run_id = deployment.trigger(DAG_ID, {"edits": 1, "output_uri": f"file://{output}"})
-        # Submitted, its Apikley task id saved, and now in its first status query, held 30 s.
+        # A blocking wait, so the try is still on its worker after submitting: in its first status query,
+        # held 30 s. (A deferrable try leaves the worker right after submitting, with nothing to kill.)
+        run_id = deployment.trigger(DAG_ID, {"edits": 1, "output_uri": f"file://{output}", "deferrable": False})
         wait_for(
             lambda: (
                 (stats := emulator.stats())["accepted_create_tasks"] > before["accepted_create_tasks"]

@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from airflow.providers.common.compat.sdk import TaskDeferred
+from airflow.providers.common.compat.sdk import ObjectStoragePath, TaskDeferred
 
 from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
 from airflow_provider_qwen.emulator.script import envelope, html_page
@@ -110,7 +110,8 @@ def test_defers_right_after_submitting_without_asking_first(apikley, edit, conte
     ("arguments", "ends_in_triggerer"),
     [
         ({}, True),
-        ({"output_path": "file:///tmp/edits"}, False),
+        ({"output_path": "file:///tmp/edits"}, True),  # the trigger copies the results
+        ({"output_path": ObjectStoragePath("file:///tmp/edits")}, False),
         ({"on_success_callback": print}, False),
         ({"multiple_outputs": True}, False),
         ({"do_xcom_push": False}, False),
@@ -123,12 +124,6 @@ def test_a_success_ends_in_the_triggerer_only_when_no_worker_work_is_left(
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True, **arguments).execute(context)
     assert excinfo.value.trigger.end_task_on_success is ends_in_triggerer
-
-
-def test_ending_in_the_triggerer_cannot_be_forced_on_an_edit_whose_results_are_copied(apikley, edit):
-    with pytest.raises(ApikleyInputError, match="end_in_triggerer=True with output_path='file:///tmp/edits'"):
-        edit(deferrable=True, output_path="file:///tmp/edits", end_in_triggerer=True)
-    assert apikley.seen() == []
 
 
 def test_an_active_openlineage_listener_keeps_the_end_on_a_worker(apikley, edit, context, monkeypatch):

@@ -82,6 +82,7 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "expected_duration",
         "end_task_on_success",
         "maps_over_result",
+        "output_path",
     }
 
 
@@ -397,3 +398,21 @@ async def test_queries_started_together_borrow_the_shared_session_once(apikley, 
     assert shared_sessions.borrowers("apikley_default") == 1
     await hook.aclose()
     assert shared_sessions.borrowers("apikley_default") == 0
+
+
+async def test_a_success_with_an_output_path_is_stored_from_the_triggerer(apikley, finished_task, pushed, tmp_path):
+    trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True, output_path=f"file://{tmp_path}")
+    trigger.task_instance = TriggerTaskInstance()
+    (event,) = [event async for event in trigger.run()]
+    assert isinstance(event, TaskSuccessEvent)
+    ((stored,),) = [push["value"]["stored"] for push in pushed]
+    written = tmp_path / f"{finished_task}-0.png"
+    assert stored["uri"].endswith(written.name) and stored["size"] == written.stat().st_size > 0
+
+
+async def test_results_that_cannot_be_stored_from_the_triggerer_are_left_to_a_worker(apikley, finished_task, pushed):
+    trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True, output_path="file:///proc/nope")
+    trigger.task_instance = TriggerTaskInstance()
+    (event,) = [event async for event in trigger.run()]
+    assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "success"
+    assert pushed == []

@@ -1,8 +1,8 @@
 """
 Many deferrable Qwen edits of one uploaded image, each result stored as a file: the system test's workload.
 
-``prepare`` uploads one source image to Apikley; ``edit`` maps one deferrable
-``QwenImageToImageOperator`` over ``params.edits`` seeds and stores each result under
+``prepare`` uploads one source image to Apikley; ``edit`` maps one ``QwenImageToImageOperator``
+(deferrable unless ``params.deferrable`` says otherwise) over ``params.edits`` seeds and stores each result under
 ``params.output_uri``. Every try of an edit may be retried, and a retry resumes the Apikley task
 the failed try submitted (Airflow 3.3's task state store) instead of paying for a new one.
 """
@@ -26,6 +26,7 @@ with DAG(
     params={
         "edits": Param(200, type="integer", minimum=1, maximum=1000),
         "output_uri": Param("file:///tmp/qwen_system_edits", type="string"),
+        "deferrable": Param(True, type="boolean"),
     },
     default_args={"retries": 2, "retry_delay": timedelta(seconds=2)},
     tags=["qwen", "system-test"],
@@ -40,7 +41,12 @@ with DAG(
         folder = "system/" + "".join(char if char.isalnum() else "-" for char in run_id or "manual")
         image_url = ApikleyHook().upload_file(draw_product("Test card", "#dfe7ef", "#c0392b"), folder, "source.png")
         return [
-            {"image_url": image_url, "prompt": f"product photo, variation {seed}", "seed": seed}
+            {
+                "image_url": image_url,
+                "prompt": f"product photo, variation {seed}",
+                "seed": seed,
+                "deferrable": params["deferrable"],
+            }
             for seed in range(params["edits"])
         ]
 
@@ -49,5 +55,4 @@ with DAG(
         output_format="png",
         strength=0.6,
         output_path="{{ params.output_uri }}",
-        deferrable=True,
     ).expand_kwargs(prepare())
