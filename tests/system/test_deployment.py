@@ -39,6 +39,8 @@ EDITS = 200
 MIDWAY_TIMEOUT_SECONDS = 450.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0
 RUN_TIMEOUT_SECONDS = 720.0
+#: 1.3 times the time 200 creates take at an account's 20 per 10 s.
+WALL_TARGET_SECONDS = 130.0
 
 #: Triggers the triggerer should be waiting on when it is killed, if the run gets there in time.
 BUSY_TRIGGERER = 10
@@ -168,8 +170,11 @@ def test_200_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(dep
     assert creates == EDITS, f"{creates} createTask calls accepted for {EDITS} edits"
 
     retries = sum(ti["try_number"] - 1 for ti in edits)
+    # Reported against the target, not asserted: a shared 2-core machine makes any wall-time bound flaky.
+    verdict = "met" if run_seconds <= WALL_TARGET_SECONDS else f"missed by {run_seconds / WALL_TARGET_SECONDS - 1:.0%}"
     MEASUREMENTS.append(
-        f"{EDITS} deferrable edits, parallelism {PARALLELISM}: run took {run_seconds:.0f} s; "
+        f"{EDITS} deferrable edits, parallelism {PARALLELISM}: run took {run_seconds:.0f} s "
+        f"(target {WALL_TARGET_SECONDS:.0f} s, 1.3x the floor of 20 creates per 10 s: {verdict}); "
         f"createTask accepted {creates}; task retries {retries}; "
         f"up to {crash.most_deferred} edits deferred at once; triggerer SIGKILLed holding "
         f"{crash.orphaned_triggers} triggers (edit states then: {dict(crash.edit_states)}); "
