@@ -24,6 +24,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyBadResponseError,
     ApikleyConnectionError,
     ApikleyError,
+    ApikleyNotFoundError,
     error_class_for_code,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
@@ -228,7 +229,10 @@ class ApikleyHook(HttpHook):
         :raises ApikleyNotFoundError: when Apikley knows no such task.
         """
         task_id = check_task_id(task_id)
-        data = self._call("GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id})
+        try:
+            data = self._call("GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id})
+        except ApikleyNotFoundError as err:
+            raise _unknown_task(task_id, err) from None
         return TaskRecord.from_api(data)
 
     def get_credits(self) -> float:
@@ -413,7 +417,12 @@ class ApikleyHook(HttpHook):
         :param retry_policy: overrides the hook's for this call, as in :meth:`get_task`.
         """
         task_id = check_task_id(task_id)
-        data = await self._acall("GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id})
+        try:
+            data = await self._acall(
+                "GET", RECORD_INFO_ENDPOINT, is_transient, retry_policy, params={"taskId": task_id}
+            )
+        except ApikleyNotFoundError as err:
+            raise _unknown_task(task_id, err) from None
         return TaskRecord.from_api(data)
 
     async def aclose(self) -> None:
@@ -435,3 +444,11 @@ def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return bool(verify)
+
+
+def _unknown_task(task_id: str, err: ApikleyNotFoundError) -> ApikleyNotFoundError:
+    return ApikleyNotFoundError(
+        f"Apikley does not know task {task_id}: it was never created with this connection's key, or it has expired",
+        code=err.code,
+        http_status=err.http_status,
+    )

@@ -125,9 +125,11 @@ def test_an_error_message_under_message_rather_than_msg_is_read_too(hook, apikle
         hook.create_task(MODEL, edit_input)
 
 
-def test_unknown_task_is_not_found(hook, apikley):
-    with pytest.raises(ApikleyNotFoundError, match="recordInfo is null"):
+def test_unknown_task_is_not_found_in_plain_words(hook, apikley):
+    with pytest.raises(ApikleyNotFoundError) as excinfo:
         hook.get_task("nope")
+    assert str(excinfo.value).startswith("Apikley does not know task nope: it was never created with this")
+    assert "422" not in str(excinfo.value)  # Apikley's code for "recordInfo is null" only confuses
     assert len(apikley.seen("recordInfo")) == 1
 
 

@@ -128,7 +128,7 @@ async def test_a_past_deadline_still_checks_once_so_a_finished_task_is_not_lost(
 async def test_unknown_task_yields_error_at_once(apikley):
     (event,) = await run_to_events(make_trigger())
     assert event["status"] == "error"
-    assert "recordInfo is null" in event["message"]
+    assert f"Apikley does not know task {TASK_ID}" in event["message"]
     assert polls_seen(apikley) == 1
 
 
