@@ -19,6 +19,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
+from airflow_provider_qwen.models import check_task_id
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
@@ -35,6 +36,21 @@ if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 
+#: Seconds between pokes when none is given: the slow end of Apikley's advice for a task's first 30 s.
+ADVISED_POKE_SECONDS = 3.0
+
+
+def task_id_of(value: Any) -> str:
+    """
+    The Apikley task id in ``value``: an id, or the dict an Apikley operator returns.
+
+    :raises ApikleyInputError: naming the value and the rule, when there is no id of the right shape.
+    """
+    if isinstance(value, dict):
+        value = value.get(APIKLEY_TASK_ID_XCOM_KEY, value)
+    return check_task_id(value)
+
+
 class ApikleyTaskSensor(BaseSensorOperator):
     """
     Wait until an Apikley task ends; succeed with its results, fail if its generation failed.
@@ -44,7 +60,9 @@ class ApikleyTaskSensor(BaseSensorOperator):
     generation fails the sensor without retries (waiting again cannot change it); with
     ``soft_fail`` it and a timeout skip the task instead.
 
-    :param apikley_task_id: the task to wait for (templated), e.g. ``edit.output["apikley_task_id"]``.
+    :param apikley_task_id: the task to wait for (templated): its id, or the dict an Apikley operator
+        returns, so a sensor maps over the operator's output as it is:
+        ``ApikleyTaskSensor.partial(task_id="wait").expand(apikley_task_id=edit.output)``.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently (429,
         455, 5xx, network errors) before the task fails with the last error. A failed poke is
@@ -52,7 +70,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
         with each poke.
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poke_interval: seconds between status queries, in both modes (deferred, varied by up to
-        10% either way).
+        10% either way); by default Apikley's advised cadence (deferred: 2-3 s at first, slowing to
+        15-30 s after two minutes; poking: every 3 s).
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
     """
 
@@ -65,12 +84,15 @@ class ApikleyTaskSensor(BaseSensorOperator):
         apikley_task_id: str,
         apikley_conn_id: str = DEFAULT_CONN_ID,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poke_interval: float = 10.0,
+        poke_interval: float | None = None,
         timeout: float = 3600.0,
         max_consecutive_poll_errors: int = 10,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        super().__init__(
+            poke_interval=ADVISED_POKE_SECONDS if poke_interval is None else poke_interval, timeout=timeout, **kwargs
+        )
+        self.poll_interval = poke_interval  # None: the trigger follows the advised cadence
         self.apikley_task_id = apikley_task_id
         self.apikley_conn_id = apikley_conn_id
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
@@ -107,6 +129,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
+        self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         if not self.deferrable:
             return super().execute(context)
@@ -118,7 +141,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 apikley_task_id=self.apikley_task_id,
                 apikley_conn_id=self.apikley_conn_id,
                 deadline=time.time() + self.timeout,
-                poll_interval=self.poke_interval,
+                poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 with_input=True,
             ),

@@ -14,7 +14,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
 from airflow_provider_qwen.emulator.script import envelope, html_page, task_record
-from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
+from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyInputError, ApikleyServerError
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from tests.conftest import submit_edit
 
@@ -164,3 +164,44 @@ def test_the_poll_error_budget_reaches_the_trigger(apikley, source_image_url, co
     with pytest.raises(TaskDeferred) as excinfo:
         make_sensor(submit_edit(source_image_url), deferrable=True, max_consecutive_poll_errors=3).execute(context)
     assert excinfo.value.trigger.max_consecutive_poll_errors == 3
+
+
+def test_the_sensor_takes_the_dict_the_operator_returned(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
+    task_id = submit_edit(source_image_url)
+    returned = {"apikley_task_id": task_id, "state": "waiting", "result_urls": [], "input": {}}
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_sensor(returned, deferrable=True).execute(context)
+    assert excinfo.value.trigger.apikley_task_id == task_id
+    context["ti"].xcom_push.assert_called_once_with(key="apikley_task_id", value=task_id)
+
+
+@pytest.mark.parametrize("value", [{"state": "waiting"}, {"apikley_task_id": "../../etc"}, None])
+def test_a_value_without_a_task_id_is_refused_before_any_request(apikley, context, value):
+    with pytest.raises(ApikleyInputError, match="apikley_task_id="):
+        make_sensor(value).execute(context)
+    assert apikley.seen() == []
+
+
+def test_a_sensor_maps_over_the_operators_output_as_it_is():
+    from airflow.providers.common.compat.sdk import DAG
+
+    from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+
+    with DAG(dag_id="two_step", schedule=None):
+        edits = QwenImageToImageOperator.partial(task_id="edit", wait_for_completion=False).expand(
+            prompt=["a", "b"], image_url=["https://example.org/a.png", "https://example.org/b.png"]
+        )
+        with pytest.raises(ValueError, match="cannot map over XCom with custom key"):
+            ApikleyTaskSensor.partial(task_id="by_key").expand(apikley_task_id=edits.output["apikley_task_id"])
+        waits = ApikleyTaskSensor.partial(task_id="wait").expand(apikley_task_id=edits.output)
+    assert waits.upstream_task_ids == {"edit"}
+
+
+def test_by_default_the_sensor_follows_apikleys_advised_cadence(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
+    sensor = ApikleyTaskSensor(task_id="wait", apikley_task_id=submit_edit(source_image_url), deferrable=True)
+    assert sensor.poke_interval == 3.0  # poking: the slow end of the advised 2-3 s, not 10 s
+    with pytest.raises(TaskDeferred) as excinfo:
+        sensor.execute(context)
+    assert excinfo.value.trigger.poll_interval is None  # deferred: the advised cadence, slowing with age
