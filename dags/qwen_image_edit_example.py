@@ -79,9 +79,4 @@ with DAG(
         seed=7,
         wait_for_completion=False,
     )
-    wait = ApikleyTaskSensor(
-        task_id="wait",
-        apikley_task_id=submit.output["apikley_task_id"],
-        deferrable=True,
-        poke_interval=5,
-    )
+    wait = ApikleyTaskSensor(task_id="wait", apikley_task_id=submit.output, deferrable=True)
