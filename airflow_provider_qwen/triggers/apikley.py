@@ -146,12 +146,18 @@ class TaskWait:
             self.failures += 1
             if not is_transient(outcome) or self.failures >= self.max_consecutive_poll_errors:
                 raise outcome
-            self.logger.warning(
-                "Query %d for Apikley task %s failed (%s); asking again", self.failures, self.apikley_task_id, outcome
-            )
             delay = QUERY_RETRY_POLICY.wait_seconds(self.failures, outcome)
+            self.logger.warning(
+                "Query for Apikley task %s failed, %d of %d failures in a row allowed (%s); asking again in %.1f s",
+                self.apikley_task_id,
+                self.failures,
+                self.max_consecutive_poll_errors - 1,
+                outcome,
+                delay,
+            )
         else:
             self.failures = 0
+            self._report(outcome, now)
             if outcome.state.is_terminal:
                 return Done(outcome)
             self.last_state = outcome.state.value
@@ -162,6 +168,14 @@ class TaskWait:
         if now >= self.deadline:
             return TimedOut(timeout_message(self.apikley_task_id, self.last_state))
         return Sleep(min(delay, self.deadline - now))
+
+    def _report(self, record: TaskRecord, now: float) -> None:
+        """Log the task's state once per change, with the time since it was submitted."""
+        if record.state.value != self.last_state:
+            elapsed = now - self.submitted_at
+            self.logger.info(
+                "Apikley task %s is %s, %.0f s after submitting", self.apikley_task_id, record.state.value, elapsed
+            )
 
 
 class ExpectedDurations:

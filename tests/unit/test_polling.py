@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from airflow_provider_qwen.emulator.script import task_record
@@ -102,3 +104,27 @@ def test_expected_durations_keep_the_newest_samples():
     for seconds in (1, 50, 60, 70, 80):
         durations.note("c", finished_after(seconds))
     assert durations.expected("c", "qwen/image-to-image") == 50.0  # the 1 s task was forgotten
+
+
+def test_each_state_change_is_logged_once_with_the_time_since_submitting(caplog):
+    wait = TaskWait("t1", submitted_at=100.0, poll_interval=1.0)
+    with caplog.at_level(logging.INFO):
+        for state, now in [("waiting", 101), ("waiting", 102), ("queuing", 104), ("generating", 107)]:
+            wait.after(record_in(state), now=float(now))
+        wait.after(record_in("success"), now=118.0)
+    assert [record.getMessage() for record in caplog.records] == [
+        "Apikley task t1 is waiting, 1 s after submitting",
+        "Apikley task t1 is queuing, 4 s after submitting",
+        "Apikley task t1 is generating, 7 s after submitting",
+        "Apikley task t1 is success, 18 s after submitting",
+    ]
+
+
+def test_a_failed_query_says_how_many_more_may_fail(caplog):
+    wait = TaskWait("t1", submitted_at=0.0, max_consecutive_poll_errors=10)
+    with caplog.at_level(logging.WARNING):
+        wait.after(ApikleyServerError("Server error"), now=1.0)
+        wait.after(ApikleyServerError("Server error"), now=2.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert "1 of 9 failures in a row allowed" in messages[0] and "2 of 9" in messages[1]
+    assert "asking again in" in messages[0]
