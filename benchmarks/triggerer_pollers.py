@@ -203,7 +203,7 @@ class BarePolls:
 
 
 def counting_hook_class(counter: PollCounter) -> type:
-    """An :class:`ApikleyHook` that counts its status queries, to put in the trigger module's place."""
+    """An :class:`ApikleyHook` that counts its status queries, to put in the hook module's place."""
     from airflow_provider_qwen.exceptions import ApikleyError
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
@@ -250,9 +250,8 @@ class SessionPerTrigger:
 def install_provider_patches(configuration: str, counter: PollCounter) -> None:
     """Count the triggers' polls and, for one session per trigger, replace the shared sessions."""
     import airflow_provider_qwen.hooks.apikley as hook_module
-    import airflow_provider_qwen.triggers.apikley as trigger_module
 
-    trigger_module.ApikleyHook = counting_hook_class(counter)
+    hook_module.ApikleyHook = counting_hook_class(counter)  # the trigger imports it from there when it runs
     if configuration == PROVIDER_SESSION_PER_TRIGGER:
         hook_module.shared_sessions = SessionPerTrigger()
 
