@@ -90,8 +90,13 @@ class ManagedProcess:
             )
 
     def is_running(self) -> bool:
-        """Whether the command itself has not exited yet."""
-        return self._popen is not None and self._popen.poll() is None
+        """Whether the command itself has not exited yet (a zombie not yet reaped has exited)."""
+        if self._popen is None or self._popen.poll() is not None:
+            return False
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
     def returncode(self) -> int | None:
         """The command's exit status, or ``None`` while it runs or before it started."""
