@@ -232,6 +232,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """Check the trigger's event, copy the results, return them in input order, or fail past the threshold."""
         if not isinstance(event, dict) or event.get("status") != "done" or not isinstance(event.get("tasks"), list):
             raise ApikleyError(f"Expected the event of an Apikley batch trigger, got {str(event)[:200]!r}")
+        if len(event["tasks"]) != len(self.inputs):
+            raise ApikleyError(f"The batch trigger reported {len(event['tasks'])} tasks for {len(self.inputs)} inputs")
         outcomes = [TaskEvent.from_payload(payload) for payload in event["tasks"]]
         results = [self._result(index, outcome) for index, outcome in enumerate(outcomes)]
         failed = [result for result in results if result["state"] != EventStatus.SUCCESS.value]

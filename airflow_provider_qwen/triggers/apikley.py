@@ -465,7 +465,7 @@ class ApikleyTaskTrigger(BaseTrigger):
             await asyncio.sleep(wait.first_query_delay(time.time()))
             while True:
                 # Neither the record nor the step outlives this line while the trigger sleeps.
-                step = wait.after(await self._query(hook), time.time())
+                step = wait.after(await aquery(hook, self.apikley_task_id), time.time())
                 if isinstance(step, Done):
                     EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
                     with_input = self.with_input or self.end_task_on_success
@@ -475,13 +475,6 @@ class ApikleyTaskTrigger(BaseTrigger):
                 await asyncio.sleep(step.seconds)
         except Exception as err:
             return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=f"{type(err).__name__}: {err}")
-
-    async def _query(self, hook: ApikleyHook) -> TaskRecord | ApikleyError:
-        # One try per query: the wait counts failures across queries itself.
-        try:
-            return await hook.aget_task(self.apikley_task_id, retry_policy=ONE_TRY)
-        except ApikleyError as err:
-            return err
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """
@@ -531,6 +524,14 @@ class ApikleyTaskTrigger(BaseTrigger):
         extension = result_extension(summary["input"])
         stored = hook.store_results(summary["apikley_task_id"], summary["result_urls"], self.output_path, extension)
         return [item.to_dict() for item in stored]
+
+
+async def aquery(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:
+    """One status query from an event loop, one try (the wait counts failures itself): the record, or the error."""
+    try:
+        return await hook.aget_task(apikley_task_id, retry_policy=ONE_TRY)
+    except ApikleyError as err:
+        return err
 
 
 def query(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:

@@ -12,7 +12,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.hooks.retries import ONE_TRY
 from airflow_provider_qwen.triggers.apikley import (
     EXPECTED_DURATIONS,
     Done,
@@ -20,6 +19,7 @@ from airflow_provider_qwen.triggers.apikley import (
     TaskEvent,
     TaskWait,
     TimedOut,
+    aquery,
     wait_settings,
 )
 
@@ -111,6 +111,7 @@ class ApikleyBatchTrigger(BaseTrigger):
             while due and due[0][0] <= time.time():
                 batch.append(heapq.heappop(due)[1])
             outcomes = await asyncio.gather(*(self._query(hook, waits[index], limit) for index in batch))
+            learned = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)  # from this batch's ended edits
             for index, outcome in zip(batch, outcomes, strict=True):
                 wait = waits[index]
                 try:
@@ -125,19 +126,15 @@ class ApikleyBatchTrigger(BaseTrigger):
                     events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
                 else:
                     heapq.heappush(due, (time.time() + step.seconds, index))
-                    learned = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
                     if self.expected_duration is None and learned > wait.expected_duration:
-                        wait.expected_duration = learned  # from the edits of this batch that ended since
+                        wait.expected_duration = learned
         self.log.info("All %d Apikley tasks of the batch have ended", len(waits))
         return [events[index] for index in range(len(waits))]
 
     @staticmethod
     async def _query(hook: ApikleyHook, wait: TaskWait, limit: asyncio.Semaphore) -> TaskRecord | ApikleyError:
         async with limit:
-            try:
-                return await hook.aget_task(wait.apikley_task_id, retry_policy=ONE_TRY)
-            except ApikleyError as err:
-                return err
+            return await aquery(hook, wait.apikley_task_id)
 
 
 def _describe(err: BaseException) -> str:

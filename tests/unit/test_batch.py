@@ -209,3 +209,9 @@ def test_the_trigger_holds_json_primitives_only(source_image_url):
     assert classpath == "airflow_provider_qwen.triggers.batch.ApikleyBatchTrigger"
     assert ApikleyBatchTrigger(**kwargs).serialize() == (classpath, kwargs)
     assert kwargs["tasks"] == [["t1", 1.5], ["t2", 2.5]]
+
+
+def test_an_event_that_does_not_match_the_inputs_item_for_item_is_an_error(source_image_url):
+    event = {"status": "done", "tasks": [{"status": "success", "apikley_task_id": "t0", "result_urls": []}]}
+    with pytest.raises(ApikleyError, match="reported 1 tasks for 3 inputs"):
+        make_batch(source_image_url, items=3).execute_complete({"ti": mock.Mock()}, event)
