@@ -38,6 +38,14 @@ class ApikleyError(AirflowException):
         self.http_status = http_status
         self.retry_after = retry_after
 
+    def with_advice(self, advice: str) -> ApikleyError:
+        """The same error, of the same class, with ``advice`` (what to do next) after its message."""
+        message = f"{self} {advice}"
+        advised = type(self).__new__(type(self), message)  # no __init__: subclasses take other arguments
+        advised.__dict__.update(self.__dict__, message=message)
+        advised.args = (message,)
+        return advised
+
 
 class ApikleyAuthError(ApikleyError):
     """The API key is missing or was refused (401)."""

@@ -53,6 +53,21 @@ def is_task_id(value: Any) -> bool:
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
 
 
+def check_callback_url(value: Any) -> str | None:
+    """
+    ``value`` as a ``callback_url`` Apikley can call back: an absolute http(s) URL, or ``None``.
+
+    A relative URL is what :func:`~airflow_provider_qwen.links.callback_url` builds when
+    ``[api] base_url`` is not set, and Apikley refuses it only after the task is paid for.
+
+    :raises ApikleyInputError: naming the value and the rule.
+    """
+    if value is None or is_http_url(value):
+        return value
+    hint = " (set [api] base_url to this Airflow's address as Apikley reaches it)" if str(value).startswith("/") else ""
+    raise ApikleyInputError(f"callback_url={value!r}: must be an absolute http:// or https:// URL{hint}")
+
+
 def check_task_id(value: Any) -> str:
     """
     ``value`` as a task id given by a user (an operator or sensor argument).

@@ -13,12 +13,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
 from airflow_provider_qwen.models import TASK_ID_RULE, is_http_url, is_task_id
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -101,6 +104,53 @@ def result_destination(
 def result_extension(input: dict[str, Any]) -> str:
     """The file extension of a task's results, from the ``output_format`` of its ``input``."""
     return "jpg" if input.get("output_format") == "jpeg" else "png"
+
+
+def as_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
+    """``output_path`` as an :class:`ObjectStoragePath`."""
+    return output_path if isinstance(output_path, ObjectStoragePath) else ObjectStoragePath(output_path)
+
+
+def check_writable(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
+    """
+    Prove that results can be written to ``output_path`` by writing (and removing) an empty file there.
+
+    Called before a task is paid for, so a folder that cannot take its results fails it for free.
+
+    :raises ApikleyInputError: naming the folder and why it cannot be written.
+    """
+    try:
+        folder = as_folder(output_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".apikley-write-check-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as err:  # fsspec backends raise their own kinds
+        raise ApikleyInputError(
+            f"output_path={str(output_path)!r}: must be a folder this task can write to "
+            f"({type(err).__name__}: {err}); checked before submitting, so nothing was spent"
+        ) from None
+    return folder
+
+
+def with_stored_results(
+    hook: ApikleyHook, summary: dict[str, Any], output_path: str | ObjectStoragePath
+) -> dict[str, Any]:
+    """
+    ``summary`` (an edit's XCom value) with ``stored``: its results copied into ``output_path``.
+
+    :raises ApikleyError: when a copy fails, naming the paid task and where its results still are.
+    """
+    task_id, urls = summary["apikley_task_id"], summary["result_urls"]
+    try:
+        stored = hook.store_results(task_id, urls, output_path, result_extension(summary["input"]))
+    except (ApikleyError, OSError) as err:
+        failure = err if isinstance(err, ApikleyError) else ApikleyError(f"{type(err).__name__}: {err}")
+        raise failure.with_advice(
+            f"Apikley task {task_id} succeeded, and its results stay at {', '.join(urls)} for about 24 hours; "
+            f"only the copy to {output_path} failed."
+        ) from None
+    return {**summary, "stored": [item.to_dict() for item in stored]}
 
 
 def check_result_url(url: str) -> str:

@@ -7,8 +7,9 @@ Restyle a product catalog's photos with Qwen image-to-image, from catalog to pub
 3. ``edit`` runs one mapped, deferrable edit per product: it submits the task, waits in the
    triggerer (no worker slot held while the model renders) and copies the result into
    ``output_uri`` before the result URL expires.
-4. ``publish`` writes ``manifest.json`` (source, prompt, seed, Apikley task id, stored URI and
-   sha256 per product) and ``contact_sheet.png``, a before/after grid to look at.
+4. ``publish`` writes ``manifest.json`` (source, prompt, seed, Apikley task id, stored URI,
+   sha256 and credits consumed per product, and the credits of the whole run) and
+   ``contact_sheet.png``, a before/after grid to look at.
 
 Run it on the local emulator with ``make demo``; against the real Apikley, only the
 ``apikley_default`` connection changes.
@@ -121,6 +122,7 @@ with DAG(
                     "stored_uri": stored["uri"],
                     "sha256": stored["sha256"],
                     "size": stored["size"],
+                    "credits_consumed": edit["credits_consumed"],
                 }
             )
         output = ObjectStoragePath(params["output_uri"])
@@ -139,7 +141,10 @@ with DAG(
             )
         )
         manifest = output / "manifest.json"
-        manifest.write_text(json.dumps({"items": entries, "contact_sheet": str(sheet)}, indent=2))
+        spent = sum(entry["credits_consumed"] or 0 for entry in entries)
+        manifest.write_text(
+            json.dumps({"items": entries, "credits_consumed": spent, "contact_sheet": str(sheet)}, indent=2)
+        )
         return str(manifest)
 
     publish(uploaded, edits.output)

@@ -50,6 +50,7 @@ def main() -> int:
         airflow("dags", "test", "qwen_catalog_edit", env=env)
     manifest = json.loads((output / "manifest.json").read_text())
     print(f"\nEdited {len(manifest['items'])} products in {time.monotonic() - started:.0f} s.")
+    print(f"Credits used:  {manifest['credits_consumed']:g}")
     print(f"Manifest:      {output / 'manifest.json'}")
     print(f"Contact sheet: {output / 'contact_sheet.png'}")
     return 0

@@ -13,8 +13,8 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
-from airflow_provider_qwen.storage import result_extension
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, check_callback_url
+from airflow_provider_qwen.storage import check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, EventStatus, TaskEvent
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 
@@ -201,8 +201,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
     def execute(self, context: Context) -> None:
         """Validate every item, submit those no earlier try submitted, then wait for all in one trigger."""
         requests = self.build_inputs()
+        check_callback_url(self.callback_url)
         ledger = BatchLedger(context.get("task_state_store"))
         submitted = ledger.load()
+        if self.output_path and len(submitted) < len(requests):
+            check_writable(self.output_path)
         if submitted:
             self.log.info("Resuming %d Apikley tasks an earlier try submitted", len(submitted))
         limiter = CreateRateLimiter(self.creates_per_window, self.window_seconds)
@@ -265,6 +268,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         result: dict[str, Any] = {"index": index, **outcome.to_payload(), "state": outcome.status.value}
         result.pop("status")
         result.setdefault("result_urls", [])
+        result.setdefault("credits_consumed", None)
         if self.output_path and outcome.status is EventStatus.SUCCESS:
             extension = result_extension(self.inputs[index])
             try:

@@ -10,12 +10,25 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-from airflow_provider_qwen.exceptions import ApikleyNotFoundError, ApikleyTaskTimeoutError
+from airflow_provider_qwen.exceptions import (
+    ApikleyConnectionError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyInsufficientCreditsError,
+    ApikleyNotFoundError,
+    ApikleyTaskFailedError,
+)
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.lineage import edit_lineage
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, TaskRecord, TaskState
-from airflow_provider_qwen.storage import result_extension
+from airflow_provider_qwen.models import (
+    QWEN_IMAGE_TO_IMAGE,
+    QwenImageToImageInput,
+    TaskRecord,
+    TaskState,
+    check_callback_url,
+)
+from airflow_provider_qwen.storage import check_writable, with_stored_results
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
@@ -44,12 +57,15 @@ class QwenImageToImageOperator(BaseOperator):
     """
     Edit an image with Qwen's image-to-image model on Apikley.
 
-    The input is validated after templates render and before any request, so a bad value fails
-    the task without spending credits. The Apikley task id goes to XCom (key
+    The input is validated after templates render and before any request, and so are
+    ``callback_url`` (absolute), ``output_path`` (writable) and, with ``min_credits``, the balance:
+    a bad value fails the task without spending credits. The Apikley task id goes to XCom (key
     ``apikley_task_id``) as soon as the task is created. With ``wait_for_completion`` the
     operator then waits for the edit, in the triggerer when ``deferrable``, and returns
-    ``{"apikley_task_id", "state", "result_urls", "input"}``; a failed generation fails the task
-    with Apikley's failCode and failMsg. Result URLs expire (assume 24 hours): copy them promptly.
+    ``{"apikley_task_id", "state", "result_urls", "input", "credits_consumed"}``; a failed
+    generation fails the task with Apikley's failCode and failMsg. Result URLs expire (assume 24
+    hours): copy them promptly, with ``output_path``. A failure after the task was created says
+    what a retry will do: resume that task, never pay for it twice (on Airflow 3.3+).
 
     The edit's own arguments (all templated) are the fields of
     :class:`~airflow_provider_qwen.models.QwenImageToImageInput`, with its rules: ``prompt`` and
@@ -57,12 +73,15 @@ class QwenImageToImageOperator(BaseOperator):
     ``seed``, ``num_inference_steps``, ``guidance_scale``, ``enable_safety_checker``. Those left as
     ``None`` are left out of the request, so Apikley applies its defaults.
 
-    :param callback_url: where Apikley POSTs the task's details when it ends.
+    :param callback_url: where Apikley POSTs the task's details when it ends: an absolute http(s)
+        URL, such as :func:`~airflow_provider_qwen.links.callback_url` builds from ``[api] base_url``.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently
         (429, 455, 5xx, network errors) before the task fails with the last error; each failure
         backs off exponentially, with jitter.
-    :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting.
+    :param wait_for_completion: wait for the edit to end; ``False`` returns right after submitting,
+        and an :class:`~airflow_provider_qwen.sensors.apikley.ApikleyTaskSensor` given the returned
+        dict waits for it (and copies the results to ``output_path``, which the dict hands on).
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poll_interval: seconds between status queries, varied by up to 10% either way so that
         many waits do not poll in step; by default Apikley's advised cadence (2-3 s at first,
@@ -85,7 +104,10 @@ class QwenImageToImageOperator(BaseOperator):
         ``s3://bucket/edits``) to copy the results into as soon as the edit succeeds, before the
         result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
         XCom value gains ``stored``: one ``{"uri", "source_url", "size", "content_type", "sha256"}``
-        per result.
+        per result. It is checked writable before the task is submitted.
+    :param min_credits: refuse to submit when the account has fewer credits than this (one extra
+        request per task); ``None`` (the default) does not check, and Apikley refuses a task the
+        account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
     """
 
     template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path")
@@ -116,6 +138,7 @@ class QwenImageToImageOperator(BaseOperator):
         max_consecutive_poll_errors: int = 10,
         expected_duration: float | None = None,
         end_in_triggerer: bool | None = None,
+        min_credits: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -140,6 +163,7 @@ class QwenImageToImageOperator(BaseOperator):
         self.resubmit_failed_task = resubmit_failed_task
         self.expected_duration = expected_duration
         self.end_in_triggerer = end_in_triggerer
+        self.min_credits = min_credits
         self._result: dict[str, Any] | None = None
 
     @cached_property
@@ -160,6 +184,7 @@ class QwenImageToImageOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         """Validate, submit (or resume the task an earlier try submitted), then wait."""
         request = self.build_input().to_api()
+        self._check_arguments()
         state_store = context.get("task_state_store")
         resumed = self._resumable_task(state_store)
         if resumed:
@@ -168,6 +193,7 @@ class QwenImageToImageOperator(BaseOperator):
             self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
         else:
             known = None
+            self._check_before_paying()
             apikley_task_id = self.hook.create_task(QWEN_IMAGE_TO_IMAGE, request, self.callback_url)
             submitted_at = time.time()
             if state_store is not None:
@@ -176,7 +202,7 @@ class QwenImageToImageOperator(BaseOperator):
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
 
         if not self.wait_for_completion:
-            return self._finish(task_summary(apikley_task_id, TaskState.WAITING.value, [], request))
+            return self._finish(self._handed_on(task_summary(apikley_task_id, TaskState.WAITING.value, [], request)))
         record = known if known is not None and known.state.is_terminal else None
         if record is None:
             wait = TaskWait(
@@ -192,9 +218,9 @@ class QwenImageToImageOperator(BaseOperator):
                 self._defer_to_trigger(wait, context)
             try:
                 record = wait_until_done(self.hook, wait)
-            except ApikleyTaskTimeoutError as err:
-                raise _with_retry_advice(err, state_store) from None
-        return self._finish(self._copy_results({**summary_from_record(record), "input": request}))
+            except ApikleyError as err:
+                raise _after_paying(err, apikley_task_id, state_store) from None
+        return self._finish(self._copy_results({**summary_from_record(record), "input": request}, state_store))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
@@ -203,11 +229,13 @@ class QwenImageToImageOperator(BaseOperator):
             # resumes it here: read the task again so the result is the same either way.
             apikley_task_id = context["ti"].xcom_pull(key=APIKLEY_TASK_ID_XCOM_KEY)
             event = TaskEvent.ended(self.hook.get_task(apikley_task_id)).to_payload()
+        state_store = context.get("task_state_store")
+        parsed = TaskEvent.from_payload(event)
         try:
-            summary = TaskEvent.from_payload(event).summary(input=self.build_input().to_api())
-        except ApikleyTaskTimeoutError as err:
-            raise _with_retry_advice(err, context.get("task_state_store")) from None
-        return self._finish(self._copy_results(summary))
+            summary = parsed.summary(input=self.build_input().to_api())
+        except ApikleyError as err:
+            raise _after_paying(err, parsed.apikley_task_id, state_store) from None
+        return self._finish(self._copy_results(summary, state_store))
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
         """
@@ -219,6 +247,42 @@ class QwenImageToImageOperator(BaseOperator):
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         self._result = result
         return result
+
+    def _check_arguments(self) -> None:
+        """Refuse, before any request, arguments that would fail (or lose results) only after paying."""
+        check_callback_url(self.callback_url)
+        if self.min_credits is not None and (
+            isinstance(self.min_credits, bool) or not isinstance(self.min_credits, (int, float)) or self.min_credits < 0
+        ):
+            raise ApikleyInputError(f"min_credits={self.min_credits!r}: must be a number of credits, 0 or more")
+        if self.output_path and not self.wait_for_completion and not self.do_xcom_push:
+            raise ApikleyInputError(
+                f"output_path={str(self.output_path)!r}: with wait_for_completion=False the results are copied by "
+                "the ApikleyTaskSensor given this task's XCom value, and do_xcom_push=False pushes none; "
+                "give output_path to that sensor instead"
+            )
+
+    def _check_before_paying(self) -> None:
+        """What can only be checked by trying: the folder for the results, and the balance."""
+        if self.output_path:
+            check_writable(self.output_path)
+        if self.min_credits is not None:
+            left = self.hook.get_credits()
+            if left < self.min_credits:
+                raise ApikleyInsufficientCreditsError(
+                    f"min_credits={self.min_credits:g}: the account has {left:g} credits left, fewer than this "
+                    "task requires; nothing was submitted"
+                )
+
+    def _handed_on(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
+        if self.output_path:
+            summary["output_path"] = str(self.output_path)
+            self.log.info(
+                "Not waiting: the ApikleyTaskSensor given this task's XCom value copies the results to %s",
+                self.output_path,
+            )
+        return summary
 
     def _defer_to_trigger(self, wait: TaskWait, context: Context) -> None:
         deadline = wait.deadline or time.time() + self.timeout
@@ -280,13 +344,13 @@ class QwenImageToImageOperator(BaseOperator):
             deadline = min(deadline, (started + self.execution_timeout).timestamp())
         return deadline
 
-    def _copy_results(self, summary: dict[str, Any]) -> dict[str, Any]:
+    def _copy_results(self, summary: dict[str, Any], state_store: Any) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:
             return summary
-        stored = self.hook.store_results(
-            summary["apikley_task_id"], summary["result_urls"], self.output_path, result_extension(summary["input"])
-        )
-        return {**summary, "stored": [item.to_dict() for item in stored]}
+        try:
+            return with_stored_results(self.hook, summary, self.output_path)
+        except ApikleyError as err:
+            raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
 
 
 def _lineage_listener_active() -> bool:
@@ -298,12 +362,21 @@ def _lineage_listener_active() -> bool:
     return not is_disabled()
 
 
-def _with_retry_advice(err: ApikleyTaskTimeoutError, state_store: Any) -> ApikleyTaskTimeoutError:
+def _after_paying(err: ApikleyError, apikley_task_id: str, state_store: Any, *, copying: bool = False) -> ApikleyError:
+    """``err``, raised after ``apikley_task_id`` was created and paid for, with what a retry will do."""
+    if isinstance(err, ApikleyTaskFailedError):  # the generation failed: nothing to resume
+        return err
+    then = "copies its results again" if copying else "waits for it again"
     if state_store is not None:
-        advice = "A retry of this task resumes waiting for it; it does not submit a new one."
+        advice = f"A retry or clear of this task resumes Apikley task {apikley_task_id} and {then}, without paying."
     else:
+        instead = "copy its results" if copying else "keep waiting for it"
         advice = (
-            "This Airflow has no task state store, so a retry submits a new task: to keep waiting for this "
-            "one instead, give its id to ApikleyTaskSensor."
+            "This Airflow has no task state store, so a retry submits and pays for a new task: to "
+            f"{instead} instead, give {apikley_task_id} to ApikleyTaskSensor"
+            + (" with output_path." if copying else ".")
         )
-    return ApikleyTaskTimeoutError(f"{err} {advice}")
+    # a trigger's failure arrives as a message naming the error's class
+    if isinstance(err, ApikleyConnectionError) or ApikleyConnectionError.__name__ in str(err):
+        advice += " Apikley could not be reached: check the connection's host and proxies, and this machine's network."
+    return err.with_advice(advice)

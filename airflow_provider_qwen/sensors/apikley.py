@@ -12,6 +12,7 @@ from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     AirflowSensorTimeout,
     BaseSensorOperator,
+    ObjectStoragePath,
     PokeReturnValue,
     conf,
 )
@@ -20,6 +21,7 @@ from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTask
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
 from airflow_provider_qwen.models import check_task_id
+from airflow_provider_qwen.storage import with_stored_results
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
@@ -55,14 +57,19 @@ class ApikleyTaskSensor(BaseSensorOperator):
     """
     Wait until an Apikley task ends; succeed with its results, fail if its generation failed.
 
-    Returns (and pushes to XCom) ``{"apikley_task_id", "state", "result_urls", "input"}``, the same
-    dict as :class:`~airflow_provider_qwen.operators.qwen.QwenImageToImageOperator`. A failed
+    Returns (and pushes to XCom) ``{"apikley_task_id", "state", "result_urls", "input",
+    "credits_consumed"}``, the same dict as
+    :class:`~airflow_provider_qwen.operators.qwen.QwenImageToImageOperator`, with ``stored`` when
+    ``output_path`` is set. A failed
     generation fails the sensor without retries (waiting again cannot change it); with
     ``soft_fail`` it and a timeout skip the task instead.
 
     :param apikley_task_id: the task to wait for (templated): its id, or the dict an Apikley operator
         returns, so a sensor maps over the operator's output as it is:
         ``ApikleyTaskSensor.partial(task_id="wait").expand(apikley_task_id=edit.output)``.
+    :param output_path: a folder (``ObjectStoragePath`` or URI, templated) to copy the results into
+        once the task succeeds, as the operator does; by default the ``output_path`` that the
+        operator's returned dict hands on, if any.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently (429,
         455, 5xx, network errors) before the task fails with the last error. A failed poke is
@@ -75,7 +82,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
     """
 
-    template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id")
+    template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id", "output_path")
     operator_extra_links = (ApikleyTaskLink(),)
 
     def __init__(
@@ -87,6 +94,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         poke_interval: float | None = None,
         timeout: float = 3600.0,
         max_consecutive_poll_errors: int = 10,
+        output_path: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -97,6 +105,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         self.apikley_conn_id = apikley_conn_id
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.deferrable = deferrable
+        self.output_path = output_path
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -123,12 +132,14 @@ class ApikleyTaskSensor(BaseSensorOperator):
             self.log.info("Apikley task %s is %s", self.apikley_task_id, self._wait.last_state or "not known yet")
             return False
         try:
-            return PokeReturnValue(is_done=True, xcom_value=summary_from_record(step.record))
+            return PokeReturnValue(is_done=True, xcom_value=self._stored(summary_from_record(step.record)))
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
     def execute(self, context: Context) -> Any:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
+        if isinstance(self.apikley_task_id, dict) and not self.output_path:
+            self.output_path = self.apikley_task_id.get("output_path")
         self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         if not self.deferrable:
@@ -152,8 +163,11 @@ class ApikleyTaskSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Turn the trigger's event into the result, or the failure it reports."""
         try:
-            return TaskEvent.from_payload(event).summary()
+            return self._stored(TaskEvent.from_payload(event).summary())
         except ApikleyTaskTimeoutError as err:
             raise AirflowSensorTimeout(str(err)) from err
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
+
+    def _stored(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return with_stored_results(self.hook, summary, self.output_path) if self.output_path else summary

@@ -29,7 +29,7 @@ from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedErro
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
-from airflow_provider_qwen.storage import result_extension
+from airflow_provider_qwen.storage import with_stored_results
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -247,6 +247,7 @@ class TaskEvent:
     :param fail_message: Apikley's ``failMsg``, for ``failed``.
     :param message: what went wrong, for ``timeout`` and ``error``.
     :param input: the task's ``input`` as Apikley echoes it, only when the resuming side asked for it.
+    :param credits_consumed: what the task cost, when Apikley said.
     """
 
     status: EventStatus
@@ -256,6 +257,7 @@ class TaskEvent:
     fail_message: str | None = None
     message: str | None = None
     input: dict[str, Any] | None = field(default=None, compare=False)
+    credits_consumed: float | None = None
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -268,6 +270,7 @@ class TaskEvent:
             fail_code=None if succeeded else record.fail_code,
             fail_message=None if succeeded else record.fail_message,
             input=record.input if with_input else None,
+            credits_consumed=record.credits_consumed,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -275,7 +278,7 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        for name in ("fail_code", "fail_message", "message", "input"):
+        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         return payload
@@ -303,6 +306,9 @@ class TaskEvent:
             "result_urls" not in payload or not isinstance(urls, list) or not all(isinstance(u, str) for u in urls)
         ):
             raise ApikleyError(f"Apikley task {task_id} succeeded but its event has no result URLs: {payload!r}")
+        credits = payload.get("credits_consumed")
+        if credits is not None and (isinstance(credits, bool) or not isinstance(credits, (int, float))):
+            raise ApikleyError(f"Apikley task {task_id}: credits_consumed={credits!r} in its event is not a number")
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -311,6 +317,7 @@ class TaskEvent:
             fail_message=payload.get("fail_message"),
             message=payload.get("message"),
             input=payload.get("input"),
+            credits_consumed=credits,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -329,18 +336,31 @@ class TaskEvent:
         if self.status is EventStatus.ERROR:
             raise ApikleyError(f"Waiting for Apikley task {self.apikley_task_id} failed: {self.message}")
         chosen = input if input is not None else self.input or {}
-        return task_summary(self.apikley_task_id, TaskState.SUCCESS.value, self.result_urls, chosen)
+        return task_summary(
+            self.apikley_task_id, TaskState.SUCCESS.value, self.result_urls, chosen, self.credits_consumed
+        )
 
 
 def task_summary(
-    apikley_task_id: str, state: str, result_urls: list[str] | tuple[str, ...], input: dict[str, Any]
+    apikley_task_id: str,
+    state: str,
+    result_urls: list[str] | tuple[str, ...],
+    input: dict[str, Any],
+    credits_consumed: float | None = None,
 ) -> dict[str, Any]:
     """
     The XCom value of an edit: small, JSON only.
 
-    :return: ``apikley_task_id``, ``state``, ``result_urls`` and the ``input`` of the task.
+    :return: ``apikley_task_id``, ``state``, ``result_urls``, the ``input`` of the task and the
+        ``credits_consumed`` (``None`` until the task has ended, or when Apikley did not say).
     """
-    return {"apikley_task_id": apikley_task_id, "state": state, "result_urls": list(result_urls), "input": dict(input)}
+    return {
+        "apikley_task_id": apikley_task_id,
+        "state": state,
+        "result_urls": list(result_urls),
+        "input": dict(input),
+        "credits_consumed": credits_consumed,
+    }
 
 
 def summary_from_record(record: TaskRecord) -> dict[str, Any]:
@@ -494,8 +514,12 @@ class ApikleyTaskTrigger(BaseTrigger):
 
         value = event.summary()
         if self.output_path:
+            from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
             try:  # blocking file writes, in a thread of their own
-                value["stored"] = await sync_to_async(self._store_results, thread_sensitive=False)(value)
+                value = await sync_to_async(with_stored_results, thread_sensitive=False)(
+                    ApikleyHook(self.apikley_conn_id), value, self.output_path
+                )
             except Exception:
                 self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
                 return False
@@ -516,14 +540,6 @@ class ApikleyTaskTrigger(BaseTrigger):
             return False
         self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
         return True
-
-    def _store_results(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
-        from airflow_provider_qwen.hooks.apikley import ApikleyHook
-
-        hook = ApikleyHook(self.apikley_conn_id)
-        extension = result_extension(summary["input"])
-        stored = hook.store_results(summary["apikley_task_id"], summary["result_urls"], self.output_path, extension)
-        return [item.to_dict() for item in stored]
 
 
 async def aquery(hook: ApikleyHook, apikley_task_id: str) -> TaskRecord | ApikleyError:

@@ -33,6 +33,9 @@ def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
     items = manifest["items"]
     assert len(items) == 6
     assert emulator.state.accepted_creates == 6
+    cost = emulator.state.settings.cost_per_task
+    assert [item["credits_consumed"] for item in items] == [cost] * 6
+    assert manifest["credits_consumed"] == 6 * cost == emulator.state.settings.credits - emulator.state.credits
     assert {item["apikley_task_id"] for item in items} == set(emulator.state.tasks)
     for item in items:
         stored = tmp_path / "edited" / f"{item['apikley_task_id']}-0.png"

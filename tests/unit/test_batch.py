@@ -62,6 +62,15 @@ def test_every_item_is_checked_before_anything_is_sent(apikley, source_image_url
     assert apikley.seen() == []
 
 
+def test_a_callback_url_or_output_path_that_would_fail_later_fails_before_paying(apikley, source_image_url, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ApikleyInputError, match=r"callback_url='/apikley/callback': .*\[api\] base_url"):
+        make_batch(source_image_url, callback_url="/apikley/callback").execute({"ti": mock.Mock()})
+    with pytest.raises(ApikleyInputError, match=r"output_path=.*a-file/edits': must be a folder"):
+        make_batch(source_image_url, output_path=f"file://{tmp_path}/a-file/edits").execute({"ti": mock.Mock()})
+    assert apikley.seen() == []
+
+
 def test_the_limiter_allows_a_window_of_creates_then_waits_for_the_oldest_to_leave_it():
     now = [100.0]
     slept: list[float] = []
@@ -164,6 +173,7 @@ def test_results_come_back_in_input_order_and_are_stored(apikley, source_image_u
                 "status": "success",
                 "apikley_task_id": task_ids[0],
                 "result_urls": apikley.state.tasks[task_ids[0]].result_urls,
+                "credits_consumed": 1.5,
             },
             {"status": "failed", "apikley_task_id": "t-failed", "fail_code": "501", "fail_message": "flagged"},
             {
@@ -178,6 +188,7 @@ def test_results_come_back_in_input_order_and_are_stored(apikley, source_image_u
     assert results[1]["fail_code"] == "501" and results[1]["result_urls"] == []
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{task_id}-0.png" for task_id in task_ids)
     assert results[0]["stored"][0]["uri"].endswith(f"{task_ids[0]}-0.png")
+    assert [result["credits_consumed"] for result in results] == [1.5, None, None]
 
 
 def test_more_failures_than_the_threshold_fail_the_task_naming_them(source_image_url):

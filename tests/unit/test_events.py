@@ -21,7 +21,12 @@ def ended(state: str, **kwargs) -> TaskRecord:
 
 def test_a_success_event_carries_the_results_and_not_the_prompt():
     payload = TaskEvent.ended(ended("success", input={"prompt": "p" * 5000, "image_url": "https://x.test/a.png"}))
-    assert payload.to_payload() == {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL]}
+    assert payload.to_payload() == {
+        "status": "success",
+        "apikley_task_id": TASK_ID,
+        "result_urls": [RESULT_URL],
+        "credits_consumed": 1.0,
+    }
 
 
 def test_the_input_travels_only_when_asked_for():

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC
 from functools import partial
@@ -10,11 +11,13 @@ import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath, TaskDeferred
 
 from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
-from airflow_provider_qwen.emulator.script import envelope, html_page
+from airflow_provider_qwen.emulator.script import dropped, envelope, html_page
 from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
+    ApikleyConnectionError,
     ApikleyError,
     ApikleyInputError,
+    ApikleyInsufficientCreditsError,
     ApikleyServerError,
     ApikleyTaskFailedError,
     ApikleyTaskTimeoutError,
@@ -140,7 +143,13 @@ def test_a_success_the_trigger_ended_reads_the_same_result_when_resumed_anyway(a
     context["ti"].xcom_pull.return_value = task_id
     result = edit().execute_complete(context, event="success")
     result_urls = apikley.state.tasks[task_id].result_urls
-    assert result == {"apikley_task_id": task_id, "state": "success", "result_urls": result_urls, "input": sent_input}
+    assert result == {
+        "apikley_task_id": task_id,
+        "state": "success",
+        "result_urls": result_urls,
+        "input": sent_input,
+        "credits_consumed": 1.0,
+    }
     context["ti"].xcom_pull.assert_called_once_with(key="apikley_task_id")
 
 
@@ -195,7 +204,13 @@ def test_failed_generation_fails_with_task_id_code_and_message(apikley, edit, co
 def test_without_waiting_returns_right_after_submitting(apikley, edit, sent_input, context):
     result = edit(wait_for_completion=False).execute(context)
     (task_id,) = task_ids(apikley)
-    assert result == {"apikley_task_id": task_id, "state": "waiting", "result_urls": [], "input": sent_input}
+    assert result == {
+        "apikley_task_id": task_id,
+        "state": "waiting",
+        "result_urls": [],
+        "input": sent_input,
+        "credits_consumed": None,
+    }
     assert [request.endpoint for request in apikley.seen()] == ["createTask"]
     assert pushed(context) == {"apikley_task_id": task_id}
 
@@ -218,12 +233,19 @@ def test_bad_input_fails_before_any_request(apikley, edit, context, field, value
 
 
 def test_execute_complete_success_returns_the_summary_with_the_sent_input(context):
-    event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [RESULT_URL], "input": {}}
+    event = {
+        "status": "success",
+        "apikley_task_id": TASK_ID,
+        "result_urls": [RESULT_URL],
+        "input": {},
+        "credits_consumed": 2.5,
+    }
     assert make_operator().execute_complete(context, event) == {
         "apikley_task_id": TASK_ID,
         "state": "success",
         "result_urls": [RESULT_URL],
         "input": SENT_INPUT,
+        "credits_consumed": 2.5,
     }
 
 
@@ -335,7 +357,11 @@ def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit):
 
 
 @pytest.mark.parametrize(
-    ("store", "advice"), [(FakeStateStore(), "resumes waiting for it"), (None, "a retry submits a new task")]
+    ("store", "advice"),
+    [
+        (FakeStateStore(), f"resumes Apikley task {TASK_ID} and waits for it again, without paying"),
+        (None, "no task state store, so a retry submits and pays for a new task"),
+    ],
 )
 def test_a_timeout_says_what_a_retry_will_do(context, store, advice):
     event = {"status": "timeout", "apikley_task_id": TASK_ID, "message": f"Apikley task {TASK_ID} did not finish"}
@@ -359,3 +385,86 @@ def test_the_poll_error_budget_reaches_the_trigger(apikley, edit, context):
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True, max_consecutive_poll_errors=25).execute(context)
     assert excinfo.value.trigger.max_consecutive_poll_errors == 25
+
+
+# ---- checked before paying, explained after -------------------------------------------------------
+
+
+def test_an_output_path_that_cannot_be_written_fails_before_paying(apikley, edit, context, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ApikleyInputError, match=r"output_path='file://.*/a-file/edits': must be a folder"):
+        edit(output_path=f"file://{tmp_path}/a-file/edits").execute(context)
+    assert apikley.seen() == []
+
+
+@pytest.mark.parametrize(
+    ("callback_url", "hint"),
+    [("/apikley/callback", r"\[api\] base_url"), ("ftp://airflow.example.org/callback", "http:// or https://")],
+)
+def test_a_callback_url_apikley_cannot_reach_fails_before_paying(apikley, edit, context, callback_url, hint):
+    with pytest.raises(ApikleyInputError, match=rf"callback_url='{re.escape(callback_url)}': .*{hint}"):
+        edit(callback_url=callback_url).execute(context)
+    assert apikley.seen() == []
+
+
+def test_min_credits_refuses_to_submit_when_the_balance_is_short(apikley, edit, context):
+    apikley.state.credits = 3.0
+    with pytest.raises(ApikleyInsufficientCreditsError, match=r"min_credits=5: the account has 3 credits left"):
+        edit(min_credits=5).execute(context)
+    assert [request.endpoint for request in apikley.seen()] == ["credit"]
+
+
+def test_min_credits_lets_a_task_the_account_can_pay_for_through(apikley, edit, context):
+    apikley.configure(cost_per_task=2.5)
+    result = edit(min_credits=2.5).execute(context)
+    assert [request.endpoint for request in apikley.seen()][:2] == ["credit", "createTask"]
+    assert result["credits_consumed"] == 2.5
+
+
+def test_a_failed_copy_names_the_paid_task_its_results_and_what_a_retry_does(apikley, edit, tmp_path):
+    store = FakeStateStore()
+    apikley.script("results", envelope(code=404, msg="gone", status=404))  # the one result, once
+    with pytest.raises(ApikleyError) as excinfo:
+        edit(output_path=f"file://{tmp_path}/edits").execute({"ti": mock.Mock(), "task_state_store": store})
+    (task_id,) = task_ids(apikley)
+    message = str(excinfo.value)
+    assert f"Apikley task {task_id} succeeded" in message
+    assert all(url in message for url in apikley.state.tasks[task_id].result_urls)
+    assert f"resumes Apikley task {task_id} and copies its results again, without paying" in message
+
+    result = edit(output_path=f"file://{tmp_path}/edits").execute({"ti": mock.Mock(), "task_state_store": store})
+    assert (result["apikley_task_id"], len(apikley.seen("createTask"))) == (task_id, 1)
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/{task_id}-0.png"]
+
+
+def test_a_wait_ended_by_connection_errors_says_what_to_check_and_what_a_retry_does(apikley, edit):
+    apikley.script("recordInfo", dropped(times=None))
+    with pytest.raises(ApikleyConnectionError) as excinfo:
+        edit(max_consecutive_poll_errors=2).execute({"ti": mock.Mock(), "task_state_store": FakeStateStore()})
+    (task_id,) = task_ids(apikley)
+    assert f"resumes Apikley task {task_id} and waits for it again, without paying" in str(excinfo.value)
+    assert "check the connection's host and proxies" in str(excinfo.value)
+
+
+def test_a_trigger_error_event_gets_the_same_advice(context):
+    event = {
+        "status": "error",
+        "apikley_task_id": TASK_ID,
+        "message": "ApikleyConnectionError: Could not reach Apikley: Cannot connect to host",
+    }
+    with pytest.raises(ApikleyError, match=f"no task state store.*give {TASK_ID} to ApikleyTaskSensor.*host"):
+        make_operator().execute_complete(context, event)
+
+
+# ---- two steps: submit now, wait in a sensor ------------------------------------------------------
+
+
+def test_without_waiting_the_output_path_is_handed_on_with_the_task(apikley, edit, context, tmp_path):
+    result = edit(wait_for_completion=False, output_path=f"file://{tmp_path}/edits").execute(context)
+    assert result["output_path"] == f"file://{tmp_path}/edits"
+
+
+def test_an_output_path_nothing_would_receive_is_refused_before_paying(apikley, edit, context, tmp_path):
+    with pytest.raises(ApikleyInputError, match=r"output_path=.*do_xcom_push=False pushes none"):
+        edit(wait_for_completion=False, do_xcom_push=False, output_path=f"file://{tmp_path}").execute(context)
+    assert apikley.seen() == []

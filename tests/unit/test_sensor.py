@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
 from airflow_provider_qwen.emulator.script import envelope, html_page, task_record
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyInputError, ApikleyServerError
+from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from tests.conftest import submit_edit
 
@@ -50,6 +51,7 @@ def expected(apikley, task_id: str, image_url: str) -> dict:
         "state": "success",
         "result_urls": apikley.state.tasks[task_id].result_urls,
         "input": {"prompt": "sepia", "image_url": image_url},
+        "credits_consumed": apikley.state.settings.cost_per_task,
     }
 
 
@@ -154,6 +156,7 @@ def test_execute_complete_success(context):
         "state": "success",
         "result_urls": ["https://files.example.org/out/shoe-edited.png"],
         "input": {"prompt": "sepia", "image_url": "https://files.example.org/in/shoe.png"},
+        "credits_consumed": 1.0,
     }
     event = {**summary, "status": "success"}
     assert make_sensor(deferrable=True).execute_complete(context, event) == summary
@@ -205,3 +208,37 @@ def test_by_default_the_sensor_follows_apikleys_advised_cadence(apikley, source_
     with pytest.raises(TaskDeferred) as excinfo:
         sensor.execute(context)
     assert excinfo.value.trigger.poll_interval is None  # deferred: the advised cadence, slowing with age
+
+
+# ---- two steps: the sensor copies what the operator did not wait for ------------------------------
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poking", "deferred"])
+def test_output_path_copies_the_results_as_the_operator_would(apikley, source_image_url, context, tmp_path, deferrable):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    result = make_sensor(task_id, deferrable=deferrable, output_path=f"file://{tmp_path}/edits").execute(context)
+    (stored,) = result["stored"]
+    assert stored["uri"] == f"file://{tmp_path}/edits/{task_id}-0.png"
+    assert (tmp_path / "edits" / f"{task_id}-0.png").stat().st_size == stored["size"] > 0
+
+
+def test_a_deferred_wait_copies_the_results_when_it_resumes(apikley, source_image_url, context, tmp_path):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    event = {"status": "success", "apikley_task_id": task_id, "result_urls": apikley.state.tasks[task_id].result_urls}
+    result = make_sensor(task_id, output_path=f"file://{tmp_path}").execute_complete(context, event)
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/{task_id}-0.png"]
+
+
+def test_the_output_path_the_operator_hands_on_is_used(apikley, source_image_url, context, tmp_path):
+    submitted = QwenImageToImageOperator(
+        task_id="submit",
+        prompt="sepia",
+        image_url=source_image_url,
+        wait_for_completion=False,
+        output_path=f"file://{tmp_path}/handed-on",
+    ).execute({"ti": mock.Mock()})
+    apikley.wait_until_ended(submitted["apikley_task_id"])
+    result = make_sensor(submitted).execute(context)
+    assert [item["uri"] for item in result["stored"]] == [
+        f"file://{tmp_path}/handed-on/{submitted['apikley_task_id']}-0.png"
+    ]

@@ -348,7 +348,7 @@ def pushed(monkeypatch) -> list[dict]:
     return calls
 
 
-@pytest.mark.parametrize(("maps_over_result", "mapped_length"), [(False, None), (True, 4)])
+@pytest.mark.parametrize(("maps_over_result", "mapped_length"), [(False, None), (True, 5)])
 async def test_a_success_ends_the_task_from_the_triggerer_with_its_result_pushed(
     apikley, finished_task, pushed, maps_over_result, mapped_length
 ):
@@ -363,6 +363,7 @@ async def test_a_success_ends_the_task_from_the_triggerer_with_its_result_pushed
         "state": "success",
         "result_urls": task.result_urls,
         "input": task.request["input"],
+        "credits_consumed": 1.0,
     }
     assert (push["key"], push["task_id"], push["run_id"], push["map_index"]) == ("return_value", "edit", "manual__1", 3)
     assert push["_mapped_length"] == mapped_length
