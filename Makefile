@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
 .PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-task-start bench-batch fault-suite \
-	system-test system-deps
+	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
 COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
@@ -53,8 +53,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The wheel a pip user installs, until the provider is on PyPI.
+DIST_DIR ?= dist
+dist: | $(BIN)/uv
+	$(BIN)/uv build --quiet --wheel --out-dir $(DIST_DIR)
+
 clean:
-	rm -rf $(VENV) .venv-airflow-* .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-airflow-* .pytest_cache .ruff_cache dist
 
 DEMO_STAMP := $(VENV)/.installed-emulator
 

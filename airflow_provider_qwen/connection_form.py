@@ -16,8 +16,12 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 CONN_FIELDS: dict[str, dict] = {
     "upload_base_url": {
         "label": "Upload base URL",
-        "description": "Base URL of Apikley's file upload API.",
-        "schema": {"type": ["string", "null"], "format": "url", "default": DEFAULT_UPLOAD_BASE_URL},
+        "description": (
+            "Base URL of Apikley's file upload API. Empty: the Base URL followed by /file-upload, "
+            "which is https://api.apikley.ru/file-upload for Apikley and the emulator's own for an emulator."
+        ),
+        # no default: the UI would save it, and a connection to an emulator would upload to Apikley
+        "schema": {"type": ["string", "null"], "format": "url"},
     },
     "timeout": {
         "label": "Request timeout (seconds)",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import requests
@@ -24,6 +27,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyBadResponseError,
     ApikleyConnectionError,
     ApikleyError,
+    ApikleyInputError,
     ApikleyNotFoundError,
     error_class_for_code,
 )
@@ -36,6 +40,7 @@ from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_n
 from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskRecord, check_task_id, is_task_id
 from airflow_provider_qwen.storage import (
+    MAX_FILE_NAME_CHARS,
     MAX_RESULT_BYTES,
     StoredFile,
     check_file_name,
@@ -51,6 +56,13 @@ RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
 CREDIT_ENDPOINT = "/api/v1/chat/credit"
 USER_AGENT = f"airflow-provider-qwen/{__version__}"
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
+#: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
+UNIQUE_SUFFIX_CHARS = 16
+#: A longer "extension" (``a.b`` where ``b`` is a long word) is kept as part of the name.
+MAX_EXTENSION_CHARS = 10
+#: The name an upload gets when none is given nor derived, with the extension of its type.
+DEFAULT_UPLOAD_STEM = "image"
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 
 def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
@@ -82,6 +94,28 @@ def _upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
     if file_name:
         fields["fileName"] = check_file_name(file_name)
     return fields
+
+
+def _unique_name(name: str, suffix: str) -> str:
+    """``name`` with ``-<suffix>`` before its extension, shortened to stay a valid file name."""
+    stem, extension = os.path.splitext(name)
+    if len(extension) > MAX_EXTENSION_CHARS:
+        stem, extension = name, ""
+    room = MAX_FILE_NAME_CHARS - len(extension) - len(suffix) - 1
+    return check_file_name(f"{stem[:room]}-{suffix}{extension}")
+
+
+def _content_suffix(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()[:UNIQUE_SUFFIX_CHARS]
+
+
+def _name_in_url(file_url: str) -> str | None:
+    """The last segment of ``file_url``'s path, when it is a usable file name."""
+    name = unquote(urlsplit(file_url).path).rsplit("/", 1)[-1]
+    try:
+        return check_file_name(name)
+    except ApikleyInputError:
+        return None
 
 
 class ApikleyHook(HttpHook):
@@ -176,7 +210,10 @@ class ApikleyHook(HttpHook):
 
     @property
     def upload_base_url(self) -> str:
-        """Base URL of the file upload API, from the connection's ``upload_base_url`` extra."""
+        """
+        Base URL of the file upload API: the connection's ``upload_base_url`` extra, else its base
+        URL followed by ``/file-upload`` (https://api.apikley.ru/file-upload when the host is empty).
+        """
         return self.settings.upload_base_url
 
     def _send(self, method: str, url: str, **request_kwargs: Any) -> Any:
@@ -245,26 +282,50 @@ class ApikleyHook(HttpHook):
 
     # ---- files -------------------------------------------------------------------------------
 
-    def upload_file(self, file: str | os.PathLike | bytes, upload_path: str, file_name: str | None = None) -> str:
+    def upload_file(
+        self,
+        file: str | os.PathLike | bytes,
+        upload_path: str,
+        file_name: str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> str:
         """
         Upload a local image (a path, or its bytes) and return the URL to pass as ``image_url``.
 
         The file is checked first (JPEG, PNG or WebP, at most 10 MB): a bad one is refused before
         any request. Uploaded files are temporary on Apikley's side (assume 24 hours).
 
+        Apikley stores an upload under ``<upload_path>/<name>`` and a second upload of the same name
+        replaces the first, so the first URL would then serve the second image. By default the name
+        is therefore made unique: ``shoe.png`` is stored as ``shoe-<16 hex digits>.png``, the digits
+        being the start of the image's SHA-256 (64 bits: two different images of one name in one
+        folder do not meet by chance). A hash rather than a random suffix because it names the
+        content: different images never share a URL, while the same image uploaded again (a
+        retried request, a retried Airflow task) gets the same name and URL, and rewriting a file
+        with its own bytes is harmless; so a failed upload is safely repeated on transient errors.
+
         :param file: a path to the image, or its bytes.
         :param upload_path: the folder to upload into, without leading or trailing slash.
-        :param file_name: the name to store it under; the same name overwrites. By default the
-            path's name, or a name Apikley picks.
+        :param file_name: the name to store it under (a plain name, no folder). By default the
+            path's name, or ``image.<png|jpg|webp>`` for bytes.
+        :param overwrite: store the image under exactly ``file_name``, replacing (and changing what
+            the URL serves for) any earlier upload of that name in ``upload_path``; without a
+            ``file_name``, Apikley picks the name. Off by default.
         :return: the uploaded file's ``downloadUrl``.
+        :raises ApikleyInputError: when the image, ``upload_path`` or ``file_name`` is not valid.
         """
         if file_name is not None:
             check_file_name(file_name)
         if isinstance(file, bytes):
-            content, name = file, file_name or "image"
+            content, name = file, file_name or DEFAULT_UPLOAD_STEM
         else:
             content, name = Path(file).read_bytes(), file_name or Path(file).name
         content_type = check_upload(content, name)
+        if not overwrite:
+            if not file_name and isinstance(file, bytes):
+                name += _EXTENSIONS[content_type]
+            name = file_name = _unique_name(name, _content_suffix(content))
         return self._upload(
             "file-stream-upload",
             file_name,
@@ -272,21 +333,61 @@ class ApikleyHook(HttpHook):
             data=_upload_fields(upload_path, file_name),
         )
 
-    def upload_base64(self, content: bytes, upload_path: str, file_name: str | None = None) -> str:
-        """Like :meth:`upload_file`, sent as base64 JSON; for images already in memory."""
-        content_type = check_upload(content, file_name or "image")
+    def upload_base64(
+        self, content: bytes, upload_path: str, file_name: str | None = None, *, overwrite: bool = False
+    ) -> str:
+        """
+        Like :meth:`upload_file`, sent as base64 JSON; for images already in memory.
+
+        Without ``overwrite`` the stored name is made unique from the image's SHA-256, as in
+        :meth:`upload_file` (by default ``image-<16 hex digits>.<png|jpg|webp>``).
+        """
+        if file_name is not None:
+            check_file_name(file_name)
+        content_type = check_upload(content, file_name or DEFAULT_UPLOAD_STEM)
+        if not overwrite:
+            name = file_name or DEFAULT_UPLOAD_STEM + _EXTENSIONS[content_type]
+            file_name = _unique_name(name, _content_suffix(content))
         data_url = f"data:{content_type};base64,{base64.b64encode(content).decode()}"
         return self._upload(
             "file-base64-upload", file_name, json={"base64Data": data_url, **_upload_fields(upload_path, file_name)}
         )
 
-    def upload_from_url(self, file_url: str, upload_path: str, file_name: str | None = None) -> str:
-        """Have Apikley fetch an image from ``file_url`` (http or https) and return its ``downloadUrl``."""
-        body = {"fileUrl": check_result_url(file_url), **_upload_fields(upload_path, file_name)}
+    def upload_from_url(
+        self, file_url: str, upload_path: str, file_name: str | None = None, *, overwrite: bool = False
+    ) -> str:
+        """
+        Have Apikley fetch an image from ``file_url`` (http or https) and return its ``downloadUrl``.
+
+        Without ``overwrite`` the stored name is made unique with a random suffix, chosen once per
+        call: ``file_name`` (by default the URL's last path segment, or ``image``) becomes
+        ``<name>-<16 hex digits><extension>``. Not a hash as in :meth:`upload_file`: the bytes are
+        fetched by Apikley, not seen here, and one URL may serve different images over time, so
+        hashing the URL could let a later upload replace an earlier one. A repeat of the request
+        after a transient error reuses the name and rewrites the same file from the same URL, so it
+        is still safe.
+
+        :param file_url: where Apikley fetches the image from.
+        :param upload_path: the folder to upload into, without leading or trailing slash.
+        :param file_name: the name to store it under (a plain name, no folder).
+        :param overwrite: store under exactly ``file_name``, replacing any earlier upload of that
+            name; without a ``file_name``, Apikley picks the name. Off by default.
+        :return: the uploaded file's ``downloadUrl``.
+        """
+        if file_name is not None:
+            check_file_name(file_name)
+        file_url = check_result_url(file_url)
+        if not overwrite:
+            name = file_name or _name_in_url(file_url) or DEFAULT_UPLOAD_STEM
+            file_name = _unique_name(name, secrets.token_hex(UNIQUE_SUFFIX_CHARS // 2))
+        body = {"fileUrl": file_url, **_upload_fields(upload_path, file_name)}
         return self._upload("file-url-upload", file_name, json=body)
 
     def _upload(self, api: str, file_name: str | None, **request_kwargs: Any) -> str:
-        # A named upload overwrites itself, so repeating it is harmless; an unnamed one might not be.
+        # A named upload (every one without overwrite: its name is fixed before the first try) can
+        # only rewrite its own file with the same bytes, or from the same URL: repeating it is
+        # harmless. An unnamed one might be stored twice under two names Apikley picks, so it is
+        # repeated only when the service surely did not take it.
         should_retry = is_transient if file_name else was_not_taken
         data = self._call("POST", f"{self.upload_base_url}/api/{api}", should_retry, **request_kwargs)
         url = data.get("downloadUrl") if isinstance(data, dict) else None

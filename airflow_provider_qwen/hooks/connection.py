@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 #: The connection extras the provider reads; any other extra is ignored (never sent as a header).
 KNOWN_EXTRAS = frozenset({"timeout", "upload_base_url", "webhook_secret", "proxies", "verify", "private_result_hosts"})
 
+#: Where the upload API lives under the API's base URL, at Apikley (https://api.apikley.ru/file-upload)
+#: as in the emulator.
+UPLOAD_BASE_PATH = "/file-upload"
+
 
 class BearerAuth(AuthBase):
     """Adds ``Authorization: Bearer <key>`` to each request; its repr never shows the key."""
@@ -58,7 +62,8 @@ class ApikleySettings:
     :param base_url: the API's base URL, from the host (default https://api.apikley.ru).
     :param api_key: the password; never in the repr.
     :param timeout: seconds one request may take in all (extra ``timeout``).
-    :param upload_base_url: base URL of the file upload API (extra ``upload_base_url``).
+    :param upload_base_url: base URL of the file upload API: the extra ``upload_base_url``, else
+        ``base_url`` followed by ``/file-upload`` (see :func:`upload_base_url_from_extra`).
     :param webhook_secret: the key Apikley signs callbacks with (extra ``webhook_secret``); never in the repr.
     :param proxies: ``requests``-style proxies for the API (extra ``proxies``).
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path (extra ``verify``).
@@ -94,12 +99,13 @@ class ApikleySettings:
         secret = extra.get("webhook_secret") or None
         if secret is not None:
             mask_secret(str(secret))
+        base_url = base_url_from_connection(conn)
         return cls(
             conn_id=conn.conn_id,
-            base_url=base_url_from_connection(conn),
+            base_url=base_url,
             api_key=api_key_from_connection(conn),
             timeout=timeout_from_extra(extra),
-            upload_base_url=_http_url_extra(conn, extra, "upload_base_url", DEFAULT_UPLOAD_BASE_URL),
+            upload_base_url=upload_base_url_from_extra(conn, extra, base_url),
             webhook_secret=str(secret) if secret is not None else None,
             proxies=_proxies_from_extra(conn, extra),
             verify=_verify_from_extra(conn, extra),
@@ -137,6 +143,22 @@ def base_url_from_connection(conn: Connection) -> str:
             f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
         )
     return host.rstrip("/")
+
+
+def upload_base_url_from_extra(conn: Connection, extra: dict[str, Any], base_url: str) -> str:
+    """
+    The upload API's base URL: the extra ``upload_base_url`` when set, else ``base_url`` + ``/file-upload``.
+
+    Apikley serves its upload API under its API's address (https://api.apikley.ru/file-upload), and
+    so does the emulator, so a connection whose host names an emulator or another Apikley-compatible
+    server uploads there too, never to the public service behind the user's back. A connection with
+    neither a host nor the extra uploads to https://api.apikley.ru/file-upload. A service that keeps
+    its upload API elsewhere needs the extra.
+
+    :param base_url: the API's base URL, from :func:`base_url_from_connection`.
+    :raises ApikleyConfigurationError: when the extra is not an http(s) URL.
+    """
+    return _http_url_extra(conn, extra, "upload_base_url", base_url + UPLOAD_BASE_PATH)
 
 
 def api_key_from_connection(conn: Connection) -> str:

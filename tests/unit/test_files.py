@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import re
 import time
 
 import pytest
@@ -13,7 +15,7 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow_provider_qwen.emulator.script import envelope
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.storage import MAX_UPLOAD_BYTES, sniff_image_type, write_atomically
+from airflow_provider_qwen.storage import MAX_FILE_NAME_CHARS, MAX_UPLOAD_BYTES, sniff_image_type, write_atomically
 from tests.conftest import API_KEY, submit_edit
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
@@ -23,6 +25,15 @@ RESULT_URL = "https://cdn.apikley.test/r/abc.png"
 #: How long results stay downloadable, for the test of an expired one.
 SHORT_FILE_TTL = 0.05
 SERVER_ERROR = envelope(code=500, msg="oops")
+
+
+def png(colour: str) -> bytes:
+    """A real PNG of one colour: different colours are different bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -43,11 +54,17 @@ def test_image_types_are_read_from_the_bytes(content, mime):
     assert sniff_image_type(content[:16]) == mime
 
 
+def unique(name: str, content: bytes) -> str:
+    """The name an upload of ``content`` as ``name`` is stored under by default."""
+    stem, _, extension = name.rpartition(".")
+    return f"{stem}-{hashlib.sha256(content).hexdigest()[:16]}.{extension}"
+
+
 def test_upload_file_streams_the_image_and_returns_its_download_url(apikley, hook, tmp_path):
     image = tmp_path / "shoe.png"
     image.write_bytes(PNG)
     url = hook.upload_file(image, "catalog/2026")
-    assert url == f"{apikley.base_url}/files/catalog/2026/shoe.png"
+    assert url == f"{apikley.base_url}/files/catalog/2026/{unique('shoe.png', PNG)}"
     assert requests.get(url, timeout=5).content == PNG  # the emulator keeps what it was sent
     [sent] = apikley.seen("upload")
     assert f"{apikley.base_url}{sent.path}" == f"{apikley.upload_base_url}/api/file-stream-upload"
@@ -55,25 +72,128 @@ def test_upload_file_streams_the_image_and_returns_its_download_url(apikley, hoo
     assert sent.headers["content-type"].startswith("multipart/form-data")
     body = sent.body
     assert b'name="uploadPath"\r\n\r\ncatalog/2026' in body
-    assert b'filename="shoe.png"' in body
+    assert f'name="fileName"\r\n\r\n{unique("shoe.png", PNG)}'.encode() in body
+    assert f'filename="{unique("shoe.png", PNG)}"'.encode() in body
     assert PNG in body
 
 
 def test_upload_base64_sends_a_data_url(apikley, hook):
     url = hook.upload_base64(JPEG, "catalog", file_name="mug.jpg")
-    assert url == f"{apikley.base_url}/files/catalog/mug.jpg"
+    assert url == f"{apikley.base_url}/files/catalog/{unique('mug.jpg', JPEG)}"
     [sent] = apikley.seen("upload")
     assert sent.path.endswith("/api/file-base64-upload")
     assert sent.json()["base64Data"].startswith("data:image/jpeg;base64,")
-    assert (sent.json()["uploadPath"], sent.json()["fileName"]) == ("catalog", "mug.jpg")
+    assert (sent.json()["uploadPath"], sent.json()["fileName"]) == ("catalog", unique("mug.jpg", JPEG))
 
 
 def test_upload_from_url(apikley, hook, source_image_url):
     url = hook.upload_from_url(source_image_url, "catalog")
-    assert url == f"{apikley.base_url}/files/catalog/shoe.png"
     [sent] = apikley.seen("upload")
     assert sent.path.endswith("/api/file-url-upload")
+    name = sent.json()["fileName"]
+    assert re.fullmatch(r"shoe-[0-9a-f]{16}\.png", name)  # the URL's name, made unique
+    assert sent.json() == {"fileUrl": source_image_url, "uploadPath": "catalog", "fileName": name}
+    assert url == f"{apikley.base_url}/files/catalog/{name}"
+    assert requests.get(url, timeout=5).content == requests.get(source_image_url, timeout=5).content
+
+
+# ---- unique names: two images never share a URL unless asked to -----------------------------------
+
+UPLOADS = ["upload_file", "upload_base64"]
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_two_images_with_the_same_name_in_one_folder_keep_their_own_urls(apikley, hook, upload):
+    first, second = png("#000000"), png("#ffffff")
+    first_url = getattr(hook, upload)(first, "catalog", file_name="shoe.png")
+    second_url = getattr(hook, upload)(second, "catalog", file_name="shoe.png")
+    assert first_url != second_url
+    assert requests.get(first_url, timeout=5).content == first
+    assert requests.get(second_url, timeout=5).content == second
+
+
+def test_two_files_with_the_same_name_from_two_folders_keep_their_own_urls(apikley, hook, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "shoe.png").write_bytes(png("#000000"))
+    (tmp_path / "b" / "shoe.png").write_bytes(png("#ffffff"))
+    urls = [hook.upload_file(tmp_path / folder / "shoe.png", "catalog") for folder in "ab"]
+    assert [requests.get(url, timeout=5).content for url in urls] == [png("#000000"), png("#ffffff")]
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_two_unnamed_images_keep_their_own_urls(apikley, hook, upload):
+    first, second = png("#000000"), JPEG
+    first_url, second_url = getattr(hook, upload)(first, "catalog"), getattr(hook, upload)(second, "catalog")
+    assert first_url == f"{apikley.base_url}/files/catalog/{unique('image.png', first)}"
+    assert second_url == f"{apikley.base_url}/files/catalog/{unique('image.jpg', second)}"
+    assert requests.get(first_url, timeout=5).content == first
+
+
+def test_two_images_from_urls_with_the_same_name_keep_their_own_urls(apikley, hook):
+    sources = [apikley.put_file(f"{folder}/shoe.png", png(colour)) for folder, colour in [("a", "#000"), ("b", "#fff")]]
+    urls = [hook.upload_from_url(source, "catalog") for source in sources]
+    assert urls[0] != urls[1]
+    assert [requests.get(url, timeout=5).content for url in urls] == [png("#000"), png("#fff")]
+
+
+def test_one_url_uploaded_twice_is_two_files_as_it_may_change_in_between(apikley, hook):
+    source = apikley.put_file("a/shoe.png", png("#000"))
+    first = hook.upload_from_url(source, "catalog", file_name="shoe.png")
+    apikley.put_file("a/shoe.png", png("#fff"))
+    second = hook.upload_from_url(source, "catalog", file_name="shoe.png")
+    assert first != second
+    assert requests.get(first, timeout=5).content == png("#000")
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_the_same_image_uploaded_twice_gets_one_url_that_keeps_serving_it(apikley, hook, upload):
+    content = png("#2c7fb8")
+    first = getattr(hook, upload)(content, "catalog", file_name="shoe.png")
+    second = getattr(hook, upload)(content, "catalog", file_name="shoe.png")
+    assert first == second == f"{apikley.base_url}/files/catalog/{unique('shoe.png', content)}"
+    assert len(apikley.seen("upload")) == 2
+    assert requests.get(first, timeout=5).content == content
+
+
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_overwrite_stores_under_the_given_name_and_replaces_it(apikley, hook, upload):
+    first, second = png("#000000"), png("#ffffff")
+    first_url = getattr(hook, upload)(first, "catalog", file_name="shoe.png", overwrite=True)
+    second_url = getattr(hook, upload)(second, "catalog", file_name="shoe.png", overwrite=True)
+    assert first_url == second_url == f"{apikley.base_url}/files/catalog/shoe.png"
+    assert requests.get(first_url, timeout=5).content == second  # the first URL now serves the second image
+
+
+def test_overwrite_from_a_url_sends_the_request_as_before(apikley, hook, source_image_url):
+    url = hook.upload_from_url(source_image_url, "catalog", overwrite=True)
+    assert url == f"{apikley.base_url}/files/catalog/shoe.png"
+    [sent] = apikley.seen("upload")
     assert sent.json() == {"fileUrl": source_image_url, "uploadPath": "catalog"}
+
+
+def test_overwrite_of_a_path_sends_no_name_of_its_own(apikley, hook, tmp_path):
+    image = tmp_path / "shoe.png"
+    image.write_bytes(PNG)
+    assert hook.upload_file(image, "catalog", overwrite=True) == f"{apikley.base_url}/files/catalog/shoe.png"
+    [sent] = apikley.seen("upload")
+    assert b'name="fileName"' not in sent.body
+
+
+def test_a_long_name_is_shortened_to_stay_a_valid_file_name(apikley, hook):
+    url = hook.upload_file(PNG, "catalog", file_name="a" * 251 + ".png")
+    name = url.rsplit("/", 1)[-1]
+    assert len(name) == MAX_FILE_NAME_CHARS
+    assert name.endswith(f"-{hashlib.sha256(PNG).hexdigest()[:16]}.png")
+
+
+@pytest.mark.parametrize("upload", ["upload_file", "upload_base64", "upload_from_url"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_bad_file_name_is_refused_before_any_request(apikley, hook, upload, overwrite):
+    source = PNG if upload != "upload_from_url" else "https://cdn.example.org/shoe.png"
+    with pytest.raises(ApikleyInputError, match=r"^file_name='a/b\.png': must be a plain file name"):
+        getattr(hook, upload)(source, "catalog", file_name="a/b.png", overwrite=overwrite)
+    assert apikley.seen() == []
 
 
 @pytest.mark.parametrize(
@@ -97,17 +217,35 @@ def test_bad_upload_path_is_refused_before_any_request(apikley, hook, upload_pat
     assert apikley.seen() == []
 
 
-def test_unnamed_upload_is_not_repeated_after_a_server_error(apikley, hook):
+def test_an_upload_apikley_names_is_not_repeated_after_a_server_error(apikley, hook):
     apikley.script("upload", SERVER_ERROR)
     with pytest.raises(ApikleyError):
-        hook.upload_file(PNG, "catalog")
+        hook.upload_file(PNG, "catalog", overwrite=True)
     assert len(apikley.seen("upload")) == 1
 
 
-def test_named_upload_overwrites_itself_so_it_is_repeated(apikley, hook):
+def test_a_named_upload_with_overwrite_rewrites_itself_so_it_is_repeated(apikley, hook):
     apikley.script("upload", SERVER_ERROR)
-    assert hook.upload_file(PNG, "catalog", file_name="shoe.png") == f"{apikley.base_url}/files/catalog/shoe.png"
+    url = hook.upload_file(PNG, "catalog", file_name="shoe.png", overwrite=True)
+    assert url == f"{apikley.base_url}/files/catalog/shoe.png"
     assert len(apikley.seen("upload")) == 2
+
+
+@pytest.mark.parametrize("file_name", [None, "shoe.png"])
+@pytest.mark.parametrize("upload", UPLOADS)
+def test_a_unique_upload_is_repeated_under_the_same_name(apikley, hook, upload, file_name):
+    apikley.script("upload", SERVER_ERROR)
+    url = getattr(hook, upload)(PNG, "catalog", file_name=file_name)
+    assert url == f"{apikley.base_url}/files/catalog/{unique(file_name or 'image.png', PNG)}"
+    assert len(apikley.seen("upload")) == 2
+
+
+def test_a_unique_upload_from_a_url_is_repeated_under_the_name_it_chose_once(apikley, hook, source_image_url):
+    apikley.script("upload", SERVER_ERROR)
+    url = hook.upload_from_url(source_image_url, "catalog")
+    first, second = (sent.json()["fileName"] for sent in apikley.seen("upload"))
+    assert first == second
+    assert url == f"{apikley.base_url}/files/catalog/{first}"
 
 
 def test_download_result_writes_the_file_with_size_type_and_checksum(apikley, hook, source_image_url, tmp_path):

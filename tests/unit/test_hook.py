@@ -304,6 +304,39 @@ def test_base_url_from_host(monkeypatch, host, expected):
     assert ApikleyHook().settings.base_url == expected
 
 
+@pytest.mark.parametrize(
+    ("host", "extra", "expected"),
+    [
+        (None, {}, "https://api.apikley.ru/file-upload"),
+        ("api.apikley.ru", {}, "https://api.apikley.ru/file-upload"),
+        ("http://127.0.0.1:8089/", {}, "http://127.0.0.1:8089/file-upload"),
+        ("https://gateway.example.org/apikley", {}, "https://gateway.example.org/apikley/file-upload"),
+        ("http://127.0.0.1:8089", {"upload_base_url": "https://upload.example.org/"}, "https://upload.example.org"),
+        (None, {"upload_base_url": "https://upload.example.org"}, "https://upload.example.org"),
+        ("http://127.0.0.1:8089", {"upload_base_url": ""}, "http://127.0.0.1:8089/file-upload"),
+    ],
+)
+def test_upload_base_url_is_the_extra_else_derived_from_the_host(monkeypatch, host, extra, expected):
+    set_connection(monkeypatch, host=host, password=API_KEY, extra=extra)
+    assert ApikleyHook().upload_base_url == expected
+
+
+def test_upload_base_url_that_is_not_http_is_a_clear_error(monkeypatch):
+    set_connection(monkeypatch, host="http://127.0.0.1:8089", password=API_KEY, extra={"upload_base_url": "ftp://x"})
+    with pytest.raises(ApikleyConfigurationError, match="extra upload_base_url='ftp://x': must be an http"):
+        _ = ApikleyHook().upload_base_url
+
+
+def test_a_connection_to_the_emulator_without_upload_base_url_uploads_to_the_emulator(apikley, monkeypatch):
+    set_connection(monkeypatch, host=apikley.base_url, password=API_KEY)
+    hook = ApikleyHook(retry_policy=RetryPolicy(attempts=1))
+    assert hook.upload_base_url == apikley.upload_base_url  # not the public upload API
+    url = hook.upload_file(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "catalog", file_name="shoe.png")
+    [sent] = apikley.seen("upload")
+    assert f"{apikley.base_url}{sent.path}" == f"{apikley.upload_base_url}/api/file-stream-upload"
+    assert url.startswith(f"{apikley.base_url}/files/catalog/shoe-")
+
+
 def test_calls_go_to_the_host_given_with_a_trailing_slash(apikley, monkeypatch):
     set_connection(monkeypatch, host=f"{apikley.base_url}/", password=API_KEY)
     assert ApikleyHook().get_credits() == 1000

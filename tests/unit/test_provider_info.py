@@ -49,7 +49,8 @@ def test_the_connection_form_relabels_and_hides_fields(providers_manager):
 @pytest.mark.skipif(not FORM_FROM_PROVIDER_INFO, reason="extra fields in the form need Airflow 3.2+")
 def test_the_connection_form_has_the_extras(providers_manager):
     widgets = providers_manager.connection_form_widgets
-    assert widgets["extra__apikley__upload_base_url"].field["value"] == "https://api.apikley.ru/file-upload"
+    # empty unless set: a saved default would send an emulator connection's uploads to the public API
+    assert widgets["extra__apikley__upload_base_url"].field["value"] is None
     assert widgets["extra__apikley__timeout"].field["schema"]["type"] == ["number", "null"]
 
 
