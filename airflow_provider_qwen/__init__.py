@@ -14,7 +14,7 @@ def get_provider_info() -> dict:
     return {
         "package-name": "airflow-provider-qwen",
         "name": "Qwen image-to-image (Apikley)",
-        "description": "Edit images with Qwen's image-to-image model through the Apikley API.",
+        "description": "Edit images with Qwen's image-to-image model, or run any Apikley model, through Apikley.",
         "versions": [__version__],
         "integrations": [
             {
@@ -27,7 +27,11 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "Apikley",
-                "python-modules": ["airflow_provider_qwen.operators.qwen", "airflow_provider_qwen.operators.batch"],
+                "python-modules": [
+                    "airflow_provider_qwen.operators.apikley",
+                    "airflow_provider_qwen.operators.qwen",
+                    "airflow_provider_qwen.operators.batch",
+                ],
             }
         ],
         "sensors": [{"integration-name": "Apikley", "python-modules": ["airflow_provider_qwen.sensors.apikley"]}],

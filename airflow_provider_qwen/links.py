@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, conf
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 
 #: XCom key under which the Apikley task id is pushed as soon as it is known, before any wait.
 APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
+#: Set by a task on its operator: ``False`` from the start of ``execute``, then the id it pushed; so
+#: the link, computed in the same process when the task ends, asks for nothing a failed task never pushed.
+PUSHED_ID_ATTRIBUTE = "_apikley_task_id_pushed"
 #: Where the provider's app is mounted on the api-server (see :mod:`airflow_provider_qwen.api_server.plugin`).
 API_SERVER_PREFIX = "/apikley"
 
@@ -67,8 +71,44 @@ class ApikleyTaskLink(BaseOperatorLink):
     name = "Apikley task"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        """The task's page, once its id is in XCom; empty before."""
+        """
+        The task's page, once its id is in XCom; empty before, and quietly so.
+
+        Airflow computes the link when the task instance ends, also after a failure that came before
+        any Apikley task existed (an input error). Asking for a missing XCom there makes the worker's
+        supervisor log ``XCom not found`` as an error in the task's log, which reads like a second
+        failure; so the link first counts the ids that exist, which logs nothing.
+        """
+        pushed = getattr(operator, PUSHED_ID_ATTRIBUTE, None)
+        if pushed is False or (pushed is None and not _may_have_task_id(ti_key)):
+            return ""
+        if pushed:
+            return task_page_url(operator.apikley_conn_id, str(pushed))
         apikley_task_id = XCom.get_value(ti_key=ti_key, key=APIKLEY_TASK_ID_XCOM_KEY)
         if not apikley_task_id:
             return ""
         return task_page_url(operator.apikley_conn_id, str(apikley_task_id))
+
+
+def _may_have_task_id(ti_key: Any) -> bool:
+    """
+    Whether an Apikley task id may be in XCom for ``ti_key``: ``False`` only when none can be.
+
+    In a task process (the task SDK's ``SUPERVISOR_COMMS`` is set) this asks how many instances of
+    the task pushed the id: a count, which is never a "not found". The count spans every map index of
+    a mapped task, so an instance whose siblings pushed ids is still looked up. Anywhere else
+    (nothing to ask, or an Airflow without that request) the answer is ``True``, and the caller
+    looks the id up as before.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None:
+        return True
+    try:
+        from airflow.sdk.execution_time.comms import GetXComCount, XComCountResponse
+    except ImportError:  # pragma: no cover - every supported Airflow has it
+        return True
+    answer = comms.send(
+        GetXComCount(key=APIKLEY_TASK_ID_XCOM_KEY, dag_id=ti_key.dag_id, run_id=ti_key.run_id, task_id=ti_key.task_id)
+    )
+    return not isinstance(answer, XComCountResponse) or answer.len > 0

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -51,6 +53,78 @@ def is_http_url(value: Any) -> bool:
 def is_task_id(value: Any) -> bool:
     """Whether ``value`` is a string shaped like an Apikley task id (:data:`TASK_ID_PATTERN`)."""
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
+
+
+#: What a model name looks like: words of letters, digits, ``.``, ``_`` and ``-``, separated by ``/``.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*")
+MODEL_RULE = (
+    "must be an Apikley model name such as 'qwen/text-to-image': words of letters, digits, '.', '_' or '-' "
+    "separated by '/', at most 128 characters"
+)
+#: The largest ``input`` sent, as JSON: Apikley's inputs are prompts and URLs, never file contents.
+MAX_INPUT_BYTES = 64 * 1024
+
+
+def check_model(value: Any) -> str:
+    """:raises ApikleyInputError: unless ``value`` is shaped like an Apikley model name."""
+    if not isinstance(value, str) or len(value) > 128 or not MODEL_PATTERN.fullmatch(value):
+        raise ApikleyInputError(f"model={value!r}: {MODEL_RULE}")
+    return value
+
+
+def check_input(model: str, value: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    ``value`` as the ``input`` of a ``model`` task: a JSON object of at most 64 KiB, valid against
+    ``schema`` (a JSON Schema) when one is given. Which fields a model takes is otherwise Apikley's
+    to check (a refusal is an :class:`~airflow_provider_qwen.exceptions.ApikleyValidationError`).
+
+    :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
+    """
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise ApikleyInputError(f"input={_shown(value)}: must be a JSON object (a dict with string keys)")
+    try:
+        size = len(json.dumps(value, allow_nan=False).encode())
+    except (TypeError, ValueError) as err:
+        raise ApikleyInputError(f"input={_shown(value)}: must hold JSON values only ({err})") from None
+    if size > MAX_INPUT_BYTES:
+        raise ApikleyInputError(f"input ({size} bytes as JSON): must be at most {MAX_INPUT_BYTES} bytes")
+    if schema is not None:
+        from jsonschema import Draft202012Validator
+
+        problems = [
+            f"input.{'.'.join(str(part) for part in error.absolute_path) or '(object)'}={_shown(error.instance)}: "
+            f"{error.message}"
+            for error in sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(map(str, e.path)))
+        ]
+        if problems:
+            raise ApikleyInputError(f"Invalid input for {model}: " + "; ".join(problems))
+    return value
+
+
+def load_input_schema(schema: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """
+    A JSON Schema for a model's ``input``: ``schema`` itself, or read from the JSON file it names.
+
+    :raises ApikleyInputError: when the file cannot be read or the schema is not a valid JSON Schema.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    if not isinstance(schema, dict):
+        try:
+            schema = json.loads(Path(schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ApikleyInputError(f"input_schema={str(schema)!r}: must be a readable JSON file ({err})") from None
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as err:
+        raise ApikleyInputError(f"input_schema: must be a valid JSON Schema ({err.message})") from None
+    return schema
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def check_callback_url(value: Any) -> str | None:
@@ -195,6 +269,20 @@ class TaskState(StrEnum):
         return self in (TaskState.SUCCESS, TaskState.FAIL)
 
 
+#: How deep in ``resultJson`` result URLs are looked for.
+MAX_RESULT_DEPTH = 4
+
+
+def _urls_in(value: Any, depth: int) -> list[str]:
+    """The http(s) URLs among ``value``'s strings, nested lists and dicts, at most ``depth`` levels down."""
+    if isinstance(value, str):
+        return [value] if is_http_url(value) else []
+    if depth <= 0:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [url for item in items for url in _urls_in(item, depth - 1)]
+
+
 def _decode_json_string(value: Any) -> Any:
     # param and resultJson arrive as JSON encoded inside a string; "" means "nothing yet".
     if isinstance(value, str):
@@ -253,9 +341,21 @@ class TaskRecord(BaseModel):
 
     @property
     def result_urls(self) -> list[str]:
-        """URLs of the generated images (empty until the task succeeds). They expire: copy them."""
-        urls = (self.result or {}).get("resultUrls") or []
-        return [str(url) for url in urls]
+        """
+        URLs of the results (empty until the task succeeds): ``resultUrls``, then any other http(s)
+        URL in ``resultJson`` (models that answer with a ``resultObject``). They expire: copy them.
+        """
+        listed = (self.result or {}).get("resultUrls") or []
+        urls = [str(url) for url in listed] if isinstance(listed, list) else []
+        for url in _urls_in(self.result, depth=MAX_RESULT_DEPTH):
+            if url not in urls:
+                urls.append(url)
+        return urls
+
+    @property
+    def result_beyond_urls(self) -> dict[str, Any] | None:
+        """The parsed ``resultJson`` when it says more than ``resultUrls`` (text, objects), else ``None``."""
+        return self.result if self.result and set(self.result) != {"resultUrls"} else None
 
     def describe(self) -> dict[str, Any]:
         """The task as JSON primitives: what it was asked, where it is or how it ended, and its results."""

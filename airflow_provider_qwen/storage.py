@@ -101,9 +101,13 @@ def result_destination(
     return dest
 
 
+#: File extensions by the ``output_format`` a model's input may name.
+EXTENSION_BY_FORMAT = {"jpeg": "jpg", "jpg": "jpg", "webp": "webp", "png": "png"}
+
+
 def result_extension(input: dict[str, Any]) -> str:
-    """The file extension of a task's results, from the ``output_format`` of its ``input``."""
-    return "jpg" if input.get("output_format") == "jpeg" else "png"
+    """The file extension of a task's results, from the ``output_format`` of its ``input`` (PNG when none)."""
+    return EXTENSION_BY_FORMAT.get(str(input.get("output_format", "png")).lower(), "png")
 
 
 def as_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:

@@ -22,6 +22,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parents[1
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,30 @@ def source_image_url(apikley: RunningEmulator) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), "#2c7fb8").save(buffer, format="PNG")
     return apikley.put_file("tests/shoe.png", buffer.getvalue(), "image/png")
+
+
+#: The two operators that run an edit: the typed Qwen one, and the generic one given the same input.
+OPERATOR_KINDS = ("qwen", "generic")
+
+
+def edit_operator(kind: str, **arguments: Any):
+    """
+    An edit by the operator of ``kind``: ``arguments`` as the Qwen operator takes them; for the
+    generic operator, its input fields become ``input``, checked against the model's published schema.
+    """
+    from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
+    from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
+    from airflow_provider_qwen.operators.qwen import INPUT_FIELDS, QwenImageToImageOperator
+
+    if kind == "qwen":
+        return QwenImageToImageOperator(**arguments)
+    fields = {name: arguments.pop(name) for name in INPUT_FIELDS if name in arguments}
+    published = json.loads(
+        (Path(__file__).parents[1] / "airflow_provider_qwen/emulator/schema/qwen-image-to-image.json").read_text()
+    )
+    return ApikleyCreateTaskOperator(
+        model=QWEN_IMAGE_TO_IMAGE,
+        input={name: value for name, value in fields.items() if value is not None},
+        input_schema=published["properties"]["input"],
+        **arguments,
+    )

@@ -1,5 +1,5 @@
 """
-A local Apikley: the same API, real (if simple) image edits, and faults on demand.
+A local Apikley: the same API, real (if simple) pictures for its models (:data:`MODELS`), and faults on demand.
 
 It validates requests against the model's published schema on its own, without the provider's
 models, so a mistake on one side cannot hide behind the same mistake on the other. It imports
@@ -13,8 +13,19 @@ nothing from the rest of the package, nor Airflow.
 from __future__ import annotations
 
 from airflow_provider_qwen.emulator.app import create_app
+from airflow_provider_qwen.emulator.models import IMAGE_TO_IMAGE, MODELS, TEXT_TO_IMAGE
 from airflow_provider_qwen.emulator.server import RunningEmulator, run_emulator
 from airflow_provider_qwen.emulator.settings import EmulatorSettings, Faults
 from airflow_provider_qwen.emulator.state import EmulatorState
 
-__all__ = ["EmulatorSettings", "EmulatorState", "Faults", "RunningEmulator", "create_app", "run_emulator"]
+__all__ = [
+    "IMAGE_TO_IMAGE",
+    "MODELS",
+    "TEXT_TO_IMAGE",
+    "EmulatorSettings",
+    "EmulatorState",
+    "Faults",
+    "RunningEmulator",
+    "create_app",
+    "run_emulator",
+]

@@ -1,4 +1,9 @@
-"""A task's life after createTask: its timeline, the edit (once, in a thread), the result, the callback."""
+"""
+A task's life after createTask: its timeline, its pictures (made once, in a thread), the results, the callback.
+
+The only part that depends on the model is its generate function; the two defined here are the
+ones :mod:`~.models` names for its models.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,23 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_qwen.emulator.callbacks import deliver_callback
 from airflow_provider_qwen.emulator.fetching import FetchProblem, Origin, read_url
-from airflow_provider_qwen.emulator.imaging import OUTPUT_FORMATS, ImageProblem, edit_image
+from airflow_provider_qwen.emulator.imaging import OUTPUT_FORMATS, ImageProblem, draw_image, edit_image
 from airflow_provider_qwen.emulator.state import EmulatorState
 from airflow_provider_qwen.emulator.store import Task
-from airflow_provider_qwen.emulator.validation import INPUT_DEFAULTS
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.emulator.models import Model
 
 log = logging.getLogger(__name__)
+
+#: A model's work: ``(state, input with the defaults filled in, origin)`` → the encoded pictures, in
+#: ``output_format``. It raises :class:`FetchProblem` or :class:`ImageProblem` for an input it cannot use.
+Generate = Callable[[EmulatorState, dict[str, Any], Origin], Awaitable[list[bytes]]]
 
 #: failCode and failMsg of a task that fails by ``fail_fraction``.
 EMULATED_FAILURE = ("501", "Generation failed: the model did not return an image (emulated failure)")
@@ -41,8 +53,8 @@ def new_task(state: EmulatorState, body: dict[str, Any], now: float) -> Task:
     )
 
 
-async def _edit(state: EmulatorState, task: Task, origin: Origin) -> tuple[bytes, str]:
-    task_input = {**INPUT_DEFAULTS, **task.request["input"]}
+async def edit_source_image(state: EmulatorState, task_input: dict[str, Any], origin: Origin) -> list[bytes]:
+    """qwen/image-to-image: one edit of the picture at ``image_url``."""
     source, content_type = await read_url(
         task_input["image_url"], origin, state.files, state.settings.allowed_image_hosts
     )
@@ -55,7 +67,26 @@ async def _edit(state: EmulatorState, task: Task, origin: Origin) -> tuple[bytes
         output_format=task_input["output_format"],
         content_type=content_type,
     )
-    return result, task_input["output_format"]
+    return [result]
+
+
+async def draw_from_prompt(state: EmulatorState, task_input: dict[str, Any], origin: Origin) -> list[bytes]:
+    """qwen/text-to-image: ``num_images`` drawings of the prompt, the n-th (from 0) with seed ``seed + n``."""
+    seed = int(task_input.get("seed", 0))
+
+    def draw_all() -> list[bytes]:
+        return [
+            draw_image(
+                task_input["prompt"],
+                image_size=task_input["image_size"],
+                seed=seed + index,
+                output_format=task_input["output_format"],
+                negative_prompt=task_input.get("negative_prompt", ""),
+            )
+            for index in range(task_input["num_images"])
+        ]
+
+    return await asyncio.to_thread(draw_all)
 
 
 async def _sleep_until(moment: float) -> None:
@@ -64,32 +95,38 @@ async def _sleep_until(moment: float) -> None:
         await asyncio.sleep(remaining)
 
 
-async def run_task(state: EmulatorState, task: Task, origin: Origin, base_url: str) -> None:
+async def run_task(state: EmulatorState, task: Task, model: Model, origin: Origin, base_url: str) -> None:
     """
-    Make the edit when the task starts generating, publish it when the task is due, then call back.
+    Make the task's pictures when it starts generating, publish them when it is due, then call back.
 
-    A task whose source cannot be read or decoded fails with failCode 422 and a message saying why.
+    :param model: the model of ``task.request``, whose ``generate`` makes the pictures.
+
+    A task whose input cannot be used (a source that cannot be read or decoded) fails with failCode
+    422 and a message saying why.
     """
     await _sleep_until(task.generating_at)
     fail: tuple[str, str] | None = None
-    result: tuple[bytes, str] | None = None
+    results: list[bytes] | None = None
+    task_input = {**model.defaults, **task.request["input"]}
     if task.will_fail:
         fail = EMULATED_FAILURE
     else:
         try:
-            result = await _edit(state, task, origin)
+            results = await model.generate(state, task_input, origin)
         except (FetchProblem, ImageProblem) as err:
             fail = ("422", f"Generation failed: {err}")
         except Exception as err:
-            log.exception("task %s: the edit failed", task.task_id)
+            log.exception("task %s: generating its pictures failed", task.task_id)
             fail = ("500", f"Generation failed: internal error ({type(err).__name__})")
     await _sleep_until(task.done_at)
-    if result is not None:
-        content, output_format = result
-        _, mime_type, extension = OUTPUT_FORMATS[output_format]
-        path = f"results/{task.task_id}/0.{extension}"
-        state.files.put(path, content, mime_type, state.settings.file_ttl)
-        task.finish(time.time(), result_urls=[f"{base_url}/{path}"])
+    if results is not None:
+        _, mime_type, extension = OUTPUT_FORMATS[task_input["output_format"]]
+        urls = []
+        for index, content in enumerate(results):
+            path = f"results/{task.task_id}/{index}.{extension}"
+            state.files.put(path, content, mime_type, state.settings.file_ttl)
+            urls.append(f"{base_url}/{path}")
+        task.finish(time.time(), result_urls=urls)
     else:
         task.finish(time.time(), fail=fail)
     callback_url = task.request.get("callBackUrl")

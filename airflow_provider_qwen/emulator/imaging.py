@@ -1,24 +1,35 @@
 """
-The edit itself: a deterministic Pillow effect chosen by the prompt's words.
+The pictures themselves: an edit (a Pillow effect chosen by the prompt's words), or a drawing from a prompt.
 
-The same image, prompt, seed, strength and format always give the same bytes (no timestamps or
-other metadata are written), so tests and demos can compare checksums.
+Both are deterministic: the same inputs always give the same bytes (no timestamps or other metadata
+are written), so tests and demos can compare checksums.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import mimetypes
 import random
 from collections.abc import Callable
 
-from PIL import Image, ImageChops, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageColor, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 #: Pillow format name → MIME type, for the source types the model accepts.
 ACCEPTED_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 #: output_format → (Pillow format, MIME type, file extension)
 OUTPUT_FORMATS = {"png": ("PNG", "image/png", "png"), "jpeg": ("JPEG", "image/jpeg", "jpg")}
+#: image_size of a drawing → (width, height): small, so tests stay fast.
+IMAGE_SIZES = {
+    "square": (256, 256),
+    "square_hd": (512, 512),
+    "portrait_4_3": (192, 256),
+    "portrait_16_9": (144, 256),
+    "landscape_4_3": (256, 192),
+    "landscape_16_9": (256, 144),
+}
 
 Effect = Callable[[Image.Image], Image.Image]
 
@@ -129,8 +140,104 @@ def edit_image(
     """
     source = open_image(data, content_type).convert("RGB")
     edited = _seeded_light(choose_effect(prompt)(source).convert("RGB"), seed)
-    result = Image.blend(source, edited, float(strength))
+    return encode(Image.blend(source, edited, float(strength)), output_format)
+
+
+def encode(image: Image.Image, output_format: str) -> bytes:
+    """``image`` as the bytes of an ``output_format`` file (a key of :data:`OUTPUT_FORMATS`), without metadata."""
     pillow_format = OUTPUT_FORMATS[output_format][0]
     buffer = io.BytesIO()
-    result.save(buffer, format=pillow_format, **({"quality": 90} if pillow_format == "JPEG" else {}))
+    image.save(buffer, format=pillow_format, **({"quality": 90} if pillow_format == "JPEG" else {}))
     return buffer.getvalue()
+
+
+#: Words of the prompt shown on a drawing, at most.
+CAPTION_WORDS = 4
+CAPTION_CHARACTERS = 32
+
+
+def _colour_words(prompt: str) -> list[tuple[int, int, int]]:
+    """The colours the prompt names (``red``, ``teal``...), in order, as RGB."""
+    colours = []
+    for word in prompt.lower().split():
+        name = word.strip(".,;:!?\"'()[]")
+        if name in ImageColor.colormap:
+            colours.append(ImageColor.getrgb(name)[:3])
+    return colours
+
+
+def _random_colour(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randrange(256), rng.randrange(256), rng.randrange(256)
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def caption(prompt: str) -> str:
+    """The prompt's first words, as a drawing shows them."""
+    words = " ".join(prompt.split()[:CAPTION_WORDS])
+    return words if len(words) <= CAPTION_CHARACTERS else words[: CAPTION_CHARACTERS - 1] + "…"
+
+
+def draw_image(
+    prompt: str,
+    *,
+    image_size: str = "square",
+    seed: int = 0,
+    output_format: str = "png",
+    negative_prompt: str = "",
+) -> bytes:
+    """
+    A picture drawn from the prompt: a two-colour gradient, a few shapes, and the prompt's first words.
+
+    Everything is drawn from a hash of ``prompt``, ``negative_prompt`` and ``seed``, so other inputs
+    give another picture and the same ones give the same bytes. Colours the prompt names (``a red
+    fox in a blue field``) become the gradient's ends.
+
+    :param image_size: a key of :data:`IMAGE_SIZES`.
+    :return: the encoded picture.
+    """
+    width, height = IMAGE_SIZES[image_size]
+    digest = hashlib.sha256("\0".join((prompt, negative_prompt, str(seed))).encode()).digest()
+    rng = random.Random(digest)
+    named = _colour_words(prompt)
+    start = named[0] if named else _random_colour(rng)
+    end = named[1] if len(named) > 1 else _random_colour(rng)
+
+    # 256 x 256 gradients, turned one of eight ways, then stretched to the size
+    ramp = Image.linear_gradient("L")
+    turn = rng.randrange(len(Image.Transpose) + 1)
+    ramp = ramp.transpose(list(Image.Transpose)[turn - 1]) if turn else ramp
+    ramp = Image.blend(ramp, ImageOps.invert(Image.radial_gradient("L")), rng.uniform(0.1, 0.5))
+    ramp = ramp.resize((width, height), Image.Resampling.BILINEAR)
+    image = ImageOps.colorize(ramp, start, end).convert("RGBA")
+
+    shapes = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shapes)
+    for _ in range(rng.randint(3, 6)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        radius = rng.randint(min(width, height) // 10, min(width, height) // 3)
+        fill = (*_random_colour(rng), rng.randint(90, 200))
+        kind = rng.choice(("ellipse", "rectangle", "triangle"))
+        if kind == "ellipse":
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
+        elif kind == "rectangle":
+            draw.rectangle((x - radius, y - radius // 2, x + radius, y + radius // 2), fill=fill)
+        else:
+            draw.polygon([(x, y - radius), (x + radius, y + radius), (x - radius, y + radius)], fill=fill)
+    image = Image.alpha_composite(image, shapes)
+
+    text = caption(prompt)
+    if text:  # white on a dark band along the bottom
+        font = _font(max(10, min(height // 14, width // 12)))
+        band = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(band)
+        margin = max(4, height // 40)
+        _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        band_top = height - (bottom - top) - 2 * margin
+        draw.rectangle((0, band_top, width, height), fill=(0, 0, 0, 140))
+        draw.text((margin, band_top + margin - top), text, font=font, fill=(255, 255, 255, 255))
+        image = Image.alpha_composite(image, band)
+    return encode(image.convert("RGB"), output_format)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from airflow_provider_qwen.emulator.envelope import ApikleyError, authorize, base_url, envelope, json_object, origin
 from airflow_provider_qwen.emulator.fetching import stored_path
 from airflow_provider_qwen.emulator.generation import new_task, run_task
+from airflow_provider_qwen.emulator.models import MODELS
 from airflow_provider_qwen.emulator.state import EmulatorState
 from airflow_provider_qwen.emulator.validation import create_request_problem
 
@@ -39,7 +40,7 @@ def jobs_router(state: EmulatorState) -> APIRouter:
         state.note_create(key, now)
         task = new_task(state, body, now)
         state.tasks[task.task_id] = task
-        state.spawn(run_task(state, task, origin(request), base_url(request)))
+        state.spawn(run_task(state, task, MODELS[body["model"]], origin(request), base_url(request)))
         return envelope(state, request, {"taskId": task.task_id, "recordId": task.task_id})
 
     @router.get("/api/v1/jobs/recordInfo")

@@ -1,23 +1,16 @@
-"""Checking a createTask body against the model's published request schema, kept as a JSON file."""
+"""Checking a createTask body against its model's published request schema, a JSON file (see :mod:`~.models`)."""
 
 from __future__ import annotations
 
-import json
 import re
-from importlib import resources
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
-SCHEMA: dict[str, Any] = json.loads(
-    resources.files(__package__).joinpath("schema/qwen-image-to-image.json").read_text(encoding="utf-8")
-)
-MODEL: str = SCHEMA["properties"]["model"]["enum"][0]
-INPUT_PROPERTIES: dict[str, Any] = SCHEMA["properties"]["input"]["properties"]
-#: The documented default of every input field that has one.
-INPUT_DEFAULTS: dict[str, Any] = {name: spec["default"] for name, spec in INPUT_PROPERTIES.items() if "default" in spec}
+from airflow_provider_qwen.emulator.models import MODELS
 
 #: Steps are counted in units of the step; a count this close to a whole number is a multiple.
 STEP_TOLERANCE = 1e-6
@@ -34,7 +27,11 @@ def _is_absolute_url(value: object) -> bool:
     return bool(parts.scheme and parts.netloc)
 
 
-_VALIDATOR = Draft202012Validator(SCHEMA, format_checker=_formats)
+_VALIDATORS = {name: Draft202012Validator(model.schema, format_checker=_formats) for name, model in MODELS.items()}
+#: What a body needs before its model's schema can be chosen: a model the emulator serves.
+_MODEL_CHOICE = Draft202012Validator(
+    {"type": "object", "required": ["model"], "properties": {"model": {"type": "string", "enum": list(MODELS)}}}
+)
 
 
 def _field_of(error: ValidationError) -> str:
@@ -42,11 +39,21 @@ def _field_of(error: ValidationError) -> str:
     if error.validator == "required":
         missing = re.match(r"'(.+?)' is a required property", error.message)
         path.append(missing.group(1) if missing else "?")
+    elif error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        path.extend([name for name in error.instance if name not in known][:1])
     return ".".join(path) or "(body)"
 
 
-def _off_step(name: str, value: Any) -> str | None:
-    step = INPUT_PROPERTIES.get(name, {}).get("x-step")
+def _first_problem(validator: Draft202012Validator, body: Any) -> str | None:
+    errors = sorted(validator.iter_errors(body), key=lambda error: [str(part) for part in error.absolute_path])
+    if errors:
+        return f"{_field_of(errors[0])}: {errors[0].message}"
+    return None
+
+
+def _off_step(properties: Mapping[str, Any], name: str, value: Any) -> str | None:
+    step = properties.get(name, {}).get("x-step")
     if step is None or isinstance(value, bool) or not isinstance(value, int | float):
         return None
     steps = value / step
@@ -59,13 +66,20 @@ def create_request_problem(body: Any) -> str | None:
     """
     The first rule a createTask body breaks, as ``field: what is wrong``.
 
+    The model comes first, since it chooses the schema: a missing or unknown one is the problem
+    (``model: 'x/y' is not one of [...]``, listing the models served), whatever else is wrong.
+
     :return: ``None`` when the body is valid.
     """
-    errors = sorted(_VALIDATOR.iter_errors(body), key=lambda error: [str(part) for part in error.absolute_path])
-    if errors:
-        return f"{_field_of(errors[0])}: {errors[0].message}"
+    model = body.get("model") if isinstance(body, dict) else None
+    if not (isinstance(model, str) and model in MODELS):
+        return _first_problem(_MODEL_CHOICE, body) or f"model: {model!r} is not one of {list(MODELS)}"
+    problem = _first_problem(_VALIDATORS[model], body)
+    if problem:
+        return problem
+    properties = MODELS[model].input_properties
     for name, value in body["input"].items():
-        problem = _off_step(name, value)
+        problem = _off_step(properties, name, value)
         if problem:
             return problem
     return None

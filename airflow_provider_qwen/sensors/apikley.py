@@ -19,7 +19,7 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
+from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import check_task_id
 from airflow_provider_qwen.storage import with_stored_results
 from airflow_provider_qwen.triggers.apikley import (
@@ -138,10 +138,12 @@ class ApikleyTaskSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
+        setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
         if isinstance(self.apikley_task_id, dict) and not self.output_path:
             self.output_path = self.apikley_task_id.get("output_path")
         self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
+        setattr(self, PUSHED_ID_ATTRIBUTE, self.apikley_task_id)
         if not self.deferrable:
             return super().execute(context)
         done = self.poke(context)

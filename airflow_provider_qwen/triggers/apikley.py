@@ -248,6 +248,7 @@ class TaskEvent:
     :param message: what went wrong, for ``timeout`` and ``error``.
     :param input: the task's ``input`` as Apikley echoes it, only when the resuming side asked for it.
     :param credits_consumed: what the task cost, when Apikley said.
+    :param result: Apikley's ``resultJson``, parsed, when it says more than ``resultUrls``.
     """
 
     status: EventStatus
@@ -258,6 +259,7 @@ class TaskEvent:
     message: str | None = None
     input: dict[str, Any] | None = field(default=None, compare=False)
     credits_consumed: float | None = None
+    result: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -271,6 +273,7 @@ class TaskEvent:
             fail_message=None if succeeded else record.fail_message,
             input=record.input if with_input else None,
             credits_consumed=record.credits_consumed,
+            result=record.result_beyond_urls if succeeded else None,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -278,7 +281,7 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed"):
+        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         return payload
@@ -309,6 +312,9 @@ class TaskEvent:
         credits = payload.get("credits_consumed")
         if credits is not None and (isinstance(credits, bool) or not isinstance(credits, (int, float))):
             raise ApikleyError(f"Apikley task {task_id}: credits_consumed={credits!r} in its event is not a number")
+        result = payload.get("result")
+        if result is not None and not isinstance(result, dict):
+            raise ApikleyError(f"Apikley task {task_id}: the result in its event is not an object: {result!r}")
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -318,6 +324,7 @@ class TaskEvent:
             message=payload.get("message"),
             input=payload.get("input"),
             credits_consumed=credits,
+            result=result,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -336,9 +343,12 @@ class TaskEvent:
         if self.status is EventStatus.ERROR:
             raise ApikleyError(f"Waiting for Apikley task {self.apikley_task_id} failed: {self.message}")
         chosen = input if input is not None else self.input or {}
-        return task_summary(
+        summary = task_summary(
             self.apikley_task_id, TaskState.SUCCESS.value, self.result_urls, chosen, self.credits_consumed
         )
+        if self.result is not None:
+            summary["result"] = self.result
+        return summary
 
 
 def task_summary(

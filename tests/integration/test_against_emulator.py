@@ -29,7 +29,7 @@ from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, OPERATOR_KINDS, edit_operator
 from tests.emulator.conftest import png
 
 pytestmark = pytest.mark.integration
@@ -159,11 +159,18 @@ async def test_trigger_reports_a_failed_generation(emulator, hook, image_url):
     assert (event["status"], event["fail_code"]) == ("failed", "501")
 
 
-def test_operator_defers_then_completes_from_the_trigger_event(emulator, image_url, tmp_path):
+@pytest.mark.parametrize("kind", OPERATOR_KINDS)
+def test_operator_defers_then_completes_from_the_trigger_event(emulator, image_url, tmp_path, kind):
     import asyncio
 
-    operator = QwenImageToImageOperator(
-        task_id="edit", prompt="warm", image_url=image_url, seed=1, deferrable=True, output_path=f"file://{tmp_path}"
+    operator = edit_operator(
+        kind,
+        task_id="edit",
+        prompt="warm",
+        image_url=image_url,
+        seed=1,
+        deferrable=True,
+        output_path=f"file://{tmp_path}",
     )
     context = {"ti": mock.Mock()}
     with pytest.raises(TaskDeferred) as deferred:
@@ -194,9 +201,10 @@ def test_a_download_that_breaks_leaves_no_file(emulator, hook, image_url, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_generation_through_the_operator(emulator, image_url):
+@pytest.mark.parametrize("kind", OPERATOR_KINDS)
+def test_failed_generation_through_the_operator(emulator, image_url, kind):
     emulator.state.settings = emulator.state.settings.model_copy(update={"fail_fraction": 1.0})
-    operator = QwenImageToImageOperator(task_id="edit", prompt="x", image_url=image_url, poll_interval=0.05)
+    operator = edit_operator(kind, task_id="edit", prompt="x", image_url=image_url, poll_interval=0.05)
     with pytest.raises(ApikleyTaskFailedError, match="failCode=501"):
         operator.execute({"ti": mock.Mock()})
 

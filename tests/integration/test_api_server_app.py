@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
+from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +15,7 @@ from sqlalchemy import delete, select
 from airflow_provider_qwen.api_server.app import create_app as create_provider_app
 from airflow_provider_qwen.api_server.deliveries import accepted_signatures, ensure_tables, recorded_tasks
 from airflow_provider_qwen.api_server.signing import callback_signature
-from airflow_provider_qwen.emulator.script import ScriptedAnswer, task_record
+from airflow_provider_qwen.emulator.script import ScriptedAnswer, envelope, task_record
 from tests.conftest import API_KEY, submit_edit
 
 pytestmark = pytest.mark.integration
@@ -457,3 +459,146 @@ def test_the_task_page_never_echoes_what_the_host_answered(apikley):
 def test_the_task_page_refuses_what_is_not_a_task_id(apikley):
     assert open_task_page("apikley_default", "../../etc")[0] == 400
     assert apikley.seen() == []
+
+
+# ---- the task page in a browser ------------------------------------------------------------------
+
+#: What Chromium sends when it opens a page.
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"}
+
+
+class Page(HTMLParser):
+    """An HTML page as a reader sees it: its text, and each element's attributes."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.texts: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+    @property
+    def text(self) -> str:
+        """The text, each run of white space one space."""
+        return " ".join(" ".join(self.texts).split())
+
+    def values(self, tag: str, attribute: str) -> list[str | None]:
+        """``attribute`` of each ``tag`` element that has it."""
+        return [attrs[attribute] for name, attrs in self.elements if name == tag and attribute in attrs]
+
+
+def open_as(api_server, accept: dict[str, str], task_id: str, connection_id: str = "apikley_default"):
+    """The task page, asked for by a logged-in admin with the ``Accept`` header ``accept``."""
+    headers = {"Authorization": f"Bearer {admin_token()}", **accept}
+    return api_server.get(f"/apikley/connections/{connection_id}/tasks/{task_id}", headers=headers)
+
+
+def varies_on_accept(response) -> bool:
+    """Whether caches must keep the answer apart by ``Accept`` (the api-server adds ``Accept-Encoding``)."""
+    return "accept" in {name.strip().lower() for name in response.headers.get("vary", "").split(",")}
+
+
+def utc(milliseconds: int) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@pytest.mark.api_server_app
+def test_a_browser_gets_a_page_with_the_state_images_times_and_credits(
+    apikley, api_server, finished_task, source_image_url
+):
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    response = open_as(api_server, BROWSER, finished_task)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "img-src http: https:" in policy and "script-src" not in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert varies_on_accept(response)
+    record = ApikleyHook().get_task(finished_task)
+    page = Page(response.text)
+    assert page.values("img", "src") == [source_image_url, *record.result_urls]
+    assert record.result_urls
+    assert f"Apikley task {finished_task} success" in page.text
+    assert f"Created {utc(record.create_time)} Completed {utc(record.complete_time)}" in page.text
+    assert f"Duration {(record.complete_time - record.create_time) / 1000:.1f} s" in page.text
+    assert f"Credits consumed {record.credits_consumed:g}" in page.text
+    assert "Failed" not in page.text
+    assert API_KEY not in response.text
+    # errors stay JSON for a browser, as the api-server's own 401 and 403 are
+    unknown = open_as(api_server, BROWSER, TASK_ID)
+    assert (unknown.status_code, unknown.headers["content-type"]) == (404, "application/json")
+
+
+@pytest.mark.api_server_app
+def test_a_failed_task_page_shows_the_code_and_message(apikley, api_server, source_image_url):
+    apikley.configure(fail_fraction=1.0, latency=(0.0, 0.0, 0.0))
+    task_id = finished(apikley, submit_edit(source_image_url))
+    response = open_as(api_server, BROWSER, task_id)
+    assert response.status_code == 200, response.text
+    page = Page(response.text)
+    message = apikley.state.tasks[task_id].fail_message
+    assert f"Apikley task {task_id} fail" in page.text
+    assert f"Failed (code 501) {message}" in page.text
+    assert page.values("img", "src") == [source_image_url]  # no result to show
+    assert "Result None" in page.text
+
+
+@pytest.mark.api_server_app
+def test_json_clients_get_the_task_as_json_as_before(apikley, api_server, finished_task):
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    expected = ApikleyHook().get_task(finished_task).describe()
+    assert set(expected) == {
+        "apikley_task_id", "model", "state", "result_urls", "fail_code", "fail_message", "input",
+        "create_time", "complete_time", "credits_consumed",
+    }  # fmt: skip
+    for accept in ("application/json", "*/*", "", "text/html;q=0.5, application/json", "text/html, application/json"):
+        response = open_as(api_server, {"Accept": accept}, finished_task)
+        assert response.status_code == 200, (accept, response.text)
+        assert response.headers["content-type"] == "application/json", accept
+        assert response.json() == expected, accept
+        assert varies_on_accept(response), accept  # a cache must not answer a browser with it
+
+
+#: What a host that is not Apikley, or a prompt someone wrote, may put in a task record.
+HOSTILE_INPUT = {
+    "prompt": "<script>alert('prompt')</script>",
+    "image_url": "javascript:alert('source')",
+}
+HOSTILE_RESULTS = [
+    "javascript:alert('result')",
+    "data:text/html,<script>alert('data')</script>",
+    'https://images.example.org/ok.png" onerror="alert(1)',
+    "https://images.example.org/fine.png",
+]
+
+
+@pytest.mark.api_server_app
+def test_what_apikley_sends_is_escaped_and_only_http_urls_are_linked(apikley, api_server):
+    record = task_record(TASK_ID, "fail", fail_code="<b>501</b>", fail_message="<script>alert('fail')</script>")
+    record["param"] = json.dumps({"model": MODEL, "input": HOSTILE_INPUT})
+    record["resultJson"] = json.dumps({"resultUrls": HOSTILE_RESULTS})
+    record["model"] = "<img src=x onerror=alert('model')>"
+    apikley.script("recordInfo", envelope(record))
+    response = open_as(api_server, BROWSER, TASK_ID)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert "content-security-policy" in response.headers
+    page = Page(response.text)
+    assert [tag for tag, _ in page.elements if tag in ("script", "iframe", "object", "embed", "base")] == []
+    assert all(not name.startswith("on") for _, attrs in page.elements for name in attrs)
+    assert page.values("img", "src") == HOSTILE_RESULTS[2:]  # the http(s) ones, the quote escaped
+    assert page.values("a", "href") == HOSTILE_RESULTS[2:]
+    assert page.values("img", "alt") == ["Result 3", "Result 4"]
+    for text in ("<script>alert('prompt')</script>", "<script>alert('fail')</script>", "javascript:alert('source')"):
+        assert text in page.text  # shown as text
+    assert "<b>501</b>" in page.text
+    assert "<img src=x onerror=alert('model')>" in page.text
+    assert "<script" not in response.text.lower()

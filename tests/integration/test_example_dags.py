@@ -151,3 +151,20 @@ def test_the_callback_consumer_copies_each_finished_edit_and_reports_failures(ap
     stored = persist_results.python_callable(triggering_asset_events=EventsByAssetUri({FINISHED_EDITS_URI: events}))
     assert [(item["apikley_task_id"], item["size"]) for item in stored] == [("a1", len(result))]
     assert (tmp_path / "edits" / "a1-0.png").read_bytes() == result
+
+
+def test_a_generic_task_feeds_a_qwen_edit(apikley, tmp_path):
+    dag_run = load_dag("qwen_generate_then_edit").test(
+        run_conf={"subject": "a blue teapot", "style": "sepia", "output_uri": f"file://{tmp_path}"}
+    )
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    draw_request, edit_request = created_requests(apikley)
+    assert (draw_request["model"], draw_request["input"]["prompt"]) == ("qwen/text-to-image", "a blue teapot")
+    (drawn,) = xcom_values(dag_run, "draw")
+    assert (edit_request["model"], edit_request["input"]["image_url"]) == (
+        "qwen/image-to-image",
+        drawn["result_urls"][0],
+    )
+    (edited,) = xcom_values(dag_run, "edit")
+    (stored,) = edited["stored"]
+    assert Path(stored["uri"].removeprefix("file://")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 #: How the Airflow UI shows a failed request: an alert in the page or dialog, or an error toast.
 ERROR_BANNERS = "[data-testid=error-alert], [data-scope=toast][data-type=error]"
+#: The README's screenshots; the browser test rewrites its own there only when this variable is ``1``.
+DOCS = Path(__file__).parents[2] / "docs"
+UPDATE_SCREENSHOTS = "QWEN_UPDATE_SCREENSHOTS"
 
 
 @contextmanager
@@ -35,8 +39,9 @@ class UiPage:
     def __init__(self, page) -> None:
         self.page = page
 
-    def open(self, path: str) -> None:
-        self.page.goto(path, wait_until="networkidle")
+    def open(self, path: str):
+        """Go to ``path`` and wait until the network is idle; return the page's response."""
+        return self.page.goto(path, wait_until="networkidle")
 
     def step(self, name: str, expected_error: str | None = None) -> Path:
         """
@@ -53,6 +58,24 @@ class UiPage:
             raise AssertionError(f"error banner at step {name!r} ({path}): {unexpected}")
         if expected_error is not None and not banners:
             raise AssertionError(f"no error banner saying {expected_error!r} at step {name!r} ({path})")
+        return path
+
+    def docs_screenshot(self, name: str, elsewhere: Path, selector: str = "body") -> Path:
+        """
+        Take a screenshot of ``selector`` for the README, as ``docs/<name>`` when ``QWEN_UPDATE_SCREENSHOTS=1``
+        is set, else in the folder ``elsewhere``; return its path.
+
+        It is saved as the README's other screenshots are: cropped to what it shows and reduced to a
+        256-colour palette, which keeps the repository small.
+        """
+        from PIL import Image
+
+        folder = DOCS if os.environ.get(UPDATE_SCREENSHOTS) == "1" else elsewhere
+        path = folder / name
+        self.page.locator(selector).screenshot(path=str(path))
+        with Image.open(path) as shot:
+            palette = shot.convert("RGB").quantize(colors=256)
+        palette.save(path, optimize=True)
         return path
 
     def choose_connection_type(self, label: str) -> None:

@@ -3,12 +3,11 @@ The provider in the Airflow UI, in headless Chromium: the connection form, its "
 the "Apikley task" extra link on the demo DAG's edits.
 
 Screenshots of each step go to ``tests/system/screenshots/`` (git-ignored); a step fails on any
-error banner.
+error banner. With ``QWEN_UPDATE_SCREENSHOTS=1`` the task page's screenshot also replaces the
+README's ``docs/task-page.png``.
 """
 
 from __future__ import annotations
-
-import json
 
 import pytest
 from playwright.sync_api import expect
@@ -105,7 +104,7 @@ def demo_run(deployment: AirflowDeployment, output_uri: str) -> str:
     return run_id
 
 
-def test_the_demo_dags_edits_link_to_their_apikley_task(deployment, emulator, system_workdir):
+def test_the_demo_dags_edits_link_to_their_apikley_task(deployment, emulator, system_workdir, tmp_path):
     run_id = demo_run(deployment, f"file://{system_workdir}/catalog")
     ((apikley_task_id,),) = deployment.sql(
         "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'edit' AND map_index = 0 "
@@ -120,7 +119,17 @@ def test_the_demo_dags_edits_link_to_their_apikley_task(deployment, emulator, sy
         href = link.get_attribute("href")
         assert href == f"{deployment.api_url}/apikley/connections/apikley_default/tasks/{apikley_task_id}"
         ui.step("demo-edit-with-apikley-link")
-        ui.open(href)
-        page = json.loads(ui.page.inner_text("body"))
-        assert (page["apikley_task_id"], page["state"]) == (apikley_task_id, "success")
+
+        # A client asking for JSON, with the same login, gets the task as data
+        task = ui.page.request.get(href, headers={"Accept": "application/json"}).json()
+        assert (task["apikley_task_id"], task["state"]) == (apikley_task_id, "success")
+        assert task["result_urls"]
+        # and the browser gets the page: the state, and the source and result images, loaded
+        answer = ui.open(href)
+        assert "default-src 'none'" in answer.headers["content-security-policy"]
+        expect(ui.page.locator(".state")).to_have_text("success")
+        expect(ui.page.get_by_role("heading", level=1)).to_contain_text(apikley_task_id)
+        shown = ui.page.locator("img").evaluate_all("images => images.map(i => [i.src, i.naturalWidth > 0])")
+        assert shown == [[task["input"]["image_url"], True], *([url, True] for url in task["result_urls"])]
         ui.step("apikley-task-page")
+        ui.docs_screenshot("task-page.png", tmp_path, "main")

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
@@ -63,3 +66,127 @@ def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_that_co
     )
     assert token != route_token("prod-key", "apikley_prod", "s3://edits/other")
     assert token != route_token("another-key", "apikley_prod", "s3://edits/done")
+
+
+# ---- the link in a task process, where XCom reads go through the worker's supervisor ---------------
+
+
+class ExecutionApi:
+    """The XCom routes of Airflow's execution API: values by (dag, run, task, key, map index)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str, str, str, int], str] = {}
+        self.requests: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        _, _, dag_id, run_id, task_id, key = request.url.path.split("/", 5)  # /xcoms/<dag>/<run>/<task>/<key>
+        self.requests.append(request.method)
+        rows = {index: value for (*row, index), value in self.values.items() if row == [dag_id, run_id, task_id, key]}
+        if request.method == "HEAD":  # how many map indexes have one; never a 404
+            return httpx.Response(200, headers={"Content-Range": f"map_indexes {len(rows)}"})
+        map_index = int(request.url.params.get("map_index", -1))
+        if map_index not in rows:
+            message = (
+                f"XCom with {key=} {map_index=} not found for task {task_id!r} in DAG run {run_id!r} of {dag_id!r}"
+            )
+            return httpx.Response(404, json={"detail": {"reason": "not_found", "message": message}})
+        return httpx.Response(200, json={"key": key, "value": rows[map_index]})
+
+
+class Supervisor:
+    """A task process's supervisor: it answers the task's XCom requests as Airflow's does, with Airflow's client."""
+
+    def __init__(self, api: ExecutionApi) -> None:
+        from airflow.sdk.api.client import Client
+
+        self.client = Client(base_url="http://execution-api.test/", token="", transport=httpx.MockTransport(api))
+
+    def send(self, msg):
+        from airflow.sdk.execution_time.comms import GetXCom, GetXComCount, XComResult
+
+        if isinstance(msg, GetXComCount):
+            return self.client.xcoms.head(msg.dag_id, msg.run_id, msg.task_id, msg.key)
+        if isinstance(msg, GetXCom):
+            xcom = self.client.xcoms.get(
+                msg.dag_id, msg.run_id, msg.task_id, msg.key, msg.map_index, msg.include_prior_dates
+            )
+            return XComResult.from_xcom_response(xcom)
+        raise AssertionError(f"the link asked the supervisor for {msg!r}")
+
+
+@pytest.fixture
+def execution_api(monkeypatch) -> Iterator[ExecutionApi]:
+    """The execution API behind a supervisor, as the link meets them when a task instance ends."""
+    from airflow.sdk.execution_time import task_runner
+
+    api = ExecutionApi()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", Supervisor(api), raising=False)
+    yield api
+
+
+def ti_key(map_index: int = -1, task_id: str = "edit"):
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    return TaskInstanceKey("catalog", task_id, "manual__1", try_number=1, map_index=map_index)
+
+
+def complaints(caplog, captured: list[dict]) -> list[str]:
+    """Warnings and errors logged, through the standard library or Airflow's structlog."""
+    lines = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    loud = ("warning", "error", "critical")
+    return lines + [
+        str(event) for event in captured if event.get("log_level") in loud or "XCom not found" in str(event)
+    ]
+
+
+@pytest.mark.parametrize("map_index", [-1, 3], ids=["unmapped", "mapped"])
+def test_without_a_task_id_the_link_is_empty_and_logs_nothing(execution_api, caplog, map_index):
+    """An input error ends the task before any Apikley task exists: no second error in its log."""
+    from structlog.testing import capture_logs
+
+    caplog.set_level(logging.DEBUG)
+    operator = QwenImageToImageOperator(task_id="edit", prompt="sepia", image_url=IMAGE_URL)
+    with capture_logs() as captured:
+        link = ApikleyTaskLink().get_link(operator, ti_key=ti_key(map_index))
+    assert link == ""
+    assert complaints(caplog, captured) == []
+    assert "GET" not in execution_api.requests
+
+
+@pytest.mark.parametrize("map_index", [-1, 3], ids=["unmapped", "mapped"])
+def test_in_a_task_process_the_link_reads_the_pushed_id(execution_api, monkeypatch, map_index):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
+    operator = QwenImageToImageOperator(task_id="edit", prompt="sepia", image_url=IMAGE_URL)
+    execution_api.values["catalog", "manual__1", "edit", APIKLEY_TASK_ID_XCOM_KEY, map_index] = TASK_ID
+    execution_api.values["catalog", "manual__1", "edit", APIKLEY_TASK_ID_XCOM_KEY, 7] = "another-task"
+    assert ApikleyTaskLink().get_link(operator, ti_key=ti_key(map_index)) == (
+        f"https://airflow.example.org/apikley/connections/apikley_default/tasks/{TASK_ID}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "bad"),
+    [
+        (QwenImageToImageOperator(task_id="edit", prompt="sepia", image_url="file:///etc/passwd"), "image_url="),
+        (ApikleyTaskSensor(task_id="wait", apikley_task_id="not an id!"), "apikley_task_id="),
+    ],
+    ids=["operator", "sensor"],
+)
+def test_a_mapped_instance_that_failed_early_asks_nothing_though_its_siblings_pushed_ids(
+    execution_api, caplog, task, bad
+):
+    """One bad item of a catalog: the siblings' ids exist, this instance's does not, and its log stays clean."""
+    from unittest import mock
+
+    from structlog.testing import capture_logs
+
+    from airflow_provider_qwen.exceptions import ApikleyInputError
+
+    execution_api.values["catalog", "manual__1", task.task_id, APIKLEY_TASK_ID_XCOM_KEY, 0] = TASK_ID
+    with pytest.raises(ApikleyInputError, match=bad):
+        task.execute({"ti": mock.Mock()})
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as captured:
+        assert ApikleyTaskLink().get_link(task, ti_key=ti_key(3, task.task_id)) == ""
+    assert complaints(caplog, captured) == []
+    assert "GET" not in execution_api.requests

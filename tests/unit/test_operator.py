@@ -1,3 +1,9 @@
+"""
+The Qwen operator and the generic one, through the same tests: every test runs once with
+:class:`QwenImageToImageOperator` and once with :class:`ApikleyCreateTaskOperator` given the same
+input (checked against the model's published schema), except those marked ``qwen_only``.
+"""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +30,10 @@ from airflow_provider_qwen.exceptions import (
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
+from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
+from tests.conftest import OPERATOR_KINDS, edit_operator
 
 #: For the tests that never reach Apikley: a task id, a source and a result as Apikley names them.
 TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
@@ -38,7 +46,23 @@ STAYS_QUEUING = (0.0, 600.0, 0.0)
 STAYS_GENERATING = (0.0, 0.0, 600.0)
 
 
-def make_operator(**overrides) -> QwenImageToImageOperator:
+#: Which operator :func:`make_operator` builds in the running test.
+KIND = "qwen"
+
+
+def pytest_generate_tests(metafunc):
+    if "operator_kind" in metafunc.fixturenames:
+        only_qwen = metafunc.definition.get_closest_marker("qwen_only") is not None
+        metafunc.parametrize("operator_kind", ["qwen"] if only_qwen else OPERATOR_KINDS)
+
+
+@pytest.fixture(autouse=True)
+def _operator_kind(operator_kind, monkeypatch):
+    monkeypatch.setitem(globals(), "KIND", operator_kind)
+
+
+def make_operator(**overrides) -> ApikleyCreateTaskOperator:
+    """An edit of ``IMAGE_URL``: the Qwen operator, or the generic one given the same input fields."""
     arguments = {
         "task_id": "edit",
         "prompt": "sepia",
@@ -46,8 +70,9 @@ def make_operator(**overrides) -> QwenImageToImageOperator:
         "strength": 0.6,
         "seed": 7,
         "poll_interval": 0.01,
+        **overrides,
     }
-    return QwenImageToImageOperator(**{**arguments, **overrides})
+    return edit_operator(KIND, **arguments)
 
 
 @pytest.fixture
@@ -225,6 +250,7 @@ def test_without_waiting_returns_right_after_submitting(apikley, edit, sent_inpu
         ("guidance_scale", 2.55),
     ],
 )
+@pytest.mark.qwen_only  # the generic operator's own checks are tested below
 def test_bad_input_fails_before_any_request(apikley, edit, context, field, value):
     with pytest.raises(ApikleyInputError, match=f"{field}="):
         edit(**{field: value}).execute(context)
@@ -270,6 +296,7 @@ def test_execute_complete_fails_on_every_other_event(context, event, error, mess
         make_operator().execute_complete(context, event)
 
 
+@pytest.mark.qwen_only
 def test_every_input_field_and_the_callback_are_templated():
     fields = set(QwenImageToImageOperator.template_fields)
     assert {"prompt", "image_url", "strength", "seed", "guidance_scale", "callback_url", "apikley_conn_id"} <= fields

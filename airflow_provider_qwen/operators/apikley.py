@@ -1,0 +1,383 @@
+"""Submitting a task for any Apikley model, and (optionally) waiting for it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
+
+from airflow_provider_qwen.exceptions import (
+    ApikleyConnectionError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyInsufficientCreditsError,
+    ApikleyNotFoundError,
+    ApikleyTaskFailedError,
+)
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.lineage import edit_lineage
+from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
+from airflow_provider_qwen.models import (
+    TaskRecord,
+    TaskState,
+    check_callback_url,
+    check_input,
+    check_model,
+    load_input_schema,
+)
+from airflow_provider_qwen.storage import check_writable, with_stored_results
+from airflow_provider_qwen.triggers.apikley import (
+    TRIGGER_GRACE,
+    ApikleyTaskTrigger,
+    EventStatus,
+    TaskEvent,
+    TaskWait,
+    summary_from_record,
+    task_summary,
+    wait_until_done,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+    from airflow.sdk import Context
+
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+#: Key under which the submitted task is remembered across tries (Airflow 3.3's task state store).
+RESUME_KEY = "apikley_task"
+
+
+class ApikleyCreateTaskOperator(BaseOperator):
+    """
+    Run a task of any Apikley model: submit ``input`` to ``model``, and (optionally) wait for it.
+
+    ``model`` and ``input`` (a dict) are templated, and checked after templates render and before
+    any request: the model name's shape, ``input`` a JSON object of at most 64 KiB, and, with
+    ``input_schema``, every field against it. So are ``callback_url`` (absolute), ``output_path``
+    (writable) and, with ``min_credits``, the balance: a bad value fails the task without spending
+    credits. Which fields a model takes is otherwise Apikley's to check: its refusal (422) raises
+    :class:`~airflow_provider_qwen.exceptions.ApikleyValidationError` and is never resubmitted.
+
+    The Apikley task id goes to XCom (key ``apikley_task_id``) as soon as the task is created.
+    With ``wait_for_completion`` the operator then waits for the task, in the triggerer when
+    ``deferrable``, and returns ``{"apikley_task_id", "state", "result_urls", "input",
+    "credits_consumed"}``, plus ``result`` (Apikley's ``resultJson``, parsed) when it holds more
+    than ``resultUrls``; a failed task fails with Apikley's failCode and failMsg. ``result_urls``
+    holds every http(s) URL in the result, and ``output_path`` copies each. Result URLs expire
+    (assume 24 hours). A failure after the task was created says what a retry will do: resume that
+    task, never pay for it twice (on Airflow 3.3+).
+
+    :param model: the Apikley model, e.g. ``qwen/text-to-image`` (templated).
+    :param input: the model's ``input`` object (templated, a dict).
+    :param input_schema: a JSON Schema (a dict, or the path of a JSON file) to check ``input``
+        against before any request, with errors naming the field, the value and the rule.
+    :param callback_url: where Apikley POSTs the task's details when it ends: an absolute http(s)
+        URL, such as :func:`~airflow_provider_qwen.links.callback_url` builds from ``[api] base_url``.
+    :param apikley_conn_id: the Airflow connection to Apikley.
+    :param max_consecutive_poll_errors: how many status queries in a row may fail transiently
+        (429, 455, 5xx, network errors) before the task fails with the last error; each failure
+        backs off exponentially, with jitter.
+    :param wait_for_completion: wait for the task to end; ``False`` returns right after submitting,
+        and an :class:`~airflow_provider_qwen.sensors.apikley.ApikleyTaskSensor` given the returned
+        dict waits for it (and copies the results to ``output_path``, which the dict hands on).
+    :param deferrable: wait in the triggerer, freeing the worker slot.
+    :param poll_interval: seconds between status queries, varied by up to 10% either way so that
+        many waits do not poll in step; by default Apikley's advised cadence (2-3 s at first,
+        slowing to 15-30 s after two minutes).
+    :param timeout: seconds to wait for the Apikley task before failing the Airflow task.
+    :param expected_duration: seconds the task is expected to take: the first status query waits
+        that long after submitting. By default the triggerer learns it from the tasks of this model it saw end
+        (a blocking wait starts asking at once).
+    :param end_in_triggerer: when a deferred task succeeds, end the task from the triggerer
+        (its XCom value pushed there) instead of resuming it on a worker, which saves a worker run
+        and seconds per task; results are then copied to ``output_path`` from the triggerer.
+        ``None`` (the default) does so when nothing is left for a worker: no ``on_success_callback``,
+        no ``multiple_outputs``, ``do_xcom_push`` left on, ``output_path`` a URI string (not an
+        ``ObjectStoragePath`` object, whose connection the trigger could not carry), and no
+        OpenLineage listener waiting for the task's facets. Failures always resume
+        on a worker, which raises the error.
+    :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
+        ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
+    :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
+        ``s3://bucket/edits``) to copy the results into as soon as the task succeeds, before the
+        result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
+        XCom value gains ``stored``: one ``{"uri", "source_url", "size", "content_type", "sha256"}``
+        per result. It is checked writable before the task is submitted.
+    :param min_credits: refuse to submit when the account has fewer credits than this (one extra
+        request per task); ``None`` (the default) does not check, and Apikley refuses a task the
+        account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
+    """
+
+    template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path")
+    template_fields_renderers = {"input": "json"}
+    ui_color = "#e8def8"
+    operator_extra_links = (ApikleyTaskLink(),)
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        input: dict[str, Any],
+        input_schema: dict[str, Any] | str | os.PathLike | None = None,
+        callback_url: str | None = None,
+        apikley_conn_id: str = DEFAULT_CONN_ID,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float | None = None,
+        timeout: float = 3600.0,
+        output_path: str | ObjectStoragePath | None = None,
+        resubmit_failed_task: bool = True,
+        max_consecutive_poll_errors: int = 10,
+        expected_duration: float | None = None,
+        end_in_triggerer: bool | None = None,
+        min_credits: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.input = input
+        self.input_schema = input_schema
+        self.callback_url = callback_url
+        self.apikley_conn_id = apikley_conn_id
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.output_path = output_path
+        self.resubmit_failed_task = resubmit_failed_task
+        self.expected_duration = expected_duration
+        self.end_in_triggerer = end_in_triggerer
+        self.min_credits = min_credits
+        self._result: dict[str, Any] | None = None
+
+    @cached_property
+    def hook(self) -> ApikleyHook:
+        """The hook for ``apikley_conn_id``."""
+        from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported when the task runs
+
+        return ApikleyHook(self.apikley_conn_id)
+
+    def task_model(self) -> str:
+        """
+        The model to run, from the (rendered) ``model``.
+
+        :raises ApikleyInputError: when it is not shaped like a model name.
+        """
+        return check_model(self.model)
+
+    def task_input(self) -> dict[str, Any]:
+        """
+        The ``input`` to send, from the (rendered) arguments, checked.
+
+        :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
+        """
+        schema = load_input_schema(self.input_schema) if self.input_schema is not None else None
+        return check_input(self.task_model(), self.input, schema)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Validate, submit (or resume the task an earlier try submitted), then wait."""
+        setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
+        model, request = self.task_model(), self.task_input()
+        self._check_arguments()
+        state_store = context.get("task_state_store")
+        resumed = self._resumable_task(state_store)
+        if resumed:
+            known, submitted_at = resumed
+            apikley_task_id = known.task_id
+            self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
+        else:
+            known = None
+            self._check_before_paying()
+            apikley_task_id = self.hook.create_task(model, request, self.callback_url)
+            submitted_at = time.time()
+            if state_store is not None:
+                state_store.set(RESUME_KEY, {"apikley_task_id": apikley_task_id, "submitted_at": submitted_at})
+            self.log.info("Created Apikley task %s", apikley_task_id)
+        context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
+        setattr(self, PUSHED_ID_ATTRIBUTE, apikley_task_id)
+
+        if not self.wait_for_completion:
+            return self._finish(self._handed_on(task_summary(apikley_task_id, TaskState.WAITING.value, [], request)))
+        record = known if known is not None and known.state.is_terminal else None
+        if record is None:
+            wait = TaskWait(
+                apikley_task_id,
+                submitted_at=submitted_at,
+                deadline=self._deadline(context),
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                expected_duration=self.expected_duration or 0.0,
+                logger=self.log,
+            )
+            if self.deferrable:
+                self._defer_to_trigger(wait, context)
+            try:
+                record = wait_until_done(self.hook, wait)
+            except ApikleyError as err:
+                raise _after_paying(err, apikley_task_id, state_store) from None
+        return self._finish(self._copy_results({**summary_from_record(record), "input": request}, state_store))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: check its event, store the results, return them or fail."""
+        if event == EventStatus.SUCCESS.value:
+            # The trigger ended the task itself, and a runner that ignores that (``dag.test()``)
+            # resumes it here: read the task again so the result is the same either way.
+            apikley_task_id = context["ti"].xcom_pull(key=APIKLEY_TASK_ID_XCOM_KEY)
+            event = TaskEvent.ended(self.hook.get_task(apikley_task_id)).to_payload()
+        state_store = context.get("task_state_store")
+        parsed = TaskEvent.from_payload(event)
+        try:
+            summary = parsed.summary(input=self.task_input())
+        except ApikleyError as err:
+            raise _after_paying(err, parsed.apikley_task_id, state_store) from None
+        return self._finish(self._copy_results(summary, state_store))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """
+        Lineage for OpenLineage, when it is installed: the source image in, the results (their
+        copies in ``output_path`` when made) out, and the Apikley task id as the run's external query.
+        """
+        return edit_lineage(self._result) if self._result else None
+
+    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        self._result = result
+        return result
+
+    def _check_arguments(self) -> None:
+        """Refuse, before any request, arguments that would fail (or lose results) only after paying."""
+        check_callback_url(self.callback_url)
+        if self.min_credits is not None and (
+            isinstance(self.min_credits, bool) or not isinstance(self.min_credits, (int, float)) or self.min_credits < 0
+        ):
+            raise ApikleyInputError(f"min_credits={self.min_credits!r}: must be a number of credits, 0 or more")
+        if self.output_path and not self.wait_for_completion and not self.do_xcom_push:
+            raise ApikleyInputError(
+                f"output_path={str(self.output_path)!r}: with wait_for_completion=False the results are copied by "
+                "the ApikleyTaskSensor given this task's XCom value, and do_xcom_push=False pushes none; "
+                "give output_path to that sensor instead"
+            )
+
+    def _check_before_paying(self) -> None:
+        """What can only be checked by trying: the folder for the results, and the balance."""
+        if self.output_path:
+            check_writable(self.output_path)
+        if self.min_credits is not None:
+            left = self.hook.get_credits()
+            if left < self.min_credits:
+                raise ApikleyInsufficientCreditsError(
+                    f"min_credits={self.min_credits:g}: the account has {left:g} credits left, fewer than this "
+                    "task requires; nothing was submitted"
+                )
+
+    def _handed_on(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
+        if self.output_path:
+            summary["output_path"] = str(self.output_path)
+            self.log.info(
+                "Not waiting: the ApikleyTaskSensor given this task's XCom value copies the results to %s",
+                self.output_path,
+            )
+        return summary
+
+    def _defer_to_trigger(self, wait: TaskWait, context: Context) -> None:
+        deadline = wait.deadline or time.time() + self.timeout
+        self.defer(
+            trigger=ApikleyTaskTrigger(
+                apikley_task_id=wait.apikley_task_id,
+                apikley_conn_id=self.apikley_conn_id,
+                deadline=deadline,
+                poll_interval=self.poll_interval,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                submitted_at=wait.submitted_at,
+                model=self.task_model(),
+                expected_duration=self.expected_duration,
+                end_task_on_success=self._ends_in_triggerer(),
+                maps_over_result=self._maps_over_result(context),
+                output_path=str(self.output_path) if self.output_path else None,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
+        )
+
+    def _ends_in_triggerer(self) -> bool:
+        if self.end_in_triggerer is not None:
+            return self.end_in_triggerer
+        # an ObjectStoragePath object may carry a connection or options that a URI string would lose
+        worker_needed = (
+            isinstance(self.output_path, ObjectStoragePath)
+            or self.on_success_callback
+            or self.multiple_outputs
+            or not self.do_xcom_push
+        )
+        return not worker_needed and not _lineage_listener_active()
+
+    def _maps_over_result(self, context: Context) -> bool:
+        """Whether downstream tasks map over this (unmapped) task's XCom value, as a worker checks it."""
+        unmapped = getattr(context["ti"], "map_index", -1) in (-1, None)
+        return unmapped and next(self.iter_mapped_dependants(), None) is not None
+
+    def _resumable_task(self, state_store: Any) -> tuple[TaskRecord, float] | None:
+        """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
+        saved = state_store.get(RESUME_KEY) if state_store is not None else None
+        if not saved:
+            return None
+        try:
+            record = self.hook.get_task(saved["apikley_task_id"])
+        except ApikleyNotFoundError:
+            self.log.warning("Apikley no longer knows task %s; submitting anew", saved["apikley_task_id"])
+            return None
+        if record.state is TaskState.FAIL and self.resubmit_failed_task:
+            self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
+            return None
+        return record, float(saved["submitted_at"])
+
+    def _deadline(self, context: Context) -> float:
+        """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""
+        deadline = time.time() + self.timeout
+        started = getattr(context["ti"], "start_date", None)
+        if self.execution_timeout and isinstance(started, datetime):
+            deadline = min(deadline, (started + self.execution_timeout).timestamp())
+        return deadline
+
+    def _copy_results(self, summary: dict[str, Any], state_store: Any) -> dict[str, Any]:
+        if not self.output_path or "stored" in summary:
+            return summary
+        try:
+            return with_stored_results(self.hook, summary, self.output_path)
+        except ApikleyError as err:
+            raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
+
+
+def _lineage_listener_active() -> bool:
+    """Whether OpenLineage is installed and enabled, and so expects the task's facets from a worker."""
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    return not is_disabled()
+
+
+def _after_paying(err: ApikleyError, apikley_task_id: str, state_store: Any, *, copying: bool = False) -> ApikleyError:
+    """``err``, raised after ``apikley_task_id`` was created and paid for, with what a retry will do."""
+    if isinstance(err, ApikleyTaskFailedError):  # the generation failed: nothing to resume
+        return err
+    then = "copies its results again" if copying else "waits for it again"
+    if state_store is not None:
+        advice = f"A retry or clear of this task resumes Apikley task {apikley_task_id} and {then}, without paying."
+    else:
+        instead = "copy its results" if copying else "keep waiting for it"
+        advice = (
+            "This Airflow has no task state store, so a retry submits and pays for a new task: to "
+            f"{instead} instead, give {apikley_task_id} to ApikleyTaskSensor"
+            + (" with output_path." if copying else ".")
+        )
+    # a trigger's failure arrives as a message naming the error's class
+    if isinstance(err, ApikleyConnectionError) or ApikleyConnectionError.__name__ in str(err):
+        advice += " Apikley could not be reached: check the connection's host and proxies, and this machine's network."
+    return err.with_advice(advice)
