@@ -81,6 +81,16 @@ class Client:
         params = {} if task_id is None else {"taskId": task_id}
         return self.http.get(f"{self.url}/api/v1/jobs/recordInfo", headers=AUTH, params=params).json()
 
+    def states_until_ended(self, task_id: str) -> list[str]:
+        """Every state the task is seen in, in order, asking as fast as it can until it ends."""
+        seen: list[str] = []
+        while not seen or seen[-1] not in ("success", "fail"):
+            state = self.record(task_id)["data"]["state"]
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            time.sleep(0.005)
+        return seen
+
     def wait(self, task_id: str, timeout: float = 10) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,13 +17,7 @@ def test_a_task_goes_through_its_states_to_a_real_edited_image(client):
     created_at = time.time()
     answer = client.create(image_url=client.image_url(png("#2c7fb8", (80, 60))), output_format="jpeg", seed=9).json()
     task_id = answer["data"]["taskId"]
-    seen: list[str] = []
-    while not seen or seen[-1] not in ("success", "fail"):
-        state = client.record(task_id)["data"]["state"]
-        if not seen or seen[-1] != state:
-            seen.append(state)
-        time.sleep(0.005)
-    assert seen == ["waiting", "queuing", "generating", "success"]
+    assert client.states_until_ended(task_id) == ["waiting", "queuing", "generating", "success"]
     answer = client.record(task_id)
     assert (answer["code"], answer["msg"]) == (200, "success")
     data = answer["data"]

@@ -60,13 +60,7 @@ def test_a_task_goes_through_its_states_to_a_drawn_png(client):
     assert (answer["code"], answer["msg"]) == (200, "success")
     task_id = answer["data"]["taskId"]
     assert answer["data"]["recordId"] == task_id
-    seen: list[str] = []
-    while not seen or seen[-1] not in ("success", "fail"):
-        state = client.record(task_id)["data"]["state"]
-        if not seen or seen[-1] != state:
-            seen.append(state)
-        time.sleep(0.005)
-    assert seen == ["waiting", "queuing", "generating", "success"]
+    assert client.states_until_ended(task_id) == ["waiting", "queuing", "generating", "success"]
     data = client.record(task_id)["data"]
     assert (data["taskId"], data["model"], data["failCode"], data["failMsg"]) == (task_id, TEXT_TO_IMAGE, "", "")
     assert json.loads(data["param"]) == {"model": TEXT_TO_IMAGE, "input": {"prompt": "a red fox", "seed": 5}}
