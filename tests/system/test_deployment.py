@@ -9,15 +9,18 @@ own run made.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from tests.conftest import has_task_state_store
@@ -53,6 +56,34 @@ SLOW_RECORD_INFO = {"recordInfo": {"slow": 1.0, "slow_seconds": SLOW_SECONDS}}
 
 def accepted_creates(emulator: EmulatorProcess) -> int:
     return emulator.stats()["accepted_create_tasks"]
+
+
+def batch_ids_saved(deployment: AirflowDeployment, run_id: str) -> int:
+    """How many Apikley task ids the batch's ledger holds in the task state store."""
+    pages = deployment.sql(
+        "SELECT value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' "
+        "AND key LIKE 'apikley_batch/%%'",
+        (BATCH_DAG_ID, run_id),
+    )
+    return sum(len(json.loads(value)) for (value,) in pages)
+
+
+def stop_between_creates(worker: psutil.Process, saved: Callable[[], int], accepted: Callable[[], int]) -> None:
+    """
+    Stop ``worker`` at a moment when every create Apikley accepted has its id saved, and leave it stopped.
+
+    Apikley has no idempotency key: a worker killed in the milliseconds between a create's answer and
+    the id's save pays for that edit again on retry, and nothing can tell. The test kills outside that
+    window, to show what it is about: everything saved is resumed, and nothing else is paid twice.
+    """
+    for _ in range(100):
+        worker.suspend()
+        time.sleep(0.5)  # a create already sent, and its id's save, land meanwhile
+        if accepted() == saved():
+            return
+        worker.resume()
+        time.sleep(0.05)
+    raise AssertionError("no moment with every accepted create saved in 100 tries")
 
 
 def edit_states(deployment: AirflowDeployment, run_id: str) -> Counter[str]:
@@ -429,13 +460,17 @@ def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(depl
     before = accepted_creates(emulator)
     run_id = deployment.trigger(BATCH_DAG_ID, {"edits": BATCH_EDITS, "output_uri": f"file://{output}"})
     wait_for(
-        lambda: accepted_creates(emulator) - before >= BATCH_EDITS // 3,
+        lambda: batch_ids_saved(deployment, run_id) >= BATCH_EDITS // 3,
         timeout=SUBMIT_TIMEOUT_SECONDS,
         what=f"a third of the batch's {BATCH_EDITS} edits to be submitted",
         interval=0.1,
     )
     (batch,) = [ti for ti in deployment.task_instances(BATCH_DAG_ID, run_id) if ti["task_id"] == "batch"]
-    deployment.task_process(batch["id"]).send_signal(signal.SIGKILL)
+    worker = deployment.task_process(batch["id"])
+    stop_between_creates(
+        worker, lambda: batch_ids_saved(deployment, run_id), lambda: accepted_creates(emulator) - before
+    )
+    worker.send_signal(signal.SIGKILL)
     submitted_when_killed = accepted_creates(emulator) - before
 
     state = deployment.wait_for_run(BATCH_DAG_ID, run_id, timeout=SUBMIT_TIMEOUT_SECONDS)
