@@ -226,7 +226,10 @@ def test_make_dist_builds_a_wheel_a_pip_user_can_install(tmp_path):
     assert "apache_airflow_provider" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
     target = tmp_path / "site"
-    subprocess.run([str(BIN / "uv"), "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)])
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        check=True,
+    )
     imported = subprocess.run(
         [
             sys.executable,
