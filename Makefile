@@ -85,6 +85,14 @@ fault-suite: $(STAMP)
 system-test: $(STAMP) system-deps
 	@$(call pytest_strict,$(BIN)/pytest tests/system)
 
+# A cluster: the CeleryExecutor with two workers, Redis, two triggerers and two api-servers behind a
+# load balancer, each a process of its own; 201 edits through a worker, a triggerer and an api-server
+# failing mid-run. Installs PostgreSQL and Redis from Debian's packages when they are missing.
+.PHONY: cluster-test
+cluster-test: $(STAMP)
+	@bash scripts/install-system-test-deps.sh
+	@$(call pytest_strict,$(BIN)/pytest -m cluster --durations=25 tests/cluster)
+
 # PostgreSQL and Chromium from Debian's packages, for the system test and its browser test; each
 # script does nothing when its package is installed.
 system-deps:

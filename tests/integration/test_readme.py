@@ -81,7 +81,7 @@ def quickstart() -> Snippet:
 #: Shell lines run by another test or by CI, and lines that need what tests cannot have.
 RUN_ELSEWHERE = {
     r"make demo\b.*": "tests/integration/test_catalog_demo.py runs the same DAG with `airflow dags test`",
-    r"make (test|system-test|test-compat|lint)\b.*": "CI (.ci/run) runs these",
+    r"make (test|system-test|cluster-test|test-compat|lint)\b.*": "CI (.ci/run) runs these",
     r"make bench\b.*": "tests/benchmarks run each benchmark briefly",
     r"airflow dags test qwen_catalog_edit -c .*s3://.*": "needs the real Apikley and an S3 bucket",
     r"airflow dags test qwen_quickstart": "test_the_quickstart_dag_runs_as_a_user_saves_it",

@@ -82,6 +82,11 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         # the dev extra installs the OpenLineage provider for the lineage tests; nothing here collects lineage
         "openlineage": {"disabled": True},
     }
+    return config_variables(config)
+
+
+def config_variables(config: dict[str, dict[str, object]]) -> dict[str, str]:
+    """Airflow options by section and key, as ``AIRFLOW__SECTION__KEY`` variables."""
     return {
         f"AIRFLOW__{section.upper()}__{key.upper()}": _config_value(value)
         for section, options in config.items()

@@ -104,8 +104,13 @@ def deployment(system_workdir: Path, emulator: EmulatorProcess) -> Iterator[Airf
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """On a failed test, show the tail of each component's log in its report."""
     report = yield
+    return with_log_tails(report, item, ("deployment", "emulator"))
+
+
+def with_log_tails(report: pytest.TestReport, item: pytest.Item, fixtures: tuple[str, ...]) -> pytest.TestReport:
+    """A failed test's report, with the last lines of the logs of each of ``fixtures`` the test used."""
     if report.failed:
-        for name in ("deployment", "emulator"):
+        for name in fixtures:
             running = getattr(item, "funcargs", {}).get(name)
             if running is not None:
                 report.sections.append((f"{name} logs (last lines)", running.log_tails()))
@@ -113,7 +118,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if MEASUREMENTS:
-        terminalreporter.section("system test measurements")
-        for line in MEASUREMENTS:
+    write_measurements(terminalreporter, "system test measurements", MEASUREMENTS)
+
+
+def write_measurements(terminalreporter, title: str, lines: list[str]) -> None:
+    """Print what the tests measured, if anything, in a section of the terminal summary."""
+    if lines:
+        terminalreporter.section(title)
+        for line in lines:
             terminalreporter.write_line(line)

@@ -238,11 +238,7 @@ class AirflowDeployment:
             self._exit_stack.enter_context(self.postgres)
             self._exit_stack.callback(self._stop_components)
             self._migrate()
-            self.start("api-server")
-            wait_for(self._api_server_answers, timeout=START_TIMEOUT_SECONDS, what="the api-server to answer")
-            for component in ("scheduler", "dag-processor", "triggerer"):
-                self.start(component)
-            self.wait_until_healthy()
+            self._start_components()
         except BaseException:
             print(self.log_tails(), file=sys.stderr)
             self.close()
@@ -258,8 +254,20 @@ class AirflowDeployment:
         """Stop every component, then PostgreSQL; wait until the deployment's ports are free."""
         self.rest.close()
         self._exit_stack.close()
-        for port in (self.settings.api_port, self.postgres.port):
+        for port in self.ports():
             wait_for(lambda port=port: not is_listening(port), timeout=15, what=f"port {port} to be free")
+
+    def ports(self) -> list[int]:
+        """The loopback ports the deployment listens on."""
+        return [self.settings.api_port, self.postgres.port]
+
+    def _start_components(self) -> None:
+        """Start the api-server, then the other components once it answers; wait until all are healthy."""
+        self.start("api-server")
+        wait_for(self._api_server_answers, timeout=START_TIMEOUT_SECONDS, what="the api-server to answer")
+        for component in ("scheduler", "dag-processor", "triggerer"):
+            self.start(component)
+        self.wait_until_healthy()
 
     def _migrate(self) -> None:
         log_path = self.log_dir / "db-migrate.log"
@@ -294,22 +302,29 @@ class AirflowDeployment:
 
     def start(self, component: str) -> None:
         """(Re)start one component; it must not be running."""
+        process = self._components.get(component)
+        if process is None:
+            process = self._new_component(component)
+            self._components[component] = process
+        process.start()
+
+    def _new_component(self, component: str) -> ManagedProcess:
+        """The process of one component, not started yet: its command, environment, log and directory."""
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; known: {list(COMPONENTS)}")
         command = [sys.executable, "-m", "airflow", *COMPONENTS[component]]
         if component == "api-server":
             command += ["--host", LOOPBACK, "--port", str(self.settings.api_port)]
-        process = self._components.get(component)
-        if process is None:
-            process = ManagedProcess(
-                component,
-                command,
-                env=self._environment(),
-                log_path=self.log_dir / f"{component}.log",
-                cwd=self.airflow_home,
-            )
-            self._components[component] = process
-        process.start()
+        log_path = self.log_dir / f"{component}.log"
+        return ManagedProcess(component, command, env=self._environment(), log_path=log_path, cwd=self.airflow_home)
+
+    def _health_key(self, component: str) -> str | None:
+        """The name ``/monitor/health`` reports the component under, if it reports on it."""
+        return HEALTH_KEYS.get(component)
+
+    def components(self) -> dict[str, ManagedProcess]:
+        """Every component started so far, by name, in the order they were first started."""
+        return dict(self._components)
 
     def process(self, component: str) -> psutil.Process:
         """The component's main process (its descendants are ``process(...).children(recursive=True)``)."""
@@ -352,7 +367,8 @@ class AirflowDeployment:
                 if not self._component(component).is_running():
                     raise StopWaiting(f"{component} exited with {self._component(component).returncode()}")
             health = self.rest.health()
-            statuses = [health["metadatabase"]] + [health[HEALTH_KEYS[component]] for component in components]
+            keys = {key for component in components if (key := self._health_key(component))}
+            statuses = [health["metadatabase"]] + [health[key] for key in sorted(keys)]
             return all(status and status.get("status") == "healthy" for status in statuses)
 
         wait_for(healthy, timeout=timeout, what=f"{', '.join(components)} to be healthy", interval=1.0)
