@@ -271,6 +271,8 @@ class TaskState(StrEnum):
 
 #: How deep in ``resultJson`` result URLs are looked for.
 MAX_RESULT_DEPTH = 4
+#: The most result URLs one task may have: each is a download, so an answer cannot ask for thousands.
+MAX_RESULT_URLS = 64
 
 
 def _urls_in(value: Any, depth: int) -> list[str]:
@@ -319,6 +321,14 @@ class TaskRecord(BaseModel):
     def _task_id_shape(cls, value: str) -> str:
         if not is_task_id(value):
             raise ValueError(TASK_ID_RULE)
+        return value
+
+    @field_validator("result")
+    @classmethod
+    def _few_result_urls(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        found = len(_urls_in(value, depth=MAX_RESULT_DEPTH))
+        if found > MAX_RESULT_URLS:
+            raise ValueError(f"resultJson holds {found} URLs, more than the {MAX_RESULT_URLS} a task may have")
         return value
 
     @field_validator("fail_code", mode="before")

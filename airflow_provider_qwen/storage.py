@@ -111,7 +111,7 @@ def result_extension(input: dict[str, Any]) -> str:
 
 
 def as_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
-    """``output_path`` as an :class:`ObjectStoragePath`."""
+    """``output_path`` (a folder or a file) as an :class:`ObjectStoragePath`."""
     return output_path if isinstance(output_path, ObjectStoragePath) else ObjectStoragePath(output_path)
 
 

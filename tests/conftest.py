@@ -127,6 +127,11 @@ def source_image_url(apikley: RunningEmulator) -> str:
     return apikley.put_file("tests/shoe.png", buffer.getvalue(), "image/png")
 
 
+#: The ``input`` schema Apikley publishes for the Qwen model, read once.
+QWEN_INPUT_SCHEMA: dict[str, Any] = json.loads(
+    (Path(__file__).parents[1] / "airflow_provider_qwen/emulator/schema/qwen-image-to-image.json").read_text()
+)["properties"]["input"]
+
 #: The two operators that run an edit: the typed Qwen one, and the generic one given the same input.
 OPERATOR_KINDS = ("qwen", "generic")
 
@@ -143,12 +148,9 @@ def edit_operator(kind: str, **arguments: Any):
     if kind == "qwen":
         return QwenImageToImageOperator(**arguments)
     fields = {name: arguments.pop(name) for name in INPUT_FIELDS if name in arguments}
-    published = json.loads(
-        (Path(__file__).parents[1] / "airflow_provider_qwen/emulator/schema/qwen-image-to-image.json").read_text()
-    )
     return ApikleyCreateTaskOperator(
         model=QWEN_IMAGE_TO_IMAGE,
         input={name: value for name, value in fields.items() if value is not None},
-        input_schema=published["properties"]["input"],
+        input_schema=QWEN_INPUT_SCHEMA,
         **arguments,
     )

@@ -43,6 +43,7 @@ from airflow_provider_qwen.storage import (
     MAX_FILE_NAME_CHARS,
     MAX_RESULT_BYTES,
     StoredFile,
+    as_folder,
     check_file_name,
     check_result_url,
     check_upload,
@@ -412,7 +413,7 @@ class ApikleyHook(HttpHook):
         :raises ApikleyURLRefusedError: when the URL or a redirect points where results may not be.
         """
         check_result_url(url)
-        dest = dest if isinstance(dest, ObjectStoragePath) else ObjectStoragePath(dest)
+        dest = as_folder(dest)
         return self.retry_policy.call(is_transient, self.log, self._download, url, dest, max_bytes)
 
     @cached_property
@@ -432,7 +433,7 @@ class ApikleyHook(HttpHook):
 
         :raises ApikleyBadResponseError: when the task id is not shaped like one (it names the files).
         """
-        folder = folder if isinstance(folder, ObjectStoragePath) else ObjectStoragePath(folder)
+        folder = as_folder(folder)
         stored = [
             self.download_result(url, result_destination(folder, apikley_task_id, index, extension))
             for index, url in enumerate(result_urls)

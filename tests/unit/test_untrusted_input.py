@@ -345,3 +345,17 @@ def test_a_trickling_result_fails_a_download_within_twice_the_timeout(monkeypatc
             ApikleyHook(retry_policy=RetryPolicy(attempts=1)).download_result(f"{url}/r.png", str(tmp_path / "r.png"))
         assert time.monotonic() - started < 4
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["resultUrls", "resultObject"])
+def test_an_answer_with_more_result_urls_than_a_task_may_have_is_refused(where):
+    from airflow_provider_qwen.exceptions import ApikleyBadResponseError
+    from airflow_provider_qwen.models import MAX_RESULT_URLS, TaskRecord
+
+    urls = [f"https://files.example.org/out/{n}.png" for n in range(MAX_RESULT_URLS + 1)]
+    record = task_record("t-many", "success", result_urls=urls[:1])
+    result = {"resultUrls": urls} if where == "resultUrls" else {"resultObject": {"images": [{"url": u} for u in urls]}}
+    with pytest.raises(ApikleyBadResponseError, match=f"holds {MAX_RESULT_URLS + 1} URLs"):
+        TaskRecord.from_api({**record, "resultJson": json.dumps(result)})
+    record["resultJson"] = json.dumps({"resultUrls": urls[:MAX_RESULT_URLS]})
+    assert len(TaskRecord.from_api(record).result_urls) == MAX_RESULT_URLS
