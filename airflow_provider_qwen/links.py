@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, conf
 
+from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class ApikleyTaskLink(BaseOperatorLink):
         failure; so the link first counts the ids that exist, which logs nothing.
         """
         pushed = getattr(operator, PUSHED_ID_ATTRIBUTE, None)
-        if pushed is False or (pushed is None and not _may_have_task_id(ti_key)):
+        if pushed is False or (pushed is None and not compat.xcom_may_exist(ti_key, APIKLEY_TASK_ID_XCOM_KEY)):
             return ""
         if pushed:
             return task_page_url(operator.apikley_conn_id, str(pushed))
@@ -88,27 +88,3 @@ class ApikleyTaskLink(BaseOperatorLink):
         if not apikley_task_id:
             return ""
         return task_page_url(operator.apikley_conn_id, str(apikley_task_id))
-
-
-def _may_have_task_id(ti_key: Any) -> bool:
-    """
-    Whether an Apikley task id may be in XCom for ``ti_key``: ``False`` only when none can be.
-
-    In a task process (the task SDK's ``SUPERVISOR_COMMS`` is set) this asks how many instances of
-    the task pushed the id: a count, which is never a "not found". The count spans every map index of
-    a mapped task, so an instance whose siblings pushed ids is still looked up. Anywhere else
-    (nothing to ask, or an Airflow without that request) the answer is ``True``, and the caller
-    looks the id up as before.
-    """
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-    if comms is None:
-        return True
-    try:
-        from airflow.sdk.execution_time.comms import GetXComCount, XComCountResponse
-    except ImportError:  # pragma: no cover - every supported Airflow has it
-        return True
-    answer = comms.send(
-        GetXComCount(key=APIKLEY_TASK_ID_XCOM_KEY, dag_id=ti_key.dag_id, run_id=ti_key.run_id, task_id=ti_key.task_id)
-    )
-    return not isinstance(answer, XComCountResponse) or answer.len > 0

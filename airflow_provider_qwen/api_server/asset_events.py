@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from airflow.assets.manager import asset_manager
 from airflow.models.asset import AssetModel
 from airflow.utils.session import create_session
 
+from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.api_server.deliveries import claim_task, ensure_tables
 
 #: The asset a callback updates when its URL names none: one per model.
@@ -48,8 +48,8 @@ def record_finished_task(asset_uri: str, extra: dict[str, Any]) -> bool:
             claim_task(session, asset.id, task_id)
             claimed = True
             # The task id is the event's partition: a consumer on a partitioned schedule (Airflow 3.2+)
-            # runs once per edit. Airflow 3.1 ignores it.
-            asset_manager.register_asset_change(asset=asset, extra=extra, session=session, partition_key=task_id)
+            # runs once per edit.
+            compat.register_asset_change(asset=asset, extra=extra, session=session, partition_key=task_id)
     except IntegrityError:
         if claimed:
             raise

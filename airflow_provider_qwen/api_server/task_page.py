@@ -27,9 +27,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
 
-from airflow.api_fastapi.core_api.security import requires_access_connection
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
+from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
@@ -63,7 +63,7 @@ router = APIRouter()
 
 @router.get(
     "/connections/{connection_id}/tasks/{apikley_task_id}",
-    dependencies=[Depends(requires_access_connection(method="GET"))],
+    dependencies=[Depends(compat.requires_access_connection(method="GET"))],
     response_model=None,
 )
 async def show_task(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
+from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
     ApikleyError,
@@ -37,6 +38,7 @@ from airflow_provider_qwen.triggers.apikley import (
     EventStatus,
     TaskEvent,
     TaskWait,
+    outcome_line,
     summary_from_record,
     task_summary,
     wait_until_done,
@@ -94,13 +96,16 @@ class ApikleyCreateTaskOperator(BaseOperator):
         that long after submitting. By default the triggerer learns it from the tasks of this model it saw end
         (a blocking wait starts asking at once).
     :param end_in_triggerer: when a deferred task succeeds, end the task from the triggerer
-        (its XCom value pushed there) instead of resuming it on a worker, which saves a worker run
-        and seconds per task; results are then copied to ``output_path`` from the triggerer.
-        ``None`` (the default) does so when nothing is left for a worker: no ``on_success_callback``,
-        no ``multiple_outputs``, ``do_xcom_push`` left on, ``output_path`` a URI string (not an
-        ``ObjectStoragePath`` object, whose connection the trigger could not carry), and no
-        OpenLineage listener waiting for the task's facets. Failures always resume
-        on a worker, which raises the error.
+        (its XCom value and extra link pushed there) instead of resuming it on a worker, which saves a
+        worker run and seconds per task; results are then copied to ``output_path`` from the
+        triggerer. ``None`` (the default) does so only when a worker would add nothing: no
+        ``outlets`` (Airflow records asset events only when a worker ends a task), no
+        ``on_success_callback`` or ``post_execute``, no ``multiple_outputs``, ``do_xcom_push`` left
+        on, ``output_path`` a URI string (not an ``ObjectStoragePath`` object, whose connection the
+        trigger could not carry), and no OpenLineage listener waiting for the task's facets.
+        ``True`` together with any of those arguments is refused when the DAG is parsed; with
+        OpenLineage enabled the task resumes on a worker. Failures always resume on a worker, which
+        raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
@@ -155,6 +160,12 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.end_in_triggerer = end_in_triggerer
         self.min_credits = min_credits
         self._result: dict[str, Any] | None = None
+        if end_in_triggerer and (reasons := self._work_for_a_worker()):
+            raise ApikleyInputError(
+                "end_in_triggerer=True: a task that ends in the triggerer cannot keep what these arguments "
+                "promise; leave end_in_triggerer unset to end it where they are kept, or drop them: "
+                + "; ".join(reasons)
+            )
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -232,6 +243,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             event = TaskEvent.ended(self.hook.get_task(apikley_task_id)).to_payload()
         state_store = context.get("task_state_store")
         parsed = TaskEvent.from_payload(event)
+        setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
@@ -247,6 +259,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         self._result = result
+        if result["state"] == TaskState.SUCCESS.value:
+            self.log.info("%s", outcome_line(result))
         return result
 
     def _check_arguments(self) -> None:
@@ -297,8 +311,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 submitted_at=wait.submitted_at,
                 model=self.task_model(),
                 expected_duration=self.expected_duration,
-                end_task_on_success=self._ends_in_triggerer(),
-                maps_over_result=self._maps_over_result(context),
+                **self._how_to_end(context),
                 output_path=str(self.output_path) if self.output_path else None,
             ),
             method_name="execute_complete",
@@ -306,21 +319,51 @@ class ApikleyCreateTaskOperator(BaseOperator):
         )
 
     def _ends_in_triggerer(self) -> bool:
-        if self.end_in_triggerer is not None:
-            return self.end_in_triggerer
-        # an ObjectStoragePath object may carry a connection or options that a URI string would lose
-        worker_needed = (
-            isinstance(self.output_path, ObjectStoragePath)
-            or self.on_success_callback
-            or self.multiple_outputs
-            or not self.do_xcom_push
-        )
-        return not worker_needed and not _lineage_listener_active()
+        """Whether a success ends the task from the triggerer: only when a worker would add nothing."""
+        if self.end_in_triggerer is False or self._work_for_a_worker():
+            return False
+        if _lineage_listener_active():
+            if self.end_in_triggerer:
+                self.log.warning("OpenLineage is enabled: the task resumes on a worker, which emits its lineage")
+            return False
+        return True
 
-    def _maps_over_result(self, context: Context) -> bool:
-        """Whether downstream tasks map over this (unmapped) task's XCom value, as a worker checks it."""
-        unmapped = getattr(context["ti"], "map_index", -1) in (-1, None)
-        return unmapped and next(self.iter_mapped_dependants(), None) is not None
+    def _work_for_a_worker(self) -> list[str]:
+        """
+        What only a worker does when the task ends, as ``argument=value: why`` lines; empty when nothing.
+
+        A task that ends in the triggerer is marked successful with its XCom value and extra link, and
+        nothing else runs: no asset events for ``outlets`` (Airflow records them only from a worker),
+        no ``post_execute``, and the value is pushed as it is.
+        """
+        reasons = []
+        if self.outlets:
+            reasons.append(f"outlets={self.outlets!r}: Airflow records asset events only when a worker ends a task")
+        if self.on_success_callback:
+            reasons.append("on_success_callback: runs in the task's process, on a worker")
+        if compat.post_execute_hook(self) is not None:
+            reasons.append("post_execute: runs in the task's process, on a worker")
+        if self.multiple_outputs:
+            reasons.append("multiple_outputs=True: a worker splits the value into XComs")
+        if not self.do_xcom_push:
+            reasons.append("do_xcom_push=False: the triggerer pushes the value a worker would not")
+        if isinstance(self.output_path, ObjectStoragePath):
+            # an ObjectStoragePath may carry a connection or options that the trigger's URI string would lose
+            reasons.append(f"output_path={self.output_path!r}: an ObjectStoragePath is written from a worker")
+        if any(not isinstance(link, ApikleyTaskLink) for link in self.operator_extra_links):
+            reasons.append("operator_extra_links: links other than ApikleyTaskLink are computed on a worker")
+        return reasons
+
+    def _how_to_end(self, context: Context) -> dict[str, bool]:
+        """The trigger's ``end_task_on_success`` and ``maps_over_result``, as a worker would record the value."""
+        if not self._ends_in_triggerer():
+            return {"end_task_on_success": False, "maps_over_result": False}
+        if getattr(context["ti"], "map_index", -1) not in (-1, None):
+            return {"end_task_on_success": True, "maps_over_result": False}  # Airflow maps over unmapped tasks only
+        maps_over = compat.maps_over_result(self)
+        if maps_over is None:  # cannot tell: a worker records the length as it always does
+            return {"end_task_on_success": False, "maps_over_result": False}
+        return {"end_task_on_success": True, "maps_over_result": maps_over}
 
     def _resumable_task(self, state_store: Any) -> tuple[TaskRecord, float] | None:
         """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""

@@ -28,6 +28,7 @@ from airflow_provider_qwen.triggers.apikley import (
     Done,
     TaskEvent,
     TaskWait,
+    outcome_line,
     query,
     summary_from_record,
 )
@@ -159,17 +160,33 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 with_input=True,
             ),
             method_name="execute_complete",
+            # what execute worked out travels with the deferral: a fresh instance resumes
+            kwargs={"output_path": str(self.output_path) if self.output_path else None},
             timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Turn the trigger's event into the result, or the failure it reports."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, output_path: str | None = None
+    ) -> dict[str, Any]:
+        """
+        Turn the trigger's event into the result, or the failure it reports.
+
+        :param output_path: where :meth:`execute` found the results are to be copied (its own
+            argument, or the one the operator's dict handed on), carried across the deferral.
+        """
+        if output_path and not isinstance(self.output_path, ObjectStoragePath):
+            self.output_path = output_path
         try:
-            return self._stored(TaskEvent.from_payload(event).summary())
+            parsed = TaskEvent.from_payload(event)
+            setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
+            return self._stored(parsed.summary())
         except ApikleyTaskTimeoutError as err:
             raise AirflowSensorTimeout(str(err)) from err
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
     def _stored(self, summary: dict[str, Any]) -> dict[str, Any]:
-        return with_stored_results(self.hook, summary, self.output_path) if self.output_path else summary
+        if self.output_path:
+            summary = with_stored_results(self.hook, summary, self.output_path)
+        self.log.info("%s", outcome_line(summary))
+        return summary

@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
+from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
+from airflow_provider_qwen.links import ApikleyTaskLink, task_page_url
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
 from airflow_provider_qwen.storage import with_stored_results
 
@@ -373,6 +375,20 @@ def task_summary(
     }
 
 
+def outcome_line(summary: dict[str, Any]) -> str:
+    """
+    The last line an edit's log gives about it, the same whichever way the task ended.
+
+    :param summary: a successful task's XCom value (see :func:`task_summary`).
+    """
+    results = len(summary["result_urls"])
+    line = f"Apikley task {summary['apikley_task_id']} succeeded: {results} result{'s' if results != 1 else ''}"
+    if stored := summary.get("stored"):
+        line += f", stored as {', '.join(item['uri'] for item in stored)}"
+    credits = summary.get("credits_consumed")
+    return line + (f"; {credits:g} credits" if credits is not None else "")
+
+
 def summary_from_record(record: TaskRecord) -> dict[str, Any]:
     """
     The summary of a task that ended, read without a trigger (a blocking wait, a poke).
@@ -508,19 +524,19 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """
-        Store the results and push the task's XCom value as its worker would; ``False`` when that
-        cannot be done from here, and a worker resumes the task instead.
+        Store the results and push the task's XCom value and extra link as its worker would;
+        ``False`` when that cannot be done from here, and a worker resumes the task instead.
 
         The value goes through the Task SDK's XCom API, not ``TaskSuccessEvent(xcoms=...)``: that
         stores it as a JSON string and records no mapped length, so downstream tasks could not map
-        over it. Where the trigger runs without a task instance (``dag.test()``), a worker resumes.
+        over it (see :func:`airflow_provider_qwen._compat.trigger_xcom_set`). Where the trigger runs
+        without a task instance (``dag.test()``), a worker resumes.
         """
         ti = self.task_instance
-        if ti is None or not hasattr(ti, "run_id"):
+        xcom_set = compat.trigger_xcom_set()
+        if ti is None or not hasattr(ti, "run_id") or xcom_set is None:
             return False
         from asgiref.sync import sync_to_async
-
-        from airflow.sdk.execution_time.xcom import XCom
 
         value = event.summary()
         if self.output_path:
@@ -533,22 +549,19 @@ class ApikleyTaskTrigger(BaseTrigger):
             except Exception:
                 self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
                 return False
+        where = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+        link = task_page_url(self.apikley_conn_id, self.apikley_task_id)
         try:
-            await sync_to_async(XCom.set)(
-                key="return_value",
-                value=value,
-                dag_id=ti.dag_id,
-                task_id=ti.task_id,
-                run_id=ti.run_id,
-                map_index=ti.map_index,
-                _mapped_length=len(value) if self.maps_over_result else None,
-            )
+            mapped_length = len(value) if self.maps_over_result else None
+            await sync_to_async(xcom_set)(key="return_value", value=value, _mapped_length=mapped_length, **where)
+            await sync_to_async(xcom_set)(key=ApikleyTaskLink().xcom_key, value=link, **where)
         except Exception:
             self.log.exception(
                 "Could not push the result of Apikley task %s; a worker resumes it", self.apikley_task_id
             )
             return False
         self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
+        self.log.info("%s", outcome_line(value))
         return True
 
 

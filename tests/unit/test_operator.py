@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 
-from airflow.providers.common.compat.sdk import ObjectStoragePath, TaskDeferred
+from airflow.providers.common.compat.sdk import Asset, AssetAlias, ObjectStoragePath, TaskDeferred
 
 from airflow_provider_qwen.emulator.generation import EMULATED_FAILURE
 from airflow_provider_qwen.emulator.script import dropped, envelope, html_page
@@ -29,6 +29,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyTaskTimeoutError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.links import PUSHED_ID_ATTRIBUTE
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
@@ -144,6 +145,9 @@ def test_defers_right_after_submitting_without_asking_first(apikley, edit, conte
         ({"multiple_outputs": True}, False),
         ({"do_xcom_push": False}, False),
         ({"end_in_triggerer": False}, False),
+        ({"outlets": [Asset("s3://bucket/edited")]}, False),  # asset events are recorded from a worker
+        ({"outlets": [AssetAlias("edited")]}, False),
+        ({"post_execute": print}, False),
     ],
 )
 def test_a_success_ends_in_the_triggerer_only_when_no_worker_work_is_left(
@@ -152,6 +156,43 @@ def test_a_success_ends_in_the_triggerer_only_when_no_worker_work_is_left(
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True, **arguments).execute(context)
     assert excinfo.value.trigger.end_task_on_success is ends_in_triggerer
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"outlets": [Asset("s3://bucket/edited")]}, "outlets=[Asset("),
+        ({"on_success_callback": print}, "on_success_callback"),
+        ({"post_execute": print}, "post_execute"),
+        ({"multiple_outputs": True}, "multiple_outputs=True"),
+        ({"do_xcom_push": False}, "do_xcom_push=False"),
+        ({"output_path": ObjectStoragePath("file:///tmp/edits")}, "output_path=ObjectStoragePath("),
+    ],
+)
+def test_ending_in_the_triggerer_is_refused_when_the_dag_is_parsed_with_what_only_a_worker_keeps(
+    apikley, edit, arguments, named
+):
+    with pytest.raises(ApikleyInputError) as excinfo:
+        edit(deferrable=True, end_in_triggerer=True, **arguments)
+    assert str(excinfo.value).startswith("end_in_triggerer=True: ")
+    assert named in str(excinfo.value)
+    assert apikley.seen() == []
+
+
+def test_a_task_the_trigger_could_not_tell_mapping_for_resumes_on_a_worker(apikley, edit, context, monkeypatch):
+    monkeypatch.setattr("airflow_provider_qwen._compat.maps_over_result", lambda operator: None)
+    context["ti"].map_index = -1
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True).execute(context)
+    assert excinfo.value.trigger.end_task_on_success is False
+
+
+def test_a_resumed_instance_marks_the_id_its_link_shows(apikley, edit, sent_input, context):
+    task_id = apikley.wait_until_ended(ApikleyHook().create_task(QWEN_IMAGE_TO_IMAGE, sent_input)).task_id
+    event = {"status": "success", "apikley_task_id": task_id, "result_urls": apikley.state.tasks[task_id].result_urls}
+    operator = edit()  # a fresh instance, as a worker resuming a deferred task has
+    operator.execute_complete(context, event)
+    assert getattr(operator, PUSHED_ID_ATTRIBUTE) == task_id
 
 
 def test_an_active_openlineage_listener_keeps_the_end_on_a_worker(apikley, edit, context, monkeypatch):

@@ -229,6 +229,29 @@ def test_a_deferred_wait_copies_the_results_when_it_resumes(apikley, source_imag
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/{task_id}-0.png"]
 
 
+def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
+    apikley, source_image_url, context, tmp_path
+):
+    apikley.configure(latency=(0.0, 0.5, 0.0))  # still queuing at the sensor's first check: it defers
+    submitted = QwenImageToImageOperator(
+        task_id="submit",
+        prompt="sepia",
+        image_url=source_image_url,
+        wait_for_completion=False,
+        output_path=f"file://{tmp_path}/handed-on",
+    ).execute({"ti": mock.Mock()})
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_sensor(submitted, deferrable=True).execute(context)
+    next_kwargs = excinfo.value.kwargs
+    task_id = finished(apikley, submitted["apikley_task_id"])
+    event = {"status": "success", "apikley_task_id": task_id, "result_urls": apikley.state.tasks[task_id].result_urls}
+
+    # a worker resumes on a fresh instance: nothing execute() set on the first one is there
+    result = make_sensor(submitted, deferrable=True).execute_complete(context, event, **next_kwargs)
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/{task_id}-0.png"]
+    assert (tmp_path / "handed-on" / f"{task_id}-0.png").stat().st_size == result["stored"][0]["size"] > 0
+
+
 def test_the_output_path_the_operator_hands_on_is_used(apikley, source_image_url, context, tmp_path):
     submitted = QwenImageToImageOperator(
         task_id="submit",

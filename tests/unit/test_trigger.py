@@ -14,6 +14,7 @@ from airflow_provider_qwen.emulator.script import ScriptedAnswer, dropped, envel
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
+from airflow_provider_qwen.links import task_page_url
 from airflow_provider_qwen.models import TaskState
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger, ExpectedDurations
 from tests.conftest import API_KEY, submit_edit
@@ -356,7 +357,7 @@ async def test_a_success_ends_the_task_from_the_triggerer_with_its_result_pushed
     trigger.task_instance = TriggerTaskInstance()
     events = [event async for event in trigger.run()]
     assert [type(event) for event in events] == [TaskSuccessEvent]
-    (push,) = pushed
+    push, link = pushed
     task = apikley.state.tasks[finished_task]
     assert push["value"] == {
         "apikley_task_id": finished_task,
@@ -367,6 +368,9 @@ async def test_a_success_ends_the_task_from_the_triggerer_with_its_result_pushed
     }
     assert (push["key"], push["task_id"], push["run_id"], push["map_index"]) == ("return_value", "edit", "manual__1", 3)
     assert push["_mapped_length"] == mapped_length
+    # the extra link, which a worker would push when it ends the task
+    assert (link["key"], link["value"]) == ("_link_ApikleyTaskLink", task_page_url("apikley_default", finished_task))
+    assert (link["task_id"], link["run_id"], link["map_index"]) == ("edit", "manual__1", 3)
 
 
 async def test_a_failure_resumes_the_task_on_a_worker_even_when_success_would_not(apikley, source_image_url, pushed):
@@ -406,7 +410,7 @@ async def test_a_success_with_an_output_path_is_stored_from_the_triggerer(apikle
     trigger.task_instance = TriggerTaskInstance()
     (event,) = [event async for event in trigger.run()]
     assert isinstance(event, TaskSuccessEvent)
-    ((stored,),) = [push["value"]["stored"] for push in pushed]
+    ((stored,),) = [push["value"]["stored"] for push in pushed if push["key"] == "return_value"]
     written = tmp_path / f"{finished_task}-0.png"
     assert stored["uri"].endswith(written.name) and stored["size"] == written.stat().st_size > 0
 

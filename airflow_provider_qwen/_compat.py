@@ -1,0 +1,147 @@
+"""
+Every use of Airflow's private internals, each with why no public API serves and a safe fallback.
+
+Each function below is used on Airflow 3.1, 3.2 and 3.3 (``make test`` and ``make test-compat``),
+and ``tests/unit/test_compat.py`` proves its fallback by taking the internal away. A fallback never
+crashes a run: it takes the path that needs no internal, which is to resume the task on a worker
+(or, on the api-server, to refuse what cannot be checked).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from airflow.providers.common.compat.sdk import BaseOperator
+
+log = logging.getLogger(__name__)
+
+
+# ---- ending a task from the triggerer --------------------------------------------------------------
+
+
+def trigger_xcom_set() -> Callable[..., Any] | None:
+    """
+    ``XCom.set`` of the Task SDK, as a trigger may call it, when it takes ``_mapped_length``; else ``None``.
+
+    Why private: a trigger that ends its task must push the value the way a worker does, with the
+    mapped length that lets downstream tasks ``.expand`` over it. ``TaskSuccessEvent(xcoms=...)`` (the
+    public way) stores a JSON string and records no length, and only the private ``_mapped_length``
+    argument records one. Fallback: ``None``, and the trigger resumes the task on a worker.
+    """
+    try:
+        from airflow.sdk.execution_time.xcom import XCom
+    except ImportError:
+        return None
+    return XCom.set if _takes(XCom.set, "_mapped_length") else None
+
+
+def maps_over_result(operator: BaseOperator) -> bool | None:
+    """
+    Whether a task downstream of ``operator`` maps over its value; ``None`` when that cannot be told.
+
+    Why private: ``iter_mapped_dependants`` is how Airflow's own task runner decides to record a
+    mapped length, and no public API exposes the DAG's mapping structure. Fallback: ``None``, and the
+    task resumes on a worker, which records the length itself.
+    """
+    dependants = getattr(operator, "iter_mapped_dependants", None)
+    if dependants is None:
+        return None
+    try:
+        return next(dependants(), None) is not None
+    except Exception:  # a changed internal: the worker knows
+        log.debug("iter_mapped_dependants failed", exc_info=True)
+        return None
+
+
+def post_execute_hook(operator: BaseOperator) -> Any:
+    """
+    The task's ``post_execute`` callable, or an overridden ``post_execute`` method; ``None`` when neither.
+
+    Why private: ``BaseOperator`` keeps the ``post_execute`` argument in ``_post_execute_hook`` and has
+    no public getter. Fallback: when the attribute is missing, assume a hook may exist (``True``), so
+    the task ends on a worker, where Airflow runs it.
+    """
+    from airflow.providers.common.compat.sdk import BaseOperator
+
+    if type(operator).post_execute is not BaseOperator.post_execute:
+        return type(operator).post_execute
+    return getattr(operator, "_post_execute_hook", True)
+
+
+# ---- the extra link --------------------------------------------------------------------------------
+
+
+def xcom_may_exist(ti_key: Any, key: str) -> bool:
+    """
+    Whether any instance of ``ti_key``'s task pushed XCom ``key``: ``False`` only when none did.
+
+    Why private: asking the task SDK's supervisor for a missing XCom logs "XCom not found" as an
+    error in the task's log; its ``GetXComCount`` request answers with a count and logs nothing.
+    Neither is public. Fallback: ``True``, and the caller looks the XCom up as Airflow would.
+    """
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is None:
+        return True
+    try:
+        from airflow.sdk.execution_time.comms import GetXComCount, XComCountResponse
+
+        answer = comms.send(GetXComCount(key=key, dag_id=ti_key.dag_id, run_id=ti_key.run_id, task_id=ti_key.task_id))
+    except Exception:  # missing or changed: look it up instead
+        log.debug("GetXComCount failed", exc_info=True)
+        return True
+    return not isinstance(answer, XComCountResponse) or answer.len > 0
+
+
+# ---- the api-server --------------------------------------------------------------------------------
+
+
+def register_asset_change(*, asset: Any, extra: dict[str, Any], session: Session, partition_key: str) -> None:
+    """
+    Record an event of ``asset`` with ``extra``, partitioned by ``partition_key`` where Airflow can.
+
+    Why private: the api-server plugin records an event in its own transaction, together with the
+    claim that makes a delivery count once; the public REST endpoint would commit separately. The
+    ``partition_key`` argument exists from Airflow 3.2. Fallback: an Airflow whose asset manager
+    takes no ``partition_key`` records the event unpartitioned.
+    """
+    from airflow.assets.manager import asset_manager
+
+    if _takes(asset_manager.register_asset_change, "partition_key"):
+        asset_manager.register_asset_change(asset=asset, extra=extra, session=session, partition_key=partition_key)
+    else:
+        asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
+
+
+def requires_access_connection(method: str) -> Callable[..., Any]:
+    """
+    The api-server's dependency that lets through only users who may ``method`` connections.
+
+    Why private: it is how the api-server's own connection routes check permissions, through the
+    configured auth manager; a plugin has no public equivalent. Fallback: a dependency that refuses
+    every request (503), because a page that reads a connection's key must not be served unchecked.
+    """
+    try:
+        from airflow.api_fastapi.core_api.security import requires_access_connection as check
+    except ImportError:
+        return _refuse_unchecked
+    return check(method=method)
+
+
+def _refuse_unchecked() -> None:
+    from fastapi import HTTPException
+
+    raise HTTPException(503, "This Airflow cannot check who may read connections; the page is disabled")
+
+
+def _takes(function: Callable[..., Any], argument: str) -> bool:
+    """Whether ``function`` accepts the keyword ``argument``."""
+    parameters = inspect.signature(function).parameters
+    return argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
