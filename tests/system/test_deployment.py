@@ -392,65 +392,6 @@ def test_concurrent_deliveries_of_one_task_record_one_event_on_postgres(deployme
     assert len(events) == 1
 
 
-ENDS_DAG_ID = "qwen_system_triggerer_ends"
-ENDS_EDITS = 10
-
-
-def test_edits_with_nothing_left_for_a_worker_end_in_the_triggerer_with_the_same_results(deployment, emulator):
-    before = emulator.stats()
-    run_id = deployment.trigger(ENDS_DAG_ID, {"edits": ENDS_EDITS})
-    state = deployment.wait_for_run(ENDS_DAG_ID, run_id, timeout=SUBMIT_TIMEOUT_SECONDS)
-    tis = deployment.task_instances(ENDS_DAG_ID, run_id)
-    assert state == "success", Counter((ti["task_id"], ti["state"]) for ti in tis)
-
-    rows = deployment.sql(
-        "SELECT task_id, map_index, value FROM xcom WHERE dag_id = %s AND run_id = %s AND key = 'return_value' "
-        "AND task_id IN ('edit', 'single', 'check')",
-        (ENDS_DAG_ID, run_id),
-    )
-    values = {(task_id, map_index): value for task_id, map_index, value in rows}
-    edits = [values[("edit", index)] for index in range(ENDS_EDITS)]
-    assert all(isinstance(value, dict) and value["state"] == "success" for value in edits), edits
-    assert values[("check", -1)] == ENDS_EDITS  # ``check`` read ten dicts and the single edit's dict
-    per_field = sorted(ti["map_index"] for ti in tis if ti["task_id"] == "per_field")
-    single_keys = len(values[("single", -1)])  # a mapped task per (key, value) of the single edit's dict
-    assert per_field == list(range(single_keys)), "mapping over the single edit's result needs its recorded length"
-
-    for index in (0, ENDS_EDITS - 1):
-        # the worker's log, and the triggerer's beside it (``attempt=1.log.trigger.<job id>.log``)
-        logs = (deployment.airflow_home / "logs").glob(
-            f"dag_id={ENDS_DAG_ID}/run_id={run_id}/task_id=edit/map_index={index}/attempt=1.log*"
-        )
-        text = "".join(path.read_text() for path in sorted(logs))
-        assert "ending the task from the triggerer" in text
-        assert "Pushing xcom" not in text, "a worker resumed the edit after the trigger ended it"
-
-    creates = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
-    assert creates == ENDS_EDITS + 1
-    latencies = sorted(edit_end_latencies(deployment, emulator, ENDS_DAG_ID, run_id, edits))
-    MEASUREMENTS.append(
-        f"{ENDS_EDITS} + 1 edits ended in the triggerer: each result a dict, mapped over by {single_keys} tasks; "
-        f"Apikley completeTime -> task instance end p50 {latencies[len(latencies) // 2]:.1f} s, "
-        f"max {latencies[-1]:.1f} s"
-    )
-
-
-def edit_end_latencies(
-    deployment: AirflowDeployment, emulator: EmulatorProcess, dag_id: str, run_id: str, results: list[dict[str, Any]]
-) -> list[float]:
-    """Seconds from Apikley's ``completeTime`` of each mapped ``edit`` to its task instance's end."""
-    rows = deployment.sql(
-        "SELECT map_index, extract(epoch FROM end_date) FROM task_instance "
-        "WHERE dag_id = %s AND run_id = %s AND task_id = 'edit'",
-        (dag_id, run_id),
-    )
-    ended = {map_index: float(end) for map_index, end in rows}
-    return [
-        ended[index] - emulator.record(result["apikley_task_id"])["completeTime"] / 1000
-        for index, result in enumerate(results)
-    ]
-
-
 BATCH_DAG_ID = "qwen_system_batch"
 BATCH_EDITS = 40
 
