@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.openlineage.facet import Dataset
+    from airflow.providers.common.compat.sdk import BaseOperator
     from airflow.providers.openlineage.extractors import OperatorLineage
 
 #: The ``source`` of the run facet that carries the Apikley task id.
@@ -54,3 +55,22 @@ def edit_lineage(summary: dict[str, Any]) -> OperatorLineage | None:
             "externalQuery": ExternalQueryRunFacet(externalQueryId=summary["apikley_task_id"], source=LINEAGE_SOURCE)
         },
     )
+
+
+def lineage_expected(operator: BaseOperator) -> bool:
+    """
+    Whether OpenLineage's listener will ask ``operator`` for its facets when it ends on a worker.
+
+    ``False`` when the provider is not installed or OpenLineage is disabled (no transport, or
+    ``[openlineage] disabled``), when ``selective_enable`` is on and neither the task nor its DAG
+    was enabled, or when the operator is in ``disabled_for_operators``.
+    """
+    try:
+        from airflow.providers.openlineage.conf import is_disabled
+    except ImportError:
+        return False
+    if is_disabled():
+        return False
+    from airflow.providers.openlineage.utils.utils import is_operator_disabled, is_selective_lineage_enabled
+
+    return is_selective_lineage_enabled(operator) and not is_operator_disabled(operator)

@@ -21,7 +21,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyTaskFailedError,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.lineage import edit_lineage
+from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import (
     TaskRecord,
@@ -104,8 +104,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         on, ``output_path`` a URI string (not an ``ObjectStoragePath`` object, whose connection the
         trigger could not carry), and no OpenLineage listener waiting for the task's facets.
         ``True`` together with any of those arguments is refused when the DAG is parsed; with
-        OpenLineage enabled the task resumes on a worker. Failures always resume on a worker, which
-        raises the error.
+        OpenLineage enabled for the task, it resumes on a worker. Failures always resume on a
+        worker, which raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
@@ -322,9 +322,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """Whether a success ends the task from the triggerer: only when a worker would add nothing."""
         if self.end_in_triggerer is False or self._work_for_a_worker():
             return False
-        if _lineage_listener_active():
+        if lineage_expected(self):
             if self.end_in_triggerer:
-                self.log.warning("OpenLineage is enabled: the task resumes on a worker, which emits its lineage")
+                self.log.warning("OpenLineage is on for this task: it resumes on a worker, which emits its lineage")
             return False
         return True
 
@@ -395,15 +395,6 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return with_stored_results(self.hook, summary, self.output_path)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
-
-
-def _lineage_listener_active() -> bool:
-    """Whether OpenLineage is installed and enabled, and so expects the task's facets from a worker."""
-    try:
-        from airflow.providers.openlineage.conf import is_disabled
-    except ImportError:
-        return False
-    return not is_disabled()
 
 
 def _after_paying(err: ApikleyError, apikley_task_id: str, state_store: Any, *, copying: bool = False) -> ApikleyError:

@@ -157,6 +157,9 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 deadline=time.time() + self.timeout,
                 poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                # the check just made counts: the trigger asks one interval later, not at once
+                submitted_at=time.time(),
+                expected_duration=self.poke_interval,
                 with_input=True,
             ),
             method_name="execute_complete",

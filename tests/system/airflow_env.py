@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ EXECUTOR_PRELOAD_MODULES = (
     "airflow.dag_processing.bundles.local",
     "airflow.providers.standard.decorators.python",
     "airflow_provider_qwen.operators.qwen",
+    # the OpenLineage listener every task process loads as a plugin (seconds to import)
+    "airflow.providers.openlineage.plugins.openlineage",
 )
 
 
@@ -79,10 +82,19 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         # Executor workers come from a fork server holding EXECUTOR_PRELOAD_MODULES, not from the scheduler.
         "scheduler": {"job_heartbeat_sec": 2, "scheduler_heartbeat_sec": 2, "mp_start_method": "forkserver"},
         "logging": {"logging_level": "INFO"},
-        # the dev extra installs the OpenLineage provider for the lineage tests; nothing here collects lineage
-        "openlineage": {"disabled": True},
+        # OpenLineage events go to files, from the tasks and DAGs that enable lineage (the path matrix's)
+        "openlineage": {
+            "transport": json.dumps({"type": "file", "log_file_path": str(openlineage_events(settings))}),
+            "selective_enable": True,
+            "namespace": "qwen-system",
+        },
     }
     return config_variables(config)
+
+
+def openlineage_events(settings: DeploymentSettings) -> Path:
+    """Where the deployment's OpenLineage events go: one ``<this>-<time>.json`` file each."""
+    return settings.airflow_home / "openlineage-event"
 
 
 def config_variables(config: dict[str, dict[str, object]]) -> dict[str, str]:

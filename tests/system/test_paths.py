@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from tests.system.airflow_env import component_environment
-from tests.system.conftest import MEASUREMENTS
+from tests.system.airflow_env import component_environment, openlineage_events
+from tests.system.conftest import MEASUREMENTS, PARALLELISM
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.waiting import wait_for
 
@@ -41,11 +42,15 @@ LATENCY = (1.5, 2.5, 4.0)
 
 OPERATOR_CASES = [f"{kind}_{path}" for kind in ("qwen", "generic") for path in ("poked", "resumed", "triggerer")]
 ETL_CASES = ["etl_qwen_poked", "etl_qwen_deferred", "etl_generic_deferred"]
+#: The cases whose OpenLineage is enabled: the ETL ones, and a plain deferred edit.
+LINEAGE_CASES = [*ETL_CASES, "lineage_qwen_deferred"]
 SENSOR_CASES = [f"sensor_{given}_{mode}" for given in ("dict", "id") for mode in ("poked", "deferred")]
-EDIT_CASES = OPERATOR_CASES + ETL_CASES + SENSOR_CASES
+EDIT_CASES = OPERATOR_CASES + LINEAGE_CASES + SENSOR_CASES
 #: The cases that must end in the triggerer: deferred, with nothing left for a worker.
 ENDED_IN_TRIGGERER = {"qwen_triggerer", "generic_triggerer"}
 MAPPED_OVER = ("qwen_poked", "qwen_resumed", "qwen_triggerer", "generic_triggerer")
+#: The pool of every case but the deferred two-step ones (see the DAG file).
+HELD_POOL = "qwen_system_paths_held"
 #: The provider's last line about a successful edit.
 OUTCOME_LINE = re.compile(r"Apikley task \w+ succeeded: [^\"\\\n\[]*\w")
 
@@ -72,7 +77,14 @@ def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulat
                 try:
                     wait_for(lambda: deployment.rest.dag(CONSUMER_DAG_ID), timeout=120, what="the consumer DAG")
                     deployment.rest.set_paused(CONSUMER_DAG_ID, False)
+                    set_pool_slots(deployment, 0)
                     run_id = deployment.trigger(DAG_ID, json.loads(output_conf(outputs["deployed"])))
+                    wait_for(
+                        lambda: sensors_past_their_first_check(deployment, run_id),
+                        timeout=RUN_TIMEOUT_SECONDS,
+                        what="the deferrable sensors' first checks",
+                    )
+                    set_pool_slots(deployment, PARALLELISM)
                     state = deployment.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_SECONDS)
                     deployed_seconds = time.monotonic() - started
                     cli_status = cli.wait(timeout=RUN_TIMEOUT_SECONDS)
@@ -100,12 +112,26 @@ def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulat
         for case in [*ETL_CASES, "batch"]:
             assert seen[case]["asset_events"] == [{"source_task_id": case, "extra": {}}], f"{runner}: {case}"
             assert seen[case]["callbacks"] == 1, f"{runner}: {case}'s on_success_callback"
-        for case in [*OPERATOR_CASES, *SENSOR_CASES]:
+        for case in [*OPERATOR_CASES, *SENSOR_CASES, "lineage_qwen_deferred"]:
             assert seen[case]["asset_events"] == [] and seen[case]["callbacks"] == 0, f"{runner}: {case}"
         batch = seen["batch"]["raw"]
         assert [item["state"] for item in batch] == ["success", "success"], batch
         assert [hashes(item["stored"]) for item in batch] == [reference["stored"]] * 2
         assert {item["credits_consumed"] for item in batch} == {reference["value"]["credits_consumed"]}
+
+    # OpenLineage: one COMPLETE event with the edit's facets from each case that enabled it, the same on every path
+    lineage = {
+        runner: wait_for(
+            lambda dag_id=dag_id: complete_events(deployment, dag_id, LINEAGE_CASES),
+            timeout=60,
+            what=f"the OpenLineage events of {dag_id}",
+        )
+        for runner, dag_id in (("deployed", DAG_ID), ("airflow dags test", CLI_DAG_ID))
+    }
+    expected_lineage = lineage["deployed"]["etl_qwen_poked"]
+    assert expected_lineage["outputs"] == [{"namespace": "file", "name": "<folder>/<id>-0.png"}], expected_lineage
+    for runner, events in lineage.items():
+        assert events == dict.fromkeys(LINEAGE_CASES, expected_lineage), runner
 
     # the data-aware ETL: three mapped edits with an outlet, one event each, and the consumer runs
     mapped_events = deployment.sql(
@@ -133,6 +159,31 @@ def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulat
     )
 
 
+def complete_events(deployment: AirflowDeployment, dag_id: str, cases: list[str]) -> dict[str, Any] | None:
+    """
+    The COMPLETE event of each of ``cases``' tasks in ``dag_id`` with what differs between them left
+    out; ``None`` until every case has one. Other tasks must have sent none: their lineage is off.
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    files = openlineage_events(deployment.settings)
+    for path in files.parent.glob(f"{files.name}-*"):
+        event = json.loads(path.read_text())
+        dag, _, task_id = event["job"]["name"].partition(".")
+        if dag != dag_id or event["eventType"] != "COMPLETE" or not task_id:
+            continue
+        query = event["run"]["facets"].get("externalQuery", {}).get("externalQueryId")
+        datasets = {
+            side: [{"namespace": item["namespace"], "name": item["name"]} for item in event[side]]
+            for side in ("inputs", "outputs")
+        }
+        found.setdefault(task_id, []).append(normalized({**datasets, "external_query": query}, query))
+    assert set(found) <= set(cases), f"lineage from tasks that did not enable it: {set(found) - set(cases)}"
+    if set(found) != set(cases):
+        return None
+    assert all(len(events) == 1 for events in found.values()), found
+    return {task_id: events[0] for task_id, events in found.items()}
+
+
 def end_latencies(
     deployment: AirflowDeployment, emulator: EmulatorProcess, run_id: str, results: dict[str, dict[str, Any]]
 ) -> dict[str, float]:
@@ -147,6 +198,28 @@ def end_latencies(
         case: float(ended[case]) - emulator.record(result["apikley_task_id"])["completeTime"] / 1000
         for case, result in results.items()
     }
+
+
+def set_pool_slots(deployment: AirflowDeployment, slots: int) -> None:
+    """Create or resize the pool that holds every case but the deferred two-step ones."""
+    try:
+        deployment.rest.request(
+            "PATCH", f"pools/{HELD_POOL}", json={"name": HELD_POOL, "slots": slots, "include_deferred": False}
+        )
+    except requests.HTTPError as err:
+        if err.response is None or err.response.status_code != 404:
+            raise
+        deployment.rest.request("POST", "pools", json={"name": HELD_POOL, "slots": slots, "include_deferred": False})
+
+
+def sensors_past_their_first_check(deployment: AirflowDeployment, run_id: str) -> bool:
+    """Whether both deferrable sensors have checked once (and so deferred, or ended)."""
+    rows = deployment.sql(
+        "SELECT count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id IN %s "
+        "AND state IN ('deferred', 'success', 'failed', 'upstream_failed')",
+        (DAG_ID, run_id, ("sensor_dict_deferred", "sensor_id_deferred")),
+    )
+    return rows[0][0] == 2
 
 
 def output_conf(folder: Path) -> str:
@@ -211,6 +284,7 @@ def normalized(value: Any, apikley_task_id: str | None) -> Any:
     text = re.sub(r"https?://[^\"]*", "<url>", text)
     text = re.sub(r"file://[^\"; ,]*?/([^/\"; ,]+)\"", r'<folder>/\1"', text)
     text = re.sub(r"file://\S*/(<id>-\d+\.\w+)", r"<folder>/\1", text)
+    text = re.sub(r"\"/[^\"]*/(<id>-\d+\.\w+)\"", r'"<folder>/\1"', text)  # a path, as lineage names files
     return json.loads(text) if text.startswith(("{", "[", '"')) else text
 
 

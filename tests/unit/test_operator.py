@@ -195,12 +195,33 @@ def test_a_resumed_instance_marks_the_id_its_link_shows(apikley, edit, sent_inpu
     assert getattr(operator, PUSHED_ID_ATTRIBUTE) == task_id
 
 
-def test_an_active_openlineage_listener_keeps_the_end_on_a_worker(apikley, edit, context, monkeypatch):
+@pytest.mark.parametrize(
+    ("selective", "enabled", "disabled_for_operators", "ends_in_triggerer"),
+    [
+        (False, False, False, False),  # OpenLineage on for every task
+        (True, False, False, True),  # selective, and this task not enabled: no listener asks
+        (True, True, False, False),  # selective, and this task enabled
+        (False, False, True, True),  # this operator's lineage disabled
+    ],
+    ids=["enabled", "selective-not-this-task", "selective-this-task", "operator-disabled"],
+)
+def test_a_task_openlineage_waits_for_ends_on_a_worker(
+    apikley, edit, context, monkeypatch, selective, enabled, disabled_for_operators, ends_in_triggerer
+):
     pytest.importorskip("airflow.providers.openlineage")
-    monkeypatch.setattr("airflow.providers.openlineage.conf.is_disabled", lambda: False)
+    from airflow.providers.openlineage import conf
+    from airflow.providers.openlineage.utils.selective_enable import enable_lineage
+
+    monkeypatch.setattr(conf, "is_disabled", lambda: False)
+    monkeypatch.setattr(conf, "selective_enable", lambda: selective)
+    operator = edit(deferrable=True)
+    disabled = {f"{type(operator).__module__}.{type(operator).__name__}"} if disabled_for_operators else set()
+    monkeypatch.setattr(conf, "disabled_operators", lambda: disabled)
+    if enabled:
+        enable_lineage(operator)
     with pytest.raises(TaskDeferred) as excinfo:
-        edit(deferrable=True).execute(context)
-    assert excinfo.value.trigger.end_task_on_success is False
+        operator.execute(context)
+    assert excinfo.value.trigger.end_task_on_success is ends_in_triggerer
 
 
 def test_a_success_the_trigger_ended_reads_the_same_result_when_resumed_anyway(apikley, edit, sent_input, context):

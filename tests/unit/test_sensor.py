@@ -210,6 +210,16 @@ def test_by_default_the_sensor_follows_apikleys_advised_cadence(apikley, source_
     assert excinfo.value.trigger.poll_interval is None  # deferred: the advised cadence, slowing with age
 
 
+def test_a_deferred_sensors_trigger_asks_one_interval_after_the_sensors_own_check(apikley, source_image_url, context):
+    apikley.configure(latency=STAYS_QUEUING)
+    sensor = ApikleyTaskSensor(task_id="wait", apikley_task_id=submit_edit(source_image_url), deferrable=True)
+    with pytest.raises(TaskDeferred) as excinfo:
+        sensor.execute(context)
+    trigger = excinfo.value.trigger
+    checked_at = apikley.seen("recordInfo")[-1].at
+    assert trigger.submitted_at + trigger.expected_duration == pytest.approx(checked_at + 3.0, abs=1.0)
+
+
 # ---- two steps: the sensor copies what the operator did not wait for ------------------------------
 
 

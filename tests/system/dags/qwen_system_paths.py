@@ -14,6 +14,8 @@ The cases, by task id:
   (``end_in_triggerer=False``); deferred with the defaults, which end it in the triggerer.
 - ``etl_{qwen,generic}_{poked,deferred}``: with ``outlets`` and an ``on_success_callback``, which
   only a worker keeps; the deferred ones use the defaults, which must resume them on a worker.
+  Their OpenLineage is enabled (the deployment enables it selectively), and so is that of
+  ``lineage_qwen_deferred``, a plain deferred edit that must resume on a worker for it.
 - ``sensor_{dict,id}_{poked,deferred}``: the two-step hand-off, the sensor given the submit's dict
   (whose ``output_path`` it must keep across a deferral) or its id.
 - ``batch``: the batch operator, with ``outlets`` and a callback.
@@ -30,6 +32,7 @@ from typing import Any
 import pendulum
 
 from airflow.providers.common.compat.sdk import DAG, Asset, Param, task
+from airflow.providers.openlineage.utils.selective_enable import enable_lineage
 from airflow.providers.standard.operators.empty import EmptyOperator
 
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
@@ -47,6 +50,9 @@ MAPPED_SEEDS = [1, 2, 3]
 PROMPT, SEED = "sepia studio light", 7
 IMAGE_URL = "{{ ti.xcom_pull(task_ids='prepare') }}"
 OUTPUT_PATH = "{{ params.output_uri }}/{{ task.task_id }}"
+#: The pool of every task but the deferred two-step cases: it has no slots until both of their
+#: sensors have deferred, so that nothing delays them while their edits still run.
+HELD_POOL = "qwen_system_paths_held"
 #: The cases whose value downstream tasks map over.
 MAPPED_OVER = ("qwen_poked", "qwen_resumed", "qwen_triggerer", "generic_triggerer")
 
@@ -95,17 +101,19 @@ def paths_dag(dag_id: str) -> DAG:
             return ApikleyHook().upload_file(draw_product("Paths", "#fef", "#2c3e50"), "system/paths", "source.png")
 
         source = prepare()
-        etl = {"outlets": [EDITED], "on_success_callback": record_callback}
+        rest = {"pool": HELD_POOL}
+        etl = {"outlets": [EDITED], "on_success_callback": record_callback, **rest}
         cases = [
-            qwen("qwen_poked", deferrable=False),
-            qwen("qwen_resumed", deferrable=True, end_in_triggerer=False),
-            qwen("qwen_triggerer", deferrable=True),
-            generic("generic_poked", deferrable=False),
-            generic("generic_resumed", deferrable=True, end_in_triggerer=False),
-            generic("generic_triggerer", deferrable=True),
-            qwen("etl_qwen_poked", deferrable=False, **etl),
-            qwen("etl_qwen_deferred", deferrable=True, **etl),
-            generic("etl_generic_deferred", deferrable=True, **etl),
+            qwen("qwen_poked", deferrable=False, **rest),
+            qwen("qwen_resumed", deferrable=True, end_in_triggerer=False, **rest),
+            qwen("qwen_triggerer", deferrable=True, **rest),
+            generic("generic_poked", deferrable=False, **rest),
+            generic("generic_resumed", deferrable=True, end_in_triggerer=False, **rest),
+            generic("generic_triggerer", deferrable=True, **rest),
+            enable_lineage(qwen("etl_qwen_poked", deferrable=False, **etl)),
+            enable_lineage(qwen("etl_qwen_deferred", deferrable=True, **etl)),
+            enable_lineage(generic("etl_generic_deferred", deferrable=True, **etl)),
+            enable_lineage(qwen("lineage_qwen_deferred", deferrable=True, **rest)),
             QwenImageToImageBatchOperator(
                 task_id="batch",
                 inputs=[{"image_url": IMAGE_URL, "prompt": PROMPT, "seed": SEED}] * 2,
@@ -113,9 +121,9 @@ def paths_dag(dag_id: str) -> DAG:
                 **etl,
             ),
         ]
-        # The two steps go first, so that each deferrable sensor starts while its edit is still running.
-        first = {"priority_weight": 100}
+        # The deferred two steps run alone until both sensors have deferred: the test opens HELD_POOL then.
         for mode, deferrable in (("poked", False), ("deferred", True)):
+            first = rest if mode == "poked" else {}
             # the operator hands its output_path on to the sensor, in its returned dict
             handed = qwen(f"submit_{mode}", wait_for_completion=False, **first)
             cases.append(
@@ -135,15 +143,10 @@ def paths_dag(dag_id: str) -> DAG:
             )
             source >> [handed, by_id]
             by_id >> cases[-1]
-        source >> cases[:10]
-        # Waits that hold a worker slot start only after the deferred sensors, so they cannot delay them.
-        by_task = {case.task_id: case for case in cases}
-        deferred_sensors = [by_task["sensor_dict_deferred"], by_task["sensor_id_deferred"]]
-        for poking in ("qwen_poked", "generic_poked", "etl_qwen_poked", "submit_poked", "submit_id_poked"):
-            deferred_sensors >> dag.get_task(poking)
+        source >> cases[:11]
         # the data-aware ETL of the issue: mapped deferrable edits with an asset outlet, the defaults otherwise
         mapped_etl = QwenImageToImageOperator.partial(
-            task_id="etl_mapped", image_url=IMAGE_URL, prompt=PROMPT, deferrable=True, outlets=[EDITED_MAPPED]
+            task_id="etl_mapped", image_url=IMAGE_URL, prompt=PROMPT, deferrable=True, outlets=[EDITED_MAPPED], **rest
         ).expand(seed=MAPPED_SEEDS)
         source >> mapped_etl
         for case in cases:
