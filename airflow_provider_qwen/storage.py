@@ -2,17 +2,20 @@
 Images in and out: what Apikley accepts for upload, and copying results to the user's storage.
 
 Results are written to any :class:`ObjectStoragePath` (local ``file://``, S3, GCS... through
-fsspec) under a temporary name and renamed into place only once complete, so a failure midway
-leaves no half-written file where a downstream task would read it.
+fsspec) whole or not at all, so a failure midway leaves no half-written file where a downstream
+task would read it: on local disks under a temporary name linked into place once complete, on
+object stores with one PUT (see :func:`write_atomically`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -117,21 +120,31 @@ def as_folder(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
 
 def check_writable(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
     """
-    Prove that results can be written to ``output_path`` by writing (and removing) an empty file there.
+    Prove that results can be written to ``output_path``, leaving nothing behind.
 
     Called before a task is paid for, so a folder that cannot take its results fails it for free.
+    On S3 a multipart upload is begun and aborted, which takes ``s3:PutObject`` (and
+    ``s3:AbortMultipartUpload``) and creates no object, so a role without ``s3:DeleteObject`` passes;
+    elsewhere an empty file is written and removed.
 
     :raises ApikleyInputError: naming the folder and why it cannot be written.
     """
     try:
         folder = as_folder(output_path)
-        folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".apikley-write-check-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if folder.protocol in ("s3", "s3a"):
+            bucket, key, _ = folder.fs.split_path(probe.path)
+            upload = folder.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+            folder.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
     except Exception as err:  # fsspec backends raise their own kinds
+        s3 = str(output_path).startswith("s3")
+        needs = " (it needs s3:PutObject and s3:AbortMultipartUpload there)" if s3 else ""
         raise ApikleyInputError(
-            f"output_path={str(output_path)!r}: must be a folder this task can write to "
+            f"output_path={str(output_path)!r}: must be a folder this task can write to{needs} "
             f"({type(err).__name__}: {err}); checked before submitting, so nothing was spent"
         ) from None
     return folder
@@ -187,36 +200,107 @@ class StoredFile:
         return asdict(self)
 
 
+#: Object-store parts: a result up to twice this is one PUT, a larger one a multipart upload of such
+#: parts, one at a time, so a copy holds at most this much in memory whatever the result's size.
+OBJECT_STORE_PART_BYTES = 8 * 1024 * 1024
+#: Filesystems where a rename within a folder is atomic: results are written beside their place.
+LOCAL_PROTOCOLS = frozenset({"file", "local", ""})
+
+
+class ResultExistsError(ApikleyError):
+    """A different file already has a result's name in ``output_path``; it is never overwritten."""
+
+
 def write_atomically(
     chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int = MAX_RESULT_BYTES
 ) -> StoredFile:
     """
-    Write an image to ``dest`` from ``chunks``: all of it, or nothing.
+    Write an image to ``dest`` from ``chunks``: all of it, or nothing, and never over another file.
+
+    On a local disk the bytes go to a temporary file beside ``dest``, linked into place once complete
+    and checked. On an object store (S3, GCS...) they are first spooled to a local temporary file and
+    checked, then written with one PUT (a multipart upload of :data:`OBJECT_STORE_PART_BYTES` parts
+    for large results), which is atomic there: a failed upload leaves no object. A ``dest`` that
+    exists already with the same bytes (a retry copying again) is kept; with other bytes the copy fails.
 
     :raises ApikleyError: when it grows past ``max_bytes``; nothing is left at ``dest``.
     :raises ApikleyBadResponseError: when the bytes are not a PNG, JPEG or WebP image.
+    :raises ResultExistsError: when ``dest`` holds a different file.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.partial"
-    digest = hashlib.sha256()
-    size = 0
-    head = b""
-    try:
-        with partial.open("wb") as out:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ApikleyError(f"Result {source_url} is larger than the {max_bytes} byte limit")
-                if len(head) < 16:
-                    head += chunk[: 16 - len(head)]
-                digest.update(chunk)
-                out.write(chunk)
-        content_type = sniff_image_type(head)
+    if dest.protocol in LOCAL_PROTOCOLS:
+        return _write_local(chunks, dest, source_url=source_url, max_bytes=max_bytes)
+    return _write_object(chunks, dest, source_url=source_url, max_bytes=max_bytes)
+
+
+class _Checked:
+    """The running size, sha256 and first bytes of a result being written, with its limit."""
+
+    def __init__(self, source_url: str, max_bytes: int) -> None:
+        self.source_url, self.max_bytes = source_url, max_bytes
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+
+    def add(self, chunk: bytes) -> bytes:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise ApikleyError(f"Result {self.source_url} is larger than the {self.max_bytes} byte limit")
+        if len(self.head) < 16:
+            self.head += chunk[: 16 - len(self.head)]
+        self.digest.update(chunk)
+        return chunk
+
+    def stored_as(self, dest: ObjectStoragePath) -> StoredFile:
+        content_type = sniff_image_type(self.head)
         if content_type is None:
-            raise ApikleyBadResponseError(f"Result {source_url} is not a PNG, JPEG or WebP image")
-        partial.rename(dest)
-    except BaseException:
-        if partial.exists():
-            partial.unlink()
-        raise
-    return StoredFile(str(dest), source_url, size, content_type, digest.hexdigest())
+            raise ApikleyBadResponseError(f"Result {self.source_url} is not a PNG, JPEG or WebP image")
+        return StoredFile(str(dest), self.source_url, self.size, content_type, self.digest.hexdigest())
+
+
+def _write_local(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int) -> StoredFile:
+    folder = Path(dest.parent.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    checked = _Checked(source_url, max_bytes)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{dest.name}.", suffix=".partial") as partial:
+        for chunk in chunks:
+            partial.write(checked.add(chunk))
+        partial.flush()
+        stored = checked.stored_as(dest)
+        try:
+            os.link(partial.name, dest.path)  # atomic, and never replaces a file already there
+        except FileExistsError:
+            _same_or_refuse(dest, stored)
+    return stored
+
+
+def _write_object(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int) -> StoredFile:
+    checked = _Checked(source_url, max_bytes)
+    with tempfile.NamedTemporaryFile(prefix="apikley-result-", suffix=".partial") as spool:
+        for chunk in chunks:
+            spool.write(checked.add(chunk))
+        spool.flush()
+        stored = checked.stored_as(dest)
+        options: dict[str, Any] = {"ContentType": stored.content_type}
+        if dest.protocol in ("s3", "s3a"):  # an exclusive create, and parts of a bounded size
+            options.update(mode="create", chunksize=OBJECT_STORE_PART_BYTES, max_concurrency=1)
+        elif dest.exists():
+            _same_or_refuse(dest, stored)
+            return stored
+        try:
+            dest.fs.put_file(spool.name, dest.path, **options)
+        except FileExistsError:
+            _same_or_refuse(dest, stored)
+    return stored
+
+
+def _same_or_refuse(dest: ObjectStoragePath, stored: StoredFile) -> None:
+    """Keep ``dest`` when it holds the same bytes as ``stored``; else refuse to replace it."""
+    digest = hashlib.sha256()
+    with dest.open("rb") as existing:
+        while block := existing.read(OBJECT_STORE_PART_BYTES):
+            digest.update(block)
+    if digest.hexdigest() != stored.sha256:
+        raise ResultExistsError(
+            f"{dest} already exists with other content (sha256 {digest.hexdigest()}, not {stored.sha256}); "
+            f"the result of {stored.source_url} was not written over it"
+        )

@@ -29,6 +29,9 @@ import pytest
 from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 
+#: More fixtures: ``s3``, a bucket on a real S3 API (moto's server) on loopback.
+pytest_plugins = ["tests.s3"]
+
 #: The real backoff, kept before ``no_retry_waits`` replaces it, for the tests of the backoff itself.
 REAL_RETRY_WAIT = RetryPolicy.wait_seconds
 

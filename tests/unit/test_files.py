@@ -15,7 +15,13 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow_provider_qwen.emulator.script import envelope
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.storage import MAX_FILE_NAME_CHARS, MAX_UPLOAD_BYTES, sniff_image_type, write_atomically
+from airflow_provider_qwen.storage import (
+    MAX_FILE_NAME_CHARS,
+    MAX_UPLOAD_BYTES,
+    ResultExistsError,
+    sniff_image_type,
+    write_atomically,
+)
 from tests.conftest import API_KEY, submit_edit
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
@@ -307,8 +313,18 @@ def test_a_result_that_is_not_an_image_is_refused_and_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_file_is_replaced_whole(tmp_path):
+def test_an_existing_file_with_other_bytes_is_never_overwritten(tmp_path):
     target = tmp_path / "a.png"
     target.write_bytes(JPEG)
-    write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
-    assert target.read_bytes() == PNG
+    with pytest.raises(ResultExistsError, match="already exists with other content"):
+        write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
+    assert target.read_bytes() == JPEG
+    assert [path.name for path in tmp_path.iterdir()] == ["a.png"]  # no temporary file left either
+
+
+def test_a_retry_copying_the_same_bytes_again_keeps_the_file(tmp_path):
+    target = tmp_path / "a.png"
+    first = write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
+    again = write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
+    assert again == first and target.read_bytes() == PNG
+    assert [path.name for path in tmp_path.iterdir()] == ["a.png"]
