@@ -418,7 +418,7 @@ class ApikleyHook(HttpHook):
 
     @cached_property
     def _download_session(self) -> requests.Session:
-        return download_session(USER_AGENT)
+        return download_session(USER_AGENT, self.settings.proxies, self.settings.verify)
 
     @cached_property
     def result_host_policy(self) -> ResultHostPolicy:

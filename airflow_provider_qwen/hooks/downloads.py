@@ -4,20 +4,24 @@ Where result images may be fetched from, and fetching them.
 A result URL comes from Apikley's answer, so it is checked like any input from outside, at every
 redirect hop: http(s) only; never a link-local or cloud-metadata address; loopback and private
 addresses only when the connection's own base URL is on such an address (a local emulator) or
-the connection's ``private_result_hosts`` extra lists the host. Nothing of the connection goes
-with the request: no API key, no extra, no ``~/.netrc`` entry, no proxy from the environment.
+the connection's ``private_result_hosts`` extra lists the host. Each hop connects to the address
+its check allowed, never to a second DNS answer. Of the connection only its ``proxies`` and
+``verify`` go with the request: no API key, no other extra, no ``~/.netrc`` entry, nothing from
+the environment.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.utils import select_proxy
 
 from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyURLRefusedError
 from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
@@ -73,9 +77,9 @@ class ResultHostPolicy:
             addresses = []
         return cls(allow_private=any(_is_private(a) for a in addresses), private_hosts=private_hosts)
 
-    def check(self, url: str) -> str:
+    def check(self, url: str) -> list[IPAddress]:
         """
-        :return: ``url``, when it may be fetched.
+        :return: the addresses ``url``'s host stands for, when it may be fetched: connect to one of these.
         :raises ApikleyURLRefusedError: naming the URL and the rule it breaks.
         """
         if not is_http_url(url):
@@ -83,7 +87,8 @@ class ResultHostPolicy:
         parts = urlsplit(url)
         host = parts.hostname.lower()
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        for address in resolve(host, port):
+        addresses = resolve(host, port)
+        for address in addresses:
             if address.is_link_local or address.is_unspecified or address.is_multicast or address in METADATA_ADDRESSES:
                 raise ApikleyURLRefusedError(
                     f"Result URL {url!r}: {host} is {address}, a link-local, metadata or unroutable address"
@@ -93,7 +98,7 @@ class ResultHostPolicy:
                     f"Result URL {url!r}: {host} is {address}, a loopback or private address; list it in the "
                     "connection's private_result_hosts extra to allow it"
                 )
-        return url
+        return addresses
 
     def _listed(self, host: str, address: IPAddress) -> bool:
         for entry in self.private_hosts:
@@ -107,12 +112,56 @@ class ResultHostPolicy:
         return False
 
 
-def download_session(user_agent: str) -> requests.Session:
-    """A session for result URLs: nothing from the connection or the environment goes with it."""
+class PinnedAddressAdapter(DeadlineAdapter):
+    """
+    An adapter that connects to the address a host was checked at, instead of resolving it again.
+
+    A second DNS lookup could answer otherwise (DNS rebinding) and reach an address that was never
+    checked. Inside :meth:`pinned`, requests to that host go to the address given, with the host's
+    name kept for the ``Host`` header, TLS's SNI and the certificate check. Requests through a proxy
+    are left alone: the proxy connects, to what it was asked for.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pins = threading.local()
+
+    @contextmanager
+    def pinned(self, host: str, address: IPAddress) -> Iterator[None]:
+        """Within the block, connect to ``address`` for ``host``."""
+        self._pins.pin = (host, address)
+        try:
+            yield
+        finally:
+            self._pins.pin = None
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        pin = getattr(self._pins, "pin", None)
+        parts = urlsplit(request.url)
+        if pin is None or pin[0] != parts.hostname or select_proxy(request.url, proxies):
+            return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        host, address = pin
+        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        host_params["host"] = str(address)
+        if parts.scheme == "https":
+            pool_kwargs.update(server_hostname=host, assert_hostname=host)
+        request.headers["Host"] = parts.netloc.rsplit("@", 1)[-1]
+        return self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+
+
+def download_session(
+    user_agent: str, proxies: dict[str, str] | None = None, verify: bool | str = True
+) -> requests.Session:
+    """
+    A session for result URLs: the connection's ``proxies`` and ``verify``, and nothing else of the
+    connection or the environment (no key, no ``~/.netrc``, no proxy or CA bundle from variables).
+    """
     session = requests.Session()
-    session.trust_env = False  # no ~/.netrc credentials, no proxy or CA bundle from the environment
+    session.trust_env = False
+    session.proxies.update(proxies or {})
+    session.verify = verify
     session.headers.update({"User-Agent": user_agent})
-    adapter = DeadlineAdapter()
+    adapter = PinnedAddressAdapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -125,11 +174,17 @@ def open_result(
     """
     ``GET`` a result URL, following at most :data:`MAX_REDIRECTS` redirects, each hop checked.
 
+    Without a proxy each hop connects to an address its check allowed; through the connection's
+    proxy, the check applies to the URL the proxy is asked to fetch.
+
     :raises ApikleyURLRefusedError: when a hop breaks the policy, or there are too many.
     """
     for _ in range(MAX_REDIRECTS + 1):
-        policy.check(url)
-        response = session.get(url, stream=True, timeout=timeout, allow_redirects=False)
+        (address, *_) = policy.check(url)
+        adapter = session.get_adapter(url)
+        pin = adapter.pinned(urlsplit(url).hostname, address) if isinstance(adapter, PinnedAddressAdapter) else None
+        with pin or nullcontext():
+            response = session.get(url, stream=True, timeout=timeout, allow_redirects=False)
         location = response.headers.get("Location")
         if response.status_code not in REDIRECT_STATUSES or not location:
             with response:
