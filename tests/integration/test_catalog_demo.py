@@ -80,3 +80,18 @@ def test_a_worker_that_dies_right_after_submitting_is_resumed_not_resubmitted(em
     else:  # as documented: without a task state store, the retry submits a new task
         assert emulator.state.accepted_creates == 7
         assert crashed[0] not in {item["apikley_task_id"] for item in manifest["items"]}
+
+
+def test_the_catalog_is_stored_and_published_on_s3(emulator, s3):
+    """The same demo with its output on S3 (moto's server): every result and the manifest, read back."""
+    dag_run = load_dag("qwen_catalog_edit").test(run_conf={"output_uri": s3.uri("catalog")})
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    objects = s3.objects()
+    items = json.loads(objects["catalog/manifest.json"])["items"]
+    assert len(items) == 6
+    for item in items:
+        key = f"catalog/edited/{item['apikley_task_id']}-0.png"
+        assert item["stored_uri"] == s3.uri(key)
+        assert hashlib.sha256(objects[key]).hexdigest() == item["sha256"]
+    assert not [key for key in objects if key.endswith(".partial") or "write-check" in key]
+    assert s3.unfinished_uploads() == []
