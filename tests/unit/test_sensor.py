@@ -239,17 +239,18 @@ def test_a_deferred_wait_copies_the_results_when_it_resumes(apikley, source_imag
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/{task_id}-0.png"]
 
 
+def submit_handing_on(image_url: str, output_path: str) -> dict:
+    """The dict of an operator that submits without waiting and hands ``output_path`` on."""
+    return QwenImageToImageOperator(
+        task_id="submit", prompt="sepia", image_url=image_url, wait_for_completion=False, output_path=output_path
+    ).execute({"ti": mock.Mock()})
+
+
 def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
     apikley, source_image_url, context, tmp_path
 ):
     apikley.configure(latency=(0.0, 0.5, 0.0))  # still queuing at the sensor's first check: it defers
-    submitted = QwenImageToImageOperator(
-        task_id="submit",
-        prompt="sepia",
-        image_url=source_image_url,
-        wait_for_completion=False,
-        output_path=f"file://{tmp_path}/handed-on",
-    ).execute({"ti": mock.Mock()})
+    submitted = submit_handing_on(source_image_url, f"file://{tmp_path}/handed-on")
     with pytest.raises(TaskDeferred) as excinfo:
         make_sensor(submitted, deferrable=True).execute(context)
     next_kwargs = excinfo.value.kwargs
@@ -263,13 +264,7 @@ def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
 
 
 def test_the_output_path_the_operator_hands_on_is_used(apikley, source_image_url, context, tmp_path):
-    submitted = QwenImageToImageOperator(
-        task_id="submit",
-        prompt="sepia",
-        image_url=source_image_url,
-        wait_for_completion=False,
-        output_path=f"file://{tmp_path}/handed-on",
-    ).execute({"ti": mock.Mock()})
+    submitted = submit_handing_on(source_image_url, f"file://{tmp_path}/handed-on")
     apikley.wait_until_ended(submitted["apikley_task_id"])
     result = make_sensor(submitted).execute(context)
     assert [item["uri"] for item in result["stored"]] == [
