@@ -108,3 +108,15 @@ def test_a_download_connects_to_the_address_that_was_checked_not_to_a_second_dns
     assert (tmp_path / "result.png").stat().st_size == stored.size > 0
     (seen,) = [request for request in apikley.seen("results")]
     assert seen.headers["host"] == f"results.rebind.test:{parts.port}"  # the name, not the address
+
+
+def test_downloads_use_the_connections_verify_and_nothing_from_the_environment(apikley, monkeypatch, tmp_path):
+    bundle = tmp_path / "corporate-ca.pem"
+    bundle.write_text("")
+    with_extra(monkeypatch, verify=str(bundle), proxies={"https": "http://proxy.internal.test:3128"})
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere/ca.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://environment-proxy.test:8080")
+    session = ApikleyHook()._download_session
+    assert session.verify == str(bundle)
+    assert session.proxies == {"https": "http://proxy.internal.test:3128"} and session.trust_env is False
+    assert "Authorization" not in session.headers
