@@ -120,3 +120,79 @@ def test_downloads_use_the_connections_verify_and_nothing_from_the_environment(a
     assert session.verify == str(bundle)
     assert session.proxies == {"https": "http://proxy.internal.test:3128"} and session.trust_env is False
     assert "Authorization" not in session.headers
+
+
+def self_signed(folder, host: str) -> tuple[str, str]:
+    """A certificate for ``host`` and its key, as PEM files in ``folder``: (certificate, key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_an_https_download_is_pinned_and_still_verified_against_the_hosts_name(apikley, tmp_path, monkeypatch):
+    import ssl
+
+    from tests.emulator.conftest import png
+
+    host = "results.pinned.test"
+    cert, key = self_signed(tmp_path, host)
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "0.png").write_bytes(png())
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=str(files))
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lookups: list[str] = []
+    later = {"address": "127.0.0.2"}  # where nothing listens
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(name, port, *args, **kwargs):
+        if name == host:  # checked at loopback; any later answer elsewhere
+            lookups.append(name)
+            address = "127.0.0.1" if len(lookups) == 1 else later["address"]
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 0))]
+        return real_getaddrinfo(name, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        url = f"https://{host}:{server.server_address[1]}/0.png"
+        with_extra(monkeypatch, verify=cert)
+        stored = ApikleyHook().download_result(url, f"file://{tmp_path}/result.png")
+        assert lookups == [host] and stored.size == len(png())
+        # the certificate is still checked against the host's name, not the address connected to
+        with_extra(monkeypatch, verify=True)
+        later["address"] = "127.0.0.1"
+        with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            ApikleyHook().download_result(url, f"file://{tmp_path}/again.png")
+    finally:
+        server.shutdown()
+        server.server_close()
