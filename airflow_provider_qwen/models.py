@@ -285,11 +285,33 @@ def _urls_in(value: Any, depth: int) -> list[str]:
     return [url for item in items for url in _urls_in(item, depth - 1)]
 
 
+#: How deeply ``param`` and ``resultJson`` may nest; deeper answers are refused as malformed.
+MAX_JSON_DEPTH = 64
+
+
 def _decode_json_string(value: Any) -> Any:
     # param and resultJson arrive as JSON encoded inside a string; "" means "nothing yet".
     if isinstance(value, str):
-        return json.loads(value) if value.strip() else None
+        try:
+            value = json.loads(value) if value.strip() else None
+        except RecursionError:
+            raise ValueError(f"nested deeper than the {MAX_JSON_DEPTH} levels an answer may have") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than the {MAX_JSON_DEPTH} levels an answer may have")
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value``, counted without recursion (an answer chooses the depth)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 class TaskRecord(BaseModel):
@@ -348,6 +370,8 @@ class TaskRecord(BaseModel):
             return cls.model_validate(data)
         except (ValidationError, ValueError) as err:
             raise ApikleyBadResponseError(f"Unexpected recordInfo answer from Apikley: {err}") from None
+        except RecursionError:  # nesting that the checks above did not see first
+            raise ApikleyBadResponseError("Unexpected recordInfo answer from Apikley: nested too deeply") from None
 
     @property
     def result_urls(self) -> list[str]:

@@ -2,12 +2,12 @@
 Where result images may be fetched from, and fetching them.
 
 A result URL comes from Apikley's answer, so it is checked like any input from outside, at every
-redirect hop: http(s) only; never a link-local or cloud-metadata address; loopback and private
-addresses only when the connection's own base URL is on such an address (a local emulator) or
-the connection's ``private_result_hosts`` extra lists the host. Each hop connects to the address
-its check allowed, never to a second DNS answer. Of the connection only its ``proxies`` and
-``verify`` go with the request: no API key, no other extra, no ``~/.netrc`` entry, nothing from
-the environment.
+redirect hop: http(s) only; never a link-local or cloud-metadata address; a loopback or private
+address only when it is the address the connection's own base URL is on (a local emulator serves
+its results itself) or the connection's ``private_result_hosts`` extra lists the host or its
+network. Each hop connects to the address its check allowed, never to a second DNS answer. Of the
+connection only its ``proxies`` and ``verify`` go with the request: no API key, no other extra,
+no ``~/.netrc`` entry, nothing from the environment.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ class ResultHostPolicy:
     """
     Which hosts result URLs may point to.
 
-    :param allow_private: loopback and private addresses are allowed (the API itself is on one).
+    :param api_addresses: the private (loopback, private-range) addresses the API itself is on: an
+        API on such an address (a local emulator) may serve results from that same address, and only it.
     :param private_hosts: host names or IP networks on private ranges that are allowed anyway.
     """
 
-    allow_private: bool = False
+    api_addresses: frozenset[IPAddress] = frozenset()
     private_hosts: tuple[str, ...] = ()
 
     @classmethod
@@ -75,7 +76,7 @@ class ResultHostPolicy:
             addresses = resolve(parts.hostname or "", parts.port or 443)
         except ApikleyError:
             addresses = []
-        return cls(allow_private=any(_is_private(a) for a in addresses), private_hosts=private_hosts)
+        return cls(api_addresses=frozenset(a for a in addresses if _is_private(a)), private_hosts=private_hosts)
 
     def check(self, url: str) -> list[IPAddress]:
         """
@@ -93,10 +94,10 @@ class ResultHostPolicy:
                 raise ApikleyURLRefusedError(
                     f"Result URL {url!r}: {host} is {address}, a link-local, metadata or unroutable address"
                 )
-            if _is_private(address) and not (self.allow_private or self._listed(host, address)):
+            if _is_private(address) and not (address in self.api_addresses or self._listed(host, address)):
                 raise ApikleyURLRefusedError(
-                    f"Result URL {url!r}: {host} is {address}, a loopback or private address; list it in the "
-                    "connection's private_result_hosts extra to allow it"
+                    f"Result URL {url!r}: {host} is {address}, a loopback or private address other than the "
+                    "API's own; list it in the connection's private_result_hosts extra to allow it"
                 )
         return addresses
 

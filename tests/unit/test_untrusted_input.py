@@ -197,6 +197,18 @@ def test_a_redirect_to_the_metadata_service_is_refused(apikley, sent_anywhere, t
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("private", ["http://10.0.0.1/admin.png", "http://192.168.1.1/x.png", "http://127.0.0.2/x.png"])
+def test_an_api_on_loopback_allows_its_own_address_only_not_every_private_one(
+    apikley, sent_anywhere, tmp_path, private
+):
+    result_url = f"{apikley.base_url}/results/{TASK_ID}/0.png"  # the API's own address: allowed
+    apikley.script("results", ScriptedAnswer(status=302, headers={"Location": private}))
+    with pytest.raises(ApikleyURLRefusedError, match="other than the API's own"):
+        ApikleyHook().download_result(result_url, str(tmp_path / "out.png"))
+    assert sent_anywhere == [result_url]  # no connection to the private address was even tried
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_redirects_are_followed_a_few_times_only(apikley, tmp_path):
     apikley.script(
         "results", *(ScriptedAnswer(status=302, headers={"Location": f"/results/hop/{hop + 1}"}) for hop in range(5))
@@ -266,6 +278,30 @@ def test_an_upload_file_name_is_checked_like_its_folder(apikley, tmp_path):
 def test_pathological_answers_are_bad_responses_in_both_clients(body, charset):
     with pytest.raises(ApikleyBadResponseError):
         parse_envelope(200, body, charset)
+
+
+@pytest.mark.parametrize("field", ["resultJson", "param"])
+@pytest.mark.parametrize("depth", [65, 10_000, 100_000])
+async def test_a_record_nested_too_deeply_is_a_bad_response_in_both_clients(apikley, field, depth):
+    record = task_record(TASK_ID, "success", result_urls=[RESULT_URL])
+    record[field] = "[" * depth + "]" * depth  # JSON inside the JSON, as Apikley encodes these fields
+    for _ in range(2):
+        apikley.script("recordInfo", envelope(record))
+    with pytest.raises(ApikleyBadResponseError, match="nested"):
+        ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
+    hook = ApikleyHook(retry_policy=RetryPolicy(attempts=1))
+    try:
+        with pytest.raises(ApikleyBadResponseError, match="nested"):
+            await hook.aget_task(TASK_ID)
+    finally:
+        await hook.aclose()
+
+
+def test_a_record_nested_as_deeply_as_allowed_is_read(apikley):
+    record = task_record(TASK_ID, "success", result_urls=[RESULT_URL])
+    record["resultJson"] = json.dumps({"resultUrls": [RESULT_URL], "detail": json.loads("[" * 62 + "]" * 62)})
+    apikley.script("recordInfo", envelope(record))
+    assert ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID).result_urls == [RESULT_URL]
 
 
 def test_a_bogus_charset_is_a_bad_response_in_the_blocking_client(apikley):
