@@ -13,7 +13,9 @@ reach it, so it trusts nothing it is sent:
 - Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a
   connection without one takes unsigned callbacks only where the deployment opted in with
   ``[apikley] allow_unsigned_callbacks = True``, and then only for the default connection and asset.
-- Every refusal is the same bare 401, so answers tell nothing about which connections exist.
+- Every refusal is the same bare 401, so answers tell nothing about which connections exist. A
+  fault while reading the connection (a secrets backend or the database down) is not a refusal:
+  it is logged as an error and answered 503, so Apikley sends again and operators see an outage.
 - The task's state is then read from Apikley, never taken from the body, and a finished task is
   recorded once as an Asset event.
 """
@@ -29,11 +31,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from airflow.providers.common.compat.sdk import conf
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
 
 from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
 from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker, check_route_token
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyNotFoundError
+from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, TaskRecord, is_task_id
@@ -48,6 +50,13 @@ RECHECK_RETRY_POLICY = RetryPolicy(attempts=2, initial_wait=0.5, max_wait=1.0)
 RECHECK_TIMEOUT_SECONDS = 5.0
 #: The ``[apikley]`` option that lets a connection without a webhook key take unsigned callbacks.
 ALLOW_UNSIGNED_OPTION = "allow_unsigned_callbacks"
+
+
+class ConnectionUnreadable(Exception):
+    """Reading the callback's connection failed on Airflow's side: an outage, answered 503, never a refusal."""
+
+    def __init__(self, conn_id: str) -> None:
+        super().__init__(f"connection {conn_id!r} could not be read (secrets backend or database fault)")
 
 
 class BodyTooLarge(Exception):
@@ -127,12 +136,15 @@ def trusted_hook(
 
     :raises CallbackRejected: when the connection is missing or not of type ``apikley``, the URL's
         token or Apikley's signature is missing or wrong, or the callback is a replay.
+    :raises ConnectionUnreadable: when reading the connection failed (a secrets backend or database fault).
     """
     hook = ApikleyHook(route.effective_conn_id, timeout=RECHECK_TIMEOUT_SECONDS)
     try:
         key = hook.settings.webhook_secret
-    except Exception as err:  # unknown connection, another type, or an unusable one: all look alike outside
+    except (AirflowNotFoundException, ApikleyConfigurationError) as err:  # unknown, or not an Apikley one
         raise CallbackRejected(f"connection {route.effective_conn_id!r} is not a usable Apikley connection") from err
+    except Exception as err:  # the secrets backend or the database failed: an outage, not a refusal
+        raise ConnectionUnreadable(route.effective_conn_id) from err
     if key is None:
         if route.names_anything:
             raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the URL with")
@@ -174,6 +186,9 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
         except CallbackRejected as rejected:
             log.warning("Apikley callback for task %s refused: %s", task_id, rejected)
             return Response(status_code=401)
+        except ConnectionUnreadable as fault:
+            log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
+            return JSONResponse({"detail": "connections cannot be read right now; send again"}, status_code=503)
         return await run_in_threadpool(_record, hook, task_id, route.asset)
 
     return router

@@ -16,6 +16,7 @@ from airflow_provider_qwen.api_server.app import create_app as create_provider_a
 from airflow_provider_qwen.api_server.deliveries import accepted_signatures, ensure_tables, recorded_tasks
 from airflow_provider_qwen.api_server.signing import callback_signature
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, envelope, task_record
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from tests.conftest import API_KEY, submit_edit
 
 pytestmark = pytest.mark.integration
@@ -306,6 +307,22 @@ def test_a_callback_naming_another_type_of_connection_sends_nothing_and_looks_li
     assert (unknown.status_code, unknown.content) == (401, b"")
     assert apikley.seen() == []  # the Postgres password went nowhere
     assert asset() == []
+
+
+def test_a_broken_secrets_backend_is_an_outage_logged_and_answered_503_not_a_refusal(
+    apikley, asset, signed_connection, client, monkeypatch, caplog
+):
+    def backend_down(conn_id):
+        raise ConnectionError("secrets backend at vault.internal.test: connection refused")
+
+    monkeypatch.setattr(ApikleyHook, "get_connection", staticmethod(backend_down))
+    with caplog.at_level("ERROR", logger="airflow_provider_qwen.api_server.callbacks"):
+        response = client.post("/callback", json=callback_body(), headers=signed())
+    assert response.status_code == 503 and "send again" in response.json()["detail"]
+    assert "vault" not in response.text  # the cause is for the logs only
+    (logged,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "could not be read" in logged.getMessage() and "vault.internal.test" in logged.exc_text
+    assert apikley.seen() == [] and asset() == []
 
 
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
