@@ -33,6 +33,15 @@ CONN_FIELDS: dict[str, dict] = {
         "description": "The key Apikley signs task callbacks with; unsigned callbacks are refused when it is set.",
         "schema": {"type": ["string", "null"], "format": "password"},
     },
+    "route_keys": {
+        "label": "Callback route keys",
+        "description": (
+            "This deployment's own keys (comma-separated, newest first, 32+ characters each; Apikley never "
+            "sees them) for callback URLs that name a connection or an asset: the first signs, all are "
+            "accepted. Rotate by putting a new key first; drop the old one once no task holds its URLs."
+        ),
+        "schema": {"type": ["string", "null"], "format": "password"},
+    },
     "private_result_hosts": {
         "label": "Private result hosts",
         "description": (

@@ -39,15 +39,16 @@ def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = Non
 
     Built from ``[api] base_url``, which must be a URL Apikley can reach. With neither argument the
     receiver uses ``apikley_default`` and updates ``apikley://<model>``, and this reads nothing. A
-    URL that names a connection or an asset carries a token signed with that connection's
-    ``webhook_secret`` extra, so nobody else can make such a URL; building it reads the connection,
-    so call it at run time (in a task or a template), not at the top level of a DAG file.
+    URL that names a connection or an asset carries a token signed with the first of that
+    connection's ``route_keys``, a key only this deployment holds (Apikley has the webhook key, not
+    this one), so nobody else can make such a URL; building it reads the connection, so call it at
+    run time (in a task or a template), not at the top level of a DAG file.
 
     :param asset_uri: the Asset the receiver updates; by default ``apikley://<model>``.
     :param apikley_conn_id: the connection the receiver checks signatures and re-reads the task with;
         by default ``apikley_default``.
     :raises ApikleyConfigurationError: when a connection or asset is named and the connection has no
-        ``webhook_secret``.
+        ``route_keys``, or no ``webhook_secret`` to check Apikley's signature with.
     """
     if asset_uri is None and apikley_conn_id is None:
         return _api_server_url("/callback")
@@ -55,13 +56,20 @@ def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = Non
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
     conn_id = apikley_conn_id or ApikleyHook.default_conn_name
-    key = ApikleyHook(conn_id).settings.webhook_secret
-    if key is None:
+    settings = ApikleyHook(conn_id).settings
+    missing = [
+        name
+        for name, value in (("route_keys", settings.route_keys), ("webhook_secret", settings.webhook_secret))
+        if not value
+    ]
+    if missing:
         raise ApikleyConfigurationError(
             f"callback_url(asset_uri={asset_uri!r}, apikley_conn_id={conn_id!r}): naming a connection or an "
-            f"asset needs the webhook_secret extra on connection {conn_id!r}, to sign the URL with"
+            f"asset needs the {' and '.join(missing)} extra on connection {conn_id!r} (route_keys sign the URL, "
+            "webhook_secret checks Apikley's signature)"
         )
-    query = {"conn_id": conn_id, "asset": asset_uri or "", "token": route_token(key, conn_id, asset_uri or "")}
+    token = route_token(settings.route_keys[0], conn_id, asset_uri or "")
+    query = {"conn_id": conn_id, "asset": asset_uri or "", "token": token}
     return _api_server_url("/callback") + "?" + urlencode({name: value for name, value in query.items() if value})
 
 

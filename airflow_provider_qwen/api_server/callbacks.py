@@ -8,8 +8,9 @@ reach it, so it trusts nothing it is sent:
   only when it is shaped like a task id.
 - The connection is ``apikley_default`` unless the URL names another, and the asset is
   ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
-  ``token`` that :func:`~airflow_provider_qwen.links.callback_url` signs with that connection's
-  webhook key. A connection that is not of type ``apikley`` is never used.
+  ``token`` that :func:`~airflow_provider_qwen.links.callback_url` signs with one of that
+  connection's ``route_keys``, which Apikley never sees. A connection that is not of type
+  ``apikley`` is never used.
 - Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a
   connection without one takes unsigned callbacks only where the deployment opted in with
   ``[apikley] allow_unsigned_callbacks = True``, and then only for the default connection and asset.
@@ -147,7 +148,7 @@ def trusted_hook(
         raise ConnectionUnreadable(route.effective_conn_id) from err
     if key is None:
         if route.names_anything:
-            raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the URL with")
+            raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the callback")
         if not conf.getboolean("apikley", ALLOW_UNSIGNED_OPTION, fallback=False):
             raise CallbackRejected(
                 f"connection {route.effective_conn_id!r} has no webhook key, "
@@ -155,7 +156,7 @@ def trusted_hook(
             )
         return hook
     if route.names_anything:
-        check_route_token(key, route.effective_conn_id, route.asset or "", route.token)
+        check_route_token(hook.settings.route_keys, route.effective_conn_id, route.asset or "", route.token)
     checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
     return hook
 

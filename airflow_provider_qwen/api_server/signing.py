@@ -14,7 +14,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 #: Seconds a signed callback stays acceptable after its timestamp, and how far ahead a clock may be.
 DEFAULT_MAX_AGE_SECONDS = 300
@@ -34,17 +34,24 @@ def route_token(key: str, conn_id: str, asset_uri: str) -> str:
     """
     The deployment's own signature over a callback URL's ``conn_id`` and ``asset``.
 
-    Made with the connection's webhook key, so only someone holding it can point a callback at a
-    connection or an asset; the prefix keeps it apart from Apikley's signatures made with that key.
+    Made with one of the connection's ``route_keys``, which Apikley never sees (unlike the webhook
+    key it signs callbacks with), so only this deployment can point a callback at a connection or
+    an asset.
     """
     message = f"apikley-callback-route\n{conn_id}\n{asset_uri}".encode()
     digest = hmac.new(key.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def check_route_token(key: str, conn_id: str, asset_uri: str, token: str | None) -> None:
-    """:raises CallbackRejected: unless ``token`` is :func:`route_token` of this connection and asset."""
-    if not token or not hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()):
+def check_route_token(keys: Sequence[str], conn_id: str, asset_uri: str, token: str | None) -> None:
+    """
+    :raises CallbackRejected: unless ``token`` is :func:`route_token` of this connection and asset
+        under one of ``keys`` (the current key and those being rotated out).
+    """
+    signed = bool(token) and any(
+        hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()) for key in keys
+    )
+    if not signed:
         raise CallbackRejected(f"callback URL names connection {conn_id!r} or an asset without a valid token")
 
 

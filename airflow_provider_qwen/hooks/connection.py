@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The connection extras the provider reads; any other extra is ignored (never sent as a header).
-KNOWN_EXTRAS = frozenset({"timeout", "upload_base_url", "webhook_secret", "proxies", "verify", "private_result_hosts"})
+KNOWN_EXTRAS = frozenset(
+    {"timeout", "upload_base_url", "webhook_secret", "route_keys", "proxies", "verify", "private_result_hosts"}
+)
+#: The shortest route key accepted: a key signs callback URLs, so it must not be guessable.
+MIN_ROUTE_KEY_CHARS = 32
 
 #: Where the upload API lives under the API's base URL, at Apikley (https://api.apikley.ru/file-upload)
 #: as in the emulator.
@@ -65,6 +69,10 @@ class ApikleySettings:
     :param upload_base_url: base URL of the file upload API: the extra ``upload_base_url``, else
         ``base_url`` followed by ``/file-upload`` (see :func:`upload_base_url_from_extra`).
     :param webhook_secret: the key Apikley signs callbacks with (extra ``webhook_secret``); never in the repr.
+    :param route_keys: the deployment's own keys for callback URLs that name a connection or an
+        asset (extra ``route_keys``: one key, or a list, newest first); Apikley never sees them. The
+        first signs new URLs, every one is accepted, so a key is rotated by putting a new one first
+        and dropping the old one once no task still holds a URL it signed. Never in the repr.
     :param proxies: ``requests``-style proxies for the API (extra ``proxies``).
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path (extra ``verify``).
     :param private_result_hosts: host names or IP networks on loopback or private ranges that result
@@ -77,6 +85,7 @@ class ApikleySettings:
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     upload_base_url: str = DEFAULT_UPLOAD_BASE_URL
     webhook_secret: str | None = field(default=None, repr=False)
+    route_keys: tuple[str, ...] = field(default=(), repr=False)
     proxies: dict[str, str] = field(default_factory=dict)
     verify: bool | str = True
     private_result_hosts: tuple[str, ...] = ()
@@ -107,6 +116,7 @@ class ApikleySettings:
             timeout=timeout_from_extra(extra),
             upload_base_url=upload_base_url_from_extra(conn, extra, base_url),
             webhook_secret=str(secret) if secret is not None else None,
+            route_keys=_route_keys_from_extra(conn, extra),
             proxies=_proxies_from_extra(conn, extra),
             verify=_verify_from_extra(conn, extra),
             private_result_hosts=_hosts_from_extra(conn, extra),
@@ -227,3 +237,17 @@ def _hosts_from_extra(conn: Connection, extra: dict[str, Any]) -> tuple[str, ...
             f"Connection {conn.conn_id!r} extra private_result_hosts: must be a list of host names or IP networks"
         )
     return tuple(host.lower() for host in hosts)
+
+
+def _route_keys_from_extra(conn: Connection, extra: dict[str, Any]) -> tuple[str, ...]:
+    keys = extra.get("route_keys") or []
+    if isinstance(keys, str):
+        keys = [key.strip() for key in keys.split(",") if key.strip()]
+    if not isinstance(keys, list) or not all(isinstance(key, str) and len(key) >= MIN_ROUTE_KEY_CHARS for key in keys):
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra route_keys: must be a key, or a list of keys newest first, "
+            f"each of at least {MIN_ROUTE_KEY_CHARS} characters"
+        )
+    for key in keys:
+        mask_secret(key)
+    return tuple(keys)

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.integration
 TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
 MODEL = "qwen/image-to-image"
 WEBHOOK_KEY = "whsec-LEAKCANARY-hmac"
+#: The deployment's own keys for callback URLs (Apikley never sees them): the current one and its successor.
+ROUTE_KEY, NEXT_ROUTE_KEY = "route-LEAKCANARY-" + "r" * 24, "route-LEAKCANARY-" + "s" * 24
 ASSET_URI = "apikley://qwen/image-to-image"
 
 
@@ -56,9 +58,9 @@ def asset(airflow_db):
 
 @pytest.fixture
 def signed_connection(apikley, monkeypatch):
-    """``apikley_default`` on the emulator, with the webhook key Apikley signs callbacks with."""
+    """``apikley_default`` on the emulator, with the webhook key Apikley signs callbacks with and a route key."""
     connection = json.loads(apikley.airflow_connection())
-    connection["extra"]["webhook_secret"] = WEBHOOK_KEY
+    connection["extra"].update(webhook_secret=WEBHOOK_KEY, route_keys=[ROUTE_KEY])
     monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps(connection))
 
 
@@ -357,12 +359,44 @@ def test_the_asset_and_connection_in_a_callback_url_are_signed_by_the_deployment
     assert len(asset()) == 1
 
 
-def test_a_callback_url_naming_an_asset_needs_the_connection_webhook_key():
+def test_a_callback_url_naming_an_asset_needs_the_connections_route_key_and_webhook_key():
     from airflow_provider_qwen.exceptions import ApikleyConfigurationError
     from airflow_provider_qwen.links import callback_url
 
-    with pytest.raises(ApikleyConfigurationError, match="webhook_secret"):
+    with pytest.raises(ApikleyConfigurationError, match="needs the route_keys and webhook_secret extra"):
         callback_url(ASSET_URI)
+
+
+def test_apikley_holding_the_webhook_key_cannot_point_a_callback_at_an_asset(
+    asset, signed_connection, client, finished_task
+):
+    from urllib.parse import urlencode
+
+    from airflow_provider_qwen.api_server.signing import route_token
+
+    forged = route_token(WEBHOOK_KEY, "apikley_default", ASSET_URI)  # what the webhook key alone can sign
+    path = "/callback?" + urlencode({"asset": ASSET_URI, "token": forged})
+    response = client.post(path, json=callback_body(finished_task), headers=signed(finished_task))
+    assert (response.status_code, response.content) == (401, b"")
+    assert asset() == []
+
+
+def test_a_rotated_route_key_is_accepted_until_it_is_dropped(apikley, asset, client, finished_task, monkeypatch):
+    def connection(route_keys: list[str]) -> None:
+        settings = json.loads(apikley.airflow_connection())
+        settings["extra"].update(webhook_secret=WEBHOOK_KEY, route_keys=route_keys)
+        monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps(settings))
+
+    connection([ROUTE_KEY])
+    issued_before = route(ASSET_URI)  # a URL a task in flight still holds
+    connection([NEXT_ROUTE_KEY, ROUTE_KEY])  # rotation: the new key first, the old one still accepted
+    assert route(ASSET_URI) != issued_before
+    body = callback_body(finished_task)
+    assert client.post(issued_before, json=body, headers=signed(finished_task, at=time.time() - 2)).status_code == 200
+    connection([NEXT_ROUTE_KEY])  # the old key dropped
+    assert client.post(issued_before, json=body, headers=signed(finished_task, at=time.time() - 1)).status_code == 401
+    assert client.post(route(ASSET_URI), json=body, headers=signed(finished_task)).status_code == 200
+    assert len(asset()) == 1  # the same task, recorded once
 
 
 # ---- once, across processes and at the same time -------------------------------------------------

@@ -51,21 +51,38 @@ def test_the_callback_url_points_at_the_receiver_on_the_api_server(monkeypatch):
     assert callback_url() == "https://airflow.example.org/apikley/callback"
 
 
-def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_that_connection(monkeypatch):
+#: Route keys of the tests' connections: the newest first, then the one being rotated out.
+NEW_ROUTE_KEY, OLD_ROUTE_KEY = "route-key-2026-12-" + "n" * 20, "route-key-2026-06-" + "o" * 20
+
+
+def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_its_newest_route_key(monkeypatch):
     from airflow_provider_qwen.api_server.signing import route_token
     from airflow_provider_qwen.links import callback_url
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
+    extra = {"webhook_secret": "prod-key", "route_keys": [NEW_ROUTE_KEY, OLD_ROUTE_KEY]}
     monkeypatch.setenv(
-        "AIRFLOW_CONN_APIKLEY_PROD",
-        json.dumps({"conn_type": "apikley", "password": "k", "extra": {"webhook_secret": "prod-key"}}),
+        "AIRFLOW_CONN_APIKLEY_PROD", json.dumps({"conn_type": "apikley", "password": "k", "extra": extra})
     )
-    token = route_token("prod-key", "apikley_prod", "s3://edits/done")
+    token = route_token(NEW_ROUTE_KEY, "apikley_prod", "s3://edits/done")
     assert callback_url("s3://edits/done", "apikley_prod") == (
         f"https://airflow.example.org/apikley/callback?conn_id=apikley_prod&asset=s3%3A%2F%2Fedits%2Fdone&token={token}"
     )
-    assert token != route_token("prod-key", "apikley_prod", "s3://edits/other")
-    assert token != route_token("another-key", "apikley_prod", "s3://edits/done")
+    assert token != route_token(NEW_ROUTE_KEY, "apikley_prod", "s3://edits/other")
+    assert token != route_token("prod-key", "apikley_prod", "s3://edits/done")  # not the key Apikley holds
+
+
+@pytest.mark.parametrize("route_keys", ["short", ["x" * 40, 7], {"key": "x" * 40}])
+def test_route_keys_that_could_be_guessed_or_are_not_keys_are_refused(monkeypatch, route_keys):
+    from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+    extra = {"webhook_secret": "prod-key", "route_keys": route_keys}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_APIKLEY_PROD", json.dumps({"conn_type": "apikley", "password": "k", "extra": extra})
+    )
+    with pytest.raises(ApikleyConfigurationError, match="route_keys: must be a key, or a list of keys newest first"):
+        ApikleyHook("apikley_prod").settings  # noqa: B018 (reading it is the check)
 
 
 # ---- the link in a task process, where XCom reads go through the worker's supervisor ---------------
