@@ -111,6 +111,13 @@ class ApikleyURLRefusedError(ApikleyError):
     """
 
 
+class ApikleyResultExistsError(ApikleyError):
+    """
+    A file of another content already has a result's name in ``output_path``: it is never
+    overwritten. Not retried: the same name is refused again.
+    """
+
+
 class ApikleyConnectionError(ApikleyError):
     """
     The connection to Apikley could not be made, or broke before an answer arrived.

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
+from airflow_provider_qwen.exceptions import (
+    ApikleyBadResponseError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyResultExistsError,
+)
 from airflow_provider_qwen.models import TASK_ID_RULE, is_http_url, is_task_id
 
 if TYPE_CHECKING:
@@ -207,10 +212,6 @@ OBJECT_STORE_PART_BYTES = 8 * 1024 * 1024
 LOCAL_PROTOCOLS = frozenset({"file", "local", ""})
 
 
-class ResultExistsError(ApikleyError):
-    """A different file already has a result's name in ``output_path``; it is never overwritten."""
-
-
 def write_atomically(
     chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int = MAX_RESULT_BYTES
 ) -> StoredFile:
@@ -225,7 +226,7 @@ def write_atomically(
 
     :raises ApikleyError: when it grows past ``max_bytes``; nothing is left at ``dest``.
     :raises ApikleyBadResponseError: when the bytes are not a PNG, JPEG or WebP image.
-    :raises ResultExistsError: when ``dest`` holds a different file.
+    :raises ApikleyResultExistsError: when ``dest`` holds a different file.
     """
     if dest.protocol in LOCAL_PROTOCOLS:
         return _write_local(chunks, dest, source_url=source_url, max_bytes=max_bytes)
@@ -300,7 +301,7 @@ def _same_or_refuse(dest: ObjectStoragePath, stored: StoredFile) -> None:
         while block := existing.read(OBJECT_STORE_PART_BYTES):
             digest.update(block)
     if digest.hexdigest() != stored.sha256:
-        raise ResultExistsError(
+        raise ApikleyResultExistsError(
             f"{dest} already exists with other content (sha256 {digest.hexdigest()}, not {stored.sha256}); "
             f"the result of {stored.source_url} was not written over it"
         )

@@ -18,11 +18,11 @@ import requests
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.triggers.base import TaskSuccessEvent
 
-from airflow_provider_qwen.exceptions import ApikleyInputError
+from airflow_provider_qwen.exceptions import ApikleyInputError, ApikleyResultExistsError
 from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
-from airflow_provider_qwen.storage import OBJECT_STORE_PART_BYTES, ResultExistsError, write_atomically
+from airflow_provider_qwen.storage import OBJECT_STORE_PART_BYTES, write_atomically
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import submit_edit
 
@@ -176,7 +176,7 @@ def test_an_object_with_other_bytes_is_never_overwritten_and_the_same_bytes_are_
     first = write_atomically(iter([large_png(512)]), dest, source_url=RESULT_URL)
     again = write_atomically(iter([dest.read_bytes()]), dest, source_url=RESULT_URL)  # a retry copying again
     assert again == first
-    with pytest.raises(ResultExistsError, match="already exists with other content"):
+    with pytest.raises(ApikleyResultExistsError, match="already exists with other content"):
         write_atomically(iter([large_png(512)]), dest, source_url=RESULT_URL)
     assert hashlib.sha256(s3.objects()["a/t-0.png"]).hexdigest() == first.sha256
 

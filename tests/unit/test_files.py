@@ -13,12 +13,16 @@ import requests
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.emulator.script import envelope
-from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyError, ApikleyInputError
+from airflow_provider_qwen.exceptions import (
+    ApikleyBadResponseError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyResultExistsError,
+)
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.storage import (
     MAX_FILE_NAME_CHARS,
     MAX_UPLOAD_BYTES,
-    ResultExistsError,
     sniff_image_type,
     write_atomically,
 )
@@ -316,7 +320,7 @@ def test_a_result_that_is_not_an_image_is_refused_and_leaves_nothing(tmp_path):
 def test_an_existing_file_with_other_bytes_is_never_overwritten(tmp_path):
     target = tmp_path / "a.png"
     target.write_bytes(JPEG)
-    with pytest.raises(ResultExistsError, match="already exists with other content"):
+    with pytest.raises(ApikleyResultExistsError, match="already exists with other content"):
         write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
     assert target.read_bytes() == JPEG
     assert [path.name for path in tmp_path.iterdir()] == ["a.png"]  # no temporary file left either
