@@ -82,19 +82,27 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         # Executor workers come from a fork server holding EXECUTOR_PRELOAD_MODULES, not from the scheduler.
         "scheduler": {"job_heartbeat_sec": 2, "scheduler_heartbeat_sec": 2, "mp_start_method": "forkserver"},
         "logging": {"logging_level": "INFO"},
-        # OpenLineage events go to files, from the tasks and DAGs that enable lineage (the path matrix's)
-        "openlineage": {
-            "transport": json.dumps({"type": "file", "log_file_path": str(openlineage_events(settings))}),
-            "selective_enable": True,
-            "namespace": "qwen-system",
-        },
+        # the dev extra installs the OpenLineage provider; a deployment collects lineage only where it
+        # asks for it (see openlineage_config)
+        "openlineage": {"disabled": True},
     }
     return config_variables(config)
 
 
-def openlineage_events(settings: DeploymentSettings) -> Path:
-    """Where the deployment's OpenLineage events go: one ``<this>-<time>.json`` file each."""
-    return settings.airflow_home / "openlineage-event"
+def openlineage_events(airflow_home: Path) -> Path:
+    """Where a deployment's OpenLineage events go: one ``<this>-<time>.json`` file each."""
+    return airflow_home / "openlineage-event"
+
+
+def openlineage_config(airflow_home: Path) -> dict[str, str]:
+    """
+    Variables that send OpenLineage events to files, from the tasks that enable lineage only
+    (``selective_enable``): for a deployment's ``env``. The benchmarks' deployments leave it off.
+    """
+    transport = {"type": "file", "log_file_path": str(openlineage_events(airflow_home))}
+    return config_variables(
+        {"openlineage": {"disabled": False, "transport": json.dumps(transport), "selective_enable": True}}
+    )
 
 
 def config_variables(config: dict[str, dict[str, object]]) -> dict[str, str]:

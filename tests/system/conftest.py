@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.airflow_env import openlineage_config
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.ports import is_listening
 
@@ -94,6 +95,7 @@ def deployment(system_workdir: Path, emulator: EmulatorProcess) -> Iterator[Airf
     for dag_file in SYSTEM_DAGS + EXAMPLE_DAGS:
         shutil.copy(dag_file, dags_folder / dag_file.name)
     env["QWEN_EDITS_OUTPUT_URI"] = f"file://{system_workdir}/callback-edits"
+    env.update(openlineage_config(system_workdir / "airflow-home"))  # the path matrix compares lineage
     with AirflowDeployment(system_workdir, dags_folder, parallelism=PARALLELISM, env=env) as running:
         yield running
     for port in (running.settings.api_port, running.postgres.port):

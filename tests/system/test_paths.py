@@ -165,7 +165,7 @@ def complete_events(deployment: AirflowDeployment, dag_id: str, cases: list[str]
     out; ``None`` until every case has one. Other tasks must have sent none: their lineage is off.
     """
     found: dict[str, list[dict[str, Any]]] = {}
-    files = openlineage_events(deployment.settings)
+    files = openlineage_events(deployment.airflow_home)
     for path in files.parent.glob(f"{files.name}-*"):
         event = json.loads(path.read_text())
         dag, _, task_id = event["job"]["name"].partition(".")
