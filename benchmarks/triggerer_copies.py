@@ -28,11 +28,12 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks.triggerer_capacity import BenchmarkError, child_environment, create_tasks, running_emulator
-from benchmarks.triggerer_pollers import LagTicker, percentile
+from benchmarks.triggerer_pollers import LagTicker, after, percentile
 
 #: What the waiting triggers' lag may grow by while the copies run, and the peak RSS the copies may add.
 TARGET_LAG_P99_GROWTH_MS = 100.0
@@ -109,7 +110,7 @@ async def measure(plan: dict[str, Any], copies: int) -> Run:
     interval, task_ids = plan["interval"], plan["task_ids"]
     # started spread over one interval, so that their polls are too
     waits = [
-        asyncio.create_task(_after(index * interval / len(task_ids), wait(task_id, interval, failed)))
+        asyncio.create_task(after(index * interval / len(task_ids), partial(wait, task_id, interval, failed)))
         for index, task_id in enumerate(task_ids)
     ]
     await asyncio.sleep(interval + plan["warmup"])  # every trigger has polled once
@@ -137,11 +138,6 @@ async def measure(plan: dict[str, Any], copies: int) -> Run:
         copied_bytes=copied,
         failed=failed,
     )
-
-
-async def _after(delay: float, coroutine: Any) -> None:
-    await asyncio.sleep(delay)
-    await coroutine
 
 
 def child_main(plan_path: str, copies: str) -> None:
