@@ -43,6 +43,8 @@ def get_provider_info() -> dict:
         ],
         "connection-types": [CONNECTION_TYPE],
         "extra-links": ["airflow_provider_qwen.links.ApikleyTaskLink"],
+        # Airflow 3.2+ reads this; 3.1 needs the class in [database] external_db_managers.
+        "db-managers": ["airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"],
         "config": {
             "apikley": {
                 "description": "The Apikley callback receiver on the api-server.",
@@ -57,7 +59,18 @@ def get_provider_info() -> dict:
                         "type": "boolean",
                         "example": "True",
                         "default": "False",
-                    }
+                    },
+                    "recorded_task_retention_days": {
+                        "description": (
+                            "Days the callback receiver remembers a task it recorded as an Asset event: a "
+                            "delivery of the same task within them records nothing more. Older entries are "
+                            "deleted as new ones are recorded."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "7",
+                        "default": "30",
+                    },
                 },
             }
         },

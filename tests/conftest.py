@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from importlib.metadata import version as _version
 from pathlib import Path
 
 # Airflow reads its configuration at import time: point it at a throw-away home first.
@@ -20,6 +21,11 @@ if "AIRFLOW_HOME" not in os.environ:
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+# Airflow 3.2+ finds the provider's DB manager in its provider info; 3.1 only where it is configured.
+if tuple(int(part) for part in _version("apache-airflow-core").split(".")[:2]) < (3, 2):
+    os.environ.setdefault(
+        "AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS", "airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"
+    )
 
 from collections.abc import Iterator
 from typing import Any

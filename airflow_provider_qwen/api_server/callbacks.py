@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
 
 from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
+from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable
 from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker, check_route_token
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -190,9 +191,20 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
         except ConnectionUnreadable as fault:
             log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
             return JSONResponse({"detail": "connections cannot be read right now; send again"}, status_code=503)
-        return await run_in_threadpool(_record, hook, task_id, route.asset)
+        except DeliveriesUnavailable as fault:
+            return unavailable(task_id, fault)
+        try:
+            return await run_in_threadpool(_record, hook, task_id, route.asset)
+        except DeliveriesUnavailable as fault:
+            return unavailable(task_id, fault)
 
     return router
+
+
+def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
+    """The receiver's tables failed: an outage, logged as one and answered 503 so Apikley sends again."""
+    log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
+    return JSONResponse({"detail": "callbacks cannot be recorded right now; send again"}, status_code=503)
 
 
 def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:

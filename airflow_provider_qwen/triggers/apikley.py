@@ -549,6 +549,11 @@ class ApikleyTaskTrigger(BaseTrigger):
             except Exception:
                 self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
                 return False
+        # Logged before the pushes: the triggerer files a trigger's log lines under its task only
+        # until the trigger has ended, and reads them apart from its events, so lines logged just
+        # before the end can land in the triggerer's own log instead.
+        self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
+        self.log.info("%s", outcome_line(value))
         where = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
         link = task_page_url(self.apikley_conn_id, self.apikley_task_id)
         try:
@@ -560,8 +565,6 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "Could not push the result of Apikley task %s; a worker resumes it", self.apikley_task_id
             )
             return False
-        self.log.info("Apikley task %s succeeded; ending the task from the triggerer", self.apikley_task_id)
-        self.log.info("%s", outcome_line(value))
         return True
 
 

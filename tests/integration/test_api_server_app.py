@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete, select
 
 from airflow_provider_qwen.api_server.app import create_app as create_provider_app
-from airflow_provider_qwen.api_server.deliveries import accepted_signatures, ensure_tables, recorded_tasks
+from airflow_provider_qwen.api_server.deliveries import accepted_signatures, recorded_tasks
 from airflow_provider_qwen.api_server.signing import callback_signature
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, envelope, task_record
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -37,7 +37,6 @@ def asset(airflow_db):
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        ensure_tables(session)
         model = session.scalar(select(AssetModel).where(AssetModel.uri == ASSET_URI))
         if model is None:
             model = AssetModel(name=ASSET_URI, uri=ASSET_URI, group="asset")
@@ -325,6 +324,65 @@ def test_a_broken_secrets_backend_is_an_outage_logged_and_answered_503_not_a_ref
     (logged,) = [record for record in caplog.records if record.levelname == "ERROR"]
     assert "could not be read" in logged.getMessage() and "vault.internal.test" in logged.exc_text
     assert apikley.seen() == [] and asset() == []
+
+
+def test_airflow_db_migrate_created_the_receivers_tables_at_their_head_revision(airflow_db):
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect, text
+
+    from airflow.utils.session import create_session
+
+    from airflow_provider_qwen.api_server.db_manager import ApikleyDBManager
+
+    (head,) = ScriptDirectory(ApikleyDBManager.migration_dir).get_heads()
+    with create_session() as session:
+        tables = set(inspect(session.get_bind()).get_table_names())
+        (revision,) = session.execute(text(f"SELECT version_num FROM {ApikleyDBManager.version_table_name}")).one()
+    assert {"apikley_callback_signature", "apikley_recorded_task"} <= tables
+    assert revision == head
+
+
+@pytest.mark.parametrize("table", ["signatures", "recorded tasks"])
+def test_missing_tables_are_an_outage_logged_and_answered_503(
+    apikley, asset, signed_connection, client, finished_task, monkeypatch, caplog, table
+):
+    from sqlalchemy import Column, MetaData, String, Table
+
+    from airflow_provider_qwen.api_server import asset_events, deliveries
+
+    never_migrated = Table("apikley_never_migrated", MetaData(), Column("signature_sha256", String(64)))
+    if table == "signatures":
+        monkeypatch.setattr(deliveries, "accepted_signatures", never_migrated)
+    else:
+        monkeypatch.setattr(asset_events, "claim_task", lambda session, *ids: session.execute(never_migrated.insert()))
+    with caplog.at_level("ERROR", logger="airflow_provider_qwen.api_server.callbacks"):
+        response = client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task))
+    assert response.status_code == 503 and "send again" in response.json()["detail"]
+    (logged,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "airflow db migrate" in logged.getMessage()
+    assert asset() == []
+
+
+def test_recorded_tasks_older_than_the_retention_are_forgotten(
+    asset, signed_connection, client, finished_task, monkeypatch
+):
+    from datetime import timedelta
+
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RECORDED_TASK_RETENTION_DAYS", "7")
+    now = datetime.now(UTC)
+    with create_session() as session:
+        for task_id, age in (("recorded-8-days-ago", 8), ("recorded-6-days-ago", 6)):
+            session.execute(
+                recorded_tasks.insert().values(
+                    asset_id=1, apikley_task_id=task_id, recorded_at=now - timedelta(days=age)
+                )
+            )
+    assert client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task)).status_code == 200
+    with create_session() as session:
+        remembered = set(session.scalars(select(recorded_tasks.c.apikley_task_id)))
+    assert remembered == {"recorded-6-days-ago", finished_task}
 
 
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(

@@ -221,6 +221,9 @@ def test_make_dist_builds_a_wheel_a_pip_user_can_install(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("airflow_provider_qwen-*-py3-none-any.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "airflow_provider_qwen/emulator/schema/qwen-image-to-image.json" in names
+    migrations = "airflow_provider_qwen/api_server/migrations/"
+    assert {f"{migrations}alembic.ini", f"{migrations}env.py", f"{migrations}script.py.mako"} <= set(names)
+    assert any(name.startswith(f"{migrations}versions/0001_") for name in names)
     assert not any(name.startswith("dags/") for name in names)  # README says so
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "apache_airflow_provider" in zipfile.ZipFile(wheel).read(entry_points).decode()

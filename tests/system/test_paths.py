@@ -97,7 +97,9 @@ def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulat
     assert cli_status == 0, cli_log.read_text()[-3000:]
     (cli_run_id,) = [row[0] for row in deployment.sql("SELECT run_id FROM dag_run WHERE dag_id = %s", (CLI_DAG_ID,))]
 
-    deployed = outcomes(deployment, DAG_ID, run_id, outputs["deployed"], task_logs(deployment, DAG_ID, run_id))
+    logs = task_logs(deployment, DAG_ID, run_id)
+    triggerer_log = (deployment.log_dir / "triggerer.log").read_text(errors="replace")
+    deployed = outcomes(deployment, DAG_ID, run_id, outputs["deployed"], logs, stray=triggerer_log)
     cli = outcomes(deployment, CLI_DAG_ID, cli_run_id, outputs["cli"], cli_log_lines(cli_log))
     reference = deployed["qwen_poked"]
     assert reference["value"]["state"] == "success" and reference["stored"], reference
@@ -227,9 +229,15 @@ def output_conf(folder: Path) -> str:
 
 
 def outcomes(
-    deployment: AirflowDeployment, dag_id: str, run_id: str, output: Path, logs: dict[str, str]
+    deployment: AirflowDeployment, dag_id: str, run_id: str, output: Path, logs: dict[str, str], stray: str = ""
 ) -> dict[str, dict[str, Any]]:
-    """What a user sees of each case of one run, with what differs between cases (ids, folders) left out."""
+    """
+    What a user sees of each case of one run, with what differs between cases (ids, folders) left out.
+
+    :param stray: the triggerer's own log. Airflow's triggerer stops filing a trigger's lines under
+        its task once the trigger has ended, and reads lines apart from events: a line the trigger
+        logged just before its end can land there. Lines naming the case's Apikley task count then.
+    """
     where = (dag_id, run_id)
     xcoms = deployment.sql("SELECT task_id, key, value FROM xcom WHERE dag_id = %s AND run_id = %s", where)
     values = {task_id: value for task_id, key, value in xcoms if key == "return_value"}
@@ -256,6 +264,9 @@ def outcomes(
     seen = {}
     for task_id, value in values.items():
         apikley_task_id = value.get("apikley_task_id") if isinstance(value, dict) else None
+        log = logs.get(task_id, "")
+        if apikley_task_id and not OUTCOME_LINE.search(log):
+            log += "".join(line + "\n" for line in stray.splitlines() if apikley_task_id in line)
         seen[task_id] = {
             "raw": value,
             "value": normalized(value, apikley_task_id),
@@ -264,11 +275,9 @@ def outcomes(
             "mapped_length": lengths.get(task_id) if task_id not in fields else fields[task_id],
             "asset_events": by_task.get(task_id, []),
             "callbacks": callbacks[task_id],
-            "outcome_lines": [
-                normalized(line, apikley_task_id) for line in OUTCOME_LINE.findall(logs.get(task_id, ""))
-            ],
-            "ended_in_triggerer": "ending the task from the triggerer" in logs.get(task_id, ""),
-            "deferred": "DEFERRED" in logs.get(task_id, "") or ".log.trigger." in logs.get(f"{task_id}:files", ""),
+            "outcome_lines": [normalized(line, apikley_task_id) for line in OUTCOME_LINE.findall(log)],
+            "ended_in_triggerer": "ending the task from the triggerer" in log,
+            "deferred": "DEFERRED" in log or ".log.trigger." in logs.get(f"{task_id}:files", ""),
         }
         events += Counter({task_id: len(by_task.get(task_id, []))})
     return seen

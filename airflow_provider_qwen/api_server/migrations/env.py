@@ -1,0 +1,54 @@
+"""Alembic environment of the provider's tables, run by Airflow's database commands."""
+
+from __future__ import annotations
+
+import contextlib
+
+from alembic import context
+
+from airflow import settings
+
+from airflow_provider_qwen.api_server.db_manager import ApikleyDBManager
+
+config = context.config
+target_metadata = ApikleyDBManager.metadata
+VERSION_TABLE = ApikleyDBManager.version_table_name
+
+
+def include_object(_object, name, type_, *args) -> bool:
+    """Compare only the provider's own tables, never Airflow's, in autogenerate."""
+    return type_ != "table" or name in target_metadata.tables
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=settings.SQL_ALCHEMY_CONN,
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+        include_object=include_object,
+        version_table=VERSION_TABLE,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    with contextlib.ExitStack() as stack:
+        connection = config.attributes.get("connection") or stack.enter_context(settings.engine.connect())
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            transaction_per_migration=True,
+            include_object=include_object,
+            version_table=VERSION_TABLE,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
