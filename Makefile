@@ -27,9 +27,10 @@ $(STAMP): pyproject.toml | $(BIN)/uv
 
 install: $(STAMP)
 
-# Everything, the system test on a real deployment included.
+# Everything, the system test on a real deployment included: one pytest-xdist worker runs the
+# system tests on their deployment while the other runs the rest.
 test: $(STAMP) system-deps
-	@$(call pytest_strict,$(BIN)/pytest --durations=15)
+	@$(call pytest_strict,$(BIN)/pytest -n 2 --dist loadgroup --durations=15)
 
 # Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
 # Airflow's APIs (the emulator's and the benchmarks' own tests do not). Airflow 3.2.2 does not run
@@ -80,10 +81,10 @@ fault-suite: $(STAMP)
 	$(BIN)/pytest -q tests/integration/test_fault_suite.py
 
 # A real deployment: PostgreSQL, the scheduler, dag-processor, triggerer and api-server as separate
-# processes, and the emulator; 200 deferred edits through a triggerer crash, and a worker killed
-# right after it submitted. Installs PostgreSQL from Debian's packages when it is missing.
+# processes, and the emulator; 200 deferred edits through a triggerer crash (60 in `make test`), and
+# a worker killed right after it submitted. Installs PostgreSQL from Debian's packages when it is missing.
 system-test: $(STAMP) system-deps
-	@$(call pytest_strict,$(BIN)/pytest tests/system)
+	@$(call pytest_strict,QWEN_SYSTEM_EDITS=200 $(BIN)/pytest tests/system)
 
 # A cluster: the CeleryExecutor with two workers, Redis, two triggerers and two api-servers behind a
 # load balancer, each a process of its own; 201 edits through a worker, a triggerer and an api-server

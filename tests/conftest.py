@@ -11,21 +11,23 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from importlib.metadata import version as _version
 from pathlib import Path
 
-# Airflow reads its configuration at import time: point it at a throw-away home first.
-if "AIRFLOW_HOME" not in os.environ:
+# Airflow reads its configuration at import time: point it at a throw-away home first, one per
+# pytest-xdist worker (a worker inherits the home its controller made, SQLite database included).
+if "AIRFLOW_HOME" not in os.environ or (
+    "PYTEST_XDIST_WORKER" in os.environ and os.environ["AIRFLOW_HOME"] == os.environ.get("QWEN_TESTS_AIRFLOW_HOME")
+):
     _airflow_home = tempfile.TemporaryDirectory(prefix="airflow-home-")  # removed when pytest exits
-    os.environ["AIRFLOW_HOME"] = _airflow_home.name
+    os.environ["AIRFLOW_HOME"] = os.environ["QWEN_TESTS_AIRFLOW_HOME"] = _airflow_home.name
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).parents[1] / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
-# Airflow 3.2+ finds the provider's DB manager in its provider info; 3.1 only where it is configured.
-if tuple(int(part) for part in _version("apache-airflow-core").split(".")[:2]) < (3, 2):
-    os.environ.setdefault(
-        "AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS", "airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"
-    )
+# The provider's DB manager as Airflow 3.1 needs it, configured (3.2+ also finds it in the provider
+# info, which the system deployment, configured apart, relies on).
+os.environ.setdefault(
+    "AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS", "airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"
+)
 
 from collections.abc import Iterator
 from typing import Any
@@ -35,8 +37,9 @@ import pytest
 from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 
-#: More fixtures: ``s3``, a bucket on a real S3 API (moto's server) on loopback.
-pytest_plugins = ["tests.s3"]
+#: More fixtures: ``s3``, a bucket on a real S3 API (moto's server) on loopback; ``measurement``, figures
+#: printed in the terminal summary.
+pytest_plugins = ["tests.s3", "tests.measurements"]
 
 #: The real backoff, kept before ``no_retry_waits`` replaces it, for the tests of the backoff itself.
 REAL_RETRY_WAIT = RetryPolicy.wait_seconds
@@ -54,6 +57,20 @@ def has_task_state_store() -> bool:
 
 
 BASE_URL = "http://apikley.test"
+
+
+SYSTEM_TESTS = Path(__file__).parent / "system"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """
+    Run the system tests first, as one group: under pytest-xdist (``make test``) one worker runs
+    them on their shared deployment while the others take everything else.
+    """
+    system = [item for item in items if item.path.is_relative_to(SYSTEM_TESTS)]
+    for item in system:
+        item.add_marker(pytest.mark.xdist_group("airflow-deployment"))
+    items[:] = system + [item for item in items if not item.path.is_relative_to(SYSTEM_TESTS)]
 
 
 @pytest.fixture(autouse=True)

@@ -404,6 +404,12 @@ def summary_from_record(record: TaskRecord) -> dict[str, Any]:
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
 
+#: Seconds after the deferral before an event that resumes a worker is sent. Airflow 3.1-3.3 fail a
+#: task whose trigger fires before the scheduler has read the executor's report on the run that
+#: deferred (the report lands on the resumed, queued run: apache/airflow#66374, #72716); on a busy
+#: scheduler that report comes seconds late. Tasks the trigger ends itself do not race.
+RESUME_SETTLE_SECONDS = 10.0
+
 
 class ApikleyTaskTrigger(BaseTrigger):
     """
@@ -503,7 +509,16 @@ class ApikleyTaskTrigger(BaseTrigger):
         if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._end_task(event):
             yield TaskSuccessEvent()
         else:
+            await self._settle_before_resuming()
             yield TriggerEvent(event.to_payload())
+
+    async def _settle_before_resuming(self) -> None:
+        """Wait out :data:`RESUME_SETTLE_SECONDS` since the deferral, where a scheduler runs the task."""
+        if getattr(self.task_instance, "run_id", None) is None:  # ``dag.test()``, or no task at all: no race
+            return
+        delay = self.submitted_at + RESUME_SETTLE_SECONDS - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))

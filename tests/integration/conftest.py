@@ -18,14 +18,3 @@ def airflow_db() -> None:
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
     )
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the fault suite's table when it ran."""
-    import sys
-
-    suite = sys.modules.get("tests.integration.test_fault_suite")
-    if suite is not None and suite.ROWS:
-        terminalreporter.section("fault suite")
-        for line in suite.fault_table():
-            terminalreporter.write_line(line)

@@ -95,7 +95,22 @@ RUN_HERE = {
     r"python -m airflow_provider_qwen\.emulator .*": "test_the_emulator_starts_as_the_readme_says",
     r"export AIRFLOW_CONN_APIKLEY_DEFAULT=.*": "test_every_connection_snippet_makes_a_usable_connection",
     r"airflow connections add .*": "test_every_connection_snippet_makes_a_usable_connection",
+    r"export AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS=.*": "test_the_db_manager_line_is_what_the_tests_migrate_with",
+    r"airflow db migrate": "test_the_db_manager_line_is_what_the_tests_migrate_with",
 }
+
+
+def test_the_db_manager_line_is_what_the_tests_migrate_with():
+    """The tests' ``airflow db migrate`` (``tests/integration/conftest.py``) runs with the README's line."""
+    from importlib import import_module
+
+    from airflow.utils.db_manager import BaseDBManager
+
+    (export,) = [line for _, line in shell_lines() if line.startswith("export AIRFLOW__DATABASE__EXTERNAL_DB")]
+    name, value = export.removeprefix("export ").split("=", 1)
+    assert os.environ[name] == value
+    module, _, class_name = value.rpartition(".")
+    assert issubclass(getattr(import_module(module), class_name), BaseDBManager)
 
 
 def test_every_shell_line_is_run_or_accounted_for():

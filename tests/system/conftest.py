@@ -36,8 +36,8 @@ PARALLELISM = 4
 #: Seconds each emulated task spends waiting, queuing and generating (each ±20 % jitter).
 GENERATION_LATENCY = (2.0, 4.0, 6.0)
 
-#: What the tests measured, printed at the end of the test session.
-MEASUREMENTS: list[str] = []
+#: The terminal summary's section of what the system tests measured (see ``tests/measurements.py``).
+MEASUREMENTS_SECTION = "system test measurements"
 
 
 @pytest.fixture(scope="package")
@@ -117,10 +117,6 @@ def with_log_tails(report: pytest.TestReport, item: pytest.Item, fixtures: tuple
             if running is not None:
                 report.sections.append((f"{name} logs (last lines)", running.log_tails()))
     return report
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    write_measurements(terminalreporter, "system test measurements", MEASUREMENTS)
 
 
 def write_measurements(terminalreporter, title: str, lines: list[str]) -> None:

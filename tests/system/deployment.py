@@ -39,7 +39,7 @@ from tests.system.airflow_env import (
 )
 from tests.system.ports import LOOPBACK, free_port, is_listening
 from tests.system.postgres import PostgresCluster
-from tests.system.processes import ManagedProcess, tail
+from tests.system.processes import ManagedProcess, stop_together, tail
 from tests.system.rest_api import AirflowRestClient
 from tests.system.waiting import StopWaiting, wait_for
 
@@ -285,15 +285,16 @@ class AirflowDeployment:
             raise RuntimeError(f"airflow db migrate failed ({result.returncode}):\n{tail(log_path)}")
 
     def _stop_components(self) -> None:
-        """Stop every component, latest started first, even when stopping one of them fails."""
-        errors = []
-        for component in reversed(list(self._components)):
-            try:
-                self._components[component].stop()
-            except Exception as err:
-                errors.append(err)
-        if errors:
-            raise errors[0]
+        """
+        Stop the scheduler, dag-processor and triggerer together, then the api-server they talk to
+        while they shut down; the api-server is stopped even when stopping the others fails.
+        """
+        others = [process for name, process in self._components.items() if name != "api-server"]
+        try:
+            stop_together(others)
+        finally:
+            if "api-server" in self._components:
+                self._components["api-server"].stop()
 
     def _environment(self) -> dict[str, str]:
         return component_environment(self.settings, self.extra_env)

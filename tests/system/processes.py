@@ -128,14 +128,7 @@ class ManagedProcess:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """SIGTERM the command and its descendants, SIGKILL whatever is left after ``grace`` seconds."""
-        if self._popen is None:
-            return
-        signal_session(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self.members():
-            self._popen.poll()
-            time.sleep(0.2)
-        self._wait_until_gone(10.0, signal.SIGKILL)
+        stop_together([self], grace)
 
     def _wait_until_gone(self, timeout: float, sig: int) -> None:
         assert self._popen is not None
@@ -153,6 +146,29 @@ class ManagedProcess:
     def log_tail(self, lines: int = 60) -> str:
         """The last ``lines`` lines of the log file."""
         return tail(self.log_path, lines)
+
+
+def stop_together(processes: list[ManagedProcess], grace: float = STOP_GRACE_SECONDS) -> None:
+    """
+    SIGTERM each command and its descendants at once, SIGKILL whatever is left after ``grace``
+    seconds: stopping takes as long as the slowest, not the sum.
+    """
+    started = [process for process in processes if process._popen is not None]
+    for process in started:
+        signal_session(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(process.members() for process in started):
+        for process in started:
+            process._popen.poll()
+        time.sleep(0.2)
+    errors = []
+    for process in started:
+        try:
+            process._wait_until_gone(10.0, signal.SIGKILL)
+        except TimeoutError as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
 
 
 def tail(path: Path, lines: int = 60) -> str:

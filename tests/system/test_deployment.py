@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import time
@@ -24,7 +25,7 @@ import psutil
 import pytest
 
 from tests.conftest import has_task_state_store
-from tests.system.conftest import MEASUREMENTS, PARALLELISM
+from tests.system.conftest import MEASUREMENTS_SECTION, PARALLELISM
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.waiting import wait_for
 
@@ -38,12 +39,14 @@ pytestmark = [
 ]
 
 DAG_ID = "qwen_system_edits"
-EDITS = 200
+#: Mapped edits through the triggerer crash: 60 in ``make test``, 200 in ``make system-test``, whose
+#: wall time README quotes.
+EDITS = int(os.environ.get("QWEN_SYSTEM_EDITS", "60"))
 MIDWAY_TIMEOUT_SECONDS = 450.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0
 RUN_TIMEOUT_SECONDS = 720.0
-#: 1.3 times the time 200 creates take at an account's 20 per 10 s.
-WALL_TARGET_SECONDS = 130.0
+#: 1.3 times the time the creates take at an account's 20 per 10 s.
+WALL_TARGET_SECONDS = 1.3 * EDITS / 2
 
 #: Triggers the triggerer should be waiting on when it is killed, if the run gets there in time.
 BUSY_TRIGGERER = 10
@@ -175,8 +178,10 @@ def crash_triggerer_midway(
     return TriggererCrash(orphaned, states_at_kill, most_deferred, time.monotonic() - killed_at)
 
 
-def test_200_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(deployment, emulator, system_workdir):
-    output = system_workdir / "edits-200"
+def test_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(
+    deployment, emulator, system_workdir, measurement
+):
+    output = system_workdir / "deferred-edits"
     creates_before = accepted_creates(emulator)
     started = time.monotonic()
     run_id = deployment.trigger(DAG_ID, {"edits": EDITS, "output_uri": f"file://{output}"})
@@ -203,17 +208,20 @@ def test_200_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(dep
     retries = sum(ti["try_number"] - 1 for ti in edits)
     # Reported against the target, not asserted: a shared 2-core machine makes any wall-time bound flaky.
     verdict = "met" if run_seconds <= WALL_TARGET_SECONDS else f"missed by {run_seconds / WALL_TARGET_SECONDS - 1:.0%}"
-    MEASUREMENTS.append(
+    measurement(
+        MEASUREMENTS_SECTION,
         f"{EDITS} deferrable edits, parallelism {PARALLELISM}: run took {run_seconds:.0f} s "
         f"(target {WALL_TARGET_SECONDS:.0f} s, 1.3x the floor of 20 creates per 10 s: {verdict}); "
         f"createTask accepted {creates}; task retries {retries}; "
         f"up to {crash.most_deferred} edits deferred at once; triggerer SIGKILLed holding "
         f"{crash.orphaned_triggers} triggers (edit states then: {dict(crash.edit_states)}); "
-        f"a new triggerer had taken them over {crash.takeover_seconds:.0f} s after the kill"
+        f"a new triggerer had taken them over {crash.takeover_seconds:.0f} s after the kill",
     )
 
 
-def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(deployment, emulator, system_workdir):
+def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(
+    deployment, emulator, system_workdir, measurement
+):
     output = system_workdir / "edit-killed-worker"
     before = emulator.stats()
     emulator.configure(faults=SLOW_RECORD_INFO)
@@ -254,9 +262,10 @@ def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(de
     (result,) = edit_results(deployment, run_id)
     assert result["apikley_task_id"] == created
     assert_results_stored([result])
-    MEASUREMENTS.append(
+    measurement(
+        MEASUREMENTS_SECTION,
         f"worker killed right after submitting: SIGKILLed the task process {worker_title!r} "
-        f"(child of {supervisor_title!r}); try 2 resumed Apikley task {created}; createTask accepted {creates}"
+        f"(child of {supervisor_title!r}); try 2 resumed Apikley task {created}; createTask accepted {creates}",
     )
     # The killed try's status query is still held by the emulator; let it be answered here, so that
     # the next test's request counts start clean.
@@ -303,7 +312,9 @@ def consumer_runs(deployment: AirflowDeployment) -> Counter[str]:
     return Counter(state for (state,) in rows)
 
 
-def test_signed_callbacks_start_the_consumer_with_no_status_polling(deployment, emulator, system_workdir, monkeypatch):
+def test_signed_callbacks_start_the_consumer_with_no_status_polling(
+    deployment, emulator, system_workdir, monkeypatch, measurement
+):
     output = system_workdir / "callback-edits"
     image_url = upload_source_image(emulator, monkeypatch)
     wait_for(lambda: deployment.rest.dag(CONSUMER_DAG_ID), timeout=120, what=f"DAG {CONSUMER_DAG_ID} to be parsed")
@@ -350,10 +361,11 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(deployment, 
     assert len(list(output.glob("*.png"))) == CALLBACK_EDITS
     runs = consumer_runs(deployment)
     assert runs == {"success": CALLBACK_EDITS}, "the consumer's schedule is partitioned by edit: one run each"
-    MEASUREMENTS.append(
+    measurement(
+        MEASUREMENTS_SECTION,
         f"{CALLBACK_EDITS} edits by callback (each delivered twice, signed): all persisted {seconds:.0f} s after "
         f"the producer started; {taken} deliveries taken, {len(events)} asset events, {runs['success']} consumer "
-        f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer"
+        f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer",
     )
 
 
@@ -396,7 +408,9 @@ BATCH_DAG_ID = "qwen_system_batch"
 BATCH_EDITS = 40
 
 
-def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(deployment, emulator, system_workdir):
+def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(
+    deployment, emulator, system_workdir, measurement
+):
     output = system_workdir / "batch"
     before = accepted_creates(emulator)
     run_id = deployment.trigger(BATCH_DAG_ID, {"edits": BATCH_EDITS, "output_uri": f"file://{output}"})
@@ -434,7 +448,8 @@ def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(depl
     )
     (resumed,) = re.findall(r"Resuming (\d+) Apikley tasks", retry_log.read_text())
     assert int(resumed) == submitted_when_killed
-    MEASUREMENTS.append(
+    measurement(
+        MEASUREMENTS_SECTION,
         f"batch of {BATCH_EDITS}: worker SIGKILLed after {submitted_when_killed} creates; try 2 resumed them and "
-        f"submitted the rest; createTask accepted {creates}; all {BATCH_EDITS} results stored (sha256 checked)"
+        f"submitted the rest; createTask accepted {creates}; all {BATCH_EDITS} results stored (sha256 checked)",
     )

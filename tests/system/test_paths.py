@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from tests.system.airflow_env import component_environment, openlineage_events
-from tests.system.conftest import MEASUREMENTS, PARALLELISM
+from tests.system.conftest import MEASUREMENTS_SECTION, PARALLELISM
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.waiting import wait_for
 
@@ -55,7 +55,9 @@ HELD_POOL = "qwen_system_paths_held"
 OUTCOME_LINE = re.compile(r"Apikley task \w+ succeeded: [^\"\\\n\[]*\w")
 
 
-def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulator: EmulatorProcess, system_workdir):
+def test_every_path_gives_the_same_outcome(
+    deployment: AirflowDeployment, emulator: EmulatorProcess, system_workdir, measurement
+):
     outputs = {"deployed": system_workdir / "paths", "cli": system_workdir / "paths-cli"}
     previous = emulator.configure(latency=list(LATENCY))["latency"]
     started = time.monotonic()
@@ -154,10 +156,11 @@ def test_every_path_gives_the_same_outcome(deployment: AirflowDeployment, emulat
     assert deferred == {"sensor_dict_deferred", "sensor_id_deferred"}, "the hand-off must be tested across a deferral"
     assert not any(cli[case]["ended_in_triggerer"] for case in EDIT_CASES)
     noticed = end_latencies(deployment, emulator, run_id, {case: deployed[case]["raw"] for case in OPERATOR_CASES})
-    MEASUREMENTS.append(
+    measurement(
+        MEASUREMENTS_SECTION,
         f"Path matrix: {len(EDIT_CASES)} edits + a batch of 2, each on the deployment and under `airflow dags test`, "
         f"one outcome on every path; the deployed run took {deployed_seconds:.0f} s. Apikley completeTime -> task "
-        "end: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in noticed.items())
+        "end: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in noticed.items()),
     )
 
 

@@ -363,23 +363,23 @@ def trickling_server(headers_first: bool, interval: float = 1.0, seconds: float 
 
 
 @pytest.mark.parametrize("headers_first", [True, False], ids=["slow-body", "slow-headers"])
-def test_a_trickling_answer_fails_a_blocking_call_within_twice_its_timeout(monkeypatch, headers_first):
+def test_a_trickling_answer_fails_a_blocking_call_at_its_timeout_not_when_the_server_stops(monkeypatch, headers_first):
     with trickling_server(headers_first) as url:
         apikley_connection(monkeypatch, host=url, timeout=2)
         hook = ApikleyHook(retry_policy=RetryPolicy(attempts=1))
         started = time.monotonic()
         with pytest.raises(ApikleyConnectionError, match="No complete answer within 2 s"):
             hook.get_task(TASK_ID)
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 8  # the server trickles for 12 s; the margin is for a busy machine
 
 
-def test_a_trickling_result_fails_a_download_within_twice_the_timeout(monkeypatch, tmp_path):
+def test_a_trickling_result_fails_a_download_at_its_timeout_not_when_the_server_stops(monkeypatch, tmp_path):
     with trickling_server(headers_first=True) as url:
         apikley_connection(monkeypatch, host=url, timeout=2)
         started = time.monotonic()
         with pytest.raises(ApikleyConnectionError, match="No complete answer within 2 s"):
             ApikleyHook(retry_policy=RetryPolicy(attempts=1)).download_result(f"{url}/r.png", str(tmp_path / "r.png"))
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 8  # the server trickles for 12 s; the margin is for a busy machine
     assert list(tmp_path.iterdir()) == []
 
 
