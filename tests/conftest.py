@@ -62,15 +62,20 @@ BASE_URL = "http://apikley.test"
 SYSTEM_TESTS = Path(__file__).parent / "system"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """
-    Run the system tests first, as one group: under pytest-xdist (``make test``) one worker runs
-    them on their shared deployment while the others take everything else.
+    Under pytest-xdist (``make test``), hand out whole modules, whose module-scoped set-up then runs
+    once, and the system tests, which share one deployment, as one group and first: one worker runs
+    them while the other takes everything else (``--no-loadscope-reorder`` keeps this order).
     """
     system = [item for item in items if item.path.is_relative_to(SYSTEM_TESTS)]
+    others = [item for item in items if not item.path.is_relative_to(SYSTEM_TESTS)]
     for item in system:
         item.add_marker(pytest.mark.xdist_group("airflow-deployment"))
-    items[:] = system + [item for item in items if not item.path.is_relative_to(SYSTEM_TESTS)]
+    for item in others:
+        item.add_marker(pytest.mark.xdist_group(item.path.relative_to(config.rootpath).as_posix()))
+    items[:] = system + others
 
 
 @pytest.fixture(autouse=True)
