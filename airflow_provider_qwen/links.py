@@ -1,14 +1,15 @@
-"""URLs of the provider's app on the api-server: the "Apikley task" extra link, and the callback URL."""
+"""The "Apikley task" extra link, to the task's page on the api-server."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlencode
 
-from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, conf
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
 from airflow_provider_qwen import _compat as compat
-from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+from airflow_provider_qwen.api_server.urls import callback_url, task_page_url
+
+__all__ = ["APIKLEY_TASK_ID_XCOM_KEY", "PUSHED_ID_ATTRIBUTE", "ApikleyTaskLink", "callback_url", "task_page_url"]
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -19,58 +20,6 @@ APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
 #: Set by a task on its operator: ``False`` from the start of ``execute``, then the id it pushed; so
 #: the link, computed in the same process when the task ends, asks for nothing a failed task never pushed.
 PUSHED_ID_ATTRIBUTE = "_apikley_task_id_pushed"
-#: Where the provider's app is mounted on the api-server (see :mod:`airflow_provider_qwen.api_server.plugin`).
-API_SERVER_PREFIX = "/apikley"
-
-
-def _api_server_url(path: str) -> str:
-    return conf.get("api", "base_url", fallback="").rstrip("/") + API_SERVER_PREFIX + path
-
-
-def task_page_url(apikley_conn_id: str, apikley_task_id: str) -> str:
-    """The api-server page of an Apikley task, read through ``apikley_conn_id``."""
-    conn_id, task_id = quote(apikley_conn_id, safe=""), quote(apikley_task_id, safe="")
-    return _api_server_url(f"/connections/{conn_id}/tasks/{task_id}")
-
-
-def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = None) -> str:
-    """
-    Where Apikley should send a task's callback: the provider's receiver on this Airflow's api-server.
-
-    Built from ``[api] base_url``, which must be a URL Apikley can reach. With neither argument the
-    receiver uses ``apikley_default`` and updates ``apikley://<model>``, and this reads nothing. A
-    URL that names a connection or an asset carries a token signed with the first of that
-    connection's ``route_keys``, a key only this deployment holds (Apikley has the webhook key, not
-    this one), so nobody else can make such a URL; building it reads the connection, so call it at
-    run time (in a task or a template), not at the top level of a DAG file.
-
-    :param asset_uri: the Asset the receiver updates; by default ``apikley://<model>``.
-    :param apikley_conn_id: the connection the receiver checks signatures and re-reads the task with;
-        by default ``apikley_default``.
-    :raises ApikleyConfigurationError: when a connection or asset is named and the connection has no
-        ``route_keys``, or no ``webhook_secret`` to check Apikley's signature with.
-    """
-    if asset_uri is None and apikley_conn_id is None:
-        return _api_server_url("/callback")
-    from airflow_provider_qwen.api_server.signing import route_token
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
-
-    conn_id = apikley_conn_id or ApikleyHook.default_conn_name
-    settings = ApikleyHook(conn_id).settings
-    missing = [
-        name
-        for name, value in (("route_keys", settings.route_keys), ("webhook_secret", settings.webhook_secret))
-        if not value
-    ]
-    if missing:
-        raise ApikleyConfigurationError(
-            f"callback_url(asset_uri={asset_uri!r}, apikley_conn_id={conn_id!r}): naming a connection or an "
-            f"asset needs the {' and '.join(missing)} extra on connection {conn_id!r} (route_keys sign the URL, "
-            "webhook_secret checks Apikley's signature)"
-        )
-    token = route_token(settings.route_keys[0], conn_id, asset_uri or "")
-    query = {"conn_id": conn_id, "asset": asset_uri or "", "token": token}
-    return _api_server_url("/callback") + "?" + urlencode({name: value for name, value in query.items() if value})
 
 
 class ApikleyTaskLink(BaseOperatorLink):

@@ -131,7 +131,7 @@ def check_callback_url(value: Any) -> str | None:
     """
     ``value`` as a ``callback_url`` Apikley can call back: an absolute http(s) URL, or ``None``.
 
-    A relative URL is what :func:`~airflow_provider_qwen.links.callback_url` builds when
+    A relative URL is what :func:`~airflow_provider_qwen.api_server.urls.callback_url` builds when
     ``[api] base_url`` is not set, and Apikley refuses it only after the task is paid for.
 
     :raises ApikleyInputError: naming the value and the rule.

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -27,9 +27,6 @@ from airflow_provider_qwen.exceptions import (
     ApikleyResultExistsError,
 )
 from airflow_provider_qwen.models import TASK_ID_RULE, is_http_url, is_task_id
-
-if TYPE_CHECKING:
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -153,26 +150,6 @@ def check_writable(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
             f"({type(err).__name__}: {err}); checked before submitting, so nothing was spent"
         ) from None
     return folder
-
-
-def with_stored_results(
-    hook: ApikleyHook, summary: dict[str, Any], output_path: str | ObjectStoragePath
-) -> dict[str, Any]:
-    """
-    ``summary`` (an edit's XCom value) with ``stored``: its results copied into ``output_path``.
-
-    :raises ApikleyError: when a copy fails, naming the paid task and where its results still are.
-    """
-    task_id, urls = summary["apikley_task_id"], summary["result_urls"]
-    try:
-        stored = hook.store_results(task_id, urls, output_path, result_extension(summary["input"]))
-    except (ApikleyError, OSError) as err:
-        failure = err if isinstance(err, ApikleyError) else ApikleyError(f"{type(err).__name__}: {err}")
-        raise failure.with_advice(
-            f"Apikley task {task_id} succeeded, and its results stay at {', '.join(urls)} for about 24 hours; "
-            f"only the copy to {output_path} failed."
-        ) from None
-    return {**summary, "stored": [item.to_dict() for item in stored]}
 
 
 def check_result_url(url: str) -> str:

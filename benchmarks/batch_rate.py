@@ -28,7 +28,7 @@ import requests
 
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from airflow_provider_qwen.demo_images import draw_product
+from airflow_provider_qwen.demo.images import draw_product
 from benchmarks.compare_waits import requests_by_endpoint, stage_latencies
 from tests.system.deployment import EmulatorProcess
 

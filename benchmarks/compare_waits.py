@@ -52,7 +52,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_qwen.demo_images import draw_product
+from airflow_provider_qwen.demo.images import draw_product
 from benchmarks.compare_connections import connection_environment
 from benchmarks.compare_sampling import (
     ProcessGroup,

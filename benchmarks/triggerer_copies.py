@@ -94,7 +94,7 @@ async def copy(result_url: str, folder: str) -> int:
     from asgiref.sync import sync_to_async
 
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
-    from airflow_provider_qwen.storage import with_stored_results
+    from airflow_provider_qwen.results import with_stored_results
 
     summary = {"apikley_task_id": hashlib.sha256(result_url.encode()).hexdigest()[:32], "result_urls": [result_url]}
     summary.update(state="success", input={}, credits_consumed=1.0)

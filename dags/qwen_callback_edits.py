@@ -35,7 +35,7 @@ except ImportError:  # Airflow 3.1
     PartitionedAssetTimetable = None
 
 from airflow_provider_qwen.api_server.asset_events import default_asset_uri
-from airflow_provider_qwen.links import callback_url
+from airflow_provider_qwen.api_server.urls import callback_url
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.storage import result_destination

@@ -53,7 +53,7 @@ with DAG(
     @task
     def build_catalog(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Draw one source image per product into ``<output_uri>/source``; return the catalog."""
-        from airflow_provider_qwen.demo_images import draw_product
+        from airflow_provider_qwen.demo.images import draw_product
 
         source = ObjectStoragePath(params["output_uri"]) / "source"
         source.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ with DAG(
         catalog: list[dict[str, Any]], edits: list[dict[str, Any]], params: dict[str, Any] | None = None
     ) -> str:
         """Write ``manifest.json`` and ``contact_sheet.png``; return the manifest's URI."""
-        from airflow_provider_qwen.demo_images import contact_sheet
+        from airflow_provider_qwen.demo.images import contact_sheet
 
         # Index rather than iterate: iterating a mapped task's results probes one past the end.
         by_image_url = {edits[index]["input"]["image_url"]: edits[index] for index in range(len(edits))}

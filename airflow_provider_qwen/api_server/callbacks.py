@@ -8,7 +8,7 @@ reach it, so it trusts nothing it is sent:
   only when it is shaped like a task id.
 - The connection is ``apikley_default`` unless the URL names another, and the asset is
   ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
-  ``token`` that :func:`~airflow_provider_qwen.links.callback_url` signs with one of that
+  ``token`` that :func:`~airflow_provider_qwen.api_server.urls.callback_url` signs with one of that
   connection's ``route_keys``, which Apikley never sees. A connection that is not of type
   ``apikley`` is never used.
 - Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a

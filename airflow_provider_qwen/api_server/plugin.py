@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowPlugin
 
-from airflow_provider_qwen.links import API_SERVER_PREFIX
+from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
 
 
 class ApikleyPlugin(AirflowPlugin):

@@ -12,6 +12,13 @@ nothing from the rest of the package, nor Airflow.
 
 from __future__ import annotations
 
+try:
+    import PIL  # noqa: F401
+except ImportError as err:  # the one package of the extra Airflow does not bring
+    raise ImportError(
+        "The Apikley emulator needs the emulator extra: pip install 'airflow-provider-qwen[emulator]'"
+    ) from err
+
 from airflow_provider_qwen.emulator.app import create_app
 from airflow_provider_qwen.emulator.models import IMAGE_TO_IMAGE, MODELS, TEXT_TO_IMAGE
 from airflow_provider_qwen.emulator.server import RunningEmulator, run_emulator

@@ -1,5 +1,5 @@
 """
-Serve a local Apikley: ``python -m airflow_provider_qwen.emulator`` or ``apikley-emulator``.
+Serve a local Apikley: ``python -m airflow_provider_qwen.emulator`` (with the ``emulator`` extra).
 
 Every setting has a flag; ``--config`` reads them all from a JSON file first (flags win).
 """
@@ -58,9 +58,9 @@ def parse_fault(text: str) -> tuple[str, dict[str, float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``apikley-emulator``."""
+    """The command line of ``python -m airflow_provider_qwen.emulator``."""
     parser = argparse.ArgumentParser(
-        prog="apikley-emulator",
+        prog="python -m airflow_provider_qwen.emulator",
         description="Serve a local Apikley-compatible API (qwen/image-to-image) with real, simple image edits.",
     )
     add = parser.add_argument
@@ -121,7 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator in the foreground until interrupted (console script ``apikley-emulator``)."""
+    """Serve the emulator in the foreground until interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -11,17 +11,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from airflow_provider_qwen.emulator.callbacks import deliver_callback
 from airflow_provider_qwen.emulator.fetching import FetchProblem, Origin, read_url
 from airflow_provider_qwen.emulator.imaging import OUTPUT_FORMATS, ImageProblem, draw_image, edit_image
 from airflow_provider_qwen.emulator.state import EmulatorState
 from airflow_provider_qwen.emulator.store import Task
-
-if TYPE_CHECKING:
-    from airflow_provider_qwen.emulator.models import Model
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +92,19 @@ async def _sleep_until(moment: float) -> None:
         await asyncio.sleep(remaining)
 
 
-async def run_task(state: EmulatorState, task: Task, model: Model, origin: Origin, base_url: str) -> None:
+async def run_task(
+    state: EmulatorState,
+    task: Task,
+    generate: Generate,
+    defaults: Mapping[str, Any],
+    origin: Origin,
+    base_url: str,
+) -> None:
     """
     Make the task's pictures when it starts generating, publish them when it is due, then call back.
 
-    :param model: the model of ``task.request``, whose ``generate`` makes the pictures.
+    :param generate: makes the pictures, for the model of ``task.request``.
+    :param defaults: that model's documented input defaults.
 
     A task whose input cannot be used (a source that cannot be read or decoded) fails with failCode
     422 and a message saying why.
@@ -107,12 +112,12 @@ async def run_task(state: EmulatorState, task: Task, model: Model, origin: Origi
     await _sleep_until(task.generating_at)
     fail: tuple[str, str] | None = None
     results: list[bytes] | None = None
-    task_input = {**model.defaults, **task.request["input"]}
+    task_input = {**defaults, **task.request["input"]}
     if task.will_fail:
         fail = EMULATED_FAILURE
     else:
         try:
-            results = await model.generate(state, task_input, origin)
+            results = await generate(state, task_input, origin)
         except (FetchProblem, ImageProblem) as err:
             fail = ("422", f"Generation failed: {err}")
         except Exception as err:

@@ -40,7 +40,8 @@ def jobs_router(state: EmulatorState) -> APIRouter:
         state.note_create(key, now)
         task = new_task(state, body, now)
         state.tasks[task.task_id] = task
-        state.spawn(run_task(state, task, MODELS[body["model"]], origin(request), base_url(request)))
+        model = MODELS[body["model"]]
+        state.spawn(run_task(state, task, model.generate, model.defaults, origin(request), base_url(request)))
         return envelope(state, request, {"taskId": task.task_id, "recordId": task.task_id})
 
     @router.get("/api/v1/jobs/recordInfo")

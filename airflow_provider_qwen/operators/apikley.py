@@ -31,7 +31,8 @@ from airflow_provider_qwen.models import (
     check_model,
     load_input_schema,
 )
-from airflow_provider_qwen.storage import check_writable, with_stored_results
+from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,
@@ -79,7 +80,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
     :param input_schema: a JSON Schema (a dict, or the path of a JSON file) to check ``input``
         against before any request, with errors naming the field, the value and the rule.
     :param callback_url: where Apikley POSTs the task's details when it ends: an absolute http(s)
-        URL, such as :func:`~airflow_provider_qwen.links.callback_url` builds from ``[api] base_url``.
+        URL, such as :func:`~airflow_provider_qwen.api_server.urls.callback_url` builds from ``[api] base_url``.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently
         (429, 455, 5xx, network errors) before the task fails with the last error; each failure

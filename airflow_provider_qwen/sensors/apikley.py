@@ -21,7 +21,7 @@ from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTask
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import check_task_id
-from airflow_provider_qwen.storage import with_stored_results
+from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.triggers.apikley import (
     TRIGGER_GRACE,
     ApikleyTaskTrigger,

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_qwen import _compat as compat
+from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
-from airflow_provider_qwen.links import ApikleyTaskLink, task_page_url
+from airflow_provider_qwen.links import ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
-from airflow_provider_qwen.storage import with_stored_results
+from airflow_provider_qwen.results import with_stored_results
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook

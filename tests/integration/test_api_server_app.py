@@ -88,7 +88,7 @@ def callback_body(task_id: str = TASK_ID, state: str = "success") -> dict:
 
 def route(asset_uri: str | None = None, conn_id: str | None = None) -> str:
     """The receiver's path with the query that ``callback_url`` signs for ``asset_uri`` and ``conn_id``."""
-    from airflow_provider_qwen.links import callback_url
+    from airflow_provider_qwen.api_server.urls import callback_url
 
     url = callback_url(asset_uri, conn_id)
     return "/callback" + url[url.index("?") :]
@@ -418,8 +418,8 @@ def test_the_asset_and_connection_in_a_callback_url_are_signed_by_the_deployment
 
 
 def test_a_callback_url_naming_an_asset_needs_the_connections_route_key_and_webhook_key():
+    from airflow_provider_qwen.api_server.urls import callback_url
     from airflow_provider_qwen.exceptions import ApikleyConfigurationError
-    from airflow_provider_qwen.links import callback_url
 
     with pytest.raises(ApikleyConfigurationError, match="needs the route_keys and webhook_secret extra"):
         callback_url(ASSET_URI)

@@ -288,7 +288,7 @@ CALLBACK_TIMEOUT_SECONDS = 240.0
 
 
 def upload_source_image(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> str:
-    from airflow_provider_qwen.demo_images import draw_product
+    from airflow_provider_qwen.demo.images import draw_product
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
     monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", emulator.airflow_connection())

@@ -45,10 +45,17 @@ def test_the_link_opens_the_task_page_once_the_id_is_known(operator, xcom, monke
 
 
 def test_the_callback_url_points_at_the_receiver_on_the_api_server(monkeypatch):
-    from airflow_provider_qwen.links import callback_url
+    from airflow_provider_qwen.api_server.urls import callback_url
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
     assert callback_url() == "https://airflow.example.org/apikley/callback"
+
+
+def test_the_callback_url_is_still_importable_from_links_for_one_release():
+    from airflow_provider_qwen import links
+    from airflow_provider_qwen.api_server import urls
+
+    assert links.callback_url is urls.callback_url and links.task_page_url is urls.task_page_url
 
 
 #: Route keys of the tests' connections: the newest first, then the one being rotated out.
@@ -57,7 +64,7 @@ NEW_ROUTE_KEY, OLD_ROUTE_KEY = "route-key-2026-12-" + "n" * 20, "route-key-2026-
 
 def test_a_callback_url_naming_a_connection_and_asset_carries_a_token_of_its_newest_route_key(monkeypatch):
     from airflow_provider_qwen.api_server.signing import route_token
-    from airflow_provider_qwen.links import callback_url
+    from airflow_provider_qwen.api_server.urls import callback_url
 
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org")
     extra = {"webhook_secret": "prod-key", "route_keys": [NEW_ROUTE_KEY, OLD_ROUTE_KEY]}

@@ -12,11 +12,11 @@ import pytest
 
 from airflow.triggers.base import TaskSuccessEvent
 
+from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, dropped, envelope, html_page, task_record
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
-from airflow_provider_qwen.links import task_page_url
 from airflow_provider_qwen.models import TaskState
 from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS, ApikleyTaskTrigger, ExpectedDurations
 from tests.conftest import API_KEY, submit_edit

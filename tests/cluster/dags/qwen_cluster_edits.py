@@ -22,7 +22,7 @@ import pendulum
 from airflow.providers.common.compat.sdk import DAG, Asset, Param, get_current_context, task
 
 from airflow_provider_qwen.api_server.asset_events import default_asset_uri
-from airflow_provider_qwen.links import callback_url
+from airflow_provider_qwen.api_server.urls import callback_url
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
@@ -67,7 +67,7 @@ with DAG(
     @task(inlets=[FINISHED_EDITS])
     def prepare(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         """Upload the source image once; one single edit per seed."""
-        from airflow_provider_qwen.demo_images import draw_product
+        from airflow_provider_qwen.demo.images import draw_product
         from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
         folder = "cluster/" + "".join(char if char.isalnum() else "-" for char in run_id or "manual")

@@ -33,7 +33,7 @@ with DAG(
     @task
     def prepare(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Upload the source image once; one edit per seed."""
-        from airflow_provider_qwen.demo_images import draw_product
+        from airflow_provider_qwen.demo.images import draw_product
         from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
         image_url = ApikleyHook().upload_file(draw_product("Batch", "#f4ecf7", "#2980b9"), "system/batch", "source.png")

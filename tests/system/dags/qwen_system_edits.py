@@ -35,7 +35,7 @@ with DAG(
     @task
     def prepare(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
         """Upload the source image once; one edit per seed."""
-        from airflow_provider_qwen.demo_images import draw_product
+        from airflow_provider_qwen.demo.images import draw_product
         from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
         folder = "system/" + "".join(char if char.isalnum() else "-" for char in run_id or "manual")

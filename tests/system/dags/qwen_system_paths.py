@@ -95,7 +95,7 @@ def paths_dag(dag_id: str) -> DAG:
         @task
         def prepare() -> str:
             """Upload the source image once."""
-            from airflow_provider_qwen.demo_images import draw_product
+            from airflow_provider_qwen.demo.images import draw_product
             from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
             return ApikleyHook().upload_file(draw_product("Paths", "#fef", "#2c3e50"), "system/paths", "source.png")

@@ -1,0 +1,38 @@
+"""
+An edit's results copied to the user's storage, for each place an edit ends.
+
+Above both the hook (which downloads) and :mod:`airflow_provider_qwen.storage` (which checks and
+writes): the operator, the sensor and the trigger call it alike, so every path stores the same files.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_qwen.exceptions import ApikleyError
+from airflow_provider_qwen.storage import result_extension
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+
+def with_stored_results(
+    hook: ApikleyHook, summary: dict[str, Any], output_path: str | ObjectStoragePath
+) -> dict[str, Any]:
+    """
+    ``summary`` (an edit's XCom value) with ``stored``: its results copied into ``output_path``.
+
+    :raises ApikleyError: when a copy fails, naming the paid task and where its results still are.
+    """
+    task_id, urls = summary["apikley_task_id"], summary["result_urls"]
+    try:
+        stored = hook.store_results(task_id, urls, output_path, result_extension(summary["input"]))
+    except (ApikleyError, OSError) as err:
+        failure = err if isinstance(err, ApikleyError) else ApikleyError(f"{type(err).__name__}: {err}")
+        raise failure.with_advice(
+            f"Apikley task {task_id} succeeded, and its results stay at {', '.join(urls)} for about 24 hours; "
+            f"only the copy to {output_path} failed."
+        ) from None
+    return {**summary, "stored": [item.to_dict() for item in stored]}
