@@ -30,7 +30,7 @@ install: $(STAMP)
 # Everything, the system test on a real deployment included: one pytest-xdist worker runs the
 # system tests on their deployment while the other runs the rest, a module at a time.
 test: $(STAMP) system-deps
-	@$(call pytest_strict,$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder --durations=15)
+	@$(call pytest_strict,$(BIN)/pytest -n 2 --no-loadscope-reorder --durations=15)
 
 # Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
 # Airflow's APIs (the emulator's and the benchmarks' own tests do not). Airflow 3.2.2 does not run

@@ -62,20 +62,27 @@ BASE_URL = "http://apikley.test"
 SYSTEM_TESTS = Path(__file__).parent / "system"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the system tests first: under pytest-xdist, one worker starts on them at once."""
+    items.sort(key=lambda item: not item.path.is_relative_to(SYSTEM_TESTS))  # stable: the rest keeps its order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """
     Under pytest-xdist (``make test``), hand out whole modules, whose module-scoped set-up then runs
-    once, and the system tests, which share one deployment, as one group and first: one worker runs
-    them while the other takes everything else (``--no-loadscope-reorder`` keeps this order).
+    once, and the system tests, which share one deployment, as one unit: one worker runs them while
+    the other takes everything else. ``--no-loadscope-reorder`` keeps the collection's order.
     """
-    system = [item for item in items if item.path.is_relative_to(SYSTEM_TESTS)]
-    others = [item for item in items if not item.path.is_relative_to(SYSTEM_TESTS)]
-    for item in system:
-        item.add_marker(pytest.mark.xdist_group("airflow-deployment"))
-    for item in others:
-        item.add_marker(pytest.mark.xdist_group(item.path.relative_to(config.rootpath).as_posix()))
-    items[:] = system + others
+    from xdist.scheduler import LoadScopeScheduling
+
+    system = SYSTEM_TESTS.relative_to(config.rootpath).as_posix() + "/"
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return system if module.startswith(system) else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
