@@ -62,7 +62,7 @@ def maps_over_result(operator: BaseOperator) -> bool | None:
 
 def post_execute_hook(operator: BaseOperator) -> Any:
     """
-    The task's ``post_execute`` callable, or an overridden ``post_execute`` method; ``None`` when neither.
+    Return the task's ``post_execute`` callable, or an overridden ``post_execute`` method; ``None`` when neither.
 
     Why private: ``BaseOperator`` keeps the ``post_execute`` argument in ``_post_execute_hook`` and has
     no public getter. Fallback: when the attribute is missing, assume a hook may exist (``True``), so
@@ -122,7 +122,7 @@ def register_asset_change(*, asset: Any, extra: dict[str, Any], session: Session
 
 def requires_access_connection(method: str) -> Callable[..., Any]:
     """
-    The api-server's dependency that lets through only users who may ``method`` connections.
+    Return the api-server's dependency that lets through only users who may ``method`` connections.
 
     Why private: it is how the api-server's own connection routes check permissions, through the
     configured auth manager; a plugin has no public equivalent. Fallback: a dependency that refuses

@@ -39,7 +39,7 @@ class ApikleyError(AirflowException):
         self.retry_after = retry_after
 
     def with_advice(self, advice: str) -> ApikleyError:
-        """The same error, of the same class, with ``advice`` (what to do next) after its message."""
+        """Return the same error, of the same class, with ``advice`` (what to do next) after its message."""
         message = f"{self} {advice}"
         advised = type(self).__new__(type(self), message)  # no __init__: subclasses take other arguments
         advised.__dict__.update(self.__dict__, message=message)
@@ -105,16 +105,18 @@ class ApikleyBadResponseError(ApikleyError):
 
 class ApikleyURLRefusedError(ApikleyError):
     """
-    A URL from outside (a result URL, or a redirect from one) points where the provider never goes:
-    a scheme other than http(s), a link-local or cloud-metadata address, or a loopback or private
-    host the connection does not allow. Not retried: the same URL is refused again.
+    A URL from outside (a result URL, or a redirect from one) points where the provider never goes.
+
+    That is a scheme other than http(s), a link-local or cloud-metadata address, or a loopback or
+    private host the connection does not allow. Not retried: the same URL is refused again.
     """
 
 
 class ApikleyResultExistsError(ApikleyError):
     """
-    A file of another content already has a result's name in ``output_path``: it is never
-    overwritten. Not retried: the same name is refused again.
+    A file of another content already has a result's name in ``output_path``.
+
+    It is never overwritten. Not retried: the same name is refused again.
     """
 
 

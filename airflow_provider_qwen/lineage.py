@@ -21,7 +21,7 @@ LINEAGE_SOURCE = "apikley"
 
 def dataset_for(uri: str) -> Dataset:
     """
-    The OpenLineage dataset of a file URI, named the OpenLineage way.
+    Return the OpenLineage dataset of a file URI, named the OpenLineage way.
 
     ``https://host/path`` is namespace ``https://host``, name ``path``; ``s3://bucket/key`` is
     ``s3://bucket`` and ``key``; ``file:///path`` is ``file`` and ``/path``.
@@ -36,7 +36,7 @@ def dataset_for(uri: str) -> Dataset:
 
 def edit_lineage(summary: dict[str, Any]) -> OperatorLineage | None:
     """
-    The lineage of one edit from the operator's result, or ``None`` when OpenLineage is not installed.
+    Return the lineage of one edit from the operator's result, or ``None`` when OpenLineage is not installed.
 
     Outputs are the copies in the user's storage when the operator made them, else Apikley's
     result URLs (which expire).

@@ -29,7 +29,7 @@ class ApikleyTaskLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         """
-        The task's page, once its id is in XCom; empty before, and quietly so.
+        Return the task's page, once its id is in XCom; empty before, and quietly so.
 
         Airflow computes the link when the task instance ends, also after a failure that came before
         any Apikley task existed (an input error). Asking for a missing XCom there makes the worker's

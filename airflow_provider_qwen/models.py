@@ -66,7 +66,11 @@ MAX_INPUT_BYTES = 64 * 1024
 
 
 def check_model(value: Any) -> str:
-    """:raises ApikleyInputError: unless ``value`` is shaped like an Apikley model name."""
+    """
+    Return ``value``, a model name.
+
+    :raises ApikleyInputError: unless ``value`` is shaped like an Apikley model name.
+    """
     if not isinstance(value, str) or len(value) > 128 or not MODEL_PATTERN.fullmatch(value):
         raise ApikleyInputError(f"model={value!r}: {MODEL_RULE}")
     return value
@@ -74,9 +78,11 @@ def check_model(value: Any) -> str:
 
 def check_input(model: str, value: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """
-    ``value`` as the ``input`` of a ``model`` task: a JSON object of at most 64 KiB, valid against
-    ``schema`` (a JSON Schema) when one is given. Which fields a model takes is otherwise Apikley's
-    to check (a refusal is an :class:`~airflow_provider_qwen.exceptions.ApikleyValidationError`).
+    Return ``value`` as the ``input`` of a ``model`` task.
+
+    That is a JSON object of at most 64 KiB, valid against ``schema`` (a JSON Schema) when one is
+    given. Which fields a model takes is otherwise Apikley's to check (a refusal is an
+    :class:`~airflow_provider_qwen.exceptions.ApikleyValidationError`).
 
     :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
     """
@@ -103,7 +109,7 @@ def check_input(model: str, value: Any, schema: dict[str, Any] | None = None) ->
 
 def load_input_schema(schema: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
     """
-    A JSON Schema for a model's ``input``: ``schema`` itself, or read from the JSON file it names.
+    Return a JSON Schema for a model's ``input``: ``schema`` itself, or read from the JSON file it names.
 
     :raises ApikleyInputError: when the file cannot be read or the schema is not a valid JSON Schema.
     """
@@ -233,7 +239,7 @@ class QwenImageToImageInput(BaseModel):
             raise ApikleyInputError(describe_validation_error(cls.__name__, err)) from None
 
     def to_api(self) -> dict[str, Any]:
-        """The ``input`` object as Apikley expects it, without the fields left unset."""
+        """Return the ``input`` object as Apikley expects it, without the fields left unset."""
         return self.model_dump(exclude_none=True)
 
 
@@ -276,7 +282,7 @@ MAX_RESULT_URLS = 64
 
 
 def _urls_in(value: Any, depth: int) -> list[str]:
-    """The http(s) URLs among ``value``'s strings, nested lists and dicts, at most ``depth`` levels down."""
+    """Return the http(s) URLs among ``value``'s strings, nested lists and dicts, at most ``depth`` levels down."""
     if isinstance(value, str):
         return [value] if is_http_url(value) else []
     if depth <= 0:
@@ -376,8 +382,10 @@ class TaskRecord(BaseModel):
     @property
     def result_urls(self) -> list[str]:
         """
-        URLs of the results (empty until the task succeeds): ``resultUrls``, then any other http(s)
-        URL in ``resultJson`` (models that answer with a ``resultObject``). They expire: copy them.
+        URLs of the results, empty until the task succeeds.
+
+        They are ``resultUrls``, then any other http(s) URL in ``resultJson`` (models that answer
+        with a ``resultObject``). They expire: copy them.
         """
         listed = (self.result or {}).get("resultUrls") or []
         urls = [str(url) for url in listed] if isinstance(listed, list) else []
@@ -392,7 +400,7 @@ class TaskRecord(BaseModel):
         return self.result if self.result and set(self.result) != {"resultUrls"} else None
 
     def describe(self) -> dict[str, Any]:
-        """The task as JSON primitives: what it was asked, where it is or how it ended, and its results."""
+        """Return the task as JSON primitives: what it was asked, where it is or how it ended, and its results."""
         return {
             "apikley_task_id": self.task_id,
             "model": self.model,

@@ -38,7 +38,7 @@ MAX_FILE_NAME_CHARS = 255
 
 
 def sniff_image_type(head: bytes) -> str | None:
-    """The MIME type of a PNG, JPEG or WebP image from its first bytes, else ``None``."""
+    """Return the MIME type of a PNG, JPEG or WebP image from its first bytes, else ``None``."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -63,7 +63,11 @@ def check_upload(data: bytes, name: str) -> str:
 
 
 def check_upload_path(upload_path: str) -> str:
-    """:raises ApikleyInputError: unless ``upload_path`` is a non-empty path without outer slashes."""
+    """
+    Return ``upload_path``, a folder on Apikley's file storage.
+
+    :raises ApikleyInputError: unless ``upload_path`` is a non-empty path without outer slashes.
+    """
     if not upload_path or upload_path != upload_path.strip("/") or ".." in PurePosixPath(upload_path).parts:
         raise ApikleyInputError(
             f"upload_path={upload_path!r}: must be a relative folder name without leading or trailing slash"
@@ -72,7 +76,11 @@ def check_upload_path(upload_path: str) -> str:
 
 
 def check_file_name(file_name: str) -> str:
-    """:raises ApikleyInputError: unless ``file_name`` is a plain name: no folder, no ``..``, no control character."""
+    """
+    Return ``file_name``, a name to store an upload under.
+
+    :raises ApikleyInputError: unless ``file_name`` is a plain name: no folder, no ``..``, no control character.
+    """
     if (
         not isinstance(file_name, str)
         or not file_name.strip()
@@ -111,7 +119,7 @@ EXTENSION_BY_FORMAT = {"jpeg": "jpg", "jpg": "jpg", "webp": "webp", "png": "png"
 
 
 def result_extension(input: dict[str, Any]) -> str:
-    """The file extension of a task's results, from the ``output_format`` of its ``input`` (PNG when none)."""
+    """Return the file extension of a task's results, from the ``output_format`` of its ``input`` (PNG when none)."""
     return EXTENSION_BY_FORMAT.get(str(input.get("output_format", "png")).lower(), "png")
 
 
@@ -153,7 +161,11 @@ def check_writable(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
 
 
 def check_result_url(url: str) -> str:
-    """:raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path)."""
+    """
+    Return ``url``, a result to download.
+
+    :raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path).
+    """
     if not is_http_url(url):
         raise ApikleyInputError(f"result_url={url!r}: must be an http:// or https:// URL")
     return url
@@ -178,7 +190,7 @@ class StoredFile:
     sha256: str
 
     def to_dict(self) -> dict[str, str | int]:
-        """A JSON-ready dict, for XCom."""
+        """Return a JSON-ready dict, for XCom."""
         return asdict(self)
 
 

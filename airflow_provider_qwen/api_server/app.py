@@ -11,7 +11,7 @@ from airflow_provider_qwen.api_server.task_page import router as task_page_route
 
 def create_app(checker: SignatureChecker | None = None) -> FastAPI:
     """
-    The provider's app, to be mounted under :data:`~airflow_provider_qwen.api_server.urls.API_SERVER_PREFIX`.
+    Return the provider's app, to be mounted under :data:`~airflow_provider_qwen.api_server.urls.API_SERVER_PREFIX`.
 
     :param checker: checks callback signatures and remembers accepted ones; one per app by default.
     """

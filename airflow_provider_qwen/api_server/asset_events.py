@@ -22,7 +22,7 @@ class UnknownAsset(LookupError):
 
 
 def default_asset_uri(model: str) -> str:
-    """The asset updated for tasks of ``model`` unless the callback URL names another."""
+    """Return the asset updated for tasks of ``model`` unless the callback URL names another."""
     return DEFAULT_ASSET_URI_TEMPLATE.format(model=model)
 
 

@@ -67,7 +67,7 @@ class BodyTooLarge(Exception):
 
 async def read_bounded(request: Request, limit: int = MAX_CALLBACK_BYTES) -> bytes:
     """
-    The request's body, read no further than ``limit`` bytes.
+    Return the request's body, read no further than ``limit`` bytes.
 
     :raises BodyTooLarge: when ``Content-Length`` or the bytes sent go past ``limit``.
     """
@@ -83,7 +83,7 @@ async def read_bounded(request: Request, limit: int = MAX_CALLBACK_BYTES) -> byt
 
 
 def task_id_from_body(body: bytes) -> str | None:
-    """The task id from ``data.taskId`` (or ``data.task_id``) of a callback's JSON body."""
+    """Return the task id from ``data.taskId`` (or ``data.task_id``) of a callback's JSON body."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
@@ -99,7 +99,7 @@ EVENT_EXTRA_FIELDS = ("apikley_task_id", "state", "result_urls", "fail_code", "f
 
 
 def event_extra(record: TaskRecord) -> dict[str, Any]:
-    """The Asset event's extra for a finished task: :data:`EVENT_EXTRA_FIELDS` of its description."""
+    """Return the Asset event's extra for a finished task: :data:`EVENT_EXTRA_FIELDS` of its description."""
     described = record.describe()
     return {field: described[field] for field in EVENT_EXTRA_FIELDS}
 
@@ -125,6 +125,7 @@ class CallbackRoute:
 
     @property
     def effective_conn_id(self) -> str:
+        """The connection named, else ``apikley_default``."""
         return self.conn_id or ApikleyHook.default_conn_name
 
 
@@ -132,7 +133,7 @@ def trusted_hook(
     route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker
 ) -> ApikleyHook:
     """
-    The hook to re-read the task with, once everything the caller chose is vouched for.
+    Return the hook to re-read the task with, once everything the caller chose is vouched for.
 
     Reads the connection, and nothing leaves the api-server before this returns.
 
@@ -164,7 +165,7 @@ def trusted_hook(
 
 def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     """
-    The receiver's route.
+    Return the receiver's route.
 
     :param checker: checks signatures and remembers accepted ones; one per router by default.
     """
@@ -202,7 +203,7 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
 
 
 def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
-    """The receiver's tables failed: an outage, logged as one and answered 503 so Apikley sends again."""
+    """Answer a fault of the receiver's tables: an outage, logged as one and answered 503 so Apikley sends again."""
     log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
     return JSONResponse({"detail": "callbacks cannot be recorded right now; send again"}, status_code=503)
 

@@ -76,8 +76,9 @@ def remember_signature(signature: str, forget_before: float) -> bool:
 
 def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
     """
-    Mark the task as recorded for the asset, in ``session``'s transaction; forget tasks recorded
-    more than ``[apikley] recorded_task_retention_days`` ago.
+    Mark the task as recorded for the asset, in ``session``'s transaction.
+
+    Tasks recorded more than ``[apikley] recorded_task_retention_days`` ago are forgotten.
 
     :raises IntegrityError: when it was marked before, by this or any other process; a concurrent
         delivery waits here until the first one's transaction ends.

@@ -23,8 +23,10 @@ class ApikleyPlugin(AirflowPlugin):
     @cached_property
     def fastapi_apps(self) -> list[dict[str, Any]]:
         """
-        The app, built when the api-server asks for it. Airflow loads plugins in every process, task
-        processes included, and the app pulls in the api-server's security module: ~2 s of imports.
+        Return the app, built when the api-server asks for it.
+
+        Airflow loads plugins in every process, task processes included, and the app pulls in the
+        api-server's security module: ~2 s of imports.
         """
         from airflow_provider_qwen.api_server.app import create_app
 

@@ -25,14 +25,14 @@ class CallbackRejected(Exception):
 
 
 def callback_signature(key: str, task_id: str, timestamp: str) -> str:
-    """The signature Apikley sends with the callback for ``task_id`` at ``timestamp``."""
+    """Return the signature Apikley sends with the callback for ``task_id`` at ``timestamp``."""
     digest = hmac.new(key.encode(), f"{task_id}.{timestamp}".encode(), hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
 
 
 def route_token(key: str, conn_id: str, asset_uri: str) -> str:
     """
-    The deployment's own signature over a callback URL's ``conn_id`` and ``asset``.
+    Return the deployment's own signature over a callback URL's ``conn_id`` and ``asset``.
 
     Made with one of the connection's ``route_keys``, which Apikley never sees (unlike the webhook
     key it signs callbacks with), so only this deployment can point a callback at a connection or
@@ -45,6 +45,8 @@ def route_token(key: str, conn_id: str, asset_uri: str) -> str:
 
 def check_route_token(keys: Sequence[str], conn_id: str, asset_uri: str, token: str | None) -> None:
     """
+    Check the token a callback URL carries for its connection and asset.
+
     :raises CallbackRejected: unless ``token`` is :func:`route_token` of this connection and asset
         under one of ``keys`` (the current key and those being rotated out).
     """
@@ -73,6 +75,8 @@ class SignatureChecker:
 
     def check(self, key: str, task_id: str, timestamp: str | None, signature: str | None) -> None:
         """
+        Check Apikley's signature on a callback, and remember it so a replay is refused.
+
         :raises CallbackRejected: when a header is missing, the signature is wrong, the timestamp is
             stale or the same signed callback was already accepted.
         """

@@ -70,7 +70,7 @@ async def show_task(
     connection_id: str, apikley_task_id: str, accept: Annotated[str | None, Header()] = None
 ) -> HTMLResponse | JSONResponse:
     """
-    The task's state, results or failure, and when it was created and completed.
+    Return the task's state, results or failure, and when it was created and completed.
 
     :param connection_id: the ``apikley`` connection to read the task with.
     :param apikley_task_id: the Apikley task.
@@ -85,7 +85,7 @@ async def show_task(
 
 async def read_task(connection_id: str, apikley_task_id: str) -> TaskRecord:
     """
-    The task as Apikley reports it, read through ``connection_id``.
+    Return the task as Apikley reports it, read through ``connection_id``.
 
     :raises HTTPException: 400 for what is not a task id; 404 for a connection that is unknown, not
         of type ``apikley`` or unusable, and for a task Apikley does not know; 502 when Apikley could
@@ -148,7 +148,7 @@ def _templates() -> Environment:
 
 def render_page(record: TaskRecord, connection_id: str) -> str:
     """
-    The HTML page of ``record``, read through ``connection_id``.
+    Return the HTML page of ``record``, read through ``connection_id``.
 
     :param record: the task as Apikley reported it: untrusted, so escaped throughout.
     :param connection_id: the connection it was read with, shown on the page.
@@ -174,7 +174,7 @@ def render_page(record: TaskRecord, connection_id: str) -> str:
 
 
 def _format_time(milliseconds: int | None, missing: str = "unknown") -> str:
-    """A time Apikley gives in Unix milliseconds, as ``YYYY-MM-DD HH:MM:SS UTC``."""
+    """Return a time Apikley gives in Unix milliseconds, as ``YYYY-MM-DD HH:MM:SS UTC``."""
     if milliseconds is None:
         return missing
     try:

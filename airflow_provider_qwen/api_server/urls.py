@@ -21,7 +21,7 @@ def _api_server_url(path: str) -> str:
 
 
 def task_page_url(apikley_conn_id: str, apikley_task_id: str) -> str:
-    """The api-server page of an Apikley task, read through ``apikley_conn_id``."""
+    """Return the api-server page of an Apikley task, read through ``apikley_conn_id``."""
     conn_id, task_id = quote(apikley_conn_id, safe=""), quote(apikley_task_id, safe="")
     return _api_server_url(f"/connections/{conn_id}/tasks/{task_id}")
 

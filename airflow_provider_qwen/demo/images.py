@@ -25,7 +25,7 @@ def _png(image: Image.Image) -> bytes:
 
 
 def draw_product(name: str, background: str, colour: str) -> bytes:
-    """A product shot: a shaded shape on a gradient backdrop, with the product's name."""
+    """Return a product shot: a shaded shape on a gradient backdrop, with the product's name."""
     width, height = PRODUCT_SIZE
     image = Image.new("RGB", PRODUCT_SIZE, background)
     draw = ImageDraw.Draw(image)
@@ -48,7 +48,7 @@ def draw_product(name: str, background: str, colour: str) -> bytes:
 
 def contact_sheet(rows: list[tuple[str, str, bytes, bytes]]) -> bytes:
     """
-    A grid with one row per product: its label, the source image, and the edited image.
+    Return a grid with one row per product: its label, the source image, and the edited image.
 
     :param rows: ``(name, prompt, source image bytes, edited image bytes)`` per product.
     """

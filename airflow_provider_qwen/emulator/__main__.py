@@ -58,7 +58,7 @@ def parse_fault(text: str) -> tuple[str, dict[str, float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m airflow_provider_qwen.emulator``."""
+    """Return the command line of ``python -m airflow_provider_qwen.emulator``."""
     parser = argparse.ArgumentParser(
         prog="python -m airflow_provider_qwen.emulator",
         description="Serve a local Apikley-compatible API (qwen/image-to-image) with real, simple image edits.",
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
-    """The settings the parsed command line describes."""
+    """Return the settings the parsed command line describes."""
     values: dict[str, Any] = json.loads(args.config.read_text()) if args.config else {}
     for dest, field in _SETTING_FLAGS.items():
         if getattr(args, dest) is not None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: EmulatorSettings | None = None) -> FaultInjector:
     """
-    A fresh emulator as an ASGI app; serve it with uvicorn (see :func:`~.server.run_emulator`).
+    Return a fresh emulator as an ASGI app; serve it with uvicorn (see :func:`~.server.run_emulator`).
 
     :return: the app, whose ``state`` attribute is the emulator's memory (:class:`~.state.EmulatorState`).
     """

@@ -69,7 +69,7 @@ async def _wait_until_listening(session: aiohttp.ClientSession, base_url: str) -
 
 
 async def measure(base_url: str, seconds: float, concurrency: int) -> float:
-    """recordInfo answers per second from ``concurrency`` loops polling ``base_url`` for ``seconds``."""
+    """RecordInfo answers per second from ``concurrency`` loops polling ``base_url`` for ``seconds``."""
     headers = {"Authorization": f"Bearer {KEY}"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:

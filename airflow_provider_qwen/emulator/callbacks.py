@@ -26,7 +26,7 @@ def signature(key: str, task_id: str, timestamp: str) -> str:
 
 
 def callback_body(task: Task, now: float) -> dict[str, Any]:
-    """The task-details shape: envelope code 200 on success, 501 on failure, ``data`` as recordInfo's."""
+    """Return the task-details shape: envelope code 200 on success, 501 on failure, ``data`` as recordInfo's."""
     failed = bool(task.fail_code)
     return {"code": 501 if failed else 200, "msg": task.fail_message if failed else "success", "data": task.record(now)}
 

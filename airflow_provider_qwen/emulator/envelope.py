@@ -22,7 +22,7 @@ class ApikleyError(Exception):
 
 
 def endpoint(request: Request) -> str:
-    """The endpoint name the fault middleware gave this request."""
+    """Return the endpoint name the fault middleware gave this request."""
     return request.scope.get("emulator_endpoint", "other")
 
 
@@ -42,7 +42,7 @@ def envelope(
 
 def authorize(state: EmulatorState, request: Request) -> str:
     """
-    The caller's API key, if it is one the emulator accepts.
+    Return the caller's API key, if it is one the emulator accepts.
 
     :raises ApikleyError: 401 for a missing or unknown key.
     """
@@ -55,7 +55,7 @@ def authorize(state: EmulatorState, request: Request) -> str:
 
 async def json_object(request: Request) -> dict[str, Any]:
     """
-    The request body as a JSON object.
+    Return the request body as a JSON object.
 
     :raises ApikleyError: 400 when it is not one.
     """
@@ -69,11 +69,11 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 
 def base_url(request: Request) -> str:
-    """The emulator's base URL as this caller reaches it; the URLs it hands out start with it."""
+    """Return the emulator's base URL as this caller reaches it; the URLs it hands out start with it."""
     return str(request.base_url).rstrip("/")
 
 
 def origin(request: Request) -> Origin:
-    """This emulator, as the caller named it and as it listens."""
+    """Return this emulator, as the caller named it and as it listens."""
     server = request.scope.get("server") or ("", request.url.port or 80)
     return Origin(request.url.hostname or "", int(server[1]))

@@ -31,7 +31,7 @@ HTML_PAGE = (
 
 
 def endpoint_of(path: str, upload_base_path: str) -> str | None:
-    """The endpoint name of a request path, as used in settings and statistics; ``None`` if not an endpoint."""
+    """Return the endpoint name of a request path, as used in settings and statistics; ``None`` if not an endpoint."""
     if path.startswith(f"{upload_base_path}/api/file-"):
         return "upload"
     for prefix, name in (
@@ -70,6 +70,7 @@ class FaultInjector:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request, with the faults its endpoint is set to have."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = self.state

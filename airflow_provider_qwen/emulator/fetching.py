@@ -37,7 +37,7 @@ class Origin:
 
 
 def stored_path(url: str) -> str:
-    """The store key of one of the emulator's own URLs."""
+    """Return the store key of one of the emulator's own URLs."""
     return unquote(urlsplit(url).path).lstrip("/")
 
 
@@ -50,7 +50,7 @@ def host_allowed(url: str, allowed_hosts: Iterable[str]) -> bool:
 
 async def read_url(url: str, origin: Origin, files: FileStore, allowed_hosts: Iterable[str]) -> tuple[bytes, str]:
     """
-    The content at ``url`` and its content type, at most 10 MB.
+    Return the content at ``url`` and its content type, at most 10 MB.
 
     :raises FetchProblem: with a message fit for a ``failMsg`` or an upload's ``msg``.
     """

@@ -31,7 +31,7 @@ EMULATED_FAILURE = ("501", "Generation failed: the model did not return an image
 
 
 def new_task(state: EmulatorState, body: dict[str, Any], now: float) -> Task:
-    """A task for a valid createTask body, with its state timeline drawn from the latency settings."""
+    """Return a task for a valid createTask body, with its state timeline drawn from the latency settings."""
     settings = state.settings
     waiting, queuing, generating = (
         seconds * (1 + state.rng.uniform(-settings.jitter, settings.jitter)) for seconds in settings.latency

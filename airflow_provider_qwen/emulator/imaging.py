@@ -71,7 +71,7 @@ EFFECTS: list[tuple[tuple[str, ...], Effect]] = [
 
 
 def choose_effect(prompt: str) -> Effect:
-    """The first effect whose words appear in ``prompt`` (case-insensitive), else a contrast boost."""
+    """Return the first effect whose words appear in ``prompt`` (case-insensitive), else a contrast boost."""
     lowered = prompt.lower()
     for words, effect in EFFECTS:
         if any(word in lowered for word in words):
@@ -80,7 +80,7 @@ def choose_effect(prompt: str) -> Effect:
 
 
 def sniff_mime(data: bytes, file_name: str | None = None) -> str:
-    """The MIME type of a file, from the image format Pillow reads in it, else from its name's extension."""
+    """Return the MIME type of a file, from the image format Pillow reads in it, else from its name's extension."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             return Image.MIME[image.format]
@@ -112,7 +112,7 @@ def open_image(data: bytes, content_type: str | None = None) -> Image.Image:
 
 def _seeded_light(image: Image.Image, seed: int) -> Image.Image:
     """
-    A faint ramp of light across the image, its angle and depth drawn from ``seed``.
+    Return a faint ramp of light across the image, its angle and depth drawn from ``seed``.
 
     The same offset goes to every channel, so a black and white edit stays grey.
     """
@@ -157,7 +157,7 @@ CAPTION_CHARACTERS = 32
 
 
 def _colour_words(prompt: str) -> list[tuple[int, int, int]]:
-    """The colours the prompt names (``red``, ``teal``...), in order, as RGB."""
+    """Return the colours the prompt names (``red``, ``teal``...), in order, as RGB."""
     colours = []
     for word in prompt.lower().split():
         name = word.strip(".,;:!?\"'()[]")
@@ -176,7 +176,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def caption(prompt: str) -> str:
-    """The prompt's first words, as a drawing shows them."""
+    """Return the prompt's first words, as a drawing shows them."""
     words = " ".join(prompt.split()[:CAPTION_WORDS])
     return words if len(words) <= CAPTION_CHARACTERS else words[: CAPTION_CHARACTERS - 1] + "…"
 
@@ -190,7 +190,7 @@ def draw_image(
     negative_prompt: str = "",
 ) -> bytes:
     """
-    A picture drawn from the prompt: a two-colour gradient, a few shapes, and the prompt's first words.
+    Return a picture drawn from the prompt: a two-colour gradient, a few shapes, and the prompt's first words.
 
     Everything is drawn from a hash of ``prompt``, ``negative_prompt`` and ``seed``, so other inputs
     give another picture and the same ones give the same bytes. Colours the prompt names (``a red

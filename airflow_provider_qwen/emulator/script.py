@@ -62,18 +62,18 @@ def json_answer(payload: Any, **options: Any) -> ScriptedAnswer:
 
 
 def html_page(status: int = 502, **options: Any) -> ScriptedAnswer:
-    """A proxy's HTML error page, as a gateway in front of Apikley sends one."""
+    """Return a proxy's HTML error page, as a gateway in front of Apikley sends one."""
     page = b"<html><head><title>Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
     return ScriptedAnswer(page, status=status, content_type="text/html; charset=utf-8", **options)
 
 
 def dropped(**options: Any) -> ScriptedAnswer:
-    """The connection closed with nothing sent."""
+    """Return the connection closed with nothing sent."""
     return ScriptedAnswer(drop=True, **options)
 
 
 def created(task_id: str, **options: Any) -> ScriptedAnswer:
-    """A createTask answer naming ``task_id``."""
+    """Return a createTask answer naming ``task_id``."""
     return envelope({"taskId": task_id, "recordId": task_id}, **options)
 
 
@@ -88,7 +88,7 @@ def task_record(
     model: str = "qwen/image-to-image",
 ) -> dict[str, Any]:
     """
-    The ``data`` of a recordInfo answer for a task in ``state``, shaped as the emulator shapes its own.
+    Return the ``data`` of a recordInfo answer for a task in ``state``, shaped as the emulator shapes its own.
 
     :param state: ``waiting``, ``queuing``, ``generating``, ``success`` or ``fail``.
     """
@@ -118,7 +118,7 @@ class SeenRequest:
     at: float = field(default_factory=time.time)
 
     def json(self) -> Any:
-        """The body, parsed."""
+        """Return the body, parsed."""
         return json.loads(self.body)
 
 
@@ -134,7 +134,7 @@ class Script:
         self.queues[endpoint].extend(answers)
 
     def next_answer(self, endpoint: str) -> ScriptedAnswer | None:
-        """The answer the next request to ``endpoint`` gets, if one is queued; spends one of its ``times``."""
+        """Return the answer the next request to ``endpoint`` gets, if one is queued; spends one of its ``times``."""
         queue = self.queues.get(endpoint)
         if not queue:
             return None

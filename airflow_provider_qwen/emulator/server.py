@@ -81,11 +81,11 @@ class RunningEmulator:
         self.state.script.add(endpoint, answers)
 
     def seen(self, endpoint: str | None = None) -> list[SeenRequest]:
-        """The requests received since the last reset, oldest first; only ``endpoint``'s when given."""
+        """Return the requests received since the last reset, oldest first; only ``endpoint``'s when given."""
         return self.state.script.seen(endpoint)
 
     def stats(self) -> dict[str, Any]:
-        """What ``GET /_emulator/stats`` answers."""
+        """Return what ``GET /_emulator/stats`` answers."""
         return self.state.summary()
 
     def reset(self) -> None:
@@ -97,7 +97,7 @@ class RunningEmulator:
         asyncio.run_coroutine_threadsafe(_call(self.state.reset), self.loop).result(timeout=5)
 
     def airflow_connection(self, api_key: str | None = None) -> str:
-        """An ``apikley`` connection pointing at this emulator, as JSON for ``AIRFLOW_CONN_APIKLEY_DEFAULT``."""
+        """Return an ``apikley`` connection pointing at this emulator, as JSON for ``AIRFLOW_CONN_APIKLEY_DEFAULT``."""
         return json.dumps(
             {
                 "conn_type": "apikley",

@@ -94,7 +94,7 @@ class EmulatorState:
         task.add_done_callback(self.background.discard)
 
     def summary(self) -> dict[str, Any]:
-        """What ``GET /_emulator/stats`` answers."""
+        """Return what ``GET /_emulator/stats`` answers."""
         now = time.time()
         return {
             "requests": dict(sorted(self.stats.items())),

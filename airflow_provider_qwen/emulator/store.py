@@ -36,7 +36,7 @@ class Task:
         self.param = json.dumps(self.request, separators=(",", ":"))
 
     def state(self, now: float) -> str:
-        """waiting → queuing → generating, then success or fail once the edit has been made."""
+        """Return the state at ``now``: waiting → queuing → generating, then success or fail once made."""
         if self.completed is not None:
             return "fail" if self.fail_code else "success"
         if now < self.queuing_at:
@@ -54,7 +54,7 @@ class Task:
         self.completed = max(now, self.done_at)
 
     def record(self, now: float) -> dict[str, Any]:
-        """The ``data`` of a recordInfo answer, and of a callback."""
+        """Return the ``data`` of a recordInfo answer, and of a callback."""
         state = self.state(now)
         done = self.completed is not None
         if self.completed is not None:
@@ -120,7 +120,7 @@ class FileStore:
         return stored
 
     def get(self, path: str) -> StoredFile | None:
-        """The file served at ``path``, unless it is unknown or expired."""
+        """Return the file served at ``path``, unless it is unknown or expired."""
         stored = self._files.get(path)
         if stored is None or stored.expired():
             return None

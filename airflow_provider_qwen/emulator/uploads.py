@@ -54,7 +54,7 @@ def _check_size(size: int) -> None:
 
 
 def _decode_base64(value: Any) -> tuple[bytes, str | None]:
-    """The bytes of ``base64Data`` (plain, or a ``data:`` URL) and the MIME type a data URL declares."""
+    """Return the bytes of ``base64Data`` (plain, or a ``data:`` URL) and the MIME type a data URL declares."""
     if not isinstance(value, str) or not value:
         raise ApikleyError(422, "base64Data is required")
     declared = None

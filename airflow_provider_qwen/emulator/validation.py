@@ -64,7 +64,7 @@ def _off_step(properties: Mapping[str, Any], name: str, value: Any) -> str | Non
 
 def create_request_problem(body: Any) -> str | None:
     """
-    The first rule a createTask body breaks, as ``field: what is wrong``.
+    Return the first rule a createTask body breaks, as ``field: what is wrong``.
 
     The model comes first, since it chooses the schema: a missing or unknown one is the problem
     (``model: 'x/y' is not one of [...]``, listing the models served), whatever else is wrong.

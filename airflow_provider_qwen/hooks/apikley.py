@@ -111,7 +111,7 @@ def _content_suffix(content: bytes) -> str:
 
 
 def _name_in_url(file_url: str) -> str | None:
-    """The last segment of ``file_url``'s path, when it is a usable file name."""
+    """Return the last segment of ``file_url``'s path, when it is a usable file name."""
     name = unquote(urlsplit(file_url).path).rsplit("/", 1)[-1]
     try:
         return check_file_name(name)
@@ -164,7 +164,7 @@ class ApikleyHook(HttpHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """The connection form's labels; Airflow 3.2+ reads them from the provider info instead."""
+        """Return the connection form's labels; Airflow 3.2+ reads them from the provider info instead."""
         return {key.replace("-", "_"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
     # ---- blocking client (workers) -----------------------------------------------------------
@@ -188,8 +188,10 @@ class ApikleyHook(HttpHook):
         self, headers: dict[str, Any] | None = None, extra_options: dict[str, Any] | None = None
     ) -> requests.Session:
         """
-        A ``requests`` session for the API: the key as a bearer token, the connection's ``proxies``
-        and ``verify``, TCP keep-alive and a wall-clock limit per call. No other extra is used.
+        Return a ``requests`` session for the API.
+
+        It sends the key as a bearer token, with the connection's ``proxies`` and ``verify``, TCP
+        keep-alive and a wall-clock limit per call. No other extra is used.
         """
         settings = self.settings
         self.base_url = settings.base_url
@@ -212,8 +214,10 @@ class ApikleyHook(HttpHook):
     @property
     def upload_base_url(self) -> str:
         """
-        Base URL of the file upload API: the connection's ``upload_base_url`` extra, else its base
-        URL followed by ``/file-upload`` (https://api.apikley.ru/file-upload when the host is empty).
+        Base URL of the file upload API.
+
+        That is the connection's ``upload_base_url`` extra, else its base URL followed by
+        ``/file-upload`` (https://api.apikley.ru/file-upload when the host is empty).
         """
         return self.settings.upload_base_url
 
@@ -274,7 +278,7 @@ class ApikleyHook(HttpHook):
         return TaskRecord.from_api(data)
 
     def get_credits(self) -> float:
-        """The account's remaining credits."""
+        """Return the account's remaining credits."""
         data = self._call("GET", CREDIT_ENDPOINT, is_transient)
         try:
             return float(data)
@@ -535,14 +539,14 @@ class ApikleyHook(HttpHook):
 
 
 def _until_expired(chunks: Iterable[bytes], deadline: CallDeadline) -> Iterator[bytes]:
-    """The chunks, stopping with an error if the deadline passed: an answer cut off then is not complete."""
+    """Return the chunks, stopping with an error if the deadline passed: an answer cut off then is not complete."""
     yield from chunks
     if deadline.expired:
         raise _deadline_passed(deadline.seconds)
 
 
 def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
-    """aiohttp's ``ssl`` argument for the connection's ``verify`` extra."""
+    """Aiohttp's ``ssl`` argument for the connection's ``verify`` extra."""
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return bool(verify)

@@ -50,6 +50,7 @@ class BearerAuth(AuthBase):
         self._api_key = api_key
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Add the key to ``request`` as a bearer token."""
         request.headers["Authorization"] = f"Bearer {self._api_key}"
         return request
 
@@ -125,6 +126,8 @@ class ApikleySettings:
 
 def require_apikley_type(conn: Connection) -> None:
     """
+    Refuse a connection of another type.
+
     :raises ApikleyConfigurationError: unless ``conn`` is of type ``apikley``: its secret is never
         used for, nor sent to, anything else.
     """
@@ -137,7 +140,7 @@ def require_apikley_type(conn: Connection) -> None:
 
 def base_url_from_connection(conn: Connection) -> str:
     """
-    The API's base URL from the connection's host; an empty host means Apikley's public API.
+    Return the API's base URL from the connection's host; an empty host means Apikley's public API.
 
     A host without a scheme gets ``https://``.
 
@@ -157,7 +160,7 @@ def base_url_from_connection(conn: Connection) -> str:
 
 def upload_base_url_from_extra(conn: Connection, extra: dict[str, Any], base_url: str) -> str:
     """
-    The upload API's base URL: the extra ``upload_base_url`` when set, else ``base_url`` + ``/file-upload``.
+    Return the upload API's base URL: the extra ``upload_base_url`` when set, else ``base_url`` + ``/file-upload``.
 
     Apikley serves its upload API under its API's address (https://api.apikley.ru/file-upload), and
     so does the emulator, so a connection whose host names an emulator or another Apikley-compatible
@@ -173,7 +176,7 @@ def upload_base_url_from_extra(conn: Connection, extra: dict[str, Any], base_url
 
 def api_key_from_connection(conn: Connection) -> str:
     """
-    The API key from the connection's password, registered with Airflow's secrets masker.
+    Return the API key from the connection's password, registered with Airflow's secrets masker.
 
     :raises ApikleyConfigurationError: when the password is empty.
     """
@@ -187,7 +190,7 @@ def api_key_from_connection(conn: Connection) -> str:
 
 
 def timeout_from_extra(extra: dict[str, Any]) -> float:
-    """The per-call time limit in seconds from the connection's extra, or the default."""
+    """Return the per-call time limit in seconds from the connection's extra, or the default."""
     value = extra.get("timeout")
     if value in (None, ""):
         return DEFAULT_TIMEOUT_SECONDS

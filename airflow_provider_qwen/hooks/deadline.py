@@ -107,10 +107,12 @@ class DeadlineAdapter(TCPKeepAliveAdapter):
         super().__init__(idle=120, count=20, interval=30)
 
     def init_poolmanager(self, *args, **kwargs) -> None:
+        """Pool direct connections in pools whose reads honour the wall-clock limit."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
     def proxy_manager_for(self, proxy, **proxy_kwargs):
+        """Pool connections through ``proxy`` the same way."""
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = _WATCHED_POOLS
         return manager

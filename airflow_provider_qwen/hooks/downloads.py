@@ -70,7 +70,7 @@ class ResultHostPolicy:
 
     @classmethod
     def for_api(cls, base_url: str, private_hosts: tuple[str, ...] = ()) -> ResultHostPolicy:
-        """The policy of a connection whose API is at ``base_url``."""
+        """Return the policy of a connection whose API is at ``base_url``."""
         parts = urlsplit(base_url)
         try:
             addresses = resolve(parts.hostname or "", parts.port or 443)
@@ -80,6 +80,8 @@ class ResultHostPolicy:
 
     def check(self, url: str) -> list[IPAddress]:
         """
+        Check that ``url`` may be fetched.
+
         :return: the addresses ``url``'s host stands for, when it may be fetched: connect to one of these.
         :raises ApikleyURLRefusedError: naming the URL and the rule it breaks.
         """
@@ -137,6 +139,7 @@ class PinnedAddressAdapter(DeadlineAdapter):
             self._pins.pin = None
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        """Connect to the pinned address, if any, still checking TLS against the URL's host name."""
         pin = getattr(self._pins, "pin", None)
         parts = urlsplit(request.url)
         if pin is None or pin[0] != parts.hostname or select_proxy(request.url, proxies):
@@ -154,8 +157,10 @@ def download_session(
     user_agent: str, proxies: dict[str, str] | None = None, verify: bool | str = True
 ) -> requests.Session:
     """
-    A session for result URLs: the connection's ``proxies`` and ``verify``, and nothing else of the
-    connection or the environment (no key, no ``~/.netrc``, no proxy or CA bundle from variables).
+    Return a session for result URLs.
+
+    It has the connection's ``proxies`` and ``verify``, and nothing else of the connection or the
+    environment (no key, no ``~/.netrc``, no proxy or CA bundle from variables).
     """
     session = requests.Session()
     session.trust_env = False

@@ -29,14 +29,18 @@ MAX_ANSWER_BYTES = 1024 * 1024
 
 
 def check_answer_size(size: int) -> None:
-    """:raises ApikleyBadResponseError: once an answer has grown past :data:`MAX_ANSWER_BYTES`."""
+    """
+    Refuse an answer that has grown too large to read.
+
+    :raises ApikleyBadResponseError: once an answer has grown past :data:`MAX_ANSWER_BYTES`.
+    """
     if size > MAX_ANSWER_BYTES:
         raise ApikleyBadResponseError(f"Apikley's answer is larger than {MAX_ANSWER_BYTES} bytes; refused")
 
 
 def decode_json(body: bytes, charset: str | None = None) -> tuple[str | None, Any]:
     """
-    The text and the JSON value of an answer from outside; ``None`` for what cannot be read.
+    Return the text and the JSON value of an answer from outside; ``None`` for what cannot be read.
 
     Never raises: an unknown charset, bytes that are not text in it, and JSON nested too deep to
     parse all give ``None``.
@@ -94,7 +98,7 @@ def parse_envelope(http_status: int, body: bytes, charset: str | None = None, re
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """The start of ``text`` on one line, for error messages."""
+    """Return the start of ``text`` on one line, for error messages."""
     flat = re.sub(r"\s+", " ", text).strip()
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 

@@ -102,11 +102,11 @@ class RetryPolicy:
         return controller(should_retry, logger)(fn, *args, **kwargs)
 
     def retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.Retrying:
-        """A tenacity controller for a blocking call."""
+        """Return a tenacity controller for a blocking call."""
         return tenacity.Retrying(**self._kwargs(should_retry, logger))
 
     def async_retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.AsyncRetrying:
-        """A tenacity controller for a coroutine."""
+        """Return a tenacity controller for a coroutine."""
         return tenacity.AsyncRetrying(**self._kwargs(should_retry, logger))
 
 

@@ -177,7 +177,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def task_model(self) -> str:
         """
-        The model to run, from the (rendered) ``model``.
+        Return the model to run, from the (rendered) ``model``.
 
         :raises ApikleyInputError: when it is not shaped like a model name.
         """
@@ -185,7 +185,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def task_input(self) -> dict[str, Any]:
         """
-        The ``input`` to send, from the (rendered) arguments, checked.
+        Return the ``input`` to send, from the (rendered) arguments, checked.
 
         :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
         """
@@ -253,8 +253,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
         """
-        Lineage for OpenLineage, when it is installed: the source image in, the results (their
-        copies in ``output_path`` when made) out, and the Apikley task id as the run's external query.
+        Return lineage for OpenLineage, when it is installed.
+
+        The source image goes in, the results (their copies in ``output_path`` when made) out, and
+        the Apikley task id is the run's external query.
         """
         return edit_lineage(self._result) if self._result else None
 
@@ -279,7 +281,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             )
 
     def _check_before_paying(self) -> None:
-        """What can only be checked by trying: the folder for the results, and the balance."""
+        """Return what can only be checked by trying: the folder for the results, and the balance."""
         if self.output_path:
             check_writable(self.output_path)
         if self.min_credits is not None:
@@ -291,7 +293,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 )
 
     def _handed_on(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """The value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
+        """Return the value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
         if self.output_path:
             summary["output_path"] = str(self.output_path)
             self.log.info(
@@ -331,7 +333,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def _work_for_a_worker(self) -> list[str]:
         """
-        What only a worker does when the task ends, as ``argument=value: why`` lines; empty when nothing.
+        Return what only a worker does when the task ends, as ``argument=value: why`` lines; empty when nothing.
 
         A task that ends in the triggerer is marked successful with its XCom value and extra link, and
         nothing else runs: no asset events for ``outlets`` (Airflow records them only from a worker),
@@ -356,7 +358,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         return reasons
 
     def _how_to_end(self, context: Context) -> dict[str, bool]:
-        """The trigger's ``end_task_on_success`` and ``maps_over_result``, as a worker would record the value."""
+        """Return the trigger's ``end_task_on_success`` and ``maps_over_result``, as a worker would record the value."""
         if not self._ends_in_triggerer():
             return {"end_task_on_success": False, "maps_over_result": False}
         if getattr(context["ti"], "map_index", -1) not in (-1, None):
@@ -367,7 +369,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         return {"end_task_on_success": True, "maps_over_result": maps_over}
 
     def _resumable_task(self, state_store: Any) -> tuple[TaskRecord, float] | None:
-        """The task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
+        """Return the task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
         saved = state_store.get(RESUME_KEY) if state_store is not None else None
         if not saved:
             return None

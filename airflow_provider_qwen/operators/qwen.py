@@ -64,12 +64,12 @@ class QwenImageToImageOperator(ApikleyCreateTaskOperator):
 
     def build_input(self) -> QwenImageToImageInput:
         """
-        The validated model input from the (rendered) arguments.
+        Return the validated model input from the (rendered) arguments.
 
         :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
         """
         return QwenImageToImageInput.build(**{field: getattr(self, field) for field in INPUT_FIELDS})
 
     def task_input(self) -> dict[str, Any]:
-        """The ``input`` to send: :meth:`build_input` as Apikley takes it."""
+        """Return the ``input`` to send: :meth:`build_input` as Apikley takes it."""
         return self.build_input().to_api()

@@ -1,0 +1,1 @@
+"""Sensors: wait for an Apikley task someone else submitted."""

@@ -45,7 +45,7 @@ ADVISED_POKE_SECONDS = 3.0
 
 def task_id_of(value: Any) -> str:
     """
-    The Apikley task id in ``value``: an id, or the dict an Apikley operator returns.
+    Return the Apikley task id in ``value``: an id, or the dict an Apikley operator returns.
 
     :raises ApikleyInputError: naming the value and the rule, when there is no id of the right shape.
     """

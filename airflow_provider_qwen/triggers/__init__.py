@@ -1,0 +1,1 @@
+"""Triggers: the deferrable waits of the operators and the sensor."""

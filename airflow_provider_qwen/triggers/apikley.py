@@ -70,7 +70,7 @@ def poll_delay(elapsed: float, poll_interval: float | None = None) -> float:
 
 
 def timeout_message(apikley_task_id: str, last_state: str | None) -> str:
-    """What a user reads when waiting for a task ran out of time."""
+    """Return what a user reads when waiting for a task ran out of time."""
     return (
         f"Apikley task {apikley_task_id} did not finish before the deadline "
         f"(last state: {last_state or 'unknown'}). It may still finish on Apikley's side "
@@ -141,7 +141,7 @@ class TaskWait:
 
     def after(self, outcome: TaskRecord | ApikleyError, now: float) -> Done | Sleep | TimedOut:
         """
-        What to do after a query answered ``outcome`` (a record, or the error it raised) at ``now``.
+        Return what to do after a query answered ``outcome`` (a record, or the error it raised) at ``now``.
 
         :raises ApikleyError: ``outcome`` itself, when it is permanent or the last of too many in a row.
         """
@@ -216,7 +216,7 @@ EXPECTED_DURATIONS = ExpectedDurations()
 
 
 def wait_settings(trigger: Any) -> dict[str, Any]:
-    """The :class:`TaskWait` arguments a trigger's own arguments set, the expected duration learned unless given."""
+    """Return the :class:`TaskWait` arguments a trigger sets, the expected duration learned unless given."""
     expected = trigger.expected_duration
     if expected is None:
         expected = EXPECTED_DURATIONS.expected(trigger.apikley_conn_id, trigger.model)
@@ -266,7 +266,7 @@ class TaskEvent:
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
-        """The event of a task that ended, successfully or not."""
+        """Return the event of a task that ended, successfully or not."""
         succeeded = record.state is TaskState.SUCCESS
         return cls(
             status=EventStatus.SUCCESS if succeeded else EventStatus.FAILED,
@@ -280,7 +280,7 @@ class TaskEvent:
         )
 
     def to_payload(self) -> dict[str, Any]:
-        """The event as JSON primitives, without the fields that do not apply."""
+        """Return the event as JSON primitives, without the fields that do not apply."""
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
@@ -332,7 +332,7 @@ class TaskEvent:
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
         """
-        The task's XCom value, for a ``success`` event.
+        Return the task's XCom value, for a ``success`` event.
 
         :param input: the task's input; by default the one the event carries, if any.
         :raises ApikleyTaskFailedError: for ``failed``.
@@ -362,7 +362,7 @@ def task_summary(
     credits_consumed: float | None = None,
 ) -> dict[str, Any]:
     """
-    The XCom value of an edit: small, JSON only.
+    Return the XCom value of an edit: small, JSON only.
 
     :return: ``apikley_task_id``, ``state``, ``result_urls``, the ``input`` of the task and the
         ``credits_consumed`` (``None`` until the task has ended, or when Apikley did not say).
@@ -378,7 +378,7 @@ def task_summary(
 
 def outcome_line(summary: dict[str, Any]) -> str:
     """
-    The last line an edit's log gives about it, the same whichever way the task ended.
+    Return the last line an edit's log gives about it, the same whichever way the task ended.
 
     :param summary: a successful task's XCom value (see :func:`task_summary`).
     """
@@ -392,7 +392,7 @@ def outcome_line(summary: dict[str, Any]) -> str:
 
 def summary_from_record(record: TaskRecord) -> dict[str, Any]:
     """
-    The summary of a task that ended, read without a trigger (a blocking wait, a poke).
+    Return the summary of a task that ended, read without a trigger (a blocking wait, a poke).
 
     :raises ApikleyTaskFailedError: when it ended in ``fail``.
     :raises ApikleyError: when it has not ended.
@@ -479,7 +479,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.output_path = output_path
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The trigger's class path and its arguments (JSON primitives only)."""
+        """Return the trigger's class path and its arguments (JSON primitives only)."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -540,8 +540,9 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """
-        Store the results and push the task's XCom value and extra link as its worker would;
-        ``False`` when that cannot be done from here, and a worker resumes the task instead.
+        Store the results and push the task's XCom value and extra link as its worker would.
+
+        Return ``False`` when that cannot be done from here, and a worker resumes the task instead.
 
         The value goes through the Task SDK's XCom API, not ``TaskSuccessEvent(xcoms=...)``: that
         stores it as a JSON string and records no mapped length, so downstream tasks could not map

@@ -72,7 +72,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The trigger's class path and its arguments (JSON primitives only)."""
+        """Return the trigger's class path and its arguments (JSON primitives only)."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {

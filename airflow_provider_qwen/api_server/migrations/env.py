@@ -21,6 +21,7 @@ def include_object(_object, name, type_, *args) -> bool:
 
 
 def run_migrations_offline() -> None:
+    """Write the migrations' SQL instead of running it (``--show-sql-only``)."""
     context.configure(
         url=settings.SQL_ALCHEMY_CONN,
         target_metadata=target_metadata,
@@ -34,6 +35,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on Airflow's metadata database, each in its own transaction."""
     with contextlib.ExitStack() as stack:
         connection = config.attributes.get("connection") or stack.enter_context(settings.engine.connect())
         context.configure(

@@ -18,6 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Create both tables, each with the index its pruning uses."""
     op.create_table(
         "apikley_callback_signature",
         sa.Column("signature_sha256", sa.String(64), primary_key=True),
@@ -34,5 +35,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop both tables."""
     op.drop_table("apikley_recorded_task")
     op.drop_table("apikley_callback_signature")
