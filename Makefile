@@ -50,9 +50,11 @@ test-compat: | $(BIN)/uv
 			[ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit 1; }; \
 	done
 
+# ruff (its docstring rules on the package) and mypy on the package (see pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The wheel a pip user installs, until the provider is on PyPI.
 DIST_DIR ?= dist

@@ -13,7 +13,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -120,7 +120,7 @@ def register_asset_change(*, asset: Any, extra: dict[str, Any], session: Session
         asset_manager.register_asset_change(asset=asset, extra=extra, session=session)
 
 
-def requires_access_connection(method: str) -> Callable[..., Any]:
+def requires_access_connection(method: Literal["GET", "POST", "PUT", "DELETE"]) -> Callable[..., Any]:
     """
     Return the api-server's dependency that lets through only users who may ``method`` connections.
 

@@ -7,6 +7,8 @@ without importing the hook.
 
 from __future__ import annotations
 
+from typing import Any
+
 CONN_TYPE = "apikley"
 DEFAULT_BASE_URL = "https://api.apikley.ru"
 DEFAULT_UPLOAD_BASE_URL = "https://api.apikley.ru/file-upload"
@@ -52,7 +54,7 @@ CONN_FIELDS: dict[str, dict] = {
     },
 }
 
-UI_FIELD_BEHAVIOUR: dict[str, dict] = {
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["login", "schema"],
     "relabeling": {"host": "Base URL", "password": "API key"},
     "placeholders": {"host": DEFAULT_BASE_URL},

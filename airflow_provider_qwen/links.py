@@ -8,12 +8,13 @@ from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
 
 from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.api_server.urls import callback_url, task_page_url
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 
 __all__ = ["APIKLEY_TASK_ID_XCOM_KEY", "PUSHED_ID_ATTRIBUTE", "ApikleyTaskLink", "callback_url", "task_page_url"]
 
 if TYPE_CHECKING:
-    from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.providers.common.compat.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
 
 #: XCom key under which the Apikley task id is pushed as soon as it is known, before any wait.
 APIKLEY_TASK_ID_XCOM_KEY = "apikley_task_id"
@@ -40,8 +41,13 @@ class ApikleyTaskLink(BaseOperatorLink):
         if pushed is False or (pushed is None and not compat.xcom_may_exist(ti_key, APIKLEY_TASK_ID_XCOM_KEY)):
             return ""
         if pushed:
-            return task_page_url(operator.apikley_conn_id, str(pushed))
+            return task_page_url(_conn_id(operator), str(pushed))
         apikley_task_id = XCom.get_value(ti_key=ti_key, key=APIKLEY_TASK_ID_XCOM_KEY)
         if not apikley_task_id:
             return ""
-        return task_page_url(operator.apikley_conn_id, str(apikley_task_id))
+        return task_page_url(_conn_id(operator), str(apikley_task_id))
+
+
+def _conn_id(operator: BaseOperator) -> str:
+    """Return the connection of an operator of this provider (each has ``apikley_conn_id``)."""
+    return getattr(operator, "apikley_conn_id", DEFAULT_CONN_ID)

@@ -14,7 +14,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -50,7 +50,7 @@ def is_http_url(value: Any) -> bool:
         return False
 
 
-def is_task_id(value: Any) -> bool:
+def is_task_id(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a string shaped like an Apikley task id (:data:`TASK_ID_PATTERN`)."""
     return isinstance(value, str) and TASK_ID_PATTERN.fullmatch(value) is not None
 
@@ -116,16 +116,18 @@ def load_input_schema(schema: dict[str, Any] | str | os.PathLike) -> dict[str, A
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    if not isinstance(schema, dict):
+    if isinstance(schema, dict):
+        loaded = schema
+    else:
         try:
-            schema = json.loads(Path(schema).read_text(encoding="utf-8"))
+            loaded = json.loads(Path(schema).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise ApikleyInputError(f"input_schema={str(schema)!r}: must be a readable JSON file ({err})") from None
     try:
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(loaded)
     except SchemaError as err:
         raise ApikleyInputError(f"input_schema: must be a valid JSON Schema ({err.message})") from None
-    return schema
+    return loaded
 
 
 def _shown(value: Any) -> str:

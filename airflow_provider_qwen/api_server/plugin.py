@@ -20,8 +20,8 @@ class ApikleyPlugin(AirflowPlugin):
 
     name = "apikley"
 
-    @cached_property
-    def fastapi_apps(self) -> list[dict[str, Any]]:
+    @cached_property  # Airflow declares a list attribute; a property builds the app only when read
+    def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]
         """
         Return the app, built when the api-server asks for it.
 

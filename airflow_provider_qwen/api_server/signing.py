@@ -50,10 +50,9 @@ def check_route_token(keys: Sequence[str], conn_id: str, asset_uri: str, token: 
     :raises CallbackRejected: unless ``token`` is :func:`route_token` of this connection and asset
         under one of ``keys`` (the current key and those being rotated out).
     """
-    signed = bool(token) and any(
+    if not token or not any(
         hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()) for key in keys
-    )
-    if not signed:
+    ):
         raise CallbackRejected(f"callback URL names connection {conn_id!r} or an asset without a valid token")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import zlib
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 PRODUCT_SIZE = (320, 240)
 THUMB_SIZE = (240, 180)
@@ -31,7 +31,7 @@ def draw_product(name: str, background: str, colour: str) -> bytes:
     draw = ImageDraw.Draw(image)
     for row in range(height):  # a soft vertical gradient, darker at the floor
         shade = int(40 * row / height)
-        base = Image.new("RGB", (1, 1), background).getpixel((0, 0))
+        base = ImageColor.getrgb(background)
         draw.line([(0, row), (width, row)], fill=tuple(max(0, channel - shade) for channel in base))
     variant = zlib.crc32(name.encode()) % 3  # a different silhouette per product
     box = (width * 0.25, height * 0.22, width * 0.75, height * 0.78)

@@ -88,8 +88,7 @@ class FaultInjector:
             state.count(endpoint, 455)
             return await _envelope(send, 455, "The service is under maintenance, please try again later")
         faults = state.settings.faults.get(endpoint)
-        fault = draw_fault(faults, state.rng) if faults is not None else None
-        if fault is None:
+        if faults is None or (fault := draw_fault(faults, state.rng)) is None:
             return await self.app(scope, receive, send)
         if fault == "slow":
             state.slowed[endpoint] += 1
@@ -169,7 +168,7 @@ async def _answer_script(answer: ScriptedAnswer, send: Send) -> None:
 async def _drop(send: Send) -> None:
     # uvicorn's send is a method of its request cycle, which holds the connection's transport:
     # aborting it closes the socket with nothing sent, as a proxy that gave up would.
-    cycle = getattr(getattr(send, "inner", send), "__self__", None)
+    cycle: Any = getattr(getattr(send, "inner", send), "__self__", None)
     transport = getattr(cycle, "transport", None)
     if transport is None:
         raise ConnectionAbortedError("injected fault: connection dropped")  # another server: it drops or 500s

@@ -36,7 +36,7 @@ def new_task(state: EmulatorState, body: dict[str, Any], now: float) -> Task:
     waiting, queuing, generating = (
         seconds * (1 + state.rng.uniform(-settings.jitter, settings.jitter)) for seconds in settings.latency
     )
-    request = {key: body[key] for key in ("model", "callBackUrl", "input") if key in body}
+    request: dict[str, Any] = {key: body[key] for key in ("model", "callBackUrl", "input") if key in body}
     task_id = uuid.uuid4().hex
     return Task(
         task_id=task_id,

@@ -83,7 +83,7 @@ def sniff_mime(data: bytes, file_name: str | None = None) -> str:
     """Return the MIME type of a file, from the image format Pillow reads in it, else from its name's extension."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return Image.MIME[image.format]
+            return Image.MIME[image.format or ""]
     except (OSError, KeyError, ValueError):  # not an image Pillow knows, or one without a MIME type
         return mimetypes.guess_type(file_name or "")[0] or "application/octet-stream"
 

@@ -46,7 +46,7 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         except OSError as err:
             message = f"Result host {host!r} does not resolve: {err}"
             raise ApikleyConnectionError(message, request_not_sent=True) from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     # ::ffff:169.254.169.254 is the metadata service too
     return [getattr(a, "ipv4_mapped", None) or a for a in addresses]
 
@@ -88,7 +88,7 @@ class ResultHostPolicy:
         if not is_http_url(url):
             raise ApikleyURLRefusedError(f"Result URL {url!r}: must be an http:// or https:// URL")
         parts = urlsplit(url)
-        host = parts.hostname.lower()
+        host = (parts.hostname or "").lower()
         port = parts.port or (443 if parts.scheme == "https" else 80)
         addresses = resolve(host, port)
         for address in addresses:
@@ -188,7 +188,9 @@ def open_result(
     for _ in range(MAX_REDIRECTS + 1):
         (address, *_) = policy.check(url)
         adapter = session.get_adapter(url)
-        pin = adapter.pinned(urlsplit(url).hostname, address) if isinstance(adapter, PinnedAddressAdapter) else None
+        pin = (
+            adapter.pinned(urlsplit(url).hostname or "", address) if isinstance(adapter, PinnedAddressAdapter) else None
+        )
         with pin or nullcontext():
             response = session.get(url, stream=True, timeout=timeout, allow_redirects=False)
         location = response.headers.get("Location")

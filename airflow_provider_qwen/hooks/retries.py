@@ -12,8 +12,7 @@ import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from logging import Logger
-from typing import Any
+from typing import Any, Protocol
 
 import tenacity
 
@@ -21,6 +20,16 @@ from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyErro
 
 #: The longest ``Retry-After`` we honour; a longer one is treated as this.
 RETRY_AFTER_CAP_SECONDS = 300.0
+
+
+class Log(Protocol):
+    """Where waits and retries report: a :class:`logging.Logger`, or a task's or trigger's own log."""
+
+    def info(self, msg: str, /, *args: Any) -> object:
+        """Report progress."""
+
+    def warning(self, msg: str, /, *args: Any) -> object:
+        """Report a failure that is retried."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -67,7 +76,7 @@ class RetryPolicy:
         error = retry_state.outcome.exception() if retry_state.outcome else None
         return self.wait_seconds(retry_state.attempt_number, error)
 
-    def _kwargs(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> dict[str, Any]:
+    def _kwargs(self, should_retry: Callable[[BaseException], bool], logger: Log) -> dict[str, Any]:
         def log_retry(retry_state: tenacity.RetryCallState) -> None:
             error = retry_state.outcome.exception() if retry_state.outcome else None
             wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
@@ -88,7 +97,7 @@ class RetryPolicy:
         }
 
     def call(
-        self, should_retry: Callable[[BaseException], bool], logger: Logger, fn: Callable[..., Any], *args, **kwargs
+        self, should_retry: Callable[[BaseException], bool], logger: Log, fn: Callable[..., Any], *args, **kwargs
     ) -> Any:
         """
         ``fn(*args, **kwargs)``, repeated under this policy; for a coroutine function, an awaitable.
@@ -101,11 +110,11 @@ class RetryPolicy:
         controller = self.async_retrying if inspect.iscoroutinefunction(fn) else self.retrying
         return controller(should_retry, logger)(fn, *args, **kwargs)
 
-    def retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.Retrying:
+    def retrying(self, should_retry: Callable[[BaseException], bool], logger: Log) -> tenacity.Retrying:
         """Return a tenacity controller for a blocking call."""
         return tenacity.Retrying(**self._kwargs(should_retry, logger))
 
-    def async_retrying(self, should_retry: Callable[[BaseException], bool], logger: Logger) -> tenacity.AsyncRetrying:
+    def async_retrying(self, should_retry: Callable[[BaseException], bool], logger: Log) -> tenacity.AsyncRetrying:
         """Return a tenacity controller for a coroutine."""
         return tenacity.AsyncRetrying(**self._kwargs(should_retry, logger))
 

@@ -29,7 +29,7 @@ from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.hooks.retries import ONE_TRY, RetryPolicy, is_transient
+from airflow_provider_qwen.hooks.retries import ONE_TRY, Log, RetryPolicy, is_transient
 from airflow_provider_qwen.links import ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
 from airflow_provider_qwen.results import with_stored_results
@@ -125,7 +125,7 @@ class TaskWait:
     poll_interval: float | None = None
     max_consecutive_poll_errors: int = 10
     expected_duration: float = 0.0
-    logger: logging.Logger = field(default=log, repr=False)
+    logger: Log = field(default=log, repr=False)
     failures: int = field(default=0, init=False)
     last_state: str | None = field(default=None, init=False)
 
@@ -302,7 +302,7 @@ class TaskEvent:
         if not is_task_id(task_id):
             raise ApikleyError(f"Apikley trigger event without a task id of the right shape: {payload!r}")
         try:
-            status = EventStatus(payload.get("status"))
+            status = EventStatus(str(payload.get("status")))
         except ValueError:
             raise ApikleyError(
                 f"Unknown status {payload.get('status')!r} in the trigger event of Apikley task {task_id}"

@@ -63,7 +63,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         max_consecutive_poll_errors: int = 10,
     ) -> None:
         super().__init__()
-        self.tasks = [[str(task_id), float(submitted_at)] for task_id, submitted_at in tasks]
+        self.tasks: list[list[str | float]] = [[str(task_id), float(submitted_at)] for task_id, submitted_at in tasks]
         self.apikley_conn_id = apikley_conn_id
         self.deadline = deadline
         self.model = model
@@ -99,7 +99,7 @@ class ApikleyBatchTrigger(BaseTrigger):
 
     async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:
         settings = wait_settings(self)
-        waits = [TaskWait(task_id, submitted_at=submitted_at, **settings) for task_id, submitted_at in self.tasks]
+        waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in self.tasks]
         now = time.time()
         due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(waits)]
         heapq.heapify(due)

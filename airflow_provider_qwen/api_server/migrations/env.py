@@ -37,7 +37,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     """Run the migrations on Airflow's metadata database, each in its own transaction."""
     with contextlib.ExitStack() as stack:
-        connection = config.attributes.get("connection") or stack.enter_context(settings.engine.connect())
+        connection = config.attributes.get("connection")
+        if connection is None:
+            if settings.engine is None:
+                raise RuntimeError("Airflow's database engine is not configured")
+            connection = stack.enter_context(settings.engine.connect())
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
