@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from alembic import context
 
@@ -20,16 +21,18 @@ def include_object(_object, name, type_, *args) -> bool:
     return type_ != "table" or name in target_metadata.tables
 
 
+#: What both modes configure: the provider's tables only, their versions in a table of their own.
+SETTINGS: dict[str, Any] = {
+    "target_metadata": target_metadata,
+    "render_as_batch": True,
+    "include_object": include_object,
+    "version_table": VERSION_TABLE,
+}
+
+
 def run_migrations_offline() -> None:
     """Write the migrations' SQL instead of running it (``--show-sql-only``)."""
-    context.configure(
-        url=settings.SQL_ALCHEMY_CONN,
-        target_metadata=target_metadata,
-        literal_binds=True,
-        render_as_batch=True,
-        include_object=include_object,
-        version_table=VERSION_TABLE,
-    )
+    context.configure(url=settings.SQL_ALCHEMY_CONN, literal_binds=True, **SETTINGS)
     with context.begin_transaction():
         context.run_migrations()
 
@@ -42,14 +45,7 @@ def run_migrations_online() -> None:
             if settings.engine is None:
                 raise RuntimeError("Airflow's database engine is not configured")
             connection = stack.enter_context(settings.engine.connect())
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=True,
-            transaction_per_migration=True,
-            include_object=include_object,
-            version_table=VERSION_TABLE,
-        )
+        context.configure(connection=connection, transaction_per_migration=True, **SETTINGS)
         with context.begin_transaction():
             context.run_migrations()
 
