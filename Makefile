@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch fault-suite \
+.PHONY: test test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch fault-suite \
 	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -32,12 +32,19 @@ install: $(STAMP)
 test: $(STAMP) system-deps
 	@$(call pytest_strict,$(BIN)/pytest -n 2 --no-loadscope-reorder --durations=15)
 
+# One tier alone, for iterating: no I/O at all (seconds), or over loopback HTTP to the emulator.
+test-unit: $(STAMP)
+	@$(call pytest_strict,$(BIN)/pytest -q tests/unit)
+
+test-loopback: $(STAMP)
+	@$(call pytest_strict,$(BIN)/pytest -q -n 2 --no-loadscope-reorder tests/loopback)
+
 # Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
 # Airflow's APIs (the emulator's and the benchmarks' own tests do not). Airflow 3.2.2 does not run
 # on the cadwyn, FastAPI and Starlette releases an unconstrained install resolves today (its
 # execution API fails to build, then loses its service registry under Starlette 1), so that line
 # gets releases it runs on.
-COMPAT_TESTS ?= tests/unit tests/integration -m "not fault_matrix"
+COMPAT_TESTS ?= tests/unit tests/loopback tests/integration -m "not fault_matrix"
 
 test-compat: | $(BIN)/uv
 	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \

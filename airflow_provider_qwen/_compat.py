@@ -2,7 +2,7 @@
 Every use of Airflow's private internals, each with why no public API serves and a safe fallback.
 
 Each function below is used on Airflow 3.1, 3.2 and 3.3 (``make test`` and ``make test-compat``),
-and ``tests/unit/test_compat.py`` proves its fallback by taking the internal away. A fallback never
+and ``tests/loopback/test_compat.py`` proves its fallback by taking the internal away. A fallback never
 crashes a run: it takes the path that needs no internal, which is to resume the task on a worker
 (or, on the api-server, to refuse what cannot be checked).
 """

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_qwen import _compat as compat
+from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line, summary_from_record, task_summary
 from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
     ApikleyError,
@@ -33,17 +34,8 @@ from airflow_provider_qwen.models import (
 )
 from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.storage import check_writable
-from airflow_provider_qwen.triggers.apikley import (
-    TRIGGER_GRACE,
-    ApikleyTaskTrigger,
-    EventStatus,
-    TaskEvent,
-    TaskWait,
-    outcome_line,
-    summary_from_record,
-    task_summary,
-    wait_until_done,
-)
+from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
+from airflow_provider_qwen.waits import TaskWait, wait_until_done
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage

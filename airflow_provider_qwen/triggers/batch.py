@@ -10,18 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.triggers.apikley import (
-    EXPECTED_DURATIONS,
-    Done,
-    EventStatus,
-    TaskEvent,
-    TaskWait,
-    TimedOut,
-    aquery,
-    wait_settings,
-)
+from airflow_provider_qwen.waits import EXPECTED_DURATIONS, Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook

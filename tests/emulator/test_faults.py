@@ -59,6 +59,11 @@ def test_slow_answer_is_the_real_answer_late(client):
     with pytest.raises(requests.Timeout):
         client.credit(timeout=0.1)
     assert client.stats()["slowed"] == {"credit": 2}
+    # the abandoned request is still answered, 0.3 s on: wait for it, or the next test counts it
+    deadline = time.monotonic() + 5
+    while client.stats()["requests"].get("credit 200", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.stats()["requests"]["credit 200"] == 2
 
 
 @pytest.mark.parametrize("fault", ["rate_limited", "maintenance", "server_error", "malformed", "html", "drop"])

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from airflow_provider_qwen.emulator.script import task_record
+from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.triggers.apikley import EventStatus, TaskEvent
 
 TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
 RESULT_URL = "https://files.example.org/out/shoe-edited.png"

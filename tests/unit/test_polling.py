@@ -7,15 +7,7 @@ import pytest
 from airflow_provider_qwen.emulator.script import task_record
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyServerError
 from airflow_provider_qwen.models import TaskRecord
-from airflow_provider_qwen.triggers.apikley import (
-    POLL_CADENCE,
-    Done,
-    ExpectedDurations,
-    Sleep,
-    TaskWait,
-    TimedOut,
-    poll_delay,
-)
+from airflow_provider_qwen.waits import POLL_CADENCE, Done, ExpectedDurations, Sleep, TaskWait, TimedOut, poll_delay
 
 
 def test_a_fixed_interval_is_kept_within_ten_percent_and_varies():

@@ -18,7 +18,8 @@ from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskState
-from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS, ApikleyTaskTrigger, ExpectedDurations
+from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS, ApikleyTaskTrigger
+from airflow_provider_qwen.waits import ExpectedDurations
 from tests.conftest import API_KEY, submit_edit
 
 #: A task the emulator never created: what it answers about it is scripted, or "recordInfo is null".
