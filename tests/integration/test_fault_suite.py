@@ -19,10 +19,10 @@ import pytest
 
 from airflow.providers.common.compat.sdk import DagRunState
 
+from airflow_provider_qwen import waits
 from airflow_provider_qwen.emulator import EmulatorSettings, RunningEmulator, run_emulator
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
-from airflow_provider_qwen.triggers import apikley as waiting
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import API_KEY, has_task_state_store
 from tests.emulator.conftest import png
@@ -117,7 +117,7 @@ TABLE_HEADER = (
 @pytest.fixture(autouse=True)
 def fast_polling(monkeypatch):
     """Poll every 50-100 ms instead of Apikley's advised seconds, so 20 edits take seconds."""
-    monkeypatch.setattr(waiting, "POLL_CADENCE", ((float("inf"), 0.05, 0.1),))
+    monkeypatch.setattr(waits, "POLL_CADENCE", ((float("inf"), 0.05, 0.1),))
 
 
 def retried_tries(dag_run) -> int:
