@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import secrets
 import ssl
@@ -11,7 +10,6 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import requests
@@ -27,7 +25,6 @@ from airflow_provider_qwen.exceptions import (
     ApikleyBadResponseError,
     ApikleyConnectionError,
     ApikleyError,
-    ApikleyInputError,
     ApikleyNotFoundError,
     error_class_for_code,
 )
@@ -38,16 +35,23 @@ from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_ses
 from airflow_provider_qwen.hooks.envelope import check_answer_size, excerpt, parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
 from airflow_provider_qwen.hooks.sessions import shared_sessions
+from airflow_provider_qwen.hooks.uploads import (
+    DEFAULT_UPLOAD_STEM,
+    EXTENSIONS,
+    UNIQUE_SUFFIX_CHARS,
+    content_suffix,
+    name_in_url,
+    unique_name,
+    upload_fields,
+)
 from airflow_provider_qwen.models import TaskRecord, check_task_id, is_task_id
 from airflow_provider_qwen.storage import (
-    MAX_FILE_NAME_CHARS,
     MAX_RESULT_BYTES,
     StoredFile,
     as_folder,
     check_file_name,
     check_result_url,
     check_upload,
-    check_upload_path,
     result_destination,
     write_atomically,
 )
@@ -57,13 +61,6 @@ RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
 CREDIT_ENDPOINT = "/api/v1/chat/credit"
 USER_AGENT = f"airflow-provider-qwen/{__version__}"
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
-#: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
-UNIQUE_SUFFIX_CHARS = 16
-#: A longer "extension" (``a.b`` where ``b`` is a long word) is kept as part of the name.
-MAX_EXTENSION_CHARS = 10
-#: The name an upload gets when none is given nor derived, with the extension of its type.
-DEFAULT_UPLOAD_STEM = "image"
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
 
 
 def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
@@ -88,35 +85,6 @@ def _task_id_from_create_answer(data: Any) -> str:
             "look for the task in Apikley's logs before submitting it again"
         )
     return task_id
-
-
-def _upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
-    fields = {"uploadPath": check_upload_path(upload_path)}
-    if file_name:
-        fields["fileName"] = check_file_name(file_name)
-    return fields
-
-
-def _unique_name(name: str, suffix: str) -> str:
-    """``name`` with ``-<suffix>`` before its extension, shortened to stay a valid file name."""
-    stem, extension = os.path.splitext(name)
-    if len(extension) > MAX_EXTENSION_CHARS:
-        stem, extension = name, ""
-    room = MAX_FILE_NAME_CHARS - len(extension) - len(suffix) - 1
-    return check_file_name(f"{stem[:room]}-{suffix}{extension}")
-
-
-def _content_suffix(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()[:UNIQUE_SUFFIX_CHARS]
-
-
-def _name_in_url(file_url: str) -> str | None:
-    """Return the last segment of ``file_url``'s path, when it is a usable file name."""
-    name = unquote(urlsplit(file_url).path).rsplit("/", 1)[-1]
-    try:
-        return check_file_name(name)
-    except ApikleyInputError:
-        return None
 
 
 class ApikleyHook(HttpHook):
@@ -329,13 +297,13 @@ class ApikleyHook(HttpHook):
         content_type = check_upload(content, name)
         if not overwrite:
             if not file_name and isinstance(file, bytes):
-                name += _EXTENSIONS[content_type]
-            name = file_name = _unique_name(name, _content_suffix(content))
+                name += EXTENSIONS[content_type]
+            name = file_name = unique_name(name, content_suffix(content))
         return self._upload(
             "file-stream-upload",
             file_name,
             files={"file": (name, content, content_type)},
-            data=_upload_fields(upload_path, file_name),
+            data=upload_fields(upload_path, file_name),
         )
 
     def upload_base64(
@@ -351,11 +319,11 @@ class ApikleyHook(HttpHook):
             check_file_name(file_name)
         content_type = check_upload(content, file_name or DEFAULT_UPLOAD_STEM)
         if not overwrite:
-            name = file_name or DEFAULT_UPLOAD_STEM + _EXTENSIONS[content_type]
-            file_name = _unique_name(name, _content_suffix(content))
+            name = file_name or DEFAULT_UPLOAD_STEM + EXTENSIONS[content_type]
+            file_name = unique_name(name, content_suffix(content))
         data_url = f"data:{content_type};base64,{base64.b64encode(content).decode()}"
         return self._upload(
-            "file-base64-upload", file_name, json={"base64Data": data_url, **_upload_fields(upload_path, file_name)}
+            "file-base64-upload", file_name, json={"base64Data": data_url, **upload_fields(upload_path, file_name)}
         )
 
     def upload_from_url(
@@ -383,9 +351,9 @@ class ApikleyHook(HttpHook):
             check_file_name(file_name)
         file_url = check_result_url(file_url)
         if not overwrite:
-            name = file_name or _name_in_url(file_url) or DEFAULT_UPLOAD_STEM
-            file_name = _unique_name(name, secrets.token_hex(UNIQUE_SUFFIX_CHARS // 2))
-        body = {"fileUrl": file_url, **_upload_fields(upload_path, file_name)}
+            name = file_name or name_in_url(file_url) or DEFAULT_UPLOAD_STEM
+            file_name = unique_name(name, secrets.token_hex(UNIQUE_SUFFIX_CHARS // 2))
+        body = {"fileUrl": file_url, **upload_fields(upload_path, file_name)}
         return self._upload("file-url-upload", file_name, json=body)
 
     def _upload(self, api: str, file_name: str | None, **request_kwargs: Any) -> str:

@@ -1,0 +1,55 @@
+"""
+How uploads are named on Apikley's file storage, where a second upload of a name replaces the first.
+
+By default a stored name is made unique: from the image's SHA-256 when the bytes are here (the same
+image always gets the same name, so a repeated upload is harmless), at random when Apikley fetches
+them from a URL. :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook` sends the uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from urllib.parse import unquote, urlsplit
+
+from airflow_provider_qwen.exceptions import ApikleyInputError
+from airflow_provider_qwen.storage import MAX_FILE_NAME_CHARS, check_file_name, check_upload_path
+
+#: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
+UNIQUE_SUFFIX_CHARS = 16
+#: A longer "extension" (``a.b`` where ``b`` is a long word) is kept as part of the name.
+MAX_EXTENSION_CHARS = 10
+#: The name an upload gets when none is given nor derived, with the extension of its type.
+DEFAULT_UPLOAD_STEM = "image"
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}
+
+
+def upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
+    """Return the form fields that say where Apikley stores an upload, each checked."""
+    fields = {"uploadPath": check_upload_path(upload_path)}
+    if file_name:
+        fields["fileName"] = check_file_name(file_name)
+    return fields
+
+
+def unique_name(name: str, suffix: str) -> str:
+    """Return ``name`` with ``-<suffix>`` before its extension, shortened to stay a valid file name."""
+    stem, extension = os.path.splitext(name)
+    if len(extension) > MAX_EXTENSION_CHARS:
+        stem, extension = name, ""
+    room = MAX_FILE_NAME_CHARS - len(extension) - len(suffix) - 1
+    return check_file_name(f"{stem[:room]}-{suffix}{extension}")
+
+
+def content_suffix(content: bytes) -> str:
+    """Return the suffix that names ``content``: the start of its SHA-256."""
+    return hashlib.sha256(content).hexdigest()[:UNIQUE_SUFFIX_CHARS]
+
+
+def name_in_url(file_url: str) -> str | None:
+    """Return the last segment of ``file_url``'s path, when it is a usable file name."""
+    name = unquote(urlsplit(file_url).path).rsplit("/", 1)[-1]
+    try:
+        return check_file_name(name)
+    except ApikleyInputError:
+        return None
