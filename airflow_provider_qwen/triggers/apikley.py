@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_qwen import _compat as compat
+from airflow_provider_qwen import waits
 from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import ApikleyTaskLink
 from airflow_provider_qwen.results import with_stored_results
-from airflow_provider_qwen.waits import EXPECTED_DURATIONS, Done, TaskWait, TimedOut, aquery, wait_settings
+from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -155,7 +156,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 # Neither the record nor the step outlives this line while the trigger sleeps.
                 step = wait.after(await aquery(hook, self.apikley_task_id), time.time())
                 if isinstance(step, Done):
-                    EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
+                    waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
                     with_input = self.with_input or self.end_task_on_success
                     return TaskEvent.ended(step.record, with_input=with_input)
                 if isinstance(step, TimedOut):

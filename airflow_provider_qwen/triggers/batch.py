@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_qwen import waits
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.waits import EXPECTED_DURATIONS, Done, TaskWait, TimedOut, aquery, wait_settings
+from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -91,9 +92,9 @@ class ApikleyBatchTrigger(BaseTrigger):
 
     async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:
         settings = wait_settings(self)
-        waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in self.tasks]
+        task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in self.tasks]
         now = time.time()
-        due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(waits)]
+        due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(task_waits)]
         heapq.heapify(due)
         events: dict[int, TaskEvent] = {}
         limit = asyncio.Semaphore(CONCURRENT_QUERIES)
@@ -102,17 +103,18 @@ class ApikleyBatchTrigger(BaseTrigger):
             batch = []
             while due and due[0][0] <= time.time():
                 batch.append(heapq.heappop(due)[1])
-            outcomes = await asyncio.gather(*(self._query(hook, waits[index], limit) for index in batch))
-            learned = EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)  # from this batch's ended edits
+            outcomes = await asyncio.gather(*(self._query(hook, task_waits[index], limit) for index in batch))
+            # from this batch's ended edits
+            learned = waits.EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
             for index, outcome in zip(batch, outcomes, strict=True):
-                wait = waits[index]
+                wait = task_waits[index]
                 try:
                     step = wait.after(outcome, time.time())
                 except Exception as err:
                     events[index] = TaskEvent(EventStatus.ERROR, wait.apikley_task_id, message=_describe(err))
                     continue
                 if isinstance(step, Done):
-                    EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
+                    waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
                     events[index] = TaskEvent.ended(step.record)
                 elif isinstance(step, TimedOut):
                     events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
@@ -120,8 +122,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                     heapq.heappush(due, (time.time() + step.seconds, index))
                     if self.expected_duration is None and learned > wait.expected_duration:
                         wait.expected_duration = learned
-        self.log.info("All %d Apikley tasks of the batch have ended", len(waits))
-        return [events[index] for index in range(len(waits))]
+        self.log.info("All %d Apikley tasks of the batch have ended", len(task_waits))
+        return [events[index] for index in range(len(task_waits))]
 
     @staticmethod
     async def _query(hook: ApikleyHook, wait: TaskWait, limit: asyncio.Semaphore) -> TaskRecord | ApikleyError:

@@ -364,7 +364,7 @@ async def test_an_event_that_resumes_a_worker_waits_for_the_scheduler_to_see_the
 
 async def test_the_trigger_learns_how_long_tasks_take(apikley, finished_task, monkeypatch):
     learned = ExpectedDurations(minimum_samples=1, percentile=1.0)
-    monkeypatch.setattr("airflow_provider_qwen.triggers.apikley.EXPECTED_DURATIONS", learned)
+    monkeypatch.setattr("airflow_provider_qwen.waits.EXPECTED_DURATIONS", learned)
     await run_to_events(make_trigger(apikley_task_id=finished_task, model=MODEL))
     record = apikley.state.tasks[finished_task].record(time.time())
     assert learned.expected("apikley_default", MODEL) == (record["completeTime"] - record["createTime"]) / 1000
