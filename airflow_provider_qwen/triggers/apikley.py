@@ -39,6 +39,15 @@ TRIGGER_GRACE = timedelta(minutes=5)
 RESUME_SETTLE_SECONDS = 10.0
 
 
+async def settle_before_resuming(trigger: BaseTrigger, deferred_at: float) -> None:
+    """Wait out :data:`RESUME_SETTLE_SECONDS` since the deferral, where a scheduler runs the task."""
+    if getattr(trigger.task_instance, "run_id", None) is None:  # ``dag.test()``, or no task at all: no race
+        return
+    delay = deferred_at + RESUME_SETTLE_SECONDS - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 class ApikleyTaskTrigger(BaseTrigger):
     """
     Poll an Apikley task until it ends or the deadline passes, then fire one event.
@@ -137,16 +146,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._end_task(event):
             yield TaskSuccessEvent()
         else:
-            await self._settle_before_resuming()
+            await settle_before_resuming(self, deferred_at=self.submitted_at)
             yield TriggerEvent(event.to_payload())
-
-    async def _settle_before_resuming(self) -> None:
-        """Wait out :data:`RESUME_SETTLE_SECONDS` since the deferral, where a scheduler runs the task."""
-        if getattr(self.task_instance, "run_id", None) is None:  # ``dag.test()``, or no task at all: no race
-            return
-        delay = self.submitted_at + RESUME_SETTLE_SECONDS - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))

@@ -14,6 +14,7 @@ from airflow_provider_qwen import waits
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.triggers.apikley import settle_before_resuming
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ class ApikleyBatchTrigger(BaseTrigger):
             events = await self._wait_for_all(hook)
         finally:
             await hook.aclose()
+        # the operator defers right after its last submit: the batch resumes a worker, and races alike
+        await settle_before_resuming(self, deferred_at=max((float(at) for _, at in self.tasks), default=0.0))
         yield TriggerEvent({"status": "done", "tasks": [event.to_payload() for event in events]})
 
     async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:

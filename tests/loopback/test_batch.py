@@ -152,6 +152,21 @@ async def test_one_trigger_waits_for_all_asking_about_each_once_when_its_answer_
     assert len(apikley.seen("recordInfo")) == 5
 
 
+async def test_a_batch_resumes_its_worker_no_sooner_than_the_settle_time_after_its_last_submit(
+    apikley, source_image_url, monkeypatch
+):
+    settled = []
+
+    async def record(trigger, deferred_at):
+        settled.append(deferred_at)
+
+    monkeypatch.setattr("airflow_provider_qwen.triggers.batch.settle_before_resuming", record)
+    tasks = [[submit_edit(source_image_url), 100.0], [submit_edit(source_image_url), 250.0]]
+    event = await fire(ApikleyBatchTrigger(tasks=tasks, expected_duration=0.0, poll_interval=0.02))
+    assert event["status"] == "done"
+    assert settled == [250.0]  # the deferral came after the last submit
+
+
 async def test_a_failed_or_unknown_item_does_not_stop_the_others(apikley, source_image_url):
     good = submit_edit(source_image_url)
     apikley.configure(fail_fraction=1.0)
