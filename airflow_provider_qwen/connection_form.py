@@ -1,5 +1,8 @@
 """
-The ``apikley`` connection type: how Airflow's connection form shows it, and its defaults.
+The ``apikley`` connection type: its fields, how Airflow's connection form shows them, their defaults.
+
+One list (:data:`STANDARD_FIELDS`, :data:`EXTRA_FIELDS`) makes the form, the extras the hook reads
+and the documentation's reference table, so the three cannot disagree.
 
 Kept free of Airflow imports: the providers manager reads it through :func:`get_provider_info`
 without importing the hook.
@@ -7,6 +10,7 @@ without importing the hook.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 CONN_TYPE = "apikley"
@@ -14,49 +18,116 @@ DEFAULT_BASE_URL = "https://api.apikley.ru"
 DEFAULT_UPLOAD_BASE_URL = "https://api.apikley.ru/file-upload"
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
-#: Connection extras read by :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook`.
-CONN_FIELDS: dict[str, dict] = {
-    "upload_base_url": {
-        "label": "Upload base URL",
-        "description": (
-            "Base URL of Apikley's file upload API. Empty: the Base URL followed by /file-upload, "
-            "which is https://api.apikley.ru/file-upload for Apikley and the emulator's own for an emulator."
-        ),
+
+@dataclass(frozen=True)
+class ConnectionField:
+    """
+    One field of the ``apikley`` connection, as the UI's form shows it and the reference documents it.
+
+    :param name: Airflow's field (``password``, ``host``, ``port``), or the extra's key.
+    :param label: the form's label.
+    :param description: the form's help text, and the reference's.
+    :param default: what applies when the field is empty, as the reference shows it.
+    :param schema: for an extra, the JSON schema of its form widget; ``None`` for Airflow's own fields.
+    """
+
+    name: str
+    label: str
+    description: str
+    default: str
+    schema: dict[str, Any] | None = None
+
+
+#: Airflow's own fields the connection uses (``login`` and ``schema`` are hidden).
+STANDARD_FIELDS = (
+    ConnectionField("password", "API key", "Your Apikley API key, sent as a bearer token.", "required"),
+    ConnectionField(
+        "host",
+        "Base URL",
+        "The API's base URL; a host without a scheme gets https://.",
+        f"`{DEFAULT_BASE_URL}`",
+    ),
+    ConnectionField("port", "Port", "Added to the base URL when set.", "none"),
+)
+
+#: The extras :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook` reads, and nothing else.
+EXTRA_FIELDS = (
+    ConnectionField(
+        "timeout",
+        "Request timeout (seconds)",
+        "Seconds one HTTP call to Apikley may take in all, the answer's last byte included.",
+        f"`{DEFAULT_TIMEOUT_SECONDS:g}`",
+        {"type": ["number", "null"], "minimum": 1, "default": DEFAULT_TIMEOUT_SECONDS},
+    ),
+    ConnectionField(
+        "upload_base_url",
+        "Upload base URL",
+        "Base URL of Apikley's file upload API, when it is not the Base URL followed by /file-upload.",
+        "the Base URL followed by `/file-upload`",
         # no default: the UI would save it, and a connection to an emulator would upload to Apikley
-        "schema": {"type": ["string", "null"], "format": "url"},
-    },
-    "timeout": {
-        "label": "Request timeout (seconds)",
-        "description": "How long one HTTP request to Apikley may take before it is abandoned.",
-        "schema": {"type": ["number", "null"], "minimum": 1, "default": DEFAULT_TIMEOUT_SECONDS},
-    },
-    "webhook_secret": {
-        "label": "Webhook HMAC key",
-        "description": "The key Apikley signs task callbacks with; unsigned callbacks are refused when it is set.",
-        "schema": {"type": ["string", "null"], "format": "password"},
-    },
-    "route_keys": {
-        "label": "Callback route keys",
-        "description": (
-            "This deployment's own keys (comma-separated, newest first, 32+ characters each; Apikley never "
-            "sees them) for callback URLs that name a connection or an asset: the first signs, all are "
-            "accepted. Rotate by putting a new key first; drop the old one once no task holds its URLs."
-        ),
-        "schema": {"type": ["string", "null"], "format": "password"},
-    },
-    "private_result_hosts": {
-        "label": "Private result hosts",
-        "description": (
-            "Comma-separated host names or IP networks on loopback or private ranges that result URLs may "
-            "point to. Not needed when the base URL itself is such a host."
-        ),
-        "schema": {"type": ["string", "null"]},
-    },
+        {"type": ["string", "null"], "format": "url"},
+    ),
+    ConnectionField(
+        "webhook_secret",
+        "Webhook HMAC key",
+        "The key Apikley signs task callbacks with. Callbacks are refused without it, unless the "
+        "deployment sets [apikley] allow_unsigned_callbacks.",
+        "unset: callbacks refused",
+        {"type": ["string", "null"], "format": "password"},
+    ),
+    ConnectionField(
+        "route_keys",
+        "Callback route keys",
+        "This deployment's own keys (comma-separated, newest first, 32+ characters each; Apikley never "
+        "sees them) for callback URLs that name a connection or an asset: the first signs, all are "
+        "accepted. Rotate by putting a new key first; drop the old one once no task holds its URLs.",
+        "unset",
+        {"type": ["string", "null"], "format": "password"},
+    ),
+    ConnectionField(
+        "proxies",
+        "Proxies",
+        "Proxies for the API and result downloads, as JSON mapping a scheme to a proxy URL, e.g. "
+        '{"https": "http://proxy:3128"}.',
+        "none (the environment's proxies are not used)",
+        {"type": ["string", "null"]},
+    ),
+    ConnectionField(
+        "verify",
+        "TLS verification",
+        "true, false, or the path of a CA bundle to verify Apikley's certificate with.",
+        "`true`",
+        {"type": ["string", "null"]},
+    ),
+    ConnectionField(
+        "private_result_hosts",
+        "Private result hosts",
+        "Comma-separated host names or IP networks on loopback or private ranges that result URLs may "
+        "point to. Not needed when the Base URL itself is such a host.",
+        "none",
+        {"type": ["string", "null"]},
+    ),
+)
+
+#: The extras' widgets in Airflow's connection form (the provider info's ``conn-fields``).
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    field.name: {"label": field.label, "description": field.description, "schema": field.schema}
+    for field in EXTRA_FIELDS
 }
+
+
+def connection_reference_markdown() -> str:
+    """Return the connection's fields and extras as the Markdown table the documentation shows."""
+    rows = ["| field | in the form | what it is | default |", "|---|---|---|---|"]
+    for field in (*STANDARD_FIELDS, *EXTRA_FIELDS):
+        name = f"extra `{field.name}`" if field.schema is not None else field.name
+        rows.append(f"| {name} | {field.label} | {field.description} | {field.default} |")
+    return "\n".join(rows) + "\n"
+
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["login", "schema"],
-    "relabeling": {"host": "Base URL", "password": "API key"},
+    "relabeling": {field.name: field.label for field in STANDARD_FIELDS if field.name != "port"},
     "placeholders": {"host": DEFAULT_BASE_URL},
 }
 

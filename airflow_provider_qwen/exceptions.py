@@ -40,7 +40,8 @@ class ApikleyError(AirflowException):
 
     def with_advice(self, advice: str) -> ApikleyError:
         """Return the same error, of the same class, with ``advice`` (what to do next) after its message."""
-        message = f"{self} {advice}"
+        separator = " " if str(self).endswith((".", ":", ")")) else ". "
+        message = f"{self}{separator}{advice}"
         advised = type(self).__new__(type(self), message)  # no __init__: subclasses take other arguments
         advised.__dict__.update(self.__dict__, message=message)
         advised.args = (message,)

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     by_endpoint = requests_by_endpoint(before, after)
     refused = sum(
-        count - before["requests"].get(key, 0) for key, count in after["requests"].items() if key == "createTask 429"
+        count - before["api_codes"].get(key, 0) for key, count in after["api_codes"].items() if key == "createTask 429"
     )
     creates = by_endpoint.get("createTask", 0)
     accepted = after["accepted_create_tasks"] - before["accepted_create_tasks"]
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"| submission | {submit_seconds:.1f} s (floor at the limit: {floor:.1f} s) |")
     print(f"| submission pace against the limit | {pace * 100:.1f} % |")
     print(f"| createTask answered 429 | {refused} of {creates} ({refused / max(creates, 1) * 100:.2f} %) |")
-    during = submitted["requests"].get("recordInfo 200", 0) - before["requests"].get("recordInfo 200", 0)
+    during = submitted["api_codes"].get("recordInfo 200", 0) - before["api_codes"].get("recordInfo 200", 0)
     print(f"| recordInfo during submission | {during} |")
     for endpoint, count in sorted(by_endpoint.items()):
         print(f"| {endpoint} requests per edit | {count / args.edits:.3f} |")

@@ -275,9 +275,9 @@ def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) ->
 def requests_by_endpoint(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     """Requests the emulator answered between two statistics, by endpoint, whatever the answer code."""
     counts: dict[str, int] = {}
-    for key, count in after["requests"].items():
+    for key, count in after["api_codes"].items():
         endpoint = key.split(" ", 1)[0]
-        counts[endpoint] = counts.get(endpoint, 0) + count - before["requests"].get(key, 0)
+        counts[endpoint] = counts.get(endpoint, 0) + count - before["api_codes"].get(key, 0)
     return {endpoint: count for endpoint, count in counts.items() if count}
 
 

@@ -178,7 +178,7 @@ async def record_info_answers(base_url: str) -> dict[str, int]:
     """The emulator's count of recordInfo answers by body code (``"recordInfo 200"``...)."""
     async with aiohttp.ClientSession() as session, session.get(f"{base_url}/_emulator/stats") as response:
         stats = await response.json()
-    return {name: count for name, count in stats["requests"].items() if name.startswith("recordInfo")}
+    return {name: count for name, count in stats["api_codes"].items() if name.startswith("recordInfo")}
 
 
 # ---- one configuration in its own process --------------------------------------------------------

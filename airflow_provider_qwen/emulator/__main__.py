@@ -57,10 +57,10 @@ def parse_fault(text: str) -> tuple[str, dict[str, float]]:
     return endpoint, values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the command line of ``python -m airflow_provider_qwen.emulator``."""
+def build_parser(prog: str = "python -m airflow_provider_qwen.emulator") -> argparse.ArgumentParser:
+    """Return the emulator's command line, as ``prog`` runs it."""
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_qwen.emulator",
+        prog=prog,
         description="Serve a local Apikley-compatible API (qwen/image-to-image) with real, simple image edits.",
     )
     add = parser.add_argument
@@ -120,9 +120,9 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
     return EmulatorSettings.model_validate(values)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve the emulator in the foreground until interrupted."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Serve the emulator in the foreground until interrupted; ``prog`` names the command in its help."""
+    parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)

@@ -44,28 +44,28 @@ class EmulatorSettings(BaseModel):
     """
     Everything the emulator can be told. Defaults behave like a healthy Apikley account.
 
-    :param api_keys: Bearer keys it accepts.
-    :param credits: the account's starting credits (also what ``/_emulator/reset`` restores).
-    :param cost_per_task: credits charged per accepted task.
-    :param create_rate_limit: tasks a key may create per ``create_rate_window`` seconds; more get 429.
-    :param create_rate_window: length of the rate limit's sliding window, in seconds.
-    :param latency: seconds a task spends waiting, queuing and generating, before jitter.
-    :param jitter: each latency is multiplied by a random factor in 1 ± jitter.
-    :param fail_fraction: fraction of tasks that end in ``fail`` with failCode 501.
-    :param file_ttl: seconds uploaded files and results stay available (404 after).
-    :param download_link_ttl: seconds a link from ``download-url`` stays valid.
-    :param upload_base_path: where the upload API lives, like Apikley's ``/file-upload``.
-    :param allowed_image_hosts: hosts (``name`` or ``name:port``), besides itself, it fetches
+    :ivar api_keys: Bearer keys it accepts.
+    :ivar credits: the account's starting credits (also what ``/_emulator/reset`` restores).
+    :ivar cost_per_task: credits charged per accepted task.
+    :ivar create_rate_limit: tasks a key may create per ``create_rate_window`` seconds; more get 429.
+    :ivar create_rate_window: length of the rate limit's sliding window, in seconds.
+    :ivar latency: seconds a task spends waiting, queuing and generating, before jitter.
+    :ivar jitter: each latency is multiplied by a random factor in 1 ± jitter.
+    :ivar fail_fraction: fraction of tasks that end in ``fail`` with failCode 501.
+    :ivar file_ttl: seconds uploaded files and results stay available (404 after).
+    :ivar download_link_ttl: seconds a link from ``download-url`` stays valid.
+    :ivar upload_base_path: where the upload API lives, like Apikley's ``/file-upload``.
+    :ivar allowed_image_hosts: hosts (``name`` or ``name:port``), besides itself, it fetches
         ``image_url`` and ``fileUrl`` from.
-    :param callback_key: HMAC key that signs callbacks; ``None`` sends them unsigned.
-    :param callback_twice: deliver every callback twice, as Apikley may.
-    :param callback_attempts: tries per delivery before it is given up.
-    :param callback_timeout: seconds one callback POST may take.
-    :param callback_backoff: seconds before the first retry of a callback, doubled for each next one.
-    :param faults: injected faults by endpoint name (see :data:`ENDPOINTS`).
-    :param maintenance_seconds: answer 455 to every API call for this long, counted from when the
+    :ivar callback_key: HMAC key that signs callbacks; ``None`` sends them unsigned.
+    :ivar callback_twice: deliver every callback twice, as Apikley may.
+    :ivar callback_attempts: tries per delivery before it is given up.
+    :ivar callback_timeout: seconds one callback POST may take.
+    :ivar callback_backoff: seconds before the first retry of a callback, doubled for each next one.
+    :ivar faults: injected faults by endpoint name (see :data:`ENDPOINTS`).
+    :ivar maintenance_seconds: answer 455 to every API call for this long, counted from when the
         value is set (at start, or later through ``/_emulator/config``).
-    :param random_seed: seed for jitter, failures and faults, for repeatable runs.
+    :ivar random_seed: seed for jitter, failures and faults, for repeatable runs.
     """
 
     model_config = ConfigDict(extra="forbid")

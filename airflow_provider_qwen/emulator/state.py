@@ -22,8 +22,8 @@ class EmulatorState:
     ``maintenance_seconds`` starts a maintenance window from that moment, and a new ``random_seed``
     reseeds the random draws. ``upload_base_path`` cannot change once the routes exist.
 
-    :ivar stats: requests by ``"<endpoint> <body code>"``, or ``"<endpoint> fault:<kind>"`` for an
-        injected fault.
+    :ivar stats: requests by ``"<endpoint> <code in the JSON body>"``, or ``"<endpoint> fault:<kind>"``
+        for an injected fault (``api_codes`` in :meth:`summary`).
     :ivar http_statuses: requests by ``"<endpoint> <HTTP status>"``.
     :ivar script: answers queued by endpoint, and the journal of requests (see :mod:`~.script`).
     """
@@ -93,11 +93,25 @@ class EmulatorState:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
+    def requests_by_endpoint(self) -> Counter[str]:
+        """Count the requests answered (or faulted) by endpoint, whatever the answer."""
+        counts: Counter[str] = Counter()
+        for key, count in self.stats.items():
+            counts[key.split(" ", 1)[0]] += count
+        return counts
+
     def summary(self) -> dict[str, Any]:
-        """Return what ``GET /_emulator/stats`` answers."""
+        """
+        Return what ``GET /_emulator/stats`` answers.
+
+        ``api_codes`` counts the ``code`` in each answer's JSON body (Apikley answers an error such as
+        a refused key with HTTP 200 and the error's code in the body), or the fault injected;
+        ``http_statuses`` counts the HTTP status lines; ``requests`` totals both by endpoint.
+        """
         now = time.time()
         return {
-            "requests": dict(sorted(self.stats.items())),
+            "requests": dict(sorted(self.requests_by_endpoint().items())),
+            "api_codes": dict(sorted(self.stats.items())),
             "http_statuses": dict(sorted(self.http_statuses.items())),
             "slowed": dict(sorted(self.slowed.items())),
             "accepted_create_tasks": self.accepted_creates,

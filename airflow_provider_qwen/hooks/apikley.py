@@ -22,6 +22,7 @@ from airflow.providers.http.hooks.http import HttpHook
 from airflow_provider_qwen import __version__
 from airflow_provider_qwen.connection_form import DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
 from airflow_provider_qwen.exceptions import (
+    ApikleyAuthError,
     ApikleyBadResponseError,
     ApikleyConnectionError,
     ApikleyError,
@@ -29,7 +30,7 @@ from airflow_provider_qwen.exceptions import (
     error_class_for_code,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth
+from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth, connection_source
 from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, wall_clock_limit
 from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
 from airflow_provider_qwen.hooks.envelope import check_answer_size, excerpt, parse_envelope
@@ -205,7 +206,18 @@ class ApikleyHook(HttpHook):
                 raise (_deadline_passed(self.timeout) if deadline.expired else _connection_error(err)) from None
             if deadline.expired:  # an answer without a length ends early, at the shutdown
                 raise _deadline_passed(self.timeout)
-        return parse_envelope(response.status_code, body, response.encoding, response.headers.get("Retry-After"))
+        return self._read_answer(response.status_code, body, response.encoding, response.headers.get("Retry-After"))
+
+    def _read_answer(self, http_status: int, body: bytes, charset: str | None, retry_after: str | None) -> Any:
+        """Return an answer's ``data``; a refused key's error says which connection to fix, and where."""
+        try:
+            return parse_envelope(http_status, body, charset, retry_after)
+        except ApikleyAuthError as err:
+            conn_id = self.apikley_conn_id
+            source = connection_source(conn_id)
+            raise err.with_advice(
+                f"Check the API key (password) of connection {conn_id!r}, read from {source}."
+            ) from None
 
     def _call(
         self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs
@@ -474,7 +486,7 @@ class ApikleyHook(HttpHook):
             raise ApikleyConnectionError(
                 f"Connection to Apikley broke: {type(err).__name__}: {err}", request_not_sent=False
             ) from None
-        return parse_envelope(response.status, body, response.charset, response.headers.get("Retry-After"))
+        return self._read_answer(response.status, body, response.charset, response.headers.get("Retry-After"))
 
     def _acall(
         self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs

@@ -8,7 +8,10 @@ connection the same way: only connections of type ``apikley``, and only the extr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ from airflow_provider_qwen.connection_form import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_UPLOAD_BASE_URL,
+    EXTRA_FIELDS,
 )
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 from airflow_provider_qwen.models import is_http_url
@@ -32,9 +36,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The connection extras the provider reads; any other extra is ignored (never sent as a header).
-KNOWN_EXTRAS = frozenset(
-    {"timeout", "upload_base_url", "webhook_secret", "route_keys", "proxies", "verify", "private_result_hosts"}
-)
+KNOWN_EXTRAS = frozenset(field.name for field in EXTRA_FIELDS)
+
+
+def connection_source(conn_id: str) -> str:
+    """
+    Where Airflow reads connection ``conn_id`` from, as a user would go to fix it.
+
+    Airflow looks in a configured secrets backend first, then ``AIRFLOW_CONN_<ID>``, then its
+    metadata database; the first that has the connection wins.
+    """
+    from airflow.configuration import conf
+
+    variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    fallback = (
+        f"environment variable {variable}" if variable in os.environ else "the metadata database (Admin → Connections)"
+    )
+    backend = conf.get("secrets", "backend", fallback="")
+    return f"the secrets backend {backend.rsplit('.', 1)[-1]}, else {fallback}" if backend else fallback
+
+
 #: The shortest route key accepted: a key signs callback URLs, so it must not be guessable.
 MIN_ROUTE_KEY_CHARS = 32
 
@@ -212,6 +233,9 @@ def _http_url_extra(conn: Connection, extra: dict[str, Any], name: str, default:
 
 def _proxies_from_extra(conn: Connection, extra: dict[str, Any]) -> dict[str, str]:
     proxies = extra.get("proxies") or {}
+    if isinstance(proxies, str):  # as the connection form saves it
+        with contextlib.suppress(ValueError):  # not JSON: refused below, as any other non-mapping
+            proxies = json.loads(proxies)
     if not isinstance(proxies, dict) or not all(isinstance(v, str) for v in proxies.values()):
         raise ApikleyConfigurationError(
             f"Connection {conn.conn_id!r} extra proxies: must map a scheme to a proxy URL, "

@@ -74,7 +74,7 @@ def accepted_creates(emulator: EmulatorProcess) -> int:
 
 
 def callbacks_taken(emulator: EmulatorProcess) -> int:
-    return emulator.stats()["requests"].get("callback taken", 0)
+    return emulator.stats()["api_codes"].get("callback taken", 0)
 
 
 def task_states(cluster: AirflowCluster, run_id: str, task_ids: tuple[str, ...]) -> Counter[str]:

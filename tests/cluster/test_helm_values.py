@@ -1,28 +1,25 @@
 """
-README.md's Helm values for a cluster, checked: every Airflow option they set exists (Airflow's own
+The Helm values of docs/cluster.md, checked: every Airflow option they set exists (Airflow's own
 or a provider's), and they set what "Deploying as a cluster" says a cluster needs. They start no
 cluster, and run with the cluster tests (``make cluster-test``).
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-pytestmark = pytest.mark.cluster
+from tests.docs import snippets
 
-README = Path(__file__).parents[2] / "README.md"
+pytestmark = pytest.mark.cluster
 
 
 def helm_values() -> dict[str, Any]:
-    """The README's values file for the official chart: its YAML block that sets the CeleryExecutor."""
-    blocks = re.findall(r"^```yaml\n(.*?)^```$", README.read_text(), flags=re.DOTALL | re.MULTILINE)
-    (values,) = [yaml.safe_load(block) for block in blocks if "executor: CeleryExecutor" in block]
+    """The docs' values file for the official chart: its YAML block that sets the CeleryExecutor."""
+    (values,) = [yaml.safe_load(s.code) for s in snippets("yaml") if "executor: CeleryExecutor" in s.code]
     return values
 
 
@@ -36,7 +33,7 @@ def test_every_airflow_option_the_helm_values_set_exists():
         for option in options
         if option not in known.get(section, {}).get("options", {})
     ]
-    assert not unknown, f"the README's Helm values set options Airflow does not have: {unknown}"
+    assert not unknown, f"the docs' Helm values set options Airflow does not have: {unknown}"
 
 
 def test_the_helm_values_set_what_a_cluster_needs():

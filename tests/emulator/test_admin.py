@@ -25,20 +25,31 @@ def test_stats_count_requests_tasks_and_credits(client):
     stats = client.stats()
     assert stats["accepted_create_tasks"] == 1
     assert stats["tasks_by_state"] == {"success": 1}
-    assert stats["requests"]["upload 200"] == 1
-    assert stats["requests"]["createTask 200"] == 1
-    assert stats["requests"]["recordInfo 200"] >= 1
-    assert stats["requests"]["recordInfo 422"] == 1
-    assert stats["http_statuses"]["recordInfo 200"] == stats["requests"]["recordInfo 200"] + 1
+    assert stats["api_codes"]["upload 200"] == 1
+    assert stats["api_codes"]["createTask 200"] == 1
+    assert stats["api_codes"]["recordInfo 200"] >= 1
+    assert stats["api_codes"]["recordInfo 422"] == 1
+    assert stats["http_statuses"]["recordInfo 200"] == stats["api_codes"]["recordInfo 200"] + 1
+    assert stats["requests"]["recordInfo"] == stats["api_codes"]["recordInfo 200"] + 1
     assert stats["credits"] == 999
     assert stats["files"] == 2  # the upload and the result
+
+
+def test_stats_tell_the_body_code_of_a_refused_key_from_its_http_status(client):
+    """Apikley refuses a key with HTTP 200 and code 401 in the body: the stats name each for what it is."""
+    client.credit(headers={"Authorization": "Bearer not-a-key"})
+    client.credit(headers=AUTH)
+    stats = client.stats()
+    assert stats["api_codes"] == {"credit 200": 1, "credit 401": 1}
+    assert stats["http_statuses"] == {"credit 200": 2}
+    assert stats["requests"] == {"credit": 2}
 
 
 def test_reset_forgets_tasks_files_stats_and_restores_credits(client):
     url = client.image_url()
     task_id = client.task_id(image_url=url)
     reset = client.http.post(f"{client.url}/_emulator/reset").json()
-    assert (reset["accepted_create_tasks"], reset["requests"], reset["credits"], reset["files"]) == (0, {}, 1000, 0)
+    assert (reset["accepted_create_tasks"], reset["api_codes"], reset["credits"], reset["files"]) == (0, {}, 1000, 0)
     assert client.record(task_id)["msg"] == "recordInfo is null"
     assert client.http.get(url).status_code == 404
 

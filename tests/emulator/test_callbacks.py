@@ -87,10 +87,10 @@ def test_callbacks_can_be_delivered_twice_and_each_delivery_is_counted(client, r
     receiver.wait_for(6)
     assert sorted(body["data"]["taskId"] for _, body in receiver.calls) == sorted(task_ids * 2)
     deadline = time.monotonic() + 5
-    while client.stats()["requests"].get("callback taken", 0) < 6 and time.monotonic() < deadline:
+    while client.stats()["api_codes"].get("callback taken", 0) < 6 and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.2)
-    assert client.stats()["requests"]["callback taken"] == 6
+    assert client.stats()["api_codes"]["callback taken"] == 6
 
 
 def test_a_failed_task_calls_back_with_code_501_unsigned(client, receiver):

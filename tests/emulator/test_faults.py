@@ -24,7 +24,7 @@ def test_each_answering_fault_kind(client, fault, check):
     client.configure(faults={"credit": {fault: 1.0}})
     response = client.credit()
     assert check(response), response.text
-    assert client.stats()["requests"] == {f"credit fault:{fault}": 1}
+    assert client.stats()["api_codes"] == {f"credit fault:{fault}": 1}
 
 
 def test_the_html_fault_is_an_error_page(client):
@@ -61,9 +61,9 @@ def test_slow_answer_is_the_real_answer_late(client):
     assert client.stats()["slowed"] == {"credit": 2}
     # the abandoned request is still answered, 0.3 s on: wait for it, or the next test counts it
     deadline = time.monotonic() + 5
-    while client.stats()["requests"].get("credit 200", 0) < 2 and time.monotonic() < deadline:
+    while client.stats()["api_codes"].get("credit 200", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.stats()["requests"]["credit 200"] == 2
+    assert client.stats()["api_codes"]["credit 200"] == 2
 
 
 @pytest.mark.parametrize("fault", ["rate_limited", "maintenance", "server_error", "malformed", "html", "drop"])
@@ -77,7 +77,7 @@ def test_a_faulted_create_creates_nothing_and_charges_nothing(client, emulator, 
     assert emulator.state.tasks == {}
     stats = client.stats()
     assert (stats["accepted_create_tasks"], stats["credits"]) == (0, 1000)
-    assert stats["requests"] == {"upload 200": 1, f"createTask fault:{fault}": 1}
+    assert stats["api_codes"] == {"upload 200": 1, f"createTask fault:{fault}": 1}
 
 
 def test_a_slow_create_still_creates_once(client):

@@ -173,4 +173,4 @@ def test_results_expire(client):
     assert client.http.get(url).status_code == 200
     time.sleep(0.45)
     assert client.http.get(url).status_code == 404
-    assert client.stats()["requests"]["results 404"] == 1
+    assert client.stats()["api_codes"]["results 404"] == 1

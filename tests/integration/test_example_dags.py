@@ -106,7 +106,7 @@ def test_the_callback_producer_submits_with_the_receiver_as_callback_and_never_p
     created = created_requests(apikley)
     assert sorted(request["input"]["image_url"] for request in created) == sorted(images)
     assert {request["callBackUrl"] for request in created} == {"https://airflow.example.org/apikley/callback"}
-    assert not any(name.startswith("recordInfo") for name in apikley.stats()["requests"])
+    assert not any(name.startswith("recordInfo") for name in apikley.stats()["api_codes"])
 
 
 FINISHED_EDITS_URI = "apikley://qwen/image-to-image"

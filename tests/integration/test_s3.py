@@ -183,7 +183,7 @@ def test_an_object_with_other_bytes_is_never_overwritten_and_the_same_bytes_are_
 
 # ---- IAM: what the provider needs on a bucket, and a role that may not delete ------------------------
 
-#: What README's minimal policy grants on the results' prefix.
+#: What the docs' minimal policy grants on the results' prefix.
 WRITER_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]
 
 
@@ -245,13 +245,13 @@ def chunks(data: bytes, size: int = 1024 * 1024):
         yield block
 
 
-# ---- README's S3 section ------------------------------------------------------------------------------
+# ---- the docs' S3 section ------------------------------------------------------------------------------
 
 
-def test_readmes_s3_snippet_stores_results_in_the_bucket_it_names(apikley, source_image_url, s3):
+def test_the_docs_s3_snippet_stores_results_in_the_bucket_it_names(apikley, source_image_url, s3):
     from airflow.providers.common.compat.sdk import DAG
 
-    from tests.integration.test_readme import snippets
+    from tests.docs import snippets
 
     (snippet,) = [snippet for snippet in snippets("python") if 'output_path="s3://my-bucket/edits",\n)' in snippet.code]
     try:
@@ -269,8 +269,8 @@ def test_readmes_s3_snippet_stores_results_in_the_bucket_it_names(apikley, sourc
     assert stored["uri"] == f"s3://my-bucket/{key}" and hashlib.sha256(data).hexdigest() == stored["sha256"]
 
 
-def test_readmes_iam_policy_grants_what_the_delete_denied_role_had():
-    from tests.integration.test_readme import snippets
+def test_the_docs_iam_policy_grants_what_the_delete_denied_role_had():
+    from tests.docs import snippets
 
     (policy,) = [json.loads(snippet.code) for snippet in snippets("json") if "s3:PutObject" in snippet.code]
     (statement,) = policy["Statement"]

@@ -100,7 +100,7 @@ def test_a_batch_is_submitted_at_the_accounts_rate_without_a_single_429(apikley,
     assert time.monotonic() - started >= 1.0  # 3 at once, 3 after 0.5 s, 1 after 1 s
     assert [task_id for task_id, _ in trigger.tasks] == list(apikley.state.tasks)
     assert apikley.state.accepted_creates == 7
-    assert not any(key.startswith("createTask 429") for key in apikley.stats()["requests"])
+    assert not any(key.startswith("createTask 429") for key in apikley.stats()["api_codes"])
 
 
 def test_a_429_slows_the_batch_down_and_drops_no_item(apikley, source_image_url):

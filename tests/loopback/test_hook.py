@@ -275,6 +275,38 @@ def test_test_connection_reports_a_wrong_key_readably(apikley, monkeypatch):
     assert WRONG_KEY not in message
 
 
+def test_a_refused_key_names_the_connection_and_where_it_was_read_from(apikley, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_STAGING", apikley.airflow_connection(api_key=WRONG_KEY))
+    with pytest.raises(ApikleyAuthError) as excinfo:
+        ApikleyHook("apikley_staging").get_credits()
+    assert str(excinfo.value).endswith(
+        "the API key is missing or invalid. Check the API key (password) of connection 'apikley_staging', "
+        "read from environment variable AIRFLOW_CONN_APIKLEY_STAGING."
+    )
+    assert WRONG_KEY not in str(excinfo.value)
+
+
+async def test_a_refused_key_names_the_connection_in_the_async_client_too(apikley, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", apikley.airflow_connection(api_key=WRONG_KEY))
+    hook = ApikleyHook(retry_policy=RetryPolicy(attempts=1))
+    try:
+        with pytest.raises(ApikleyAuthError, match="connection 'apikley_default', read from environment variable"):
+            await hook.aget_task("3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e")
+    finally:
+        await hook.aclose()
+
+
+def test_a_connection_from_the_database_or_a_secrets_backend_is_named_so(monkeypatch):
+    from airflow_provider_qwen.hooks.connection import connection_source
+
+    monkeypatch.delenv("AIRFLOW_CONN_APIKLEY_OTHER", raising=False)
+    assert connection_source("apikley_other") == "the metadata database (Admin → Connections)"
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", "airflow.providers.amazon.aws.secrets.SecretsManagerBackend")
+    assert connection_source("apikley_other") == (
+        "the secrets backend SecretsManagerBackend, else the metadata database (Admin → Connections)"
+    )
+
+
 def test_empty_password_is_a_clear_error_before_any_request(apikley, monkeypatch):
     set_connection(monkeypatch, host=apikley.base_url)
     with pytest.raises(ApikleyConfigurationError, match="has no API key"):

@@ -304,7 +304,7 @@ def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]
 
 
 def callbacks_taken(emulator: EmulatorProcess, before: dict[str, Any]) -> int:
-    return emulator.stats()["requests"].get("callback taken", 0) - before["requests"].get("callback taken", 0)
+    return emulator.stats()["api_codes"].get("callback taken", 0) - before["api_codes"].get("callback taken", 0)
 
 
 def consumer_runs(deployment: AirflowDeployment) -> Counter[str]:
@@ -345,7 +345,7 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(
     )
 
     after = emulator.stats()
-    requests = Counter(after["requests"]) - Counter(before["requests"])
+    requests = Counter(after["api_codes"]) - Counter(before["api_codes"])
     taken = requests["callback taken"]
     assert after["accepted_create_tasks"] - before["accepted_create_tasks"] == CALLBACK_EDITS
     assert taken == 2 * CALLBACK_EDITS, f"the receiver took {taken} of {2 * CALLBACK_EDITS} deliveries"

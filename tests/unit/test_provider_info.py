@@ -70,3 +70,51 @@ def test_the_unsigned_callback_setting_is_declared_and_off_by_default(providers_
     providers_manager.initialize_providers_configuration()
     conf.load_providers_configuration()
     assert conf.getboolean("apikley", "allow_unsigned_callbacks") is False
+
+
+@pytest.mark.skipif(not FORM_FROM_PROVIDER_INFO, reason="extra fields in the form need Airflow 3.2+")
+def test_every_extra_the_hook_reads_is_in_the_form_with_the_documented_help(providers_manager):
+    from airflow_provider_qwen.connection_form import EXTRA_FIELDS, connection_reference_markdown
+    from airflow_provider_qwen.hooks.connection import KNOWN_EXTRAS
+
+    widgets = providers_manager.connection_form_widgets
+    in_form = {name.removeprefix("extra__apikley__") for name in widgets if name.startswith("extra__apikley__")}
+    assert in_form == KNOWN_EXTRAS >= {"proxies", "verify"}
+    reference = connection_reference_markdown()
+    for field in EXTRA_FIELDS:
+        widget = widgets[f"extra__apikley__{field.name}"]
+        assert widget.field["description"] == field.description
+        assert f"| extra `{field.name}` | {field.label} | {field.description} |" in reference
+
+
+def test_the_reference_table_documents_airflows_own_fields_as_the_form_labels_them(providers_manager):
+    from airflow_provider_qwen.connection_form import connection_reference_markdown
+
+    behaviour = ApikleyHook.get_ui_field_behaviour()
+    for field, label in behaviour["relabeling"].items():
+        assert f"| {field} | {label} |" in connection_reference_markdown()
+
+
+def test_the_webhook_secret_help_says_callbacks_are_refused_without_it():
+    from airflow_provider_qwen.connection_form import CONN_FIELDS
+
+    help_text = CONN_FIELDS["webhook_secret"]["description"]
+    assert (
+        "Callbacks are refused without it, unless the deployment sets [apikley] allow_unsigned_callbacks" in help_text
+    )
+
+
+@pytest.mark.parametrize(
+    ("saved", "proxies"),
+    [
+        ({"https": "http://proxy:3128"}, {"https": "http://proxy:3128"}),
+        ('{"https": "http://proxy:3128"}', {"https": "http://proxy:3128"}),
+    ],
+)
+def test_proxies_are_read_as_json_or_as_the_form_saves_them(saved, proxies):
+    from airflow.models.connection import Connection
+
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
+
+    conn = Connection(conn_id="apikley_proxied", conn_type="apikley", password="k" * 8, extra={"proxies": saved})
+    assert ApikleySettings.from_connection(conn).proxies == proxies

@@ -1,0 +1,124 @@
+"""
+The ``apikley`` command: a connection's balance, one task's state and results, the local emulator.
+
+It reads the Airflow connection as the hook does (so ``AIRFLOW_HOME``, ``AIRFLOW_CONN_*`` and any
+secrets backend apply), and prints Apikley's errors as one line, never the API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+    from airflow_provider_qwen.models import TaskRecord
+
+EMULATOR_EXTRA_MISSING = "apikley emulator needs the emulator extra: pip install 'airflow-provider-qwen[emulator]'"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``apikley`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="apikley",
+        description="Ask Apikley about an Airflow connection's account and tasks, or run the local emulator.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--conn-id",
+        default=DEFAULT_CONN_ID,
+        help=f"the Airflow connection to Apikley, read as tasks read it (default: {DEFAULT_CONN_ID})",
+    )
+    commands.add_parser(
+        "credits",
+        parents=[connection],
+        help="print the account's remaining credits",
+        description="Print the account's remaining credits.",
+    )
+    task = commands.add_parser(
+        "task",
+        parents=[connection],
+        help="print a task's state, results and cost",
+        description="Print an Apikley task's state, result URLs, credits consumed, and failure when it failed.",
+    )
+    task.add_argument("apikley_task_id", metavar="TASK_ID", help="the Apikley task id")
+    task.add_argument("--json", action="store_true", help="print Apikley's record of the task as JSON")
+    commands.add_parser(
+        "emulator",
+        add_help=False,
+        help="run the local Apikley emulator (the emulator extra); --help for its flags",
+        description="Run the local Apikley emulator.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``apikley`` with ``argv`` (``sys.argv[1:]`` by default); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:  # its own flags, parsed by the emulator
+        return run_emulator(argv[1:])
+    args = build_parser().parse_args(argv)
+    output = sys.stdout
+    # Airflow logs to stdout, from loggers made as it is imported: only the answer may go there
+    with contextlib.redirect_stdout(sys.stderr):
+        from airflow_provider_qwen.exceptions import ApikleyError
+
+        try:
+            answer = ask(args)
+        except ApikleyError as err:
+            print(f"apikley {args.command}: {err}", file=sys.stderr)
+            return 1
+    print(answer, file=output)
+    return 0
+
+
+def ask(args: argparse.Namespace) -> str:
+    """Return what ``apikley credits`` or ``apikley task`` prints, asking Apikley through the hook."""
+    from airflow_provider_qwen.models import check_task_id
+
+    if args.command == "credits":
+        return f"{args.conn_id}: {_hook(args.conn_id).get_credits():g} credits"
+    task_id = check_task_id(args.apikley_task_id)  # before any request
+    record = _hook(args.conn_id).get_task(task_id)
+    return json.dumps(record.model_dump(mode="json"), indent=2) if args.json else describe(record)
+
+
+def describe(record: TaskRecord) -> str:
+    """Return a task's record as the lines ``apikley task`` prints."""
+    lines = [f"task {record.task_id}: {record.state.value}"]
+    if record.model:
+        lines.append(f"model: {record.model}")
+    lines += [f"result: {url}" for url in record.result_urls]
+    if record.fail_code or record.fail_message:
+        lines.append(f"failed: {record.fail_code or ''} {record.fail_message or ''}".rstrip())
+    if record.credits_consumed is not None:
+        lines.append(f"credits consumed: {record.credits_consumed:g}")
+    return "\n".join(lines)
+
+
+def run_emulator(argv: list[str]) -> int:
+    """Serve the emulator in the foreground with the emulator's own flags; 2 without its extra."""
+    try:
+        from airflow_provider_qwen.emulator.__main__ import main as emulator_main
+    except ImportError:
+        print(EMULATOR_EXTRA_MISSING, file=sys.stderr)
+        return 2
+    emulator_main(argv, prog="apikley emulator")
+    return 0
+
+
+def _hook(conn_id: str) -> ApikleyHook:
+    from airflow_provider_qwen.hooks.apikley import ApikleyHook  # Airflow's configuration: loaded on use
+
+    return ApikleyHook(conn_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
