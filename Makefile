@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: docs test test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch fault-suite \
+.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch fault-suite \
 	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -30,7 +30,11 @@ install: $(STAMP)
 # Everything, the system test on a real deployment included: one pytest-xdist worker runs the
 # system tests on their deployment while the other runs the rest, a module at a time.
 test: $(STAMP) system-deps
-	@$(call pytest_strict,$(BIN)/pytest -n 2 --no-loadscope-reorder --durations=15)
+	@$(call pytest_strict,$(BIN)/pytest -n 2 --no-loadscope-reorder --durations=15 -m "not fresh_venv")
+
+# README's quickstart, verbatim, in a fresh venv with a fresh AIRFLOW_HOME (about 90 s; CI runs it).
+test-quickstart: $(STAMP)
+	@$(call pytest_strict,$(BIN)/pytest -q -m fresh_venv tests/integration/test_docs.py)
 
 # One tier alone, for iterating: no I/O at all (seconds), or over loopback HTTP to the emulator.
 test-unit: $(STAMP)
@@ -95,7 +99,7 @@ demo: $(DEMO_STAMP)
 bench-emulator: $(DEMO_STAMP)
 	$(BIN)/python -m airflow_provider_qwen.emulator.bench
 
-# Twenty mapped edits under each fault kind; prints the table README.md quotes (make test runs it too).
+# Twenty mapped edits under each fault kind; prints the table docs/reliability.md quotes (make test runs it too).
 fault-suite: $(STAMP)
 	$(BIN)/pytest -q tests/integration/test_fault_suite.py
 
@@ -120,7 +124,7 @@ system-deps:
 	@bash scripts/install-browser-test-deps.sh
 
 # The provider against HttpOperator + HttpSensor and a PythonOperator sleep loop on a real
-# deployment, then the triggerer's capacity; each prints a table README.md quotes.
+# deployment, then the triggerer's capacity; each prints a table docs/benchmarks.md quotes.
 bench: bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch
 
 bench-waits: $(STAMP) system-deps

@@ -245,10 +245,12 @@ def _proxies_from_extra(conn: Connection, extra: dict[str, Any]) -> dict[str, st
 
 
 def _verify_from_extra(conn: Connection, extra: dict[str, Any]) -> bool | str:
-    verify = extra.get("verify", True)
+    verify = extra.get("verify")
+    if verify in (None, ""):  # unset, or left empty in the connection form
+        return True
     if isinstance(verify, str) and verify.lower() in ("true", "false"):
         return verify.lower() == "true"
-    if not isinstance(verify, (bool, str)) or verify == "":
+    if not isinstance(verify, (bool, str)):
         raise ApikleyConfigurationError(
             f"Connection {conn.conn_id!r} extra verify={verify!r}: must be true, false or a CA bundle path"
         )

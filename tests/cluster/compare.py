@@ -6,7 +6,7 @@ The cluster test's workload without faults, on one node or on the cluster: wall 
 
 Both get the same worker slots (2 Celery workers x 3, or ``[core] parallelism`` 6) and the same
 emulator; the straggler is let go at once and does not pause. Prints a Markdown table, the
-figures README.md puts beside the cluster test's.
+figures docs/benchmarks.md puts beside the cluster test's.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ FAULT_KINDS = [
     FaultKind("triggerer restarted mid-wait", patch=triggerer_restarts_mid_wait),
 ]
 
-#: The Markdown table README.md quotes, one row per fault kind (see ``tests/measurements.py``).
+#: The Markdown table docs/reliability.md quotes, one row per fault kind (see ``tests/measurements.py``).
 TABLE_TITLE = "fault suite"
 TABLE_HEADER = (
     "| fault kind | edits completed | createTask accepted | faults injected | task retries |",

@@ -13,7 +13,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 #: How the Airflow UI shows a failed request: an alert in the page or dialog, or an error toast.
 ERROR_BANNERS = "[data-testid=error-alert], [data-scope=toast][data-type=error]"
-#: The README's screenshots; the browser test rewrites its own there only when this variable is ``1``.
+#: The documentation's screenshots; the browser test rewrites its own there only when this variable is ``1``.
 DOCS = Path(__file__).parents[2] / "docs"
 UPDATE_SCREENSHOTS = "QWEN_UPDATE_SCREENSHOTS"
 
@@ -62,10 +62,10 @@ class UiPage:
 
     def docs_screenshot(self, name: str, elsewhere: Path, selector: str = "body") -> Path:
         """
-        Take a screenshot of ``selector`` for the README, as ``docs/<name>`` when ``QWEN_UPDATE_SCREENSHOTS=1``
+        Take a screenshot of ``selector`` for the documentation, as ``docs/<name>`` when ``QWEN_UPDATE_SCREENSHOTS=1``
         is set, else in the folder ``elsewhere``; return its path.
 
-        It is saved as the README's other screenshots are: cropped to what it shows and reduced to a
+        It is saved as the documentation's other screenshots are: cropped to what it shows and reduced to a
         256-colour palette, which keeps the repository small.
         """
         from PIL import Image

@@ -40,7 +40,7 @@ pytestmark = [
 
 DAG_ID = "qwen_system_edits"
 #: Mapped edits through the triggerer crash: 60 in ``make test``, 200 in ``make system-test``, whose
-#: wall time README quotes.
+#: wall time docs/benchmarks.md quotes.
 EDITS = int(os.environ.get("QWEN_SYSTEM_EDITS", "60"))
 MIDWAY_TIMEOUT_SECONDS = 450.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0

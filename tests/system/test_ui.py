@@ -4,7 +4,7 @@ the "Apikley task" extra link on the demo DAG's edits.
 
 Screenshots of each step go to ``tests/system/screenshots/`` (git-ignored); a step fails on any
 error banner. With ``QWEN_UPDATE_SCREENSHOTS=1`` the task page's screenshot also replaces the
-README's ``docs/task-page.png``.
+documentation's ``docs/task-page.png``.
 """
 
 from __future__ import annotations

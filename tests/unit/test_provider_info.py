@@ -118,3 +118,16 @@ def test_proxies_are_read_as_json_or_as_the_form_saves_them(saved, proxies):
 
     conn = Connection(conn_id="apikley_proxied", conn_type="apikley", password="k" * 8, extra={"proxies": saved})
     assert ApikleySettings.from_connection(conn).proxies == proxies
+
+
+def test_extras_the_form_saves_empty_read_as_their_defaults():
+    """The UI saves every extra of the form, an empty one as null: each reads as if unset."""
+    from airflow.models.connection import Connection
+
+    from airflow_provider_qwen.connection_form import EXTRA_FIELDS
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
+
+    empty = {field.name: None for field in EXTRA_FIELDS}
+    saved = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8, extra=empty)
+    unset = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8)
+    assert ApikleySettings.from_connection(saved) == ApikleySettings.from_connection(unset)
