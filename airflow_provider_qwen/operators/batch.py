@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
+from airflow_provider_qwen.batch_manifest import PAGE_ITEMS, BatchFolder, read_records, write_records
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, check_callback_url
-from airflow_provider_qwen.storage import check_writable, result_extension
+from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Submitted tasks are remembered in pages of this many, each under ``apikley_batch/<page>``.
 LEDGER_PAGE = 100
+#: Batches of up to this many items return the per-item list in XCom and carry it in their trigger;
+#: larger ones keep their items in a manifest under ``output_path`` and return a summary.
+INLINE_RESULTS_LIMIT = 1000
 
 
 class CreateRateLimiter:
@@ -112,11 +117,16 @@ class QwenImageToImageBatchOperator(BaseOperator):
     trigger then waits for all of them, asking about each about once, when its answer is due. The
     results are copied to ``output_path`` when given.
 
-    Returns one dict per input, in input order: ``index``, ``apikley_task_id``, ``state``
-    (``success``, ``failed``, ``timeout`` or ``error``), ``result_urls``, and ``fail_code`` /
-    ``fail_message`` / ``message`` when they apply, ``stored`` with ``output_path``. A failed item does
-    not stop the others; the task fails when more than ``max_failed_fraction`` of the items did not
-    succeed, naming them.
+    Up to :data:`INLINE_RESULTS_LIMIT` items, it returns one dict per input, in input order:
+    ``index``, ``apikley_task_id``, ``state`` (``success``, ``failed``, ``timeout`` or ``error``),
+    ``result_urls``, ``credits_consumed``, and ``fail_code`` / ``fail_message`` / ``message`` when
+    they apply, ``stored`` with ``output_path``. A larger batch needs ``output_path``: its items are
+    kept there as JSON Lines (see :mod:`~airflow_provider_qwen.batch_manifest`), never in the
+    trigger's arguments, its event or XCom, and it returns a summary: ``items``, ``states`` (count
+    by state), ``credits_consumed`` and ``manifest``, the URI of one record per input (the dict
+    above with its ``input``), which :func:`~airflow_provider_qwen.batch_manifest.read_batch_manifest`
+    streams. A failed item does not stop the others; the task fails when more than
+    ``max_failed_fraction`` of the items did not succeed, naming the first ten.
 
     Mapped single edits (``QwenImageToImageOperator.partial(...).expand(...)``) stay the way to go for
     per-item retries and a task instance per edit in the UI; this operator is for catalogs of
@@ -203,6 +213,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """Validate every item, submit those no earlier try submitted, then wait for all in one trigger."""
         requests = self.build_inputs()
         check_callback_url(self.callback_url)
+        folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
         ledger = BatchLedger(context.get("task_state_store"))
         submitted = ledger.load()
         if self.output_path and len(submitted) < len(requests):
@@ -211,16 +222,21 @@ class QwenImageToImageBatchOperator(BaseOperator):
             self.log.info("Resuming %d Apikley tasks an earlier try submitted", len(submitted))
         limiter = CreateRateLimiter(self.creates_per_window, self.window_seconds)
         for index, request in enumerate(requests):
-            if index in submitted:
-                continue
-            submitted[index] = (self._submit(request, limiter), time.time())
-            ledger.record(index, submitted)
-            if len(submitted) % 50 == 0 or len(submitted) == len(requests):
-                self.log.info("Submitted %d of %d edits", len(submitted), len(requests))
+            if index not in submitted:
+                submitted[index] = (self._submit(request, limiter), time.time())
+                ledger.record(index, submitted)
+                if len(submitted) % 50 == 0 or len(submitted) == len(requests):
+                    self.log.info("Submitted %d of %d edits", len(submitted), len(requests))
+            if folder and (index % PAGE_ITEMS == PAGE_ITEMS - 1 or index == len(requests) - 1):
+                _write_submitted_page(folder, index // PAGE_ITEMS, submitted)
         deadline = min(at for _, at in submitted.values()) + self.timeout
+        if folder:
+            tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": len(requests)}
+        else:
+            tasks = {"tasks": [list(submitted[index]) for index in range(len(requests))]}
         self.defer(
             trigger=ApikleyBatchTrigger(
-                tasks=[list(submitted[index]) for index in range(len(requests))],
+                **tasks,
                 apikley_conn_id=self.apikley_conn_id,
                 deadline=deadline,
                 model=QWEN_IMAGE_TO_IMAGE,
@@ -232,24 +248,71 @@ class QwenImageToImageBatchOperator(BaseOperator):
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Check the trigger's event, copy the results, return them in input order, or fail past the threshold."""
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Check the trigger's event, copy the results, return them (or their summary), or fail past the threshold."""
+        if isinstance(event, dict) and event.get("status") == "done" and "folder" in event:
+            return self._complete_from_folder(context, event)
         if not isinstance(event, dict) or event.get("status") != "done" or not isinstance(event.get("tasks"), list):
             raise ApikleyError(f"Expected the event of an Apikley batch trigger, got {str(event)[:200]!r}")
         if len(event["tasks"]) != len(self.inputs):
             raise ApikleyError(f"The batch trigger reported {len(event['tasks'])} tasks for {len(self.inputs)} inputs")
         outcomes = [TaskEvent.from_payload(payload) for payload in event["tasks"]]
         results = [self._result(index, outcome) for index, outcome in enumerate(outcomes)]
-        failed = [result for result in results if result["state"] != EventStatus.SUCCESS.value]
-        self.log.info("%d of %d edits succeeded", len(results) - len(failed), len(results))
-        if len(failed) > self.max_failed_fraction * len(results):
-            shown = "; ".join(_failure_line(result) for result in failed[:10])
-            more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
-            raise ApikleyError(
-                f"{len(failed)} of {len(results)} edits did not succeed, more than max_failed_fraction="
-                f"{self.max_failed_fraction:g} allows: {shown}{more}"
-            )
+        tally = Tally()
+        for result in results:
+            tally.add(result)
+        self._check_failures(tally)
         return results
+
+    def _batch_folder(self, context: Context) -> BatchFolder:
+        """Where a large batch keeps its items: under ``output_path``, a folder per task instance."""
+        if not self.output_path:
+            raise ApikleyInputError(
+                f"inputs has {len(self.inputs)} items: a batch of more than {INLINE_RESULTS_LIMIT} keeps its "
+                "per-item records under output_path, which must be set; checked before submitting, so nothing "
+                "was spent"
+            )
+        ti = context["ti"]
+        mapped = ti.map_index is not None and ti.map_index >= 0
+        names = [ti.dag_id, ti.run_id, ti.task_id] + ([str(ti.map_index)] if mapped else [])
+        return BatchFolder(as_folder(self.output_path).joinpath("_apikley_batch", *map(_safe_name, names)))
+
+    def _complete_from_folder(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Stream a large batch's ended pages into its manifest, copying results; return the summary."""
+        folder = self._batch_folder(context)
+        if event.get("folder") != folder.uri or event.get("count") != len(self.inputs):
+            raise ApikleyError(f"The batch trigger's event is not this batch's: {str(event)[:200]!r}")
+        tally = Tally()
+
+        def records() -> Iterator[dict[str, Any]]:
+            for page in folder.pages(len(self.inputs)):
+                for payload in read_records(folder.ended(page)):
+                    index = payload.pop("index")
+                    result = self._result(index, TaskEvent.from_payload(payload))
+                    tally.add(result)
+                    yield {**result, "input": self.inputs[index]}
+
+        write_records(folder.manifest, records())
+        self.log.info("Wrote the manifest of %d items to %s", len(self.inputs), folder.manifest)
+        self._check_failures(tally, f"; every item is in {folder.manifest}")
+        return {
+            "items": tally.items,
+            "states": dict(tally.states),
+            "credits_consumed": tally.credits,
+            "manifest": str(folder.manifest),
+        }
+
+    def _check_failures(self, tally: Tally, where: str = "") -> None:
+        failed = tally.items - tally.states[EventStatus.SUCCESS.value]
+        self.log.info("%d of %d edits succeeded", tally.items - failed, tally.items)
+        if failed > self.max_failed_fraction * tally.items:
+            more = f" (and {failed - len(tally.first_failures)} more)" if failed > len(tally.first_failures) else ""
+            raise ApikleyError(
+                f"{failed} of {tally.items} edits did not succeed, more than max_failed_fraction="
+                f"{self.max_failed_fraction:g} allows: {'; '.join(tally.first_failures)}{more}{where}"
+            )
 
     def _submit(self, request: dict[str, Any], limiter: CreateRateLimiter) -> str:
         """Create one task at the allowed rate; a 429 waits and tries the same item again."""
@@ -280,6 +343,41 @@ class QwenImageToImageBatchOperator(BaseOperator):
             except ApikleyError as err:  # the others are still stored
                 result.update(state=EventStatus.ERROR.value, message=f"Could not store the result: {err}")
         return result
+
+
+class Tally:
+    """What a batch's results add up to, counted as they stream by."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.states: Counter[str] = Counter()
+        self.credits = 0.0
+        self.first_failures: list[str] = []
+
+    def add(self, result: dict[str, Any]) -> None:
+        """Count one item's result."""
+        self.items += 1
+        self.states[result["state"]] += 1
+        self.credits += result.get("credits_consumed") or 0.0
+        if result["state"] != EventStatus.SUCCESS.value and len(self.first_failures) < 10:
+            self.first_failures.append(_failure_line(result))
+
+
+def _write_submitted_page(folder: BatchFolder, page: int, submitted: dict[int, tuple[str, float]]) -> None:
+    items = range(page * PAGE_ITEMS, (page + 1) * PAGE_ITEMS)
+    write_records(
+        folder.submitted(page),
+        (
+            {"index": index, "apikley_task_id": submitted[index][0], "submitted_at": submitted[index][1]}
+            for index in items
+            if index in submitted
+        ),
+    )
+
+
+def _safe_name(name: object) -> str:
+    """``name`` as one folder name: run ids hold ``:`` and ``+``, and none may climb out with ``..``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".") or "_"
 
 
 def _failure_line(result: dict[str, Any]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen import waits
+from airflow_provider_qwen.batch_manifest import BatchFolder, read_records, write_records
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
@@ -34,16 +36,23 @@ class ApikleyBatchTrigger(BaseTrigger):
     costs about one status query per edit. Like :class:`~.apikley.ApikleyTaskTrigger` it only reads,
     and its arguments are JSON primitives.
 
-    The event is ``{"status": "done", "tasks": [...]}``: one
-    :class:`~airflow_provider_qwen.triggers.apikley.TaskEvent` payload per task, in the order given.
+    A small batch's tasks travel in its arguments, and its event is ``{"status": "done", "tasks":
+    [...]}``: one :class:`~airflow_provider_qwen.events.TaskEvent` payload per task, in the order
+    given. A large batch's stay in ``folder`` (see :mod:`~airflow_provider_qwen.batch_manifest`), so
+    its arguments and its event keep the same size whatever the number of items: it waits for one page
+    of items at a time, writes each page's outcomes there as it ends (a restarted trigger resumes
+    after the last page written), and fires ``{"status": "done", "folder": ..., "count": N,
+    "states": {...}}``.
 
-    :param tasks: ``[apikley_task_id, submitted_at]`` pairs, one per edit.
+    :param tasks: ``[apikley_task_id, submitted_at]`` pairs, one per edit; empty with ``folder``.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param deadline: epoch seconds after which the tasks still running end with ``timeout``.
     :param model: the tasks' model, whose usual duration sets each first query.
     :param expected_duration: seconds a task is expected to take; ``None`` uses what was learned.
     :param poll_interval: a fixed interval (varied by 10%) instead of Apikley's advised cadence.
     :param max_consecutive_poll_errors: failed queries in a row that end one task's wait with ``error``.
+    :param folder: the URI of a large batch's folder, whose ``submitted`` pages list its tasks.
+    :param count: how many items the batch in ``folder`` has.
     """
 
     def __init__(
@@ -55,6 +64,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         expected_duration: float | None = None,
         poll_interval: float | None = None,
         max_consecutive_poll_errors: int = 10,
+        folder: str | None = None,
+        count: int = 0,
     ) -> None:
         super().__init__()
         self.tasks: list[list[str | float]] = [[str(task_id), float(submitted_at)] for task_id, submitted_at in tasks]
@@ -64,6 +75,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.expected_duration = expected_duration
         self.poll_interval = poll_interval
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.folder = folder
+        self.count = count
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -77,6 +90,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                 "expected_duration": self.expected_duration,
                 "poll_interval": self.poll_interval,
                 "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
+                "folder": self.folder,
+                "count": self.count,
             },
         )
 
@@ -86,16 +101,43 @@ class ApikleyBatchTrigger(BaseTrigger):
 
         hook = ApikleyHook(self.apikley_conn_id)
         try:
-            events = await self._wait_for_all(hook)
+            if self.folder:
+                payload, last_submit = await self._wait_for_pages(hook, BatchFolder(self.folder))
+            else:
+                events = await self._wait_for_all(hook, self.tasks)
+                payload = {"status": "done", "tasks": [event.to_payload() for event in events]}
+                last_submit = max((float(at) for _, at in self.tasks), default=0.0)
         finally:
             await hook.aclose()
         # the operator defers right after its last submit: the batch resumes a worker, and races alike
-        await settle_before_resuming(self, deferred_at=max((float(at) for _, at in self.tasks), default=0.0))
-        yield TriggerEvent({"status": "done", "tasks": [event.to_payload() for event in events]})
+        await settle_before_resuming(self, deferred_at=last_submit)
+        yield TriggerEvent(payload)
 
-    async def _wait_for_all(self, hook: ApikleyHook) -> list[TaskEvent]:
+    async def _wait_for_pages(self, hook: ApikleyHook, folder: BatchFolder) -> tuple[dict[str, Any], float]:
+        """Wait for a large batch a page at a time; write each page's outcomes; return the event and last submit."""
+        states: Counter[str] = Counter()
+        last_submit = 0.0
+        for page in folder.pages(self.count):
+            ended = await asyncio.to_thread(_read_page, folder.ended(page))
+            if ended is None:  # not waited for yet, or by a triggerer that stopped before the page's end
+                submitted = await asyncio.to_thread(_read_page, folder.submitted(page))
+                if submitted is None:
+                    raise ApikleyError(f"The batch's page {folder.submitted(page)} is missing")
+                tasks = [[item["apikley_task_id"], item["submitted_at"]] for item in submitted]
+                events = await self._wait_for_all(hook, tasks)
+                ended = [
+                    {"index": item["index"], **event.to_payload()}
+                    for item, event in zip(submitted, events, strict=True)
+                ]
+                await asyncio.to_thread(write_records, folder.ended(page), ended)
+                last_submit = max(last_submit, *(float(item["submitted_at"]) for item in submitted))
+            states.update(str(item["status"]) for item in ended)
+        self.log.info("All %d Apikley tasks of the batch have ended: %s", self.count, dict(states))
+        return {"status": "done", "folder": folder.uri, "count": self.count, "states": dict(states)}, last_submit
+
+    async def _wait_for_all(self, hook: ApikleyHook, tasks: list[list[Any]]) -> list[TaskEvent]:
         settings = wait_settings(self)
-        task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in self.tasks]
+        task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in tasks]
         now = time.time()
         due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(task_waits)]
         heapq.heapify(due)
@@ -125,13 +167,21 @@ class ApikleyBatchTrigger(BaseTrigger):
                     heapq.heappush(due, (time.time() + step.seconds, index))
                     if self.expected_duration is None and learned > wait.expected_duration:
                         wait.expected_duration = learned
-        self.log.info("All %d Apikley tasks of the batch have ended", len(task_waits))
+        self.log.info("All %d Apikley tasks have ended", len(task_waits))
         return [events[index] for index in range(len(task_waits))]
 
     @staticmethod
     async def _query(hook: ApikleyHook, wait: TaskWait, limit: asyncio.Semaphore) -> TaskRecord | ApikleyError:
         async with limit:
             return await aquery(hook, wait.apikley_task_id)
+
+
+def _read_page(path: Any) -> list[dict[str, Any]] | None:
+    """Return a page's records, or ``None`` when it was not written."""
+    try:
+        return list(read_records(path))
+    except FileNotFoundError:
+        return None
 
 
 def _describe(err: BaseException) -> str:

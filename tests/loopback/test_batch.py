@@ -241,3 +241,98 @@ def test_an_event_that_does_not_match_the_inputs_item_for_item_is_an_error(sourc
     event = {"status": "done", "tasks": [{"status": "success", "apikley_task_id": "t0", "result_urls": []}]}
     with pytest.raises(ApikleyError, match="reported 1 tasks for 3 inputs"):
         make_batch(source_image_url, items=3).execute_complete({"ti": mock.Mock()}, event)
+
+
+# ---- a batch larger than what travels in XCom: its items kept as pages of a manifest -------------------
+
+
+@pytest.fixture
+def large(monkeypatch):
+    """Batches of more than 3 items are large; pages hold 2 items (the defaults: 1,000 and 1,000)."""
+    import airflow_provider_qwen.operators.batch as batch_module
+    import airflow_provider_qwen.triggers.batch as trigger_module
+
+    for module in (batch_module, trigger_module):
+        monkeypatch.setattr(module, "INLINE_RESULTS_LIMIT", 3, raising=False)
+        monkeypatch.setattr(module, "PAGE_ITEMS", 2, raising=False)
+    monkeypatch.setattr("airflow_provider_qwen.batch_manifest.PAGE_ITEMS", 2)
+
+
+def task_instance(map_index: int = -1) -> mock.Mock:
+    return mock.Mock(dag_id="catalog", run_id="manual__2026-12-03T18:00:00+00:00", task_id="batch", map_index=map_index)
+
+
+async def run_large(operator, tmp_path, store=None):
+    context = {"ti": task_instance(), "task_state_store": store}
+    with pytest.raises(TaskDeferred) as excinfo:
+        operator.execute(context)
+    trigger = excinfo.value.trigger
+    event = await fire(trigger)
+    return trigger, event, operator.execute_complete(context, event)
+
+
+async def test_a_large_batch_carries_counts_not_items_and_returns_its_manifest(
+    apikley, source_image_url, tmp_path, large
+):
+    from airflow_provider_qwen.batch_manifest import read_batch_manifest
+
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    trigger, event, summary = await run_large(operator, tmp_path)
+
+    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    assert trigger.tasks == [] and (trigger.folder, trigger.count) == (f"file://{folder}", 5)
+    assert "apikley_task_id" not in str(trigger.serialize()) and len(str(trigger.serialize())) < 1024
+    assert event == {"status": "done", "folder": f"file://{folder}", "count": 5, "states": {"success": 5}}
+    assert summary == {
+        "items": 5,
+        "states": {"success": 5},
+        "credits_consumed": 5 * apikley.state.settings.cost_per_task,
+        "manifest": f"file://{folder}/manifest.jsonl",
+    }
+    records = list(read_batch_manifest(summary["manifest"]))
+    assert [record["index"] for record in records] == [0, 1, 2, 3, 4]
+    assert [record["apikley_task_id"] for record in records] == list(apikley.state.tasks)
+    assert [record["input"]["seed"] for record in records] == [0, 1, 2, 3, 4]
+    for record in records:
+        (stored,) = record["stored"]
+        assert (tmp_path / stored["uri"].rsplit("/", 1)[-1]).stat().st_size == stored["size"]
+    assert sorted(path.name for path in folder.glob("*-*.jsonl")) == [
+        *(f"ended-0000{page}.jsonl" for page in range(3)),
+        *(f"submitted-0000{page}.jsonl" for page in range(3)),
+    ]
+
+
+async def test_a_restarted_trigger_asks_only_about_the_pages_it_had_not_finished(
+    apikley, source_image_url, tmp_path, large
+):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    trigger, first, _ = await run_large(operator, tmp_path)
+    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    (folder / "ended-00002.jsonl").unlink()  # the triggerer stopped before the last page ended
+    asked = len(apikley.seen("recordInfo"))
+
+    again = ApikleyBatchTrigger(**trigger.serialize()[1])
+    assert await fire(again) == first
+    assert len(apikley.seen("recordInfo")) - asked == 1  # the last page's one item
+
+
+def test_a_large_batch_without_output_path_is_refused_before_paying(apikley, source_image_url, large):
+    with pytest.raises(ApikleyInputError, match=r"inputs has 5 items: a batch of more than 3 keeps .* output_path"):
+        make_batch(source_image_url, items=5).execute({"ti": task_instance()})
+    assert apikley.seen() == []
+
+
+async def test_a_large_batch_past_its_failure_threshold_names_the_manifest(apikley, source_image_url, tmp_path, large):
+    apikley.configure(fail_fraction=1.0)
+    operator = make_batch(source_image_url, items=4, output_path=f"file://{tmp_path}")
+    with pytest.raises(
+        ApikleyError, match=r"4 of 4 edits did not succeed.*; every item is in file://.*manifest\.jsonl"
+    ):
+        await run_large(operator, tmp_path)
+
+
+def test_a_batch_folder_name_cannot_climb_out_of_output_path(tmp_path, large, source_image_url):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    ti = mock.Mock(dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
+    folder = operator._batch_folder({"ti": ti})
+    assert folder.uri == f"file://{tmp_path}/_apikley_batch/_/_.._etc/a_b/0"
