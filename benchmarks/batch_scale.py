@@ -1,0 +1,242 @@
+"""
+One batch task of 20,000 edits, a worker killed halfway: what it writes, holds and resumes.
+
+``python -m benchmarks.batch_scale [--edits 20000] [--limit 100] [--window 1] [--kill-at 10000]``
+
+The emulator runs as its own process with the create limit raised (``--limit`` per ``--window``
+seconds), so the run takes minutes. Each phase of the task runs in a process of its own, as on a
+deployment: a worker submits (``execute``) with a task state store kept in files, and is SIGKILLed
+once Apikley has accepted ``--kill-at`` creates; a second worker resumes from the store and defers;
+a triggerer process runs the ``ApikleyBatchTrigger`` to its event; a last worker finishes
+(``execute_complete``) and returns the summary. It prints creates per second against the limit,
+requests per item, the bytes of the trigger's arguments, its event and the XCom value, the bytes
+written to the task state store per item, each process's RSS growth, and the time the second
+worker took to resume; it exits non-zero when an item was created twice or lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from benchmarks.batch_rate import upload_source_image
+from benchmarks.compare_waits import requests_by_endpoint, stage_latencies
+
+
+class FileStateStore:
+    """Airflow 3.3's task state store, as the operator uses it, kept in files; counts the bytes written."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.bytes_written = 0
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key.replace("/", "__")
+
+    def get(self, key: str) -> Any:
+        path = self._path(key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def set(self, key: str, value: Any) -> None:
+        data = json.dumps(value)
+        self.bytes_written += len(data)
+        partial = self._path(key).with_suffix(".partial")
+        partial.write_text(data)
+        partial.replace(self._path(key))
+
+
+def rss_kib(status: str = "VmRSS") -> int:
+    """This process's resident memory (``VmRSS``), or its peak (``VmHWM``), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{status}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def operator(spec: dict[str, Any]) -> Any:
+    from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
+
+    inputs = [{"prompt": f"catalog shot {n}", "image_url": spec["image_url"], "seed": n} for n in range(spec["edits"])]
+    return QwenImageToImageBatchOperator(
+        task_id="batch",
+        inputs=inputs,
+        creates_per_window=spec["limit"],
+        window_seconds=spec["window"],
+        output_path=spec["output_path"],
+        expected_duration=spec["edit_seconds"],
+    )
+
+
+def context(spec: dict[str, Any]) -> dict[str, Any]:
+    ti = mock.Mock(dag_id="bench_batch", run_id="scale", task_id="batch", map_index=-1)
+    return {"ti": ti, "task_state_store": FileStateStore(Path(spec["state"]))}
+
+
+def phase(name: str, spec_file: Path) -> None:
+    """Run one phase of the task in this process; print its figures as one JSON line."""
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    spec = json.loads(spec_file.read_text())
+    os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"] = spec["connection"]
+    task = operator(spec)
+    task_context = context(spec)
+    baseline = rss_kib()
+    figures: dict[str, Any] = {}
+    if name == "submit":
+        try:
+            task.execute(task_context)
+        except TaskDeferred as deferred:
+            figures["trigger_kwargs"] = deferred.trigger.serialize()[1]
+        figures["state_store_bytes"] = task_context["task_state_store"].bytes_written
+    elif name == "wait":
+        from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
+
+        trigger = ApikleyBatchTrigger(**spec["trigger_kwargs"])
+
+        async def first_event() -> Any:
+            async for event in trigger.run():
+                return event.payload
+
+        figures["event"] = asyncio.run(first_event())
+    else:
+        figures["xcom"] = task.execute_complete(task_context, spec["event"])
+    figures["rss_growth_mib"] = (rss_kib("VmHWM") - baseline) / 1024
+    print(json.dumps(figures))
+
+
+def start_phase(name: str, spec: dict[str, Any], workdir: Path) -> subprocess.Popen[str]:
+    spec_file = workdir / f"{name}.json"
+    spec_file.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "benchmarks.batch_scale", "--phase", name, str(spec_file)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_phase(process: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"a phase failed: {err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_phase(name: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    return finish_phase(start_phase(name, spec, workdir))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> int:
+    from tests.system.deployment import EmulatorProcess
+
+    with EmulatorProcess(
+        workdir,
+        latency=stage_latencies(args.edit_seconds),
+        rate_limit=args.limit,
+        extra_args=("--rate-window", str(args.window), "--credits", str(args.edits * 2)),
+    ) as emulator:
+        spec = {
+            "connection": emulator.airflow_connection(),
+            "image_url": upload_source_image(emulator),
+            "edits": args.edits,
+            "limit": args.limit,
+            "window": args.window,
+            "edit_seconds": args.edit_seconds,
+            "output_path": f"file://{workdir / 'output'}",
+            "state": str(workdir / "state"),
+        }
+        before = emulator.stats()
+        started = time.monotonic()
+
+        # a worker, SIGKILLed once Apikley has accepted --kill-at of its creates
+        killed = start_phase("submit", spec, workdir)
+        while emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"] < args.kill_at:
+            if killed.poll() is not None:
+                raise RuntimeError("the first worker ended before it was to be killed")
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate()
+        killed_at = time.monotonic()
+        at_kill = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
+
+        retry = start_phase("submit", spec, workdir)  # the retry, on another worker
+        while emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"] <= at_kill:
+            time.sleep(0.05)
+        resume_seconds = time.monotonic() - killed_at  # its first create: started, read the ledger, went on
+        submitted = finish_phase(retry)
+        submit_seconds = time.monotonic() - started
+        creates = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
+        waited = run_phase("wait", {**spec, "trigger_kwargs": submitted["trigger_kwargs"]}, workdir)
+        finished = run_phase("complete", {**spec, "event": waited["event"]}, workdir)
+        total_seconds = time.monotonic() - started
+        after = emulator.stats()
+
+    from airflow_provider_qwen.batch_manifest import read_batch_manifest
+
+    summary = finished["xcom"]
+    records = sum(1 for _ in read_batch_manifest(summary["manifest"]))
+    by_endpoint = requests_by_endpoint(before, after)
+    accepted = after["accepted_create_tasks"] - before["accepted_create_tasks"]
+    floor = max(0, args.edits - args.limit) * args.window / args.limit
+    sizes = {
+        "trigger kwargs": len(json.dumps(submitted["trigger_kwargs"])),
+        "trigger event": len(json.dumps(waited["event"])),
+        "XCom value": len(json.dumps(summary)),
+    }
+    store_bytes = submitted["state_store_bytes"]  # the retry's; the killed worker wrote as many per item
+    print(f"\n{args.edits} edits in one batch task; limit {args.limit} creates per {args.window:g} s;", end=" ")
+    print(f"edits of {args.edit_seconds:g} s; worker SIGKILLed after {at_kill} accepted creates")
+    print("| figure | value |")
+    print("|---|---:|")
+    print(f"| submission, both workers | {submit_seconds:.1f} s (floor at the limit: {floor:.1f} s) |")
+    print(f"| creates per second against the limit | {floor / submit_seconds * 100:.1f} % |")
+    print(f"| second worker: from the kill to its first create | {resume_seconds:.1f} s |")
+    print(f"| createTask accepted for {args.edits} items | {accepted} ({creates} when the second worker deferred) |")
+    api = by_endpoint.get("createTask", 0) + by_endpoint.get("recordInfo", 0)
+    print(f"| API requests per item (createTask + recordInfo) | {api / args.edits:.3f} |")
+    for endpoint, count in sorted(by_endpoint.items()):
+        print(f"| {endpoint} requests per item | {count / args.edits:.3f} |")
+    for name, size in sizes.items():
+        print(f"| {name} | {size:,} bytes |")
+    per_item = store_bytes / max(args.edits - at_kill, 1)
+    print(f"| task state store written per item (second worker) | {per_item:.0f} bytes |")
+    growth = f"{submitted['rss_growth_mib']:.1f} / {finished['rss_growth_mib']:.1f}"
+    print(f"| worker RSS growth: submit / complete | {growth} MiB |")
+    print(f"| triggerer RSS growth | {waited['rss_growth_mib']:.1f} MiB |")
+    print(f"| all ended after | {total_seconds:.1f} s |")
+    print(f"| items by state | {summary['states']} |")
+    problems = []
+    if not args.edits <= accepted <= args.edits + 1:  # one create may be in flight when the worker dies
+        problems.append(f"{accepted} creates accepted for {args.edits} items")
+    if records != args.edits or summary["items"] != args.edits:
+        problems.append(f"the manifest holds {records} records for {args.edits} items")
+    for problem in problems:
+        print(f"CHECK FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.batch_scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--edits", type=int, default=20_000, help="edits in the batch (default: 20000)")
+    parser.add_argument("--limit", type=int, default=100, help="creates the account may make per window (default: 100)")
+    parser.add_argument("--window", type=float, default=1.0, help="the limit's window in seconds (default: 1)")
+    parser.add_argument("--edit-seconds", type=float, default=2.0, help="how long an emulated edit takes (default: 2)")
+    parser.add_argument("--kill-at", type=int, default=10_000, help="accepted creates before the kill (default: 10000)")
+    parser.add_argument("--phase", nargs=2, metavar=("PHASE", "SPEC"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase:
+        phase(args.phase[0], Path(args.phase[1]))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="batch-scale-") as workdir:
+        return run(args, Path(workdir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
