@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate fault-suite \
+.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate bench-floor fault-suite \
 	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -125,7 +125,11 @@ system-deps:
 
 # The provider against HttpOperator + HttpSensor and a PythonOperator sleep loop on a real
 # deployment, then the triggerer's capacity; each prints a table docs/benchmarks.md quotes.
-bench: bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch
+bench: bench-waits bench-floor bench-triggerer bench-triggerer-copies bench-task-start bench-batch
+
+# 200 provider edits beside 200 mapped no-op PythonOperator tasks on the same deployment: Airflow's floor.
+bench-floor: $(STAMP) system-deps
+	$(BIN)/python -m benchmarks.compare_waits --edits 200 --edit-seconds 6 --workloads a e --warmup-edits 10
 
 bench-waits: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.compare_waits

@@ -15,6 +15,9 @@ dag-processor, triggerer, api-server; see ``tests/system/deployment.py``) run th
 (c) ``bench_python_sleep``: a mapped ``@task`` that POSTs with ``requests`` and polls in a sleep loop.
 (d) ``bench_http_task_group``: (b)'s two operators in a mapped task group, so each sensor starts
     right after its own create: the shape a user writes for per-item waits.
+(e) ``bench_noop``: as many mapped ``PythonOperator`` tasks returning at once, no edit: Airflow's own
+    floor for N task instances on this deployment (``--workloads a e --edits 200``, as ``make
+    bench-floor`` runs it, sets the provider against it).
 
 (b), (c) and (d) poll every ``POLL_SECONDS`` (2 s) of their DAG files. Before each duration the
 triggerer is restarted and every DAG warmed up, so (a)'s triggerer has learned that duration as a
@@ -63,6 +66,7 @@ from benchmarks.compare_sampling import (
 )
 from benchmarks.compare_workloads import (
     DAGS_FOLDER,
+    NOOP,
     PROVIDER,
     WORKLOADS,
     Workload,
@@ -141,9 +145,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=[workload.key for workload in WORKLOADS],
+        choices=[workload.key for workload in (*WORKLOADS, NOOP)],
         default=[workload.key for workload in WORKLOADS],
-        help="which ways to run (default: a b c)",
+        help="which ways to run (default: a b c d; e is Airflow's floor)",
     )
     parser.add_argument("--workdir", type=Path, help="where logs and Airflow's home go (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -237,7 +241,7 @@ def run_workload(
     measurement.peak_rss = {name: group.peak_rss for name, group in groups.items()}
     measurement.counted = {name: group.counted() for name, group in groups.items()}
     measurement.problems = check_run(deployment, workload, run_id, state, edits, before, after)
-    if not measurement.problems:
+    if not measurement.problems and workload.edits:
         measurement.latencies = completion_latencies(deployment, emulator, workload, run_id)
     return measurement
 
@@ -300,6 +304,8 @@ def check_run(
         (workload.dag_id, run_id),
     )
     problems += [f"{count} x {task_id} ended {state}" for task_id, state, count in task_states if state != "success"]
+    if not workload.edits:
+        return problems
     results = deployment.sql(
         "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s AND key = 'return_value'",
         (workload.dag_id, run_id, workload.result_task_id),
@@ -411,8 +417,26 @@ def counted_lines(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
+def floor_lines(args: argparse.Namespace, measurements: list[Measurement]) -> list[str]:
+    """The provider's wall time against the larger of its two floors: the create limit's, and Airflow's."""
+    lines = []
+    for m in measurements:
+        noop = next((n for n in measurements if n.workload == NOOP and n.edit_seconds == m.edit_seconds), None)
+        if m.workload != PROVIDER or noop is None:
+            continue
+        create_floor = max(0, args.edits - args.rate_limit) * 10 / args.rate_limit
+        floor = max(create_floor, noop.wall_seconds)
+        lines.append(
+            f"{m.edit_seconds:g} s edits: (a) {m.wall_seconds:.1f} s against the floor {floor:.1f} s "
+            f"(create limit {create_floor:.1f} s, (e) no-op tasks {noop.wall_seconds:.1f} s): "
+            f"{m.wall_seconds / floor:.2f}x; worker-slot-s {m.slot_seconds:.1f} against {noop.slot_seconds:.1f}"
+        )
+    return lines
+
+
 def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
     print("\n".join(["", *setup_lines(args), "", *table(measurements), "", *ratio_table(measurements), ""]))
+    print("\n".join([*floor_lines(args, measurements), ""]))
     print("Processes counted:")
     print("\n".join(f"  {line}" for line in counted_lines(measurements)))
     for m in measurements:
@@ -425,7 +449,7 @@ def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
 
 def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
     """Start the emulator and the deployment, warm each DAG up, then measure each in turn."""
-    workloads = [workload for workload in WORKLOADS if workload.key in args.workloads]
+    workloads = [workload for workload in (*WORKLOADS, NOOP) if workload.key in args.workloads]
     with EmulatorProcess(
         workdir,
         latency=stage_latencies(args.edit_seconds[0]),

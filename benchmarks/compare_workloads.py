@@ -21,6 +21,7 @@ class Workload:
     :param result_task_id: the mapped task whose return values are the edits' results, and whose end
         is each edit's end.
     :param id_task_id: the mapped task whose return values name each edit's Apikley task.
+    :param edits: whether it edits at all; the floor does not, it only runs as many tasks.
     """
 
     key: str
@@ -28,6 +29,7 @@ class Workload:
     label: str
     result_task_id: str
     id_task_id: str
+    edits: bool = True
 
 
 PROVIDER = Workload("a", "bench_provider_deferrable", "provider, deferrable (defaults)", "edit", "edit")
@@ -36,7 +38,10 @@ PYTHON_SLEEP = Workload("c", "bench_python_sleep", "@task, requests, sleep", "ed
 HTTP_TASK_GROUP = Workload(
     "d", "bench_http_task_group", "HttpOperator -> HttpSensor per edit", "one_edit.wait", "one_edit.create"
 )
+#: The ways of editing.
 WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP, HTTP_TASK_GROUP)
+#: Airflow's own floor: as many mapped tasks, each returning at once.
+NOOP = Workload("e", "bench_noop", "PythonOperator returning at once (the floor)", "noop", "noop", edits=False)
 
 
 def result_urls(value: Any) -> list[str]:

@@ -60,3 +60,13 @@ def test_every_edit_succeeds_and_is_created_once(workload: Workload, emulator: R
     assert all(result_urls(result) for result in results), results
     assert emulator.state.accepted_creates == EDITS
     assert emulator.stats()["tasks_by_state"] == {"success": EDITS}
+
+
+def test_the_floor_dag_runs_as_many_tasks_and_calls_nothing(emulator: RunningEmulator):
+    from benchmarks.compare_workloads import NOOP
+
+    dag_run = load_bench_dag(NOOP.dag_id).test(run_conf=dag_conf(EDITS, "https://files.example.org/a.png"))
+
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    assert sorted(value["seed"] for value in xcom_values(dag_run, NOOP.result_task_id)) == list(range(EDITS))
+    assert emulator.stats()["requests"] == {}
