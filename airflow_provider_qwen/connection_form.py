@@ -89,7 +89,7 @@ EXTRA_FIELDS = (
         "Proxies",
         "Proxies for the API and result downloads, as JSON mapping a scheme to a proxy URL, e.g. "
         '{"https": "http://proxy:3128"}.',
-        "none (the environment's proxies are not used)",
+        "none: API calls follow the environment's proxy variables, result downloads never do",
         {"type": ["string", "null"]},
     ),
     ConnectionField(

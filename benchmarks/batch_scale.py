@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from benchmarks.batch_rate import upload_source_image
 from benchmarks.compare_waits import requests_by_endpoint, stage_latencies
 
 
@@ -54,6 +53,27 @@ class FileStateStore:
         partial = self._path(key).with_suffix(".partial")
         partial.write_text(data)
         partial.replace(self._path(key))
+
+
+def upload_small_image(emulator: Any) -> str:
+    """Upload a 64 x 64 source image: the emulator draws each edit, and must keep up with the raised limit."""
+    import base64
+    import io
+
+    import requests
+    from PIL import Image
+
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), "#c0392b").save(picture, "PNG")
+    upload_base_url = json.loads(emulator.airflow_connection())["extra"]["upload_base_url"]
+    response = requests.post(
+        f"{upload_base_url}/api/file-base64-upload",
+        json={"base64Data": base64.b64encode(picture.getvalue()).decode(), "uploadPath": "bench", "fileName": "s.png"},
+        headers={"Authorization": f"Bearer {emulator.api_key}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return str(response.json()["data"]["downloadUrl"])
 
 
 def rss_kib(status: str = "VmRSS") -> int:
@@ -144,7 +164,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     ) as emulator:
         spec = {
             "connection": emulator.airflow_connection(),
-            "image_url": upload_source_image(emulator),
+            "image_url": upload_small_image(emulator),
             "edits": args.edits,
             "limit": args.limit,
             "window": args.window,
