@@ -33,8 +33,9 @@ with URLs, exactly N tasks created and N succeeded on the emulator) and measured
 - CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
   scheduler and of the triggerer: each component's process and its descendants, less the
   LocalExecutor's workers and their task processes (titled ``airflow worker ...``). The api-server,
-  which answers the task processes, and the workers (with the task processes they reaped) are
-  shown beside them.
+  which answers the task processes, the workers (with the task processes they reaped) and the
+  dag-processor (which re-parses a DAG file for each task callback Airflow sends it) are shown
+  beside them.
 
 It prints a table and the ratios against (a), and exits non-zero when a check failed.
 """
@@ -89,7 +90,7 @@ POLLING_ENDPOINTS = ("createTask", "recordInfo")
 #: provider and ``@task``, and without these (b)'s task processes alone would import their operators.
 EVEN_PRELOAD_MODULES = ("airflow.providers.http.operators.http", "airflow.providers.http.sensors.http", "requests")
 #: The process groups measured, in the table's order.
-COMPONENT_GROUPS = ("scheduler", "triggerer", "api-server")
+COMPONENT_GROUPS = ("scheduler", "triggerer", "api-server", "dag-processor")
 WORKERS = "workers"
 
 
@@ -340,8 +341,8 @@ def table(measurements: list[Measurement]) -> list[str]:
     lines = [
         "| edit | way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
         "(create + recordInfo + other) | latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
-        "| scheduler peak RSS MiB | triggerer peak RSS MiB | api-server CPU s | workers CPU s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scheduler peak RSS MiB | triggerer peak RSS MiB | api-server CPU s | workers CPU s | dag-processor CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         create, record = m.requests_per_edit("createTask"), m.requests_per_edit("recordInfo")
@@ -353,7 +354,8 @@ def table(measurements: list[Measurement]) -> list[str]:
             f"| {m.latency(0.5):.1f} / {m.latency(0.9):.1f} "
             f"| {m.cpu_seconds['scheduler']:.1f} | {m.cpu_seconds['triggerer']:.1f} "
             f"| {m.peak_rss['scheduler'] / MEBIBYTE:.0f} | {m.peak_rss['triggerer'] / MEBIBYTE:.0f} "
-            f"| {m.cpu_seconds['api-server']:.1f} | {m.cpu_seconds[WORKERS]:.1f} |"
+            f"| {m.cpu_seconds['api-server']:.1f} | {m.cpu_seconds[WORKERS]:.1f} "
+            f"| {m.cpu_seconds['dag-processor']:.1f} |"
         )
     return lines
 
@@ -370,6 +372,7 @@ RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("triggerer RSS", lambda m: m.peak_rss["triggerer"]),
     ("api-server CPU", lambda m: m.cpu_seconds["api-server"]),
     ("workers CPU", lambda m: m.cpu_seconds[WORKERS]),
+    ("dag-processor CPU", lambda m: m.cpu_seconds["dag-processor"]),
 )
 
 
