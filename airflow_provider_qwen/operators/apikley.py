@@ -190,7 +190,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         model, request = self.task_model(), self.task_input()
         self._check_arguments()
         state_store = context.get("task_state_store")
-        resumed = self._resumable_task(state_store)
+        resumed = self._resumable_task(state_store) if may_have_run_before(context) else None
         if resumed:
             known, submitted_at = resumed
             apikley_task_id = known.task_id
@@ -390,6 +390,15 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return with_stored_results(self.hook, summary, self.output_path)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
+
+
+def may_have_run_before(context: Context) -> bool:
+    """
+    Whether an earlier try of this task instance may have submitted to Apikley.
+
+    Not on its first try, which spares the task state store a lookup on the way to the first create.
+    """
+    return getattr(context["ti"], "try_number", None) != 1
 
 
 def _after_paying(err: ApikleyError, apikley_task_id: str, state_store: Any, *, copying: bool = False) -> ApikleyError:

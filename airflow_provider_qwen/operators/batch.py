@@ -17,6 +17,7 @@ from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, check_callback_url
+from airflow_provider_qwen.operators.apikley import may_have_run_before
 from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
@@ -215,7 +216,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         check_callback_url(self.callback_url)
         folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
         ledger = BatchLedger(context.get("task_state_store"))
-        submitted = ledger.load()
+        submitted = ledger.load() if may_have_run_before(context) else {}
         if self.output_path and len(submitted) < len(requests):
             check_writable(self.output_path)
         if submitted:

@@ -34,9 +34,11 @@ def make_batch(image_url: str, items: int = 3, **overrides) -> QwenImageToImageB
     return QwenImageToImageBatchOperator(**{**arguments, **overrides})
 
 
-def deferred(operator: QwenImageToImageBatchOperator, store: FakeStateStore | None = None) -> ApikleyBatchTrigger:
+def deferred(
+    operator: QwenImageToImageBatchOperator, store: FakeStateStore | None = None, try_number: int = 1
+) -> ApikleyBatchTrigger:
     with pytest.raises(TaskDeferred) as excinfo:
-        operator.execute({"ti": mock.Mock(), "task_state_store": store})
+        operator.execute({"ti": mock.Mock(try_number=try_number), "task_state_store": store})
     return excinfo.value.trigger
 
 
@@ -123,11 +125,17 @@ def test_a_retry_resumes_the_batch_and_pays_only_for_the_items_never_submitted(a
     submitted = {0: (earlier[0], time.time()), 1: (earlier[1], time.time())}
     ledger.record(1, submitted)
 
-    trigger = deferred(make_batch(source_image_url, items=4), store)
+    trigger = deferred(make_batch(source_image_url, items=4), store, try_number=2)
 
     assert [task_id for task_id, _ in trigger.tasks][:2] == earlier
     assert apikley.state.accepted_creates == 2 + 2
     assert [request.json()["input"]["seed"] for request in apikley.seen("createTask")] == [0, 1, 2, 3]
+
+
+def test_a_first_try_does_not_read_the_ledger(source_image_url):
+    store = mock.Mock(get=mock.Mock(side_effect=AssertionError("a first try has no earlier try to resume")))
+    deferred(make_batch(source_image_url, items=2), store, try_number=1)
+    assert [call.args[0] for call in store.set.call_args_list] == ["apikley_batch/0", "apikley_batch/0"]
 
 
 def test_the_ledger_keeps_pages_so_no_write_grows_with_the_batch():

@@ -396,12 +396,30 @@ def test_submitting_remembers_the_task_in_the_state_store(apikley, edit):
     assert store["apikley_task"]["apikley_task_id"] == task_ids(apikley)[0]
 
 
+class ReadCountingStateStore(FakeStateStore):
+    """The same store, counting its reads: each is a call to the api-server on a real worker."""
+
+    reads = 0
+
+    def get(self, key, default=None):
+        self.reads += 1
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize(("try_number", "creates", "reads"), [(1, 2, 0), (2, 1, 1)], ids=["first try", "retry"])
+def test_only_a_retry_reads_the_state_store_before_submitting(apikley, edit, sent_input, try_number, creates, reads):
+    task_id = earlier_task(apikley, sent_input, ended=True)  # what a retry would find
+    store = ReadCountingStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    edit().execute({"ti": mock.Mock(try_number=try_number), "task_state_store": store})
+    assert (len(apikley.seen("createTask")), store.reads) == (creates, reads)
+
+
 @pytest.mark.parametrize("latency", [STAYS_QUEUING, STAYS_GENERATING], ids=["queuing", "generating"])
 def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, sent_input, latency):
     apikley.configure(latency=latency)
     task_id = earlier_task(apikley, sent_input)
     store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 5})
-    context = {"ti": mock.Mock(), "task_state_store": store}
+    context = {"ti": mock.Mock(try_number=2), "task_state_store": store}
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True).execute(context)
     assert len(apikley.seen("createTask")) == 1  # the earlier try's
@@ -412,7 +430,7 @@ def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, s
 def test_a_retry_finishes_a_task_that_already_succeeded(apikley, edit, sent_input):
     task_id = earlier_task(apikley, sent_input, ended=True)
     store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
-    result = edit(deferrable=True).execute({"ti": mock.Mock(), "task_state_store": store})
+    result = edit(deferrable=True).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     creates = len(apikley.seen("createTask"))
     assert (result["apikley_task_id"], result["state"], creates) == (task_id, "success", 1)
 
@@ -422,7 +440,7 @@ def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_i
     failed = earlier_task(apikley, sent_input, ended=True)
     apikley.configure(fail_fraction=0.0)
     store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
-    result = edit().execute({"ti": mock.Mock(), "task_state_store": store})
+    result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert task_ids(apikley) == [failed, result["apikley_task_id"]]
     assert result["state"] == "success"
     assert store["apikley_task"]["apikley_task_id"] == result["apikley_task_id"]
@@ -433,13 +451,13 @@ def test_resubmitting_a_failed_task_can_be_turned_off(apikley, edit, sent_input)
     failed = earlier_task(apikley, sent_input, ended=True)
     store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
     with pytest.raises(ApikleyTaskFailedError, match=f"{failed} failed: failCode=501"):
-        edit(resubmit_failed_task=False).execute({"ti": mock.Mock(), "task_state_store": store})
+        edit(resubmit_failed_task=False).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert len(apikley.seen("createTask")) == 1  # the earlier try's
 
 
 def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit):
     store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
-    result = edit().execute({"ti": mock.Mock(), "task_state_store": store})
+    result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     (new_task_id,) = task_ids(apikley)
     assert result["apikley_task_id"] == new_task_id != TASK_ID
     assert apikley.seen("recordInfo")[0].query == f"taskId={TASK_ID}"
@@ -514,14 +532,16 @@ def test_a_failed_copy_names_the_paid_task_its_results_and_what_a_retry_does(api
     store = FakeStateStore()
     apikley.script("results", envelope(code=404, msg="gone", status=404))  # the one result, once
     with pytest.raises(ApikleyError) as excinfo:
-        edit(output_path=f"file://{tmp_path}/edits").execute({"ti": mock.Mock(), "task_state_store": store})
+        edit(output_path=f"file://{tmp_path}/edits").execute({"ti": mock.Mock(try_number=1), "task_state_store": store})
     (task_id,) = task_ids(apikley)
     message = str(excinfo.value)
     assert f"Apikley task {task_id} succeeded" in message
     assert all(url in message for url in apikley.state.tasks[task_id].result_urls)
     assert f"resumes Apikley task {task_id} and copies its results again, without paying" in message
 
-    result = edit(output_path=f"file://{tmp_path}/edits").execute({"ti": mock.Mock(), "task_state_store": store})
+    result = edit(output_path=f"file://{tmp_path}/edits").execute(
+        {"ti": mock.Mock(try_number=2), "task_state_store": store}
+    )
     assert (result["apikley_task_id"], len(apikley.seen("createTask"))) == (task_id, 1)
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/{task_id}-0.png"]
 
