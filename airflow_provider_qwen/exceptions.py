@@ -8,6 +8,8 @@ parsing messages. None of them ever carries the API key.
 
 from __future__ import annotations
 
+from typing import Self
+
 from airflow.providers.common.compat.sdk import AirflowException
 
 
@@ -38,14 +40,17 @@ class ApikleyError(AirflowException):
         self.http_status = http_status
         self.retry_after = retry_after
 
-    def with_advice(self, advice: str) -> ApikleyError:
-        """Return the same error, of the same class, with ``advice`` (what to do next) after its message."""
+    def with_advice(self, advice: str) -> Self:
+        """
+        Add ``advice`` (what to do next) to the error's message, and return the error.
+
+        The advice goes into the message rather than a note (``add_note``): Airflow's log view,
+        a trigger's error event and ``str(context["exception"])`` in a callback show only the message.
+        """
         separator = " " if str(self).endswith((".", ":", ")")) else ". "
-        message = f"{self}{separator}{advice}"
-        advised = type(self).__new__(type(self), message)  # no __init__: subclasses take other arguments
-        advised.__dict__.update(self.__dict__, message=message)
-        advised.args = (message,)
-        return advised
+        self.message = f"{self}{separator}{advice}"
+        self.args = (self.message,)
+        return self
 
 
 class ApikleyAuthError(ApikleyError):
