@@ -13,7 +13,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import BaseOperator
 
 log = logging.getLogger(__name__)
+
+
+class TaskStateStore(Protocol):
+    """
+    What the provider uses of ``context["task_state_store"]``: Airflow 3.3's, kept across a task's tries.
+
+    Airflow 3.1 and 3.2 have none (the context has no such key), and a retry there submits anew.
+    """
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value saved under ``key`` by this or an earlier try, or ``default``."""
+
+    def set(self, key: str, value: Any) -> None:
+        """Save ``value`` (JSON) under ``key`` for later tries."""
 
 
 # ---- ending a task from the triggerer --------------------------------------------------------------

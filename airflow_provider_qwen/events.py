@@ -25,6 +25,12 @@ class EventStatus(StrEnum):
     ERROR = "error"
 
 
+#: What a deferred operator resumes with: its :class:`TaskEvent`'s payload; or ``"success"``, the
+#: state a ``TaskSuccessEvent`` carries, when its trigger ended the task itself and a runner resumed
+#: it anyway (``dag.test()``).
+ResumeEvent = dict[str, Any] | str | None
+
+
 @dataclass(frozen=True)
 class TaskEvent:
     """

@@ -39,7 +39,7 @@ TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 TASK_ID_RULE = "must be 1 to 128 letters, digits, '-' or '_'"
 
 
-def is_http_url(value: Any) -> bool:
+def is_http_url(value: object) -> TypeGuard[str]:
     """Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any)."""
     if not isinstance(value, str):
         return False
@@ -65,7 +65,7 @@ MODEL_RULE = (
 MAX_INPUT_BYTES = 64 * 1024
 
 
-def check_model(value: Any) -> str:
+def check_model(value: object) -> str:
     """
     Return ``value``, a model name.
 
@@ -76,7 +76,7 @@ def check_model(value: Any) -> str:
     return value
 
 
-def check_input(model: str, value: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def check_input(model: str, value: object, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     Return ``value`` as the ``input`` of a ``model`` task.
 
@@ -135,7 +135,7 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def check_callback_url(value: Any) -> str | None:
+def check_callback_url(value: object) -> str | None:
     """
     ``value`` as a ``callback_url`` Apikley can call back: an absolute http(s) URL, or ``None``.
 
@@ -150,7 +150,7 @@ def check_callback_url(value: Any) -> str | None:
     raise ApikleyInputError(f"callback_url={value!r}: must be an absolute http:// or https:// URL{hint}")
 
 
-def check_task_id(value: Any) -> str:
+def check_task_id(value: object) -> str:
     """
     ``value`` as a task id given by a user (an operator or sensor argument).
 
@@ -169,7 +169,7 @@ def _reject_bool(value: Any) -> Any:
     return value
 
 
-def _on_step(step: float):
+def _on_step(step: float) -> AfterValidator:
     # A tolerance, not %: in floats 0.57 % 0.01 != 0, and 0.1 + 0.2 is not quite 0.3.
     def check(value: float) -> float:
         if not math.isfinite(value):

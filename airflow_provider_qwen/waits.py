@@ -13,7 +13,7 @@ import random
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks.retries import ONE_TRY, Log, RetryPolicy, is_transient
@@ -200,7 +200,22 @@ class ExpectedDurations:
 EXPECTED_DURATIONS = ExpectedDurations()
 
 
-def wait_settings(trigger: Any) -> dict[str, Any]:
+class WaitingTrigger(Protocol):
+    """The arguments of a trigger that waits for Apikley tasks, as :func:`wait_settings` reads them."""
+
+    apikley_conn_id: str
+    model: str | None
+    expected_duration: float | None
+    deadline: float | None
+    poll_interval: float | None
+    max_consecutive_poll_errors: int
+
+    @property
+    def log(self) -> Log:
+        """The trigger's logger."""
+
+
+def wait_settings(trigger: WaitingTrigger) -> dict[str, Any]:
     """Return the :class:`TaskWait` arguments a trigger sets, the expected duration learned unless given."""
     expected = trigger.expected_duration
     if expected is None:

@@ -220,7 +220,7 @@ class ApikleyHook(HttpHook):
             ) from None
 
     def _call(
-        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs
+        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs: Any
     ) -> Any:
         """Call an API endpoint (or an absolute URL, for uploads) with retries; return ``data``."""
         url = endpoint if "://" in endpoint else self.settings.base_url + endpoint
@@ -489,8 +489,8 @@ class ApikleyHook(HttpHook):
         return self._read_answer(response.status, body, response.charset, response.headers.get("Retry-After"))
 
     def _acall(
-        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs
-    ) -> Awaitable:
+        self, method: str, endpoint: str, should_retry: Retry, policy: RetryPolicy | None = None, **kwargs: Any
+    ) -> Awaitable[Any]:
         return (policy or self.retry_policy).call(should_retry, self.log, self._asend, method, endpoint, **kwargs)
 
     async def aget_task(self, task_id: str, *, retry_policy: RetryPolicy | None = None) -> TaskRecord:

@@ -17,9 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import ProxyManager
+from urllib3.response import HTTPResponse
 
 from airflow.providers.http.hooks.http import TCPKeepAliveAdapter
 
@@ -73,12 +76,12 @@ def wall_clock_limit(seconds: float) -> Iterator[CallDeadline]:
         deadline.cancel()
 
 
-class _Watched:
-    def getresponse(self, *args, **kwargs):
+class _Watched(HTTPConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3 overrides http.client
         deadline = _current.get()
         if deadline is not None:
             deadline.watch(self.sock)
-        return super().getresponse(*args, **kwargs)
+        return super().getresponse()
 
 
 class _WatchedHTTPConnection(_Watched, HTTPConnection):
@@ -106,12 +109,12 @@ class DeadlineAdapter(TCPKeepAliveAdapter):
     def __init__(self) -> None:
         super().__init__(idle=120, count=20, interval=30)
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         """Pool direct connections in pools whose reads honour the wall-clock limit."""
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
 
-    def proxy_manager_for(self, proxy, **proxy_kwargs):
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> ProxyManager:
         """Pool connections through ``proxy`` the same way."""
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
         manager.pool_classes_by_scheme = _WATCHED_POOLS

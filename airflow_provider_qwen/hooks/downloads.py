@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.utils import select_proxy
+from urllib3.connectionpool import HTTPConnectionPool
 
 from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyURLRefusedError
 from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
@@ -138,11 +139,18 @@ class PinnedAddressAdapter(DeadlineAdapter):
         finally:
             self._pins.pin = None
 
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str | None,
+        proxies: dict[str, str] | None = None,
+        cert: str | tuple[str, str] | None = None,
+    ) -> HTTPConnectionPool:
         """Connect to the pinned address, if any, still checking TLS against the URL's host name."""
         pin = getattr(self._pins, "pin", None)
-        parts = urlsplit(request.url)
-        if pin is None or pin[0] != parts.hostname or select_proxy(request.url, proxies):
+        url = str(request.url)  # a prepared request's URL is always set
+        parts = urlsplit(url)
+        if pin is None or pin[0] != parts.hostname or select_proxy(url, proxies):
             return super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
         host, address = pin
         host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)

@@ -55,7 +55,7 @@ def decode_json(body: bytes, charset: str | None = None) -> tuple[str | None, An
         return text, None
 
 
-def parse_envelope(http_status: int, body: bytes, charset: str | None = None, retry_after: str | None = None) -> Any:
+def parse_envelope(http_status: int, body: bytes, charset: str | None = None, retry_after: str | None = None) -> object:
     """
     Return the ``data`` of a successful answer, or raise the error the answer describes.
 

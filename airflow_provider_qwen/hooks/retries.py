@@ -12,7 +12,7 @@ import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import tenacity
 
@@ -20,6 +20,9 @@ from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyErro
 
 #: The longest ``Retry-After`` we honour; a longer one is treated as this.
 RETRY_AFTER_CAP_SECONDS = 300.0
+
+#: What the retried function returns (for a coroutine function, the awaitable).
+Result = TypeVar("Result")
 
 
 class Log(Protocol):
@@ -97,8 +100,13 @@ class RetryPolicy:
         }
 
     def call(
-        self, should_retry: Callable[[BaseException], bool], logger: Log, fn: Callable[..., Any], *args, **kwargs
-    ) -> Any:
+        self,
+        should_retry: Callable[[BaseException], bool],
+        logger: Log,
+        fn: Callable[..., Result],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Result:
         """
         ``fn(*args, **kwargs)``, repeated under this policy; for a coroutine function, an awaitable.
 
@@ -107,8 +115,12 @@ class RetryPolicy:
         """
         if self.attempts == 1:
             return fn(*args, **kwargs)
-        controller = self.async_retrying if inspect.iscoroutinefunction(fn) else self.retrying
-        return controller(should_retry, logger)(fn, *args, **kwargs)
+        # tenacity types its two controllers apart; either returns what ``fn`` does (for a coroutine
+        # function, an awaitable of it)
+        controller: Callable[..., object] = (self.async_retrying if inspect.iscoroutinefunction(fn) else self.retrying)(
+            should_retry, logger
+        )
+        return cast(Result, controller(fn, *args, **kwargs))
 
     def retrying(self, should_retry: Callable[[BaseException], bool], logger: Log) -> tenacity.Retrying:
         """Return a tenacity controller for a blocking call."""

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_qwen import _compat as compat
-from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line, summary_from_record, task_summary
+from airflow_provider_qwen.events import (
+    EventStatus,
+    ResumeEvent,
+    TaskEvent,
+    outcome_line,
+    summary_from_record,
+    task_summary,
+)
 from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
     ApikleyError,
@@ -40,6 +47,7 @@ from airflow_provider_qwen.waits import TaskWait, wait_until_done
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
+    from airflow.sdk.types import RuntimeTaskInstanceProtocol
 
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
@@ -227,7 +235,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 raise _after_paying(err, apikley_task_id, state_store) from None
         return self._finish(self._copy_results({**summary_from_record(record), "input": request}, state_store))
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: ResumeEvent = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
         if event == EventStatus.SUCCESS.value:
             # The trigger ended the task itself, and a runner that ignores that (``dag.test()``)
@@ -243,7 +251,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             raise _after_paying(err, parsed.apikley_task_id, state_store) from None
         return self._finish(self._copy_results(summary, state_store))
 
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+    def get_openlineage_facets_on_complete(self, task_instance: RuntimeTaskInstanceProtocol) -> OperatorLineage | None:
         """
         Return lineage for OpenLineage, when it is installed.
 
@@ -360,7 +368,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return {"end_task_on_success": False, "maps_over_result": False}
         return {"end_task_on_success": True, "maps_over_result": maps_over}
 
-    def _resumable_task(self, state_store: Any) -> tuple[TaskRecord, float] | None:
+    def _resumable_task(self, state_store: compat.TaskStateStore | None) -> tuple[TaskRecord, float] | None:
         """Return the task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
         saved = state_store.get(RESUME_KEY) if state_store is not None else None
         if not saved:
@@ -383,7 +391,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             deadline = min(deadline, (started + self.execution_timeout).timestamp())
         return deadline
 
-    def _copy_results(self, summary: dict[str, Any], state_store: Any) -> dict[str, Any]:
+    def _copy_results(self, summary: dict[str, Any], state_store: compat.TaskStateStore | None) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:
             return summary
         try:
@@ -401,7 +409,9 @@ def may_have_run_before(context: Context) -> bool:
     return getattr(context["ti"], "try_number", None) != 1
 
 
-def _after_paying(err: ApikleyError, apikley_task_id: str, state_store: Any, *, copying: bool = False) -> ApikleyError:
+def _after_paying(
+    err: ApikleyError, apikley_task_id: str, state_store: compat.TaskStateStore | None, *, copying: bool = False
+) -> ApikleyError:
     """``err``, raised after ``apikley_task_id`` was created and paid for, with what a retry will do."""
     if isinstance(err, ApikleyTaskFailedError):  # the generation failed: nothing to resume
         return err

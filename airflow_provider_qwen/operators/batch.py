@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_qwen._compat import TaskStateStore
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 #: Submitted tasks are remembered in pages of this many, each under ``apikley_batch/<page>``.
@@ -47,7 +48,13 @@ class CreateRateLimiter:
     :param sleep: waits; ``time.sleep`` unless a test says otherwise.
     """
 
-    def __init__(self, creates: int, window: float, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
+    def __init__(
+        self,
+        creates: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if creates < 1 or window <= 0:
             raise ApikleyInputError(f"creates_per_window={creates}, window_seconds={window}: must both be positive")
         self.creates = creates
@@ -82,7 +89,7 @@ class BatchLedger:
     Without a task state store (Airflow before 3.3) it remembers nothing, and a retry submits every item anew.
     """
 
-    def __init__(self, state_store: Any) -> None:
+    def __init__(self, state_store: TaskStateStore | None) -> None:
         self.state_store = state_store
 
     def load(self) -> dict[int, tuple[str, float]]:

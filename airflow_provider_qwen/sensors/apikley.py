@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 ADVISED_POKE_SECONDS = 3.0
 
 
-def task_id_of(value: Any) -> str:
+def task_id_of(value: object) -> str:
     """
     Return the Apikley task id in ``value``: an id, or the dict an Apikley operator returns.
 
@@ -130,7 +130,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
-    def execute(self, context: Context) -> Any:
+    def execute(self, context: Context) -> dict[str, Any] | None:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
         setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
         if isinstance(self.apikley_task_id, dict) and not self.output_path:

@@ -16,7 +16,7 @@ target_metadata = ApikleyDBManager.metadata
 VERSION_TABLE = ApikleyDBManager.version_table_name
 
 
-def include_object(_object, name, type_, *args) -> bool:
+def include_object(_object: object, name: str | None, type_: str, *args: object) -> bool:
     """Compare only the provider's own tables, never Airflow's, in autogenerate."""
     return type_ != "table" or name in target_metadata.tables
 
