@@ -6,6 +6,7 @@ import base64
 import os
 import secrets
 import ssl
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,7 @@ import aiohttp
 import requests
 from urllib3.exceptions import ConnectTimeoutError
 
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
@@ -413,18 +415,18 @@ class ApikleyHook(HttpHook):
         self, apikley_task_id: str, result_urls: Sequence[str], folder: str | ObjectStoragePath, extension: str = "png"
     ) -> list[StoredFile]:
         """
-        Copy every result of a task into ``folder``, each as ``<apikley_task_id>-<n>.<extension>``.
+        Copy every result of a task into ``folder``: moved to :func:`airflow_provider_qwen.results.store_results`.
 
-        :raises ApikleyBadResponseError: when the task id is not shaped like one (it names the files).
+        Kept, with a deprecation warning, until the next release.
         """
+        warnings.warn(
+            "ApikleyHook.store_results moved to airflow_provider_qwen.results.store_results(hook, ...)",
+            AirflowProviderDeprecationWarning,
+            stacklevel=2,
+        )
         folder = as_folder(folder)
-        stored = [
-            self.download_result(url, result_destination(folder, apikley_task_id, index, extension))
-            for index, url in enumerate(result_urls)
-        ]
-        for item in stored:
-            self.log.info("Stored %s (%d bytes, sha256 %s)", item.uri, item.size, item.sha256)
-        return stored
+        names = (result_destination(folder, apikley_task_id, index, extension) for index in range(len(result_urls)))
+        return [self.download_result(url, dest) for url, dest in zip(result_urls, names, strict=True)]
 
     def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
         with wall_clock_limit(self.timeout) as deadline:

@@ -18,6 +18,7 @@ from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, Ap
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput, check_callback_url
 from airflow_provider_qwen.operators.apikley import may_have_run_before
+from airflow_provider_qwen.results import store_results
 from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
@@ -344,8 +345,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         if self.output_path and outcome.status is EventStatus.SUCCESS:
             extension = result_extension(self.inputs[index])
             try:
-                stored = self.hook.store_results(
-                    outcome.apikley_task_id, outcome.result_urls, self.output_path, extension
+                stored = store_results(
+                    self.hook, outcome.apikley_task_id, outcome.result_urls, self.output_path, extension
                 )
                 result["stored"] = [item.to_dict() for item in stored]
             except ApikleyError as err:  # the others are still stored

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.emulator.script import envelope
@@ -20,6 +21,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyResultExistsError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.results import store_results
 from airflow_provider_qwen.storage import (
     MAX_FILE_NAME_CHARS,
     MAX_UPLOAD_BYTES,
@@ -273,6 +275,17 @@ def test_download_result_writes_the_file_with_size_type_and_checksum(apikley, ho
         "sha256": hashlib.sha256(edited).hexdigest(),
     }
     assert "authorization" not in sent.headers  # the key stays with Apikley's API
+
+
+def test_store_results_names_each_copy_by_task_and_the_hooks_old_method_still_works(
+    apikley, hook, source_image_url, tmp_path
+):
+    task = apikley.wait_until_ended(submit_edit(source_image_url))
+    (stored,) = store_results(hook, task.task_id, task.result_urls, f"file://{tmp_path}/new", "png")
+    with pytest.warns(AirflowProviderDeprecationWarning, match=r"results\.store_results"):
+        (old,) = hook.store_results(task.task_id, task.result_urls, f"file://{tmp_path}/old", "png")
+    assert stored.uri == f"file://{tmp_path}/new/{task.task_id}-0.png"
+    assert (old.uri, old.sha256) == (f"file://{tmp_path}/old/{task.task_id}-0.png", stored.sha256)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "/tmp/a.png", "ftp://cdn.example.org/a.png"])
