@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def ask(args: argparse.Namespace) -> str:
     """Return what ``apikley credits`` or ``apikley task`` prints, asking Apikley through the hook."""
-    from airflow_provider_qwen.models import check_task_id
+    from airflow_provider_qwen.validation import check_task_id
 
     if args.command == "credits":
         return f"{args.conn_id}: {_hook(args.conn_id).get_credits():g} credits"

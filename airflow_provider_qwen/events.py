@@ -13,7 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
-from airflow_provider_qwen.models import TaskRecord, TaskState, is_task_id
+from airflow_provider_qwen.models import TaskRecord, TaskState
+from airflow_provider_qwen.validation import is_task_id
 
 
 class EventStatus(StrEnum):

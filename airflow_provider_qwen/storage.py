@@ -26,7 +26,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
     ApikleyResultExistsError,
 )
-from airflow_provider_qwen.models import TASK_ID_RULE, is_http_url, is_task_id
+from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024

@@ -40,7 +40,8 @@ from airflow_provider_qwen.api_server.signing import CallbackRejected, Signature
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
-from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, TaskRecord, is_task_id
+from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, TaskRecord
+from airflow_provider_qwen.validation import is_task_id
 
 log = logging.getLogger(__name__)
 

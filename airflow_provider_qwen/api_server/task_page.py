@@ -33,7 +33,8 @@ from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
-from airflow_provider_qwen.models import TASK_ID_RULE, TaskRecord, TaskState, is_http_url, is_task_id
+from airflow_provider_qwen.models import TaskRecord, TaskState
+from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
 #: A page view waits for one quick retry at most.
 PAGE_RETRY_POLICY = RetryPolicy(attempts=2, initial_wait=0.5, max_wait=1.0)

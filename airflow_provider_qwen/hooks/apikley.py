@@ -47,7 +47,7 @@ from airflow_provider_qwen.hooks.uploads import (
     unique_name,
     upload_fields,
 )
-from airflow_provider_qwen.models import TaskRecord, check_task_id, is_task_id
+from airflow_provider_qwen.models import TaskRecord
 from airflow_provider_qwen.storage import (
     MAX_RESULT_BYTES,
     StoredFile,
@@ -58,6 +58,7 @@ from airflow_provider_qwen.storage import (
     result_destination,
     write_atomically,
 )
+from airflow_provider_qwen.validation import check_task_id, is_task_id
 
 CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
 RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"

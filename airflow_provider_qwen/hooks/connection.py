@@ -28,7 +28,7 @@ from airflow_provider_qwen.connection_form import (
     EXTRA_FIELDS,
 )
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
-from airflow_provider_qwen.models import is_http_url
+from airflow_provider_qwen.validation import is_http_url
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection

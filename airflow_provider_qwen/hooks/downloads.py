@@ -26,7 +26,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyURLRefusedError
 from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
-from airflow_provider_qwen.models import is_http_url
+from airflow_provider_qwen.validation import is_http_url
 
 #: Redirects followed from a result URL before giving up.
 MAX_REDIRECTS = 3

@@ -31,17 +31,11 @@ from airflow_provider_qwen.exceptions import (
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
-from airflow_provider_qwen.models import (
-    TaskRecord,
-    TaskState,
-    check_callback_url,
-    check_input,
-    check_model,
-    load_input_schema,
-)
+from airflow_provider_qwen.models import TaskRecord, TaskState
 from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
+from airflow_provider_qwen.validation import check_callback_url, check_input, check_model, load_input_schema
 from airflow_provider_qwen.waits import TaskWait, wait_until_done
 
 if TYPE_CHECKING:

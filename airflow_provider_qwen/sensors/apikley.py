@@ -21,9 +21,9 @@ from airflow_provider_qwen.events import TaskEvent, outcome_line, summary_from_r
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
-from airflow_provider_qwen.models import check_task_id
 from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
+from airflow_provider_qwen.validation import check_task_id
 from airflow_provider_qwen.waits import Done, TaskWait, query
 
 if TYPE_CHECKING:

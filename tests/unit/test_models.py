@@ -158,3 +158,10 @@ def test_record_that_is_not_the_documented_shape_is_a_clear_error(data):
 def test_record_param_round_trips_through_json():
     parsed = TaskRecord.from_api(task_record(TASK_ID, "success", result_urls=[RESULT_URL], input=INPUT))
     assert json.loads(json.dumps(parsed.input)) == parsed.input
+
+
+def test_the_checks_moved_to_validation_still_import_from_models():
+    from airflow_provider_qwen import models, validation
+
+    moved = ("check_task_id", "check_input", "check_model", "check_callback_url", "is_http_url", "is_task_id")
+    assert all(getattr(models, name) is getattr(validation, name) for name in moved)
