@@ -39,9 +39,9 @@ pytestmark = [
 ]
 
 DAG_ID = "qwen_system_edits"
-#: Mapped edits through the triggerer crash: 60 in ``make test``, 200 in ``make system-test``, whose
+#: Mapped edits through the triggerer crash: 40 in ``make test``, 200 in ``make system-test``, whose
 #: wall time docs/benchmarks.md quotes.
-EDITS = int(os.environ.get("QWEN_SYSTEM_EDITS", "60"))
+EDITS = int(os.environ.get("QWEN_SYSTEM_EDITS", "40"))
 MIDWAY_TIMEOUT_SECONDS = 450.0
 TAKEOVER_TIMEOUT_SECONDS = 120.0
 RUN_TIMEOUT_SECONDS = 720.0
