@@ -1,27 +1,42 @@
 """
 An edit's results copied to the user's storage, for each place an edit ends.
 
-Above both the hook (which downloads) and :mod:`airflow_provider_qwen.storage` (which names, checks
-and writes): the operators, the sensor and the triggers call it alike, so every path stores the same
-files.
+Above :mod:`airflow_provider_qwen.storage` (which names, checks and writes), and using the hook
+(which downloads) through :class:`ResultDownloader` only: the operators, the sensor and the triggers
+call it alike, so every path stores the same files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.storage import StoredFile, as_folder, result_destination, result_extension
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
+    from airflow.sdk.types import Logger
 
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
+
+class ResultDownloader(Protocol):
+    """
+    What copying results uses of :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook`.
+
+    A protocol rather than the hook's class, so that the hook can hand its old ``store_results``
+    method on to :func:`store_results` without the two modules importing each other.
+    """
+
+    @property
+    def log(self) -> Logger:
+        """Where each stored file is reported."""
+
+    def download_result(self, url: str, dest: str | ObjectStoragePath) -> StoredFile:
+        """Copy the result at ``url`` to ``dest``, checked and atomically."""
 
 
 def store_results(
-    hook: ApikleyHook,
+    hook: ResultDownloader,
     apikley_task_id: str,
     result_urls: Sequence[str],
     folder: str | ObjectStoragePath,
@@ -44,7 +59,7 @@ def store_results(
 
 
 def with_stored_results(
-    hook: ApikleyHook, summary: dict[str, Any], output_path: str | ObjectStoragePath
+    hook: ResultDownloader, summary: dict[str, Any], output_path: str | ObjectStoragePath
 ) -> dict[str, Any]:
     """
     ``summary`` (an edit's XCom value) with ``stored``: its results copied into ``output_path``.

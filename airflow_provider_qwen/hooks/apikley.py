@@ -21,7 +21,7 @@ from airflow.providers.common.compat.connection import get_async_connection, get
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
 
-from airflow_provider_qwen import __version__
+from airflow_provider_qwen import __version__, results
 from airflow_provider_qwen.connection_form import DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
 from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
@@ -55,7 +55,6 @@ from airflow_provider_qwen.storage import (
     check_file_name,
     check_result_url,
     check_upload,
-    result_destination,
     write_atomically,
 )
 from airflow_provider_qwen.validation import check_task_id, is_task_id
@@ -416,18 +415,18 @@ class ApikleyHook(HttpHook):
         self, apikley_task_id: str, result_urls: Sequence[str], folder: str | ObjectStoragePath, extension: str = "png"
     ) -> list[StoredFile]:
         """
-        Copy every result of a task into ``folder``: moved to :func:`airflow_provider_qwen.results.store_results`.
+        Copy every result of a task into ``folder``.
 
-        Kept, with a deprecation warning, until the next release.
+        .. deprecated:: 0.1.0
+            Use :func:`airflow_provider_qwen.results.store_results` (``store_results(hook, ...)``);
+            this method goes in the next release.
         """
         warnings.warn(
             "ApikleyHook.store_results moved to airflow_provider_qwen.results.store_results(hook, ...)",
             AirflowProviderDeprecationWarning,
             stacklevel=2,
         )
-        folder = as_folder(folder)
-        names = (result_destination(folder, apikley_task_id, index, extension) for index in range(len(result_urls)))
-        return [self.download_result(url, dest) for url, dest in zip(result_urls, names, strict=True)]
+        return results.store_results(self, apikley_task_id, result_urls, folder, extension)
 
     def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
         with wall_clock_limit(self.timeout) as deadline:
