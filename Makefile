@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate bench-floor fault-suite \
+.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install lock clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate bench-floor fault-suite \
 	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -21,11 +21,27 @@ $(BIN)/python:
 $(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet uv
 
-$(STAMP): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev]'
+# Every test environment installs from a lock committed in constraints/: what CI installs is what
+# was tested, and a release upstream changes nothing until `make lock` is run on purpose.
+LOCK_DIR := constraints
+LOCK := $(LOCK_DIR)/dev.txt
+UV_COMPILE = $(BIN)/uv pip compile --quiet --upgrade --python-version 3.11 --custom-compile-command 'make lock'
+
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(LOCK) -e '.[dev]'
 	touch $@
 
 install: $(STAMP)
+
+# Resolve every lock anew from pyproject.toml: the newest Airflow for .venv, and one lock per older
+# line for test-compat. Run `make test test-compat` before committing what moved (git diff constraints/).
+lock: | $(BIN)/uv
+	$(UV_COMPILE) --extra dev --extra docs pyproject.toml -o $(LOCK)
+	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
+		printf '%s\n' "apache-airflow==$$version.*" $(call compat_pins,$$version) \
+			| $(UV_COMPILE) --extra dev pyproject.toml - -o $(LOCK_DIR)/airflow-$$version.txt; \
+	done
+	@git diff --stat -- $(LOCK_DIR) 2>/dev/null || true
 
 # Everything, the system test on a real deployment included: one pytest-xdist worker runs the
 # system tests on their deployment while the other runs the rest, a module at a time.
@@ -45,18 +61,19 @@ test-loopback: $(STAMP)
 
 # Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
 # Airflow's APIs (the emulator's and the benchmarks' own tests do not; the quickstart's installs
-# the newest Airflow whatever the venv). Airflow 3.2.2 does not run on the cadwyn, FastAPI and
-# Starlette releases an unconstrained install resolves today (its execution API fails to build,
-# then loses its service registry under Starlette 1), so that line gets releases it runs on.
+# the newest Airflow whatever the venv). Each installs from its lock, constraints/airflow-X.Y.txt.
+# Airflow 3.2 does not run on the cadwyn, FastAPI and Starlette releases an unconstrained install
+# resolves (its execution API fails to build, then loses its service registry under Starlette 1),
+# so its lock is resolved with compat_pins, which hold that line at 3.2.1.
 COMPAT_TESTS ?= tests/unit tests/loopback tests/integration -m "not fault_matrix and not fresh_venv"
+compat_pins = $$(case $(1) in 3.2) echo 'cadwyn<8' 'fastapi<0.137' 'starlette<1';; esac)
 
 test-compat: | $(BIN)/uv
 	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
 		venv=.venv-airflow-$$version; \
-		case $$version in 3.2) pins='cadwyn<8 fastapi<0.137 starlette<1';; *) pins='';; esac; \
 		[ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv; \
-		$(BIN)/uv pip install --python $$venv/bin/python --quiet "apache-airflow==$$version.*" $$pins -e '.[dev]'; \
-		echo "== Airflow $$version $$pins"; \
+		$(BIN)/uv pip install --python $$venv/bin/python --quiet -c $(LOCK_DIR)/airflow-$$version.txt -e '.[dev]'; \
+		echo "== Airflow $$version ($(LOCK_DIR)/airflow-$$version.txt)"; \
 		$$venv/bin/pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS) || { status=$$?; \
 			[ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit 1; }; \
 	done
@@ -69,8 +86,8 @@ lint: $(STAMP)
 
 DOCS_STAMP := $(VENV)/.installed-docs
 
-$(DOCS_STAMP): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev,docs]'
+$(DOCS_STAMP): pyproject.toml $(LOCK) | $(BIN)/uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(LOCK) -e '.[dev,docs]'
 	touch $@
 
 # The documentation site (MkDocs), into site/; a warning fails the build (mkdocs.yml: strict).
@@ -87,8 +104,8 @@ clean:
 
 DEMO_STAMP := $(VENV)/.installed-emulator
 
-$(DEMO_STAMP): pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[emulator]'
+$(DEMO_STAMP): pyproject.toml $(LOCK) | $(BIN)/uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -c $(LOCK) -e '.[emulator]'
 	touch $@
 
 # The catalog pipeline end to end on the embedded emulator; results land in .demo/output.
