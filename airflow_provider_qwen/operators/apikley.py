@@ -33,6 +33,7 @@ from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState
 from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.resume import may_have_run_before
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 from airflow_provider_qwen.validation import check_callback_url, check_input, check_model, load_input_schema
@@ -392,15 +393,6 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return with_stored_results(self.hook, summary, self.output_path)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
-
-
-def may_have_run_before(context: Context) -> bool:
-    """
-    Whether an earlier try of this task instance may have submitted to Apikley.
-
-    Not on its first try, which spares the task state store a lookup on the way to the first create.
-    """
-    return getattr(context["ti"], "try_number", None) != 1
 
 
 def _after_paying(

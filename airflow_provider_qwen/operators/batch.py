@@ -17,8 +17,8 @@ from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
-from airflow_provider_qwen.operators.apikley import may_have_run_before
 from airflow_provider_qwen.results import store_results
+from airflow_provider_qwen.resume import may_have_run_before
 from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
