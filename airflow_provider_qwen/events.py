@@ -84,7 +84,7 @@ class TaskEvent:
         return payload
 
     @classmethod
-    def from_payload(cls, payload: Any) -> TaskEvent:
+    def from_payload(cls, payload: object) -> TaskEvent:
         """
         Check a payload the trigger sent.
 

@@ -250,7 +250,7 @@ class TaskRecord(BaseModel):
         return str(value) if isinstance(value, int) else value
 
     @classmethod
-    def from_api(cls, data: Any) -> TaskRecord:
+    def from_api(cls, data: object) -> TaskRecord:
         """
         Parse the ``data`` object of a ``recordInfo`` answer.
 

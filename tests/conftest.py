@@ -192,3 +192,22 @@ def edit_operator(kind: str, **arguments: Any):
         input_schema=QWEN_INPUT_SCHEMA,
         **arguments,
     )
+
+
+def recording_xcom_set(calls: list[dict], error: Exception | None = None):
+    """
+    A stand-in for the Task SDK's ``XCom.set`` with its real signature, recording each push in ``calls``.
+
+    The signature matters: the provider pushes from a trigger only through an ``XCom.set`` that names
+    the mapped-length argument (see ``_compat.trigger_xcom_set``).
+    """
+
+    def xcom_set(key, value, dag_id, task_id, run_id, map_index=-1, _mapped_length=None):
+        if error is not None:
+            raise error
+        calls.append(
+            {"key": key, "value": value, "dag_id": dag_id, "task_id": task_id, "run_id": run_id}
+            | {"map_index": map_index, "_mapped_length": _mapped_length}
+        )
+
+    return xcom_set

@@ -203,7 +203,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         link = task_page_url(self.apikley_conn_id, self.apikley_task_id)
         try:
             mapped_length = len(value) if self.maps_over_result else None
-            await sync_to_async(xcom_set)(key="return_value", value=value, _mapped_length=mapped_length, **where)
+            await sync_to_async(xcom_set)(key="return_value", value=value, mapped_length=mapped_length, **where)
             await sync_to_async(xcom_set)(key=ApikleyTaskLink().xcom_key, value=link, **where)
         except Exception:
             self.log.exception(

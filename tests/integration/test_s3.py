@@ -24,7 +24,7 @@ from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
 from airflow_provider_qwen.storage import OBJECT_STORE_PART_BYTES, write_atomically
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
-from tests.conftest import submit_edit
+from tests.conftest import recording_xcom_set, submit_edit
 
 RESULT_URL = "https://files.example.org/out/a.png"
 
@@ -56,7 +56,7 @@ def test_an_edit_stores_its_results_in_s3_byte_for_byte(apikley, source_image_ur
 
 async def test_an_edit_ended_in_the_triggerer_stores_its_results_in_s3(apikley, source_image_url, s3, monkeypatch):
     pushed = []
-    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", lambda **kwargs: pushed.append(kwargs))
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", recording_xcom_set(pushed))
     task_id = apikley.wait_until_ended(submit_edit(source_image_url)).task_id
     trigger = ApikleyTaskTrigger(task_id, poll_interval=0.01, end_task_on_success=True, output_path=s3.uri("ends"))
     trigger.task_instance = SimpleNamespace(dag_id="d", task_id="edit", run_id="r", map_index=-1)

@@ -13,7 +13,9 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+from packaging.version import Version
 
+import airflow
 from airflow.providers.common.compat.sdk import BaseOperator
 from airflow.triggers.base import TaskSuccessEvent
 
@@ -22,6 +24,10 @@ from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import submit_edit
 
+#: Which internals exist depends on this Airflow's line.
+AIRFLOW_LINE = Version(Version(airflow.__version__).base_version)
+FROM_3_2, FROM_3_3 = AIRFLOW_LINE.release[:2] >= (3, 2), AIRFLOW_LINE.release[:2] >= (3, 3)
+
 TI_KEY = SimpleNamespace(dag_id="edits", task_id="edit", run_id="manual__1", map_index=0, try_number=1)
 
 
@@ -29,7 +35,43 @@ TI_KEY = SimpleNamespace(dag_id="edits", task_id="edit", run_id="manual__1", map
 
 
 def test_the_task_sdks_xcom_set_takes_a_mapped_length_here():
+    from airflow.sdk.execution_time.xcom import XCom
+
+    assert compat._takes(XCom.set, "_mapped_length")  # the name every supported line has
     assert compat.trigger_xcom_set() is not None
+
+
+def test_an_xcom_set_that_names_it_mapped_length_is_called_so(monkeypatch):
+    calls = []
+
+    def set_with_older_name(key, value, dag_id, task_id, run_id, map_index=-1, mapped_length=None):
+        calls.append((key, mapped_length))
+
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", set_with_older_name)
+    push = compat.trigger_xcom_set()
+    assert push is not None
+    push(key="return_value", value=1, mapped_length=3, dag_id="d", task_id="t", run_id="r", map_index=-1)
+    push(key="link", value="u", dag_id="d", task_id="t", run_id="r", map_index=-1)
+    assert calls == [("return_value", 3), ("link", None)]
+
+
+def test_a_catch_all_kwargs_does_not_count_as_taking_an_argument():
+    def catch_all(*, asset, **kwargs):
+        pass
+
+    assert compat._takes(catch_all, "asset")
+    assert not compat._takes(catch_all, "partition_key")
+
+
+def test_which_way_a_feature_goes_is_logged_once(caplog, monkeypatch):
+    compat._decided.cache_clear()
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", lambda key, value: None)
+    with caplog.at_level("INFO", logger=compat.__name__):
+        assert compat.trigger_xcom_set() is None
+        assert compat.trigger_xcom_set() is None
+    (line,) = [record for record in caplog.records if record.name == compat.__name__]
+    assert line.levelname == "WARNING" and "resume on a worker" in line.getMessage()
+    compat._decided.cache_clear()
 
 
 async def test_without_a_mapped_length_argument_a_worker_resumes_the_task(apikley, source_image_url, monkeypatch):
@@ -131,10 +173,32 @@ def test_outside_a_task_process_the_link_looks_the_xcom_up(monkeypatch):
 # ---- register_asset_change: the callback receiver's event ------------------------------------------
 
 
-def test_the_asset_manager_takes_a_partition_key_here():
+def test_the_asset_manager_takes_what_this_line_has():
     from airflow.assets.manager import asset_manager
 
-    assert compat._takes(asset_manager.register_asset_change, "partition_key")
+    register = asset_manager.register_asset_change
+    assert compat._takes(register, "partition_key") is FROM_3_2
+    for argument in ("source_is_api", "api_user_teams", "callback_sink"):
+        assert compat._takes(register, argument) is FROM_3_3, argument
+
+
+def test_the_receivers_event_carries_every_argument_this_line_takes(monkeypatch):
+    from airflow.assets.manager import asset_manager
+
+    calls = []
+    register = mock.create_autospec(asset_manager.register_asset_change, side_effect=lambda **kw: calls.append(kw))
+    monkeypatch.setattr(asset_manager, "register_asset_change", register)
+    sink: list = []
+    compat.register_asset_change(
+        asset="asset", extra={}, session=None, partition_key="t1", teams={"editors"}, callback_sink=sink
+    )
+    (arguments,) = calls
+    assert ("partition_key" in arguments) is FROM_3_2
+    if FROM_3_3:
+        assert arguments["source_is_api"] is True and arguments["api_user_teams"] == {"editors"}
+        assert arguments["callback_sink"] is sink
+    else:
+        assert not {"source_is_api", "api_user_teams", "callback_sink"} & set(arguments)
 
 
 def test_an_asset_manager_without_partitions_records_the_event_unpartitioned(monkeypatch):

@@ -20,7 +20,7 @@ from airflow_provider_qwen.hooks.sessions import shared_sessions
 from airflow_provider_qwen.models import TaskState
 from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS, ApikleyTaskTrigger
 from airflow_provider_qwen.waits import ExpectedDurations
-from tests.conftest import API_KEY, submit_edit
+from tests.conftest import API_KEY, recording_xcom_set, submit_edit
 
 #: A task the emulator never created: what it answers about it is scripted, or "recordInfo is null".
 TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
@@ -380,7 +380,7 @@ class TriggerTaskInstance:
 def pushed(monkeypatch) -> list[dict]:
     """The XComs the trigger pushes through the Task SDK, as the triggerer would forward them."""
     calls: list[dict] = []
-    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", recording_xcom_set(calls))
     return calls
 
 
@@ -422,9 +422,7 @@ async def test_without_a_task_instance_or_an_xcom_api_the_worker_resumes_instead
     (event,) = [event async for event in trigger.run()]  # no task instance, as under ``dag.test()``
     assert not isinstance(event, TaskSuccessEvent) and event.payload["status"] == "success"
 
-    def refuse(**kwargs):
-        raise ConnectionError("the triggerer's supervisor went away")
-
+    refuse = recording_xcom_set([], error=ConnectionError("the triggerer's supervisor went away"))
     monkeypatch.setattr("airflow.sdk.execution_time.xcom.XCom.set", refuse)
     trigger = make_trigger(apikley_task_id=finished_task, end_task_on_success=True)
     trigger.task_instance = TriggerTaskInstance()

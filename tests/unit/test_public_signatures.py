@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from typing import Any
 
 import pytest
 
@@ -27,9 +28,25 @@ def public_callables(module):
         if inspect.isfunction(value):
             yield name, value
         elif inspect.isclass(value):
-            for method_name, method in vars(value).items():
-                if inspect.isfunction(method) and (not method_name.startswith("_") or method_name == "__init__"):
-                    yield f"{name}.{method_name}", method
+            yield from public_callables_of_class(name, value)
+
+
+def public_callables_of_class(name, klass):
+    """The public methods of ``klass``, ``__init__``, and its classmethods, staticmethods and properties."""
+    for method_name, member in vars(klass).items():
+        if method_name.startswith("_") and method_name != "__init__":
+            continue
+        for function in functions_of(member):
+            yield f"{name}.{method_name}", function
+
+
+def functions_of(member):
+    """The functions behind a class member: a method, a classmethod's or staticmethod's, a property's accessors."""
+    if isinstance(member, classmethod | staticmethod):
+        member = member.__func__
+    if isinstance(member, property):
+        return [accessor for accessor in (member.fget, member.fset) if inspect.isfunction(accessor)]
+    return [member] if inspect.isfunction(member) else []
 
 
 def bare_any(function) -> list[str]:
@@ -49,6 +66,21 @@ def test_no_public_signature_takes_or_returns_bare_any(module_name):
     module = importlib.import_module(module_name)
     offenders = {name: found for name, function in public_callables(module) if (found := bare_any(function))}
     assert offenders == {}
+
+
+def test_classmethods_staticmethods_and_properties_are_looked_at():
+    class Shapes:
+        @classmethod
+        def from_payload(cls, payload: Any) -> None: ...
+
+        @staticmethod
+        def parse(text: Any) -> None: ...
+
+        @property
+        def value(self) -> Any: ...
+
+    found = {name: bare_any(function) for name, function in public_callables_of_class("Shapes", Shapes)}
+    assert found == {"Shapes.from_payload": ["payload"], "Shapes.parse": ["text"], "Shapes.value": ["return"]}
 
 
 def test_the_public_modules_are_found():
