@@ -33,6 +33,7 @@ from airflow_provider_qwen.links import PUSHED_ID_ATTRIBUTE
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+from airflow_provider_qwen.resume import request_fingerprint
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import OPERATOR_KINDS, edit_operator
 
@@ -390,6 +391,12 @@ class FakeStateStore(dict):
         self[key] = value
 
 
+def saved_task(task_id: str, input: dict, submitted_at: float) -> dict:
+    """What a try saves once Apikley created ``task_id`` for an edit of ``input``."""
+    fingerprint = request_fingerprint(QWEN_IMAGE_TO_IMAGE, input, None)
+    return {"apikley_task_id": task_id, "submitted_at": submitted_at, "fingerprint": fingerprint}
+
+
 def test_submitting_remembers_the_task_in_the_state_store(apikley, edit):
     store = FakeStateStore()
     edit().execute({"ti": mock.Mock(), "task_state_store": store})
@@ -409,7 +416,7 @@ class ReadCountingStateStore(FakeStateStore):
 @pytest.mark.parametrize(("try_number", "creates", "reads"), [(1, 2, 0), (2, 1, 1)], ids=["first try", "retry"])
 def test_only_a_retry_reads_the_state_store_before_submitting(apikley, edit, sent_input, try_number, creates, reads):
     task_id = earlier_task(apikley, sent_input, ended=True)  # what a retry would find
-    store = ReadCountingStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    store = ReadCountingStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 60))
     edit().execute({"ti": mock.Mock(try_number=try_number), "task_state_store": store})
     assert (len(apikley.seen("createTask")), store.reads) == (creates, reads)
 
@@ -418,7 +425,7 @@ def test_only_a_retry_reads_the_state_store_before_submitting(apikley, edit, sen
 def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, sent_input, latency):
     apikley.configure(latency=latency)
     task_id = earlier_task(apikley, sent_input)
-    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 5})
+    store = FakeStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 5))
     context = {"ti": mock.Mock(try_number=2), "task_state_store": store}
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True).execute(context)
@@ -429,7 +436,7 @@ def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, s
 
 def test_a_retry_finishes_a_task_that_already_succeeded(apikley, edit, sent_input):
     task_id = earlier_task(apikley, sent_input, ended=True)
-    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    store = FakeStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 60))
     result = edit(deferrable=True).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     creates = len(apikley.seen("createTask"))
     assert (result["apikley_task_id"], result["state"], creates) == (task_id, "success", 1)
@@ -439,7 +446,7 @@ def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_i
     apikley.configure(fail_fraction=1.0)
     failed = earlier_task(apikley, sent_input, ended=True)
     apikley.configure(fail_fraction=0.0)
-    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    store = FakeStateStore(apikley_task=saved_task(failed, sent_input, 1.0))
     result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert task_ids(apikley) == [failed, result["apikley_task_id"]]
     assert result["state"] == "success"
@@ -449,14 +456,14 @@ def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_i
 def test_resubmitting_a_failed_task_can_be_turned_off(apikley, edit, sent_input):
     apikley.configure(fail_fraction=1.0)
     failed = earlier_task(apikley, sent_input, ended=True)
-    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    store = FakeStateStore(apikley_task=saved_task(failed, sent_input, 1.0))
     with pytest.raises(ApikleyTaskFailedError, match=f"{failed} failed: failCode=501"):
         edit(resubmit_failed_task=False).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert len(apikley.seen("createTask")) == 1  # the earlier try's
 
 
-def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit):
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
+def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit, sent_input):
+    store = FakeStateStore(apikley_task=saved_task(TASK_ID, sent_input, 1.0))
     result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     (new_task_id,) = task_ids(apikley)
     assert result["apikley_task_id"] == new_task_id != TASK_ID
