@@ -201,12 +201,18 @@ def take_over(
         _orphaned(saved.intent, saved.intent.fingerprint == fingerprint, on_orphaned_intent, log, key)
     elif saved.apikley_task_id is not None and saved.fingerprint == fingerprint:
         return Takeover(resume=saved.apikley_task_id, submitted_at=saved.submitted_at)
+    # What is left of an entry with an intent is a task its try had already given up (failed, or
+    # gone from Apikley) when it was of this request, and an abandoned one when it was of another.
     if saved.apikley_task_id is None or saved.fingerprint == fingerprint:
         return Takeover()
-    why = "another request" if saved.fingerprint is not None else "a request saved without its fingerprint"
+    why = (
+        "for another request (its model, input or callback URL differ from this try's)"
+        if saved.fingerprint is not None
+        else "and saved without its request's fingerprint, so it cannot be told to answer this try's request"
+    )
     log.warning(
-        "Apikley task %s was submitted by an earlier try for %s (model, input or callback URL differ from "
-        "this try's); it is abandoned, its cost already paid, and this try submits anew",
+        "Apikley task %s was submitted by an earlier try %s: it is abandoned, its cost already paid, and this try "
+        "submits anew",
         saved.apikley_task_id,
         why,
     )
@@ -270,10 +276,9 @@ def _orphaned(intent: Intent, same_request: bool, policy: OrphanedIntentPolicy, 
     began = datetime.fromtimestamp(intent.at, UTC).isoformat(timespec="seconds")
     request = "this same request" if same_request else "another request"
     what = (
-        f"An earlier try began a paid createTask for {request} at {began} and saved no Apikley task id "
-        "(its worker was lost "
-        "before Apikley answered, or before the answer was saved): Apikley may have created and charged for a "
-        "task that cannot be looked up, since its API has no idempotency key and no listing of tasks"
+        f"An earlier try began a paid createTask for {request} at {began} and saved no Apikley task id (its "
+        "worker was lost before Apikley answered, or before the answer was saved): Apikley may have created and "
+        "charged for a task that cannot be looked up, since its API has no idempotency key and no listing of tasks"
     )
     if policy == "fail":
         raise ApikleyOrphanedIntentError(

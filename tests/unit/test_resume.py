@@ -99,7 +99,7 @@ def test_the_same_request_resumes_the_saved_task(log, caplog):
 
 @pytest.mark.parametrize(
     ("saved_fingerprint", "why"),
-    [(fingerprint(RED), "for another request"), (None, "for a request saved without its fingerprint")],
+    [(fingerprint(RED), "for another request"), (None, "and saved without its request's fingerprint")],
     ids=["changed", "saved before fingerprints"],
 )
 def test_another_request_replaces_the_saved_task_with_a_warning(log, caplog, saved_fingerprint, why):
