@@ -26,6 +26,9 @@ class EventStatus(StrEnum):
     ERROR = "error"
 
 
+#: The key of a summary that names the earlier try's task this try's task replaced.
+REPLACED_KEY = "replaced_apikley_task_id"
+
 #: What a deferred operator resumes with: its :class:`TaskEvent`'s payload; or ``"success"``, the
 #: state a ``TaskSuccessEvent`` carries, when its trigger ended the task itself and a runner resumed
 #: it anyway (``dag.test()``).
@@ -46,6 +49,8 @@ class TaskEvent:
     :param input: the task's ``input`` as Apikley echoes it, only when the resuming side asked for it.
     :param credits_consumed: what the task cost, when Apikley said.
     :param result: Apikley's ``resultJson``, parsed, when it says more than ``resultUrls``.
+    :param replaced_apikley_task_id: a task an earlier try created for another request, which the
+        try that deferred abandoned (see :func:`with_replaced`).
     """
 
     status: EventStatus
@@ -57,6 +62,7 @@ class TaskEvent:
     input: dict[str, Any] | None = field(default=None, compare=False)
     credits_consumed: float | None = None
     result: dict[str, Any] | None = field(default=None, compare=False)
+    replaced_apikley_task_id: str | None = None
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -78,7 +84,7 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result"):
+        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result", REPLACED_KEY):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         return payload
@@ -112,6 +118,9 @@ class TaskEvent:
         result = payload.get("result")
         if result is not None and not isinstance(result, dict):
             raise ApikleyError(f"Apikley task {task_id}: the result in its event is not an object: {result!r}")
+        replaced = payload.get(REPLACED_KEY)
+        if replaced is not None and not is_task_id(replaced):
+            raise ApikleyError(f"Apikley task {task_id}: {REPLACED_KEY}={replaced!r} in its event is not a task id")
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -122,6 +131,7 @@ class TaskEvent:
             input=payload.get("input"),
             credits_consumed=credits,
             result=result,
+            replaced_apikley_task_id=replaced,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +155,7 @@ class TaskEvent:
         )
         if self.result is not None:
             summary["result"] = self.result
-        return summary
+        return with_replaced(summary, self.replaced_apikley_task_id)
 
 
 def task_summary(
@@ -168,6 +178,18 @@ def task_summary(
         "input": dict(input),
         "credits_consumed": credits_consumed,
     }
+
+
+def with_replaced(summary: dict[str, Any], replaced_apikley_task_id: str | None) -> dict[str, Any]:
+    """
+    Return ``summary`` saying which earlier task it replaced, if any.
+
+    :param replaced_apikley_task_id: a task an earlier try created (and paid for) for another
+        request, abandoned when this try submitted anew; it goes in as ``replaced_apikley_task_id``.
+    """
+    if replaced_apikley_task_id is not None:
+        summary[REPLACED_KEY] = replaced_apikley_task_id
+    return summary
 
 
 def outcome_line(summary: dict[str, Any]) -> str:

@@ -171,6 +171,25 @@ class ApikleyTaskTimeoutError(ApikleyError):
     """An Apikley task did not finish before the wait's deadline."""
 
 
+class ApikleyUnreadableStateError(ApikleyError):
+    """
+    What an earlier try saved in the task state store cannot be read.
+
+    The message names the key and what is wrong with its value. Nothing is submitted: reading it as
+    "no earlier task" could pay a second time for a task that exists.
+    """
+
+
+class ApikleyOrphanedIntentError(ApikleyError):
+    """
+    An earlier try began a paid ``createTask`` and saved no task id, and ``on_orphaned_intent="fail"``.
+
+    Apikley may have created (and charged for) a task that no one can look up: its API has no
+    idempotency key and no listing of tasks. The message says when the earlier try began and how
+    to go on.
+    """
+
+
 ERROR_BY_CODE: dict[int, type[ApikleyError]] = {
     401: ApikleyAuthError,
     402: ApikleyInsufficientCreditsError,

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
@@ -19,6 +19,7 @@ from airflow_provider_qwen.events import (
     outcome_line,
     summary_from_record,
     task_summary,
+    with_replaced,
 )
 from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
@@ -33,7 +34,17 @@ from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState
 from airflow_provider_qwen.results import with_stored_results
-from airflow_provider_qwen.resume import may_have_run_before
+from airflow_provider_qwen.resume import (
+    OrphanedIntentPolicy,
+    Takeover,
+    check_orphaned_intent_policy,
+    create_recorded,
+    may_have_run_before,
+    read_saved_task,
+    request_fingerprint,
+    saving_to,
+    take_over,
+)
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 from airflow_provider_qwen.validation import check_callback_url, check_input, check_model, load_input_schema
@@ -67,8 +78,15 @@ class ApikleyCreateTaskOperator(BaseOperator):
     "credits_consumed"}``, plus ``result`` (Apikley's ``resultJson``, parsed) when it holds more
     than ``resultUrls``; a failed task fails with Apikley's failCode and failMsg. ``result_urls``
     holds every http(s) URL in the result, and ``output_path`` copies each. Result URLs expire
-    (assume 24 hours). A failure after the task was created says what a retry will do: resume that
-    task, never pay for it twice (on Airflow 3.3+).
+    (assume 24 hours). A failure after the task was created says what a retry will do.
+
+    On Airflow 3.3 (its task state store) a retry resumes the Apikley task an earlier try created
+    only when it would send the same request (model, input and callback URL): the same input
+    resumes without paying again. A retry whose request changed submits anew, logs the abandoned
+    task at WARNING, and its result gains ``replaced_apikley_task_id``, the id of that task (already
+    paid for). An earlier try lost between sending ``createTask`` and saving the answer leaves only
+    its intent behind, and ``on_orphaned_intent`` decides. Airflow 3.1 and 3.2 have no task state
+    store: a retry there submits anew.
 
     :param model: the Apikley model, e.g. ``qwen/text-to-image`` (templated).
     :param input: the model's ``input`` object (templated, a dict).
@@ -104,6 +122,11 @@ class ApikleyCreateTaskOperator(BaseOperator):
         worker, which raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
+    :param on_orphaned_intent: what a retry does when an earlier try began ``createTask`` and saved
+        no task id (its worker was lost in between), so Apikley may have created and charged for a
+        task no one can look up: ``"resubmit"`` (the default) submits anew with a warning naming the
+        possible second charge and when the earlier try began; ``"fail"`` raises
+        :class:`~airflow_provider_qwen.exceptions.ApikleyOrphanedIntentError`, which says how to go on.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
         ``s3://bucket/edits``) to copy the results into as soon as the task succeeds, before the
         result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
@@ -133,6 +156,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         timeout: float = 3600.0,
         output_path: str | ObjectStoragePath | None = None,
         resubmit_failed_task: bool = True,
+        on_orphaned_intent: OrphanedIntentPolicy = "resubmit",
         max_consecutive_poll_errors: int = 10,
         expected_duration: float | None = None,
         end_in_triggerer: bool | None = None,
@@ -152,6 +176,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.timeout = timeout
         self.output_path = output_path
         self.resubmit_failed_task = resubmit_failed_task
+        self.on_orphaned_intent = check_orphaned_intent_policy(on_orphaned_intent)
         self.expected_duration = expected_duration
         self.end_in_triggerer = end_in_triggerer
         self.min_credits = min_credits
@@ -192,25 +217,30 @@ class ApikleyCreateTaskOperator(BaseOperator):
         setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
         model, request = self.task_model(), self.task_input()
         self._check_arguments()
+        fingerprint = request_fingerprint(model, request, self.callback_url or None)
         state_store = context.get("task_state_store")
-        resumed = self._resumable_task(state_store) if may_have_run_before(context) else None
+        saved = read_saved_task(state_store, RESUME_KEY) if may_have_run_before(context) else None
+        takeover = take_over(saved, fingerprint, self.on_orphaned_intent, self.log, RESUME_KEY)
+        replaced = takeover.replaced_apikley_task_id
+        resumed = self._resumable_task(takeover)
         if resumed:
             known, submitted_at = resumed
             apikley_task_id = known.task_id
-            self.log.info("Resuming Apikley task %s submitted by an earlier try", apikley_task_id)
+            self.log.info("Resuming Apikley task %s submitted by an earlier try for the same request", apikley_task_id)
         else:
             known = None
             self._check_before_paying()
-            apikley_task_id = self.hook.create_task(model, request, self.callback_url)
-            submitted_at = time.time()
-            if state_store is not None:
-                state_store.set(RESUME_KEY, {"apikley_task_id": apikley_task_id, "submitted_at": submitted_at})
+            create = partial(self.hook.create_task, model, request, self.callback_url)
+            apikley_task_id, submitted_at = create_recorded(
+                create, fingerprint, saved, saving_to(state_store, RESUME_KEY)
+            )
             self.log.info("Created Apikley task %s", apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
         setattr(self, PUSHED_ID_ATTRIBUTE, apikley_task_id)
 
         if not self.wait_for_completion:
-            return self._finish(self._handed_on(task_summary(apikley_task_id, TaskState.WAITING.value, [], request)))
+            summary = task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
+            return self._finish(self._handed_on(with_replaced(summary, replaced)))
         record = known if known is not None and known.state.is_terminal else None
         if record is None:
             wait = TaskWait(
@@ -223,12 +253,13 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 logger=self.log,
             )
             if self.deferrable:
-                self._defer_to_trigger(wait, context)
+                self._defer_to_trigger(wait, context, replaced)
             try:
                 record = wait_until_done(self.hook, wait)
             except ApikleyError as err:
                 raise _after_paying(err, apikley_task_id, state_store) from None
-        return self._finish(self._copy_results({**summary_from_record(record), "input": request}, state_store))
+        summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
+        return self._finish(self._copy_results(summary, state_store))
 
     def execute_complete(self, context: Context, event: ResumeEvent = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
@@ -297,7 +328,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             )
         return summary
 
-    def _defer_to_trigger(self, wait: TaskWait, context: Context) -> None:
+    def _defer_to_trigger(self, wait: TaskWait, context: Context, replaced_apikley_task_id: str | None) -> None:
         deadline = wait.deadline or time.time() + self.timeout
         self.defer(
             trigger=ApikleyTaskTrigger(
@@ -309,8 +340,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 submitted_at=wait.submitted_at,
                 model=self.task_model(),
                 expected_duration=self.expected_duration,
-                **self._how_to_end(context),
+                **self._how_to_end(context, replaced_apikley_task_id),
                 output_path=str(self.output_path) if self.output_path else None,
+                replaced_apikley_task_id=replaced_apikley_task_id,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
@@ -352,9 +384,11 @@ class ApikleyCreateTaskOperator(BaseOperator):
             reasons.append("operator_extra_links: links other than ApikleyTaskLink are computed on a worker")
         return reasons
 
-    def _how_to_end(self, context: Context) -> dict[str, bool]:
+    def _how_to_end(self, context: Context, replaced_apikley_task_id: str | None) -> dict[str, bool]:
         """Return the trigger's ``end_task_on_success`` and ``maps_over_result``, as a worker would record the value."""
-        if not self._ends_in_triggerer():
+        # A runner that resumes a task the trigger ended rebuilds its value from Apikley, which knows
+        # nothing of the task this try replaced: only a worker resumed with the event keeps it.
+        if replaced_apikley_task_id or not self._ends_in_triggerer():
             return {"end_task_on_success": False, "maps_over_result": False}
         if getattr(context["ti"], "map_index", -1) not in (-1, None):
             return {"end_task_on_success": True, "maps_over_result": False}  # Airflow maps over unmapped tasks only
@@ -363,20 +397,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return {"end_task_on_success": False, "maps_over_result": False}
         return {"end_task_on_success": True, "maps_over_result": maps_over}
 
-    def _resumable_task(self, state_store: compat.TaskStateStore | None) -> tuple[TaskRecord, float] | None:
-        """Return the task an earlier try submitted, unless it is gone, or failed and is to be submitted anew."""
-        saved = state_store.get(RESUME_KEY) if state_store is not None else None
-        if not saved:
+    def _resumable_task(self, takeover: Takeover) -> tuple[TaskRecord, float] | None:
+        """Return the task to resume for this request, unless Apikley forgot it, or it failed and is submitted anew."""
+        if takeover.resume is None:
             return None
         try:
-            record = self.hook.get_task(saved["apikley_task_id"])
+            record = self.hook.get_task(takeover.resume)
         except ApikleyNotFoundError:
-            self.log.warning("Apikley no longer knows task %s; submitting anew", saved["apikley_task_id"])
+            self.log.warning("Apikley no longer knows task %s; submitting anew", takeover.resume)
             return None
         if record.state is TaskState.FAIL and self.resubmit_failed_task:
             self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
             return None
-        return record, float(saved["submitted_at"])
+        return record, takeover.submitted_at or time.time()
 
     def _deadline(self, context: Context) -> float:
         """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""
@@ -403,7 +436,10 @@ def _after_paying(
         return err
     then = "copies its results again" if copying else "waits for it again"
     if state_store is not None:
-        advice = f"A retry or clear of this task resumes Apikley task {apikley_task_id} and {then}, without paying."
+        advice = (
+            f"A retry or clear of this task resumes Apikley task {apikley_task_id} and {then}, without paying, "
+            "as long as it sends the same request (model, input and callback URL)."
+        )
     else:
         instead = "copy its results" if copying else "keep waiting for it"
         advice = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         recorded with it, as a worker records it.
     :param output_path: with ``end_task_on_success``, a folder URI to copy the results into first,
         as the operator's ``output_path`` does (in a thread, so the triggerer's loop goes on).
+    :param replaced_apikley_task_id: a task an earlier try created for another request, which the
+        deferring try abandoned: the event (and the value pushed from here) names it.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         end_task_on_success: bool = False,
         maps_over_result: bool = False,
         output_path: str | None = None,
+        replaced_apikley_task_id: str | None = None,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -113,6 +117,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.end_task_on_success = end_task_on_success
         self.maps_over_result = maps_over_result
         self.output_path = output_path
+        self.replaced_apikley_task_id = replaced_apikley_task_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -131,6 +136,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "end_task_on_success": self.end_task_on_success,
                 "maps_over_result": self.maps_over_result,
                 "output_path": self.output_path,
+                "replaced_apikley_task_id": self.replaced_apikley_task_id,
             },
         )
 
@@ -140,7 +146,7 @@ class ApikleyTaskTrigger(BaseTrigger):
 
         hook = ApikleyHook(self.apikley_conn_id)
         try:
-            event = await self._wait(hook)
+            event = replace(await self._wait(hook), replaced_apikley_task_id=self.replaced_apikley_task_id)
         finally:
             await hook.aclose()
         if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._end_task(event):

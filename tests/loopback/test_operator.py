@@ -6,13 +6,15 @@ input (checked against the model's published schema), except those marked ``qwen
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 from functools import partial
 from unittest import mock
 
 import pytest
+from structlog.testing import capture_logs
 
 from airflow.providers.common.compat.sdk import Asset, AssetAlias, ObjectStoragePath, TaskDeferred
 
@@ -24,15 +26,18 @@ from airflow_provider_qwen.exceptions import (
     ApikleyError,
     ApikleyInputError,
     ApikleyInsufficientCreditsError,
+    ApikleyOrphanedIntentError,
     ApikleyServerError,
     ApikleyTaskFailedError,
     ApikleyTaskTimeoutError,
+    ApikleyUnreadableStateError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.links import PUSHED_ID_ATTRIBUTE
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
 from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+from airflow_provider_qwen.resume import request_fingerprint
 from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import OPERATOR_KINDS, edit_operator
 
@@ -390,6 +395,12 @@ class FakeStateStore(dict):
         self[key] = value
 
 
+def saved_task(task_id: str, input: dict, submitted_at: float) -> dict:
+    """What a try saves once Apikley created ``task_id`` for an edit of ``input``."""
+    fingerprint = request_fingerprint(QWEN_IMAGE_TO_IMAGE, input, None)
+    return {"apikley_task_id": task_id, "submitted_at": submitted_at, "fingerprint": fingerprint}
+
+
 def test_submitting_remembers_the_task_in_the_state_store(apikley, edit):
     store = FakeStateStore()
     edit().execute({"ti": mock.Mock(), "task_state_store": store})
@@ -409,7 +420,7 @@ class ReadCountingStateStore(FakeStateStore):
 @pytest.mark.parametrize(("try_number", "creates", "reads"), [(1, 2, 0), (2, 1, 1)], ids=["first try", "retry"])
 def test_only_a_retry_reads_the_state_store_before_submitting(apikley, edit, sent_input, try_number, creates, reads):
     task_id = earlier_task(apikley, sent_input, ended=True)  # what a retry would find
-    store = ReadCountingStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    store = ReadCountingStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 60))
     edit().execute({"ti": mock.Mock(try_number=try_number), "task_state_store": store})
     assert (len(apikley.seen("createTask")), store.reads) == (creates, reads)
 
@@ -418,7 +429,7 @@ def test_only_a_retry_reads_the_state_store_before_submitting(apikley, edit, sen
 def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, sent_input, latency):
     apikley.configure(latency=latency)
     task_id = earlier_task(apikley, sent_input)
-    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 5})
+    store = FakeStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 5))
     context = {"ti": mock.Mock(try_number=2), "task_state_store": store}
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True).execute(context)
@@ -429,7 +440,7 @@ def test_a_retry_resumes_a_running_task_instead_of_paying_again(apikley, edit, s
 
 def test_a_retry_finishes_a_task_that_already_succeeded(apikley, edit, sent_input):
     task_id = earlier_task(apikley, sent_input, ended=True)
-    store = FakeStateStore(apikley_task={"apikley_task_id": task_id, "submitted_at": time.time() - 60})
+    store = FakeStateStore(apikley_task=saved_task(task_id, sent_input, time.time() - 60))
     result = edit(deferrable=True).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     creates = len(apikley.seen("createTask"))
     assert (result["apikley_task_id"], result["state"], creates) == (task_id, "success", 1)
@@ -439,7 +450,7 @@ def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_i
     apikley.configure(fail_fraction=1.0)
     failed = earlier_task(apikley, sent_input, ended=True)
     apikley.configure(fail_fraction=0.0)
-    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    store = FakeStateStore(apikley_task=saved_task(failed, sent_input, 1.0))
     result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert task_ids(apikley) == [failed, result["apikley_task_id"]]
     assert result["state"] == "success"
@@ -449,18 +460,204 @@ def test_a_retry_submits_anew_when_the_earlier_task_failed(apikley, edit, sent_i
 def test_resubmitting_a_failed_task_can_be_turned_off(apikley, edit, sent_input):
     apikley.configure(fail_fraction=1.0)
     failed = earlier_task(apikley, sent_input, ended=True)
-    store = FakeStateStore(apikley_task={"apikley_task_id": failed, "submitted_at": 1.0})
+    store = FakeStateStore(apikley_task=saved_task(failed, sent_input, 1.0))
     with pytest.raises(ApikleyTaskFailedError, match=f"{failed} failed: failCode=501"):
         edit(resubmit_failed_task=False).execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     assert len(apikley.seen("createTask")) == 1  # the earlier try's
 
 
-def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit):
-    store = FakeStateStore(apikley_task={"apikley_task_id": TASK_ID, "submitted_at": 1.0})
+def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit, sent_input):
+    store = FakeStateStore(apikley_task=saved_task(TASK_ID, sent_input, 1.0))
     result = edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
     (new_task_id,) = task_ids(apikley)
     assert result["apikley_task_id"] == new_task_id != TASK_ID
     assert apikley.seen("recordInfo")[0].query == f"taskId={TASK_ID}"
+
+
+# ---- a retry takes over only the same request -----------------------------------------------------
+
+#: A retry that waits on a worker, and one that waits in the triggerer and resumes on a worker.
+WAYS = pytest.mark.parametrize("deferrable", [False, True], ids=["blocking", "deferrable"])
+
+
+class WorkerLost(BaseException):
+    """A try's worker dying: no ``except Exception`` of the operator's runs."""
+
+
+def try_context(try_number: int, store: FakeStateStore) -> dict:
+    return {"ti": mock.Mock(try_number=try_number), "task_state_store": store}
+
+
+@pytest.fixture
+def logged():
+    """What the operators log while the test runs."""
+    with capture_logs() as logs:
+        yield logs
+
+
+def warnings_in(logs: list[dict]) -> list[str]:
+    return [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+
+
+async def first_event(trigger: ApikleyTaskTrigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger fired no event")
+
+
+def run_try(make, context) -> dict:
+    """Run a try to its result: ``execute``; when it defers, its trigger and a fresh instance's ``execute_complete``."""
+    try:
+        return make().execute(context)
+    except TaskDeferred as deferred:
+        event = asyncio.run(first_event(deferred.trigger))
+        return make().execute_complete(context, event)
+
+
+def lost_while_waiting(make, store: FakeStateStore) -> str:
+    """Try 1 submits and defers, and is lost before its trigger reports; return the task it paid for."""
+    with pytest.raises(TaskDeferred):
+        make(deferrable=True).execute(try_context(1, store))
+    return store["apikley_task"]["apikley_task_id"]
+
+
+@WAYS
+def test_a_retry_whose_prompt_changed_submits_anew_and_reports_the_task_it_replaced(apikley, edit, logged, deferrable):
+    store = FakeStateStore()
+    red = lost_while_waiting(partial(edit, prompt="make it red"), store)
+    result = run_try(partial(edit, prompt="make it BLUE", deferrable=deferrable), try_context(2, store))
+    assert task_ids(apikley) == [red, result["apikley_task_id"]]
+    blue = apikley.state.tasks[result["apikley_task_id"]]
+    assert result["input"] == blue.request["input"]
+    assert result["input"]["prompt"] == "make it BLUE"
+    assert result["result_urls"] == blue.result_urls != []
+    assert not set(result["result_urls"]) & set(apikley.wait_until_ended(red).result_urls)
+    assert result["replaced_apikley_task_id"] == red
+    assert store["apikley_task"]["apikley_task_id"] == blue.task_id
+    assert any(
+        f"Apikley task {red} was submitted by an earlier try for another request" in w for w in warnings_in(logged)
+    )
+
+
+@WAYS
+def test_a_retry_with_the_same_input_resumes_without_creating_again(apikley, edit, deferrable):
+    store = FakeStateStore()
+    paid = lost_while_waiting(edit, store)
+    result = run_try(partial(edit, deferrable=deferrable), try_context(2, store))
+    assert (result["apikley_task_id"], result["state"]) == (paid, "success")
+    assert len(apikley.seen("createTask")) == 1
+    assert "replaced_apikley_task_id" not in result
+
+
+def test_a_retry_that_replaced_a_task_waits_to_resume_on_a_worker_that_reports_it(apikley, edit):
+    store = FakeStateStore()
+    red = lost_while_waiting(partial(edit, prompt="make it red"), store)
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(prompt="make it BLUE", deferrable=True).execute(try_context(2, store))
+    trigger = excinfo.value.trigger
+    assert (trigger.replaced_apikley_task_id, trigger.end_task_on_success) == (red, False)
+    with pytest.raises(TaskDeferred) as excinfo:  # the same request again: nothing replaced, it may end there
+        edit(prompt="make it BLUE", deferrable=True).execute(try_context(3, store))
+    trigger = excinfo.value.trigger
+    assert (trigger.replaced_apikley_task_id, trigger.end_task_on_success) == (None, True)
+
+
+def test_without_waiting_the_result_names_the_task_it_replaced(apikley, edit):
+    store = FakeStateStore()
+    red = lost_while_waiting(partial(edit, prompt="make it red"), store)
+    result = edit(prompt="make it BLUE", wait_for_completion=False).execute(try_context(2, store))
+    assert result["replaced_apikley_task_id"] == red != result["apikley_task_id"]
+
+
+def test_a_task_saved_before_requests_were_fingerprinted_is_replaced_not_resumed(apikley, edit, sent_input):
+    earlier = earlier_task(apikley, sent_input, ended=True)
+    store = FakeStateStore(apikley_task={"apikley_task_id": earlier, "submitted_at": time.time() - 60})
+    result = edit().execute(try_context(2, store))
+    assert task_ids(apikley) == [earlier, result["apikley_task_id"]]
+    assert result["replaced_apikley_task_id"] == earlier
+    assert all(request.query != f"taskId={earlier}" for request in apikley.seen("recordInfo"))
+
+
+@pytest.fixture
+def lost_once_apikley_created(monkeypatch):
+    """The first ``createTask`` reaches Apikley, and its try is lost before the answer is saved."""
+    real_create_task = ApikleyHook.create_task
+
+    def create_task(self, *args, **kwargs):
+        monkeypatch.setattr(ApikleyHook, "create_task", real_create_task)
+        real_create_task(self, *args, **kwargs)
+        raise WorkerLost
+
+    monkeypatch.setattr(ApikleyHook, "create_task", create_task)
+
+
+@WAYS
+def test_a_try_lost_during_the_create_makes_the_retry_resubmit_saying_it_may_pay_twice(
+    apikley, edit, logged, lost_once_apikley_created, deferrable
+):
+    store = FakeStateStore()
+    before = time.time()
+    with pytest.raises(WorkerLost):
+        edit().execute(try_context(1, store))
+    intent = store["apikley_task"]["intent"]
+    assert "apikley_task_id" not in store["apikley_task"] and before <= intent["at"] <= time.time()
+    result = run_try(partial(edit, deferrable=deferrable), try_context(2, store))
+    assert apikley.state.accepted_creates == 2
+    assert task_ids(apikley)[-1] == result["apikley_task_id"] == store["apikley_task"]["apikley_task_id"]
+    began = datetime.fromtimestamp(intent["at"], UTC).isoformat(timespec="seconds")
+    (warning,) = [w for w in warnings_in(logged) if "createTask" in w]
+    assert f"began a paid createTask for this same request at {began}" in warning
+    assert "this may pay a second time" in warning
+
+
+def test_a_try_lost_during_the_create_fails_the_retry_before_any_request_when_told_to(
+    apikley, edit, lost_once_apikley_created
+):
+    store = FakeStateStore()
+    with pytest.raises(WorkerLost):
+        edit(on_orphaned_intent="fail").execute(try_context(1, store))
+    requests = len(apikley.seen())
+    with pytest.raises(ApikleyOrphanedIntentError) as excinfo:
+        edit(on_orphaned_intent="fail").execute(try_context(2, store))
+    assert "saved no Apikley task id" in str(excinfo.value)
+    assert "give its id to ApikleyTaskSensor; to submit anew, set on_orphaned_intent='resubmit'" in str(excinfo.value)
+    assert (len(apikley.seen()), apikley.state.accepted_creates) == (requests, 1)
+
+
+def test_a_create_apikley_refused_leaves_nothing_for_the_retry_to_fear(apikley, edit):
+    store = FakeStateStore()
+    apikley.state.credits = 0.0
+    with pytest.raises(ApikleyInsufficientCreditsError):
+        edit(on_orphaned_intent="fail").execute(try_context(1, store))
+    assert store["apikley_task"] == {}
+    apikley.state.credits = 100.0
+    result = edit(on_orphaned_intent="fail").execute(try_context(2, store))
+    assert (result["state"], apikley.state.accepted_creates) == ("success", 1)
+
+
+@pytest.mark.parametrize(
+    ("saved", "problem"),
+    [
+        ("3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e", "the value is not a JSON object"),
+        ({"apikley_task_id": None, "submitted_at": 1.0}, "has neither an apikley_task_id nor an intent"),
+        ({"apikley_task_id": "../../admin", "submitted_at": 1.0}, "apikley_task_id='../../admin' must be 1 to 128"),
+        ({"apikley_task_id": TASK_ID, "submitted_at": "an hour ago"}, "submitted_at='an hour ago' is not epoch"),
+        ({"intent": {"fingerprint": 1, "at": 1.0}}, "intent.fingerprint=1 is not a string"),
+    ],
+)
+def test_an_entry_a_retry_cannot_read_fails_it_before_any_request(apikley, edit, saved, problem):
+    store = FakeStateStore(apikley_task=saved)
+    with pytest.raises(ApikleyUnreadableStateError) as excinfo:
+        edit().execute(try_context(2, store))
+    assert str(excinfo.value).startswith("Task state store key 'apikley_task': ")
+    assert problem in str(excinfo.value)
+    assert apikley.seen() == []
+
+
+def test_an_unknown_orphaned_intent_policy_is_refused_before_any_request(apikley, edit):
+    with pytest.raises(ApikleyInputError, match=r"^on_orphaned_intent='retry': must be one of resubmit, fail$"):
+        edit(on_orphaned_intent="retry")
+    assert apikley.seen() == []
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,7 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "end_task_on_success",
         "maps_over_result",
         "output_path",
+        "replaced_apikley_task_id",
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -60,3 +61,19 @@ def test_every_event_survives_json_unchanged(event):
 def test_every_other_outcome_fails_the_task_with_its_reason(event, error):
     with pytest.raises(error):
         event.summary()
+
+
+def test_the_task_a_retry_replaced_travels_to_the_summary():
+    replaced = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
+    event = replace(TaskEvent.ended(ended("success")), replaced_apikley_task_id=replaced)
+    payload = json.loads(json.dumps(event.to_payload()))
+    assert payload["replaced_apikley_task_id"] == replaced
+    summary = TaskEvent.from_payload(payload).summary()
+    assert (summary["apikley_task_id"], summary["replaced_apikley_task_id"]) == (TASK_ID, replaced)
+    assert "replaced_apikley_task_id" not in TaskEvent.ended(ended("success")).summary()
+
+
+def test_an_event_naming_a_replaced_task_of_the_wrong_shape_is_refused():
+    payload = {**TaskEvent.ended(ended("success")).to_payload(), "replaced_apikley_task_id": "../x"}
+    with pytest.raises(ApikleyError, match=r"replaced_apikley_task_id='../x' in its event is not a task id"):
+        TaskEvent.from_payload(payload)
