@@ -6,6 +6,7 @@ input (checked against the model's published schema), except those marked ``qwen
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import UTC
@@ -185,6 +186,34 @@ def test_a_task_the_trigger_could_not_tell_mapping_for_resumes_on_a_worker(apikl
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True).execute(context)
     assert excinfo.value.trigger.end_task_on_success is False
+
+
+async def fire(trigger: ApikleyTaskTrigger) -> dict:
+    """The one event ``trigger`` fires, rebuilt from its serialized arguments as a triggerer would."""
+    kwargs = trigger.serialize()[1]
+    (event,) = [event.payload async for event in ApikleyTaskTrigger(**json.loads(json.dumps(kwargs))).run()]
+    return event
+
+
+async def test_a_subclass_overriding_execute_complete_resumes_on_a_worker_that_runs_it(apikley, edit, context):
+    published = []
+
+    class Publishing:
+        """A team's override: publish each edit once the provider has stored it."""
+
+        def execute_complete(self, context, event=None):
+            result = super().execute_complete(context, event)
+            published.append(result["apikley_task_id"])
+            return result
+
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, mixin=Publishing).execute(context)
+    assert excinfo.value.trigger.serialize()[1]["end_task_on_success"] is False
+    event = await fire(excinfo.value.trigger)
+
+    result = edit(deferrable=True, mixin=Publishing).execute_complete(context, event)  # a fresh instance resumes
+    assert result["state"] == "success"
+    assert published == [result["apikley_task_id"]]
 
 
 def test_a_resumed_instance_marks_the_id_its_link_shows(apikley, edit, sent_input, context):
