@@ -46,6 +46,8 @@ class TaskEvent:
     :param input: the task's ``input`` as Apikley echoes it, only when the resuming side asked for it.
     :param credits_consumed: what the task cost, when Apikley said.
     :param result: Apikley's ``resultJson``, parsed, when it says more than ``resultUrls``.
+    :param output_path: the folder URI the resuming side copies the results into, as the deferring
+        side worked it out; carried here because ``airflow dags test`` resumes with the event alone.
     """
 
     status: EventStatus
@@ -57,6 +59,7 @@ class TaskEvent:
     input: dict[str, Any] | None = field(default=None, compare=False)
     credits_consumed: float | None = None
     result: dict[str, Any] | None = field(default=None, compare=False)
+    output_path: str | None = None
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -78,7 +81,7 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result"):
+        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result", "output_path"):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         return payload
@@ -112,6 +115,9 @@ class TaskEvent:
         result = payload.get("result")
         if result is not None and not isinstance(result, dict):
             raise ApikleyError(f"Apikley task {task_id}: the result in its event is not an object: {result!r}")
+        output_path = payload.get("output_path")
+        if output_path is not None and not isinstance(output_path, str):
+            raise ApikleyError(f"Apikley task {task_id}: output_path={output_path!r} in its event is not a URI string")
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -122,6 +128,7 @@ class TaskEvent:
             input=payload.get("input"),
             credits_consumed=credits,
             result=result,
+            output_path=output_path,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -249,6 +249,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         state_store = context.get("task_state_store")
         parsed = TaskEvent.from_payload(event)
         setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
+        if parsed.output_path and not isinstance(self.output_path, ObjectStoragePath):
+            self.output_path = parsed.output_path  # as execute had it when it deferred
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:

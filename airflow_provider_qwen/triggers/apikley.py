@@ -9,6 +9,7 @@ itself ended here with its results stored and its XCom pushed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -81,8 +82,10 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param end_task_on_success: end the deferred task from the triggerer when the edit succeeds.
     :param maps_over_result: downstream tasks map over the task's XCom value, so its length is
         recorded with it, as a worker records it.
-    :param output_path: with ``end_task_on_success``, a folder URI to copy the results into first,
-        as the operator's ``output_path`` does (in a thread, so the triggerer's loop goes on).
+    :param output_path: the folder URI the results are to be copied into. With
+        ``end_task_on_success`` they are copied here first, as the operator's ``output_path`` does
+        (in a thread, so the triggerer's loop goes on); otherwise it travels back in the event, for
+        the worker that resumes (``airflow dags test`` resumes with the event alone).
     """
 
     def __init__(
@@ -147,7 +150,7 @@ class ApikleyTaskTrigger(BaseTrigger):
             yield TaskSuccessEvent()
         else:
             await settle_before_resuming(self, deferred_at=self.submitted_at)
-            yield TriggerEvent(event.to_payload())
+            yield TriggerEvent(dataclasses.replace(event, output_path=self.output_path).to_payload())
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))

@@ -216,6 +216,19 @@ async def test_a_subclass_overriding_execute_complete_resumes_on_a_worker_that_r
     assert published == [result["apikley_task_id"]]
 
 
+async def test_the_resumed_worker_stores_in_the_folder_execute_checked(apikley, edit, context, tmp_path):
+    checked, rendered_again = tmp_path / "checked", tmp_path / "rendered-again"
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, end_in_triggerer=False, output_path=f"file://{checked}").execute(context)
+    event = await fire(excinfo.value.trigger)
+
+    # a template that renders differently on resuming (a timestamp) must not move the results
+    result = edit(deferrable=True, output_path=f"file://{rendered_again}").execute_complete(context, event)
+    (stored,) = result["stored"]
+    assert stored["uri"] == f"file://{checked}/{event['apikley_task_id']}-0.png"
+    assert not rendered_again.exists()
+
+
 def test_a_resumed_instance_marks_the_id_its_link_shows(apikley, edit, sent_input, context):
     task_id = apikley.wait_until_ended(ApikleyHook().create_task(QWEN_IMAGE_TO_IMAGE, sent_input)).task_id
     event = {"status": "success", "apikley_task_id": task_id, "result_urls": apikley.state.tasks[task_id].result_urls}

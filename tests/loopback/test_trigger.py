@@ -362,6 +362,12 @@ async def test_an_event_that_resumes_a_worker_waits_for_the_scheduler_to_see_the
         assert len(settle) == 1 and RESUME_SETTLE_SECONDS - 2 < settle[0] <= RESUME_SETTLE_SECONDS
 
 
+async def test_an_event_that_resumes_a_worker_carries_the_output_path_back(apikley, finished_task):
+    trigger = make_trigger(apikley_task_id=finished_task, output_path="file:///data/edits")
+    (event,) = await run_to_events(trigger)
+    assert (event["status"], event["output_path"]) == ("success", "file:///data/edits")
+
+
 async def test_the_trigger_learns_how_long_tasks_take(apikley, finished_task, monkeypatch):
     learned = ExpectedDurations(minimum_samples=1, percentile=1.0)
     monkeypatch.setattr("airflow_provider_qwen.waits.EXPECTED_DURATIONS", learned)

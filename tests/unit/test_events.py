@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -60,3 +61,16 @@ def test_every_event_survives_json_unchanged(event):
 def test_every_other_outcome_fails_the_task_with_its_reason(event, error):
     with pytest.raises(error):
         event.summary()
+
+
+def test_the_output_path_travels_back_only_when_set():
+    event = TaskEvent.ended(ended("success"))
+    assert "output_path" not in event.to_payload()
+    carried = dataclasses.replace(event, output_path="s3://bucket/edits")
+    assert TaskEvent.from_payload(json.loads(json.dumps(carried.to_payload()))).output_path == "s3://bucket/edits"
+
+
+def test_an_output_path_that_is_not_a_uri_string_is_refused():
+    payload = {**TaskEvent.ended(ended("success")).to_payload(), "output_path": ["s3://bucket"]}
+    with pytest.raises(ApikleyError, match=r"output_path=\['s3://bucket'\] in its event is not a URI string"):
+        TaskEvent.from_payload(payload)
