@@ -322,6 +322,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 expected_duration=self.expected_duration,
                 **self._how_to_end(context),
                 output_path=str(self.output_path) if self.output_path else None,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,

@@ -158,6 +158,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 # what execute worked out comes back in the event: a fresh instance resumes, and
                 # ``airflow dags test`` resumes it with the event alone
                 output_path=output_path,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
             # the same for events of a trigger an older provider started, which do not carry it

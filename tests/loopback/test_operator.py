@@ -126,6 +126,7 @@ def test_defers_to_the_trigger_after_pushing_the_task_id(apikley, edit, sent_inp
     assert trigger.poll_interval == 4
     assert excinfo.value.method_name == "execute_complete"
     assert apikley.seen("createTask")[0].json()["input"] == sent_input
+    assert before <= trigger.deferred_at <= time.time()  # the settle time counts from here
 
 
 def test_defers_right_after_submitting_without_asking_first(apikley, edit, context):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from unittest import mock
 
 import pytest
@@ -268,9 +269,11 @@ def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
 async def test_the_output_path_handed_on_comes_back_in_the_triggers_event(apikley, source_image_url, context, tmp_path):
     apikley.configure(latency=(0.0, 0.5, 0.0))  # still queuing at the sensor's first check: it defers
     submitted = submit_handing_on(source_image_url, f"file://{tmp_path}/handed-on")
+    before = time.time()
     with pytest.raises(TaskDeferred) as excinfo:
         make_sensor(submitted, deferrable=True).execute(context)
     kwargs = excinfo.value.trigger.serialize()[1]
+    assert before <= kwargs["deferred_at"] <= time.time()
     trigger = ApikleyTaskTrigger(**json.loads(json.dumps(kwargs)))  # as the triggerer rebuilds it
     (event,) = [event.payload async for event in trigger.run()]
 
