@@ -47,7 +47,7 @@ def get_provider_info() -> dict:
         "db-managers": ["airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"],
         "config": {
             "apikley": {
-                "description": "The Apikley callback receiver on the api-server.",
+                "description": "The Apikley callback receiver on the api-server, and when triggers resume workers.",
                 "options": {
                     "allow_unsigned_callbacks": {
                         "description": (
@@ -70,6 +70,18 @@ def get_provider_info() -> dict:
                         "type": "integer",
                         "example": "7",
                         "default": "30",
+                    },
+                    "resume_settle_seconds": {
+                        "description": (
+                            "Seconds after a task deferred before its trigger resumes it on a worker, read by the "
+                            "triggerer. Airflow 3.1-3.3 can fail a task resumed before the scheduler has read the "
+                            "executor's report on the run that deferred (apache/airflow#66374, #72716); a busy "
+                            "scheduler reads it seconds late. A number, 0 or more; 0 resumes at once."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "30",
+                        "default": "10",
                     },
                 },
             }

@@ -142,7 +142,7 @@ class ApikleyConnectionError(ApikleyError):
 
 
 class ApikleyConfigurationError(ApikleyError):
-    """The Airflow connection is unusable: no API key, or a base URL that is not a URL."""
+    """The connection or configuration is unusable: no API key, a base URL not a URL, a bad ``[apikley]`` option."""
 
 
 class ApikleyInputError(ApikleyError, ValueError):

@@ -46,6 +46,16 @@ def test_the_connection_form_relabels_and_hides_fields(providers_manager):
     assert "https://api.apikley.ru" in behaviour["placeholders"].values()
 
 
+def test_the_resume_settle_setting_is_declared_with_the_triggers_default(providers_manager):
+    from airflow.configuration import conf
+
+    from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS
+
+    providers_manager.initialize_providers_configuration()
+    conf.load_providers_configuration()
+    assert conf.getfloat("apikley", "resume_settle_seconds") == RESUME_SETTLE_SECONDS
+
+
 @pytest.mark.skipif(not FORM_FROM_PROVIDER_INFO, reason="extra fields in the form need Airflow 3.2+")
 def test_the_connection_form_has_the_extras(providers_manager):
     widgets = providers_manager.connection_form_widgets
