@@ -162,7 +162,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                     f"The batch's page {path} was written by try {record.get('generation')}, not by try "
                     f"{self.generation} that this trigger waits for: a later try has taken the batch over"
                 )
-            if not is_task_id(record.get("apikley_task_id")) or not isinstance(record.get("submitted_at"), int | float):
+            known = type(record.get("index")) is int and isinstance(record.get("submitted_at"), int | float)
+            if not known or not is_task_id(record.get("apikley_task_id")):
                 raise ApikleyError(f"The batch's page {path} holds an item with no task to wait for: {record!r}")
         return records
 

@@ -656,3 +656,23 @@ async def test_items_without_an_outcome_fail_the_task_naming_them_and_a_retry_wa
     )
     assert summary["states"] == {"success": 5, "failed": 0, "timeout": 0, "error": 0, "missing": 0}
     assert apikley.state.accepted_creates == 5
+
+
+async def test_an_earlier_trys_trigger_never_waits_for_the_pages_a_later_try_wrote(
+    apikley, source_image_url, tmp_path, large
+):
+    arguments = {"items": 5, "output_path": f"file://{tmp_path}"}
+    earlier = deferred(make_batch(source_image_url, **arguments))
+    deferred(make_batch(source_image_url, **arguments), try_number=2)
+    with pytest.raises(ApikleyError, match=r"submitted-00000\.jsonl was written by try 2, not by try 1"):
+        await fire(earlier)
+
+
+async def test_a_submitted_page_with_an_item_the_trigger_cannot_wait_for_fails_it_naming_the_page(
+    apikley, source_image_url, tmp_path, large
+):
+    trigger = deferred(make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"))
+    page = batch_folder(tmp_path) / "submitted-00001.jsonl"
+    page.write_text('{"apikley_task_id": null, "submitted_at": 1.0, "generation": 1}\n')
+    with pytest.raises(ApikleyError, match=re.escape(f"{page} holds an item with no task to wait for")):
+        await fire(trigger)
