@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from airflow_provider_qwen.resume import (
     request_fingerprint,
     saving_to,
     take_over,
+    try_deadline,
 )
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
@@ -255,7 +256,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             wait = TaskWait(
                 apikley_task_id,
                 submitted_at=submitted_at,
-                deadline=self._deadline(context),
+                deadline=try_deadline(context, self.timeout, self.execution_timeout),
                 poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 expected_duration=self.expected_duration or 0.0,
@@ -426,14 +427,6 @@ class ApikleyCreateTaskOperator(BaseOperator):
             self.log.warning("Apikley task %s failed in an earlier try; submitting anew", record.task_id)
             return None
         return record, takeover.submitted_at or time.time()
-
-    def _deadline(self, context: Context) -> float:
-        """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""
-        deadline = time.time() + self.timeout
-        started = getattr(context["ti"], "start_date", None)
-        if self.execution_timeout and isinstance(started, datetime):
-            deadline = min(deadline, (started + self.execution_timeout).timestamp())
-        return deadline
 
     def _copy_results(self, summary: dict[str, Any], state_store: compat.TaskStateStore | None) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:

@@ -267,6 +267,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 generation=generation if folder else None,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,

@@ -58,6 +58,8 @@ class ApikleyBatchTrigger(BaseTrigger):
     :param count: how many items the batch in ``folder`` has.
     :param generation: the try number of the try that wrote ``folder``'s ``submitted`` pages; only
         ``ended`` pages of the same generation count as done.
+    :param deferred_at: epoch seconds when the operator deferred, from which the settle delay before
+        resuming its worker is counted (``[apikley] resume_settle_seconds``).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         folder: str | None = None,
         count: int = 0,
         generation: int | None = None,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
         self.tasks: list[list[str | float]] = [
@@ -87,6 +90,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.folder = folder
         self.count = count
         self.generation = generation
+        self.deferred_at = deferred_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -103,6 +107,7 @@ class ApikleyBatchTrigger(BaseTrigger):
                 "folder": self.folder,
                 "count": self.count,
                 "generation": self.generation,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -119,8 +124,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                 last_submit = max((float(at) for _, at, *_ in self.tasks), default=0.0)
         finally:
             await hook.aclose()
-        # the operator defers right after its last submit: the batch resumes a worker, and races alike
-        await settle_before_resuming(self, deferred_at=last_submit)
+        # the batch resumes a worker, and races alike; a trigger from before deferred_at counts from its last submit
+        await settle_before_resuming(self, deferred_at=self.deferred_at or last_submit)
         yield TriggerEvent(payload)
 
     async def _wait_for_pages(self, hook: ApikleyHook, folder: BatchFolder) -> tuple[dict[str, Any], float]:
