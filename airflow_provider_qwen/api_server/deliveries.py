@@ -17,6 +17,7 @@ own tables, and has no place for a provider's.
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, delete, exists, insert, select
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Session
 
 from airflow.configuration import conf
 from airflow.utils.session import create_session
+
+log = logging.getLogger(__name__)
 
 #: How long a recorded task is remembered by default: a redelivery after that records a new event.
 RECORDED_TASK_DAYS_OPTION, DEFAULT_RECORDED_TASK_DAYS = "recorded_task_retention_days", 30
@@ -87,6 +90,29 @@ def spend_signature(session: Session, signature: str, forget_before: float) -> N
     session.execute(delete(accepted_signatures).where(accepted_signatures.c.accepted_at < forget_before))
 
 
+def recorded_task_retention_days() -> int:
+    """
+    Return ``[apikley] recorded_task_retention_days``; its default, with an error logged, for a value below 1.
+
+    A value below 1 would forget a task as soon as it is claimed, and a repeated delivery would
+    record it again; a value that is not a whole number is refused the same way.
+    """
+    value = conf.get("apikley", RECORDED_TASK_DAYS_OPTION, fallback=str(DEFAULT_RECORDED_TASK_DAYS))
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if days < 1:
+        log.error(
+            "[apikley] %s = %r is not a whole number of days of at least 1; using the default, %d",
+            RECORDED_TASK_DAYS_OPTION,
+            value,
+            DEFAULT_RECORDED_TASK_DAYS,
+        )
+        return DEFAULT_RECORDED_TASK_DAYS
+    return days
+
+
 def task_claimed(session: Session, asset_id: int, apikley_task_id: str) -> bool:
     """Return whether the task is marked as recorded for the asset, as ``session``'s transaction sees it."""
     claimed = exists().where(recorded_tasks.c.asset_id == asset_id, recorded_tasks.c.apikley_task_id == apikley_task_id)
@@ -103,6 +129,6 @@ def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
         delivery waits here until the first one's transaction ends.
     """
     now = datetime.now(UTC)
-    days = conf.getint("apikley", RECORDED_TASK_DAYS_OPTION, fallback=DEFAULT_RECORDED_TASK_DAYS)
+    days = recorded_task_retention_days()
     session.execute(insert(recorded_tasks).values(asset_id=asset_id, apikley_task_id=apikley_task_id, recorded_at=now))
     session.execute(delete(recorded_tasks).where(recorded_tasks.c.recorded_at < now - timedelta(days=days)))

@@ -498,6 +498,22 @@ def test_recorded_tasks_older_than_the_retention_are_forgotten(
     assert remembered == {"recorded-6-days-ago", finished_task}
 
 
+@pytest.mark.parametrize("days", ["-1", "0", "a week"])
+def test_a_retention_below_one_day_is_logged_as_an_error_and_the_default_used(
+    asset, signed_connection, client, finished_task, monkeypatch, caplog, days
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RECORDED_TASK_RETENTION_DAYS", days)
+    body = callback_body(finished_task)
+    with caplog.at_level("ERROR", logger="airflow_provider_qwen.api_server.deliveries"):
+        first = client.post("/callback", json=body, headers=signed(finished_task, at=time.time() - 1))
+        second = client.post("/callback", json=body, headers=signed(finished_task))
+    assert [first.json()["recorded"], second.json()["recorded"]] == [True, False]
+    assert len(asset()) == 1  # the claim outlived the moment it was made
+    message = caplog.records[0].getMessage()
+    assert f"recorded_task_retention_days = {days!r}" in message
+    assert "at least 1" in message and "the default, 30" in message
+
+
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
     apikley, asset, signed_connection, foreign_connections, client, finished_task, monkeypatch
 ):
