@@ -20,12 +20,13 @@ import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, delete, exists, insert, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, exists, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from airflow.configuration import conf
 from airflow.utils.session import create_session
+from airflow.utils.sqlalchemy import UtcDateTime
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ recorded_tasks = Table(
     metadata,
     Column("asset_id", Integer, primary_key=True),
     Column("apikley_task_id", String(128), primary_key=True),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("recorded_at", UtcDateTime, nullable=False, index=True),
 )
 
 
