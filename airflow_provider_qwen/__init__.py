@@ -64,7 +64,8 @@ def get_provider_info() -> dict:
                         "description": (
                             "Days the callback receiver remembers a task it recorded as an Asset event: a "
                             "delivery of the same task within them records nothing more. Older entries are "
-                            "deleted as new ones are recorded."
+                            "deleted as new ones are recorded. At least 1: a smaller value is logged as an "
+                            "error and the default used."
                         ),
                         "version_added": "0.1.0",
                         "type": "integer",

@@ -18,7 +18,11 @@ reach it, so it trusts nothing it is sent:
   fault while reading the connection (a secrets backend or the database down) is not a refusal:
   it is logged as an error and answered 503, so Apikley sends again and operators see an outage.
 - The task's state is then read from Apikley, never taken from the body, and a finished task is
-  recorded once as an Asset event.
+  recorded once as an Asset event. The signature is spent in the transaction that records the
+  event (or finds the task recorded already, answered 200 with ``recorded`` false): a delivery for
+  a task Apikley still reports as running, or one that meets a fault, is answered 503 and spends
+  nothing, so the same delivery sent again is recorded then. A taken delivery sent again is
+  refused (401).
 """
 
 from __future__ import annotations
@@ -34,9 +38,19 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
 
-from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
+from airflow_provider_qwen.api_server.asset_events import (
+    Outcome,
+    UnknownAsset,
+    default_asset_uri,
+    record_finished_task,
+)
 from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable
-from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker, check_route_token
+from airflow_provider_qwen.api_server.signing import (
+    CallbackRejected,
+    CheckedSignature,
+    SignatureChecker,
+    check_route_token,
+)
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
@@ -132,14 +146,16 @@ class CallbackRoute:
 
 def trusted_hook(
     route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker
-) -> ApikleyHook:
+) -> tuple[ApikleyHook, CheckedSignature | None]:
     """
     Return the hook to re-read the task with, once everything the caller chose is vouched for.
 
     Reads the connection, and nothing leaves the api-server before this returns.
 
+    :return: the hook, and the callback's signature to spend when the delivery is taken
+        (``None`` for an unsigned callback the deployment accepts).
     :raises CallbackRejected: when the connection is missing or not of type ``apikley``, the URL's
-        token or Apikley's signature is missing or wrong, or the callback is a replay.
+        token or Apikley's signature is missing or wrong, or the callback replays a recorded one.
     :raises ConnectionUnreadable: when reading the connection failed (a secrets backend or database fault).
     """
     hook = ApikleyHook(route.effective_conn_id, timeout=RECHECK_TIMEOUT_SECONDS)
@@ -157,18 +173,18 @@ def trusted_hook(
                 f"connection {route.effective_conn_id!r} has no webhook key, "
                 f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
             )
-        return hook
+        return hook, None
     if route.names_anything:
         check_route_token(hook.settings.route_keys, route.effective_conn_id, route.asset or "", route.token)
-    checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
-    return hook
+    signature = checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
+    return hook, signature
 
 
 def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     """
     Return the receiver's route.
 
-    :param checker: checks signatures and remembers accepted ones; one per router by default.
+    :param checker: checks signatures and whether they were spent; one per router by default.
     """
     checker = checker or SignatureChecker()
     router = APIRouter()
@@ -186,21 +202,26 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
         route = CallbackRoute(conn_id=query.get("conn_id"), asset=query.get("asset"), token=query.get("token"))
         headers = {name: request.headers.get(name) for name in ("X-Webhook-Timestamp", "X-Webhook-Signature")}
         try:
-            hook = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
+            hook, signature = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
         except CallbackRejected as rejected:
-            log.warning("Apikley callback for task %s refused: %s", task_id, rejected)
-            return Response(status_code=401)
+            return refused(task_id, rejected)
         except ConnectionUnreadable as fault:
             log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
             return JSONResponse({"detail": "connections cannot be read right now; send again"}, status_code=503)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
         try:
-            return await run_in_threadpool(_record, hook, task_id, route.asset)
+            return await run_in_threadpool(_record, hook, task_id, route.asset, signature)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
 
     return router
+
+
+def refused(task_id: str, reason: CallbackRejected) -> Response:
+    """Answer a refusal: the reason goes to the log, the caller gets a bare 401."""
+    log.warning("Apikley callback for task %s refused: %s", task_id, reason)
+    return Response(status_code=401)
 
 
 def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
@@ -209,7 +230,7 @@ def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
     return JSONResponse({"detail": "callbacks cannot be recorded right now; send again"}, status_code=503)
 
 
-def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
+def _record(hook: ApikleyHook, task_id: str, asset: str | None, signature: CheckedSignature | None) -> Response:
     try:
         record = hook.get_task(task_id, retry_policy=RECHECK_RETRY_POLICY)
     except ApikleyNotFoundError:
@@ -222,13 +243,23 @@ def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
         log.warning("Apikley callback for task %s: Apikley answered about task %s", task_id, record.task_id)
         return JSONResponse({"detail": "task state could not be read; send again"}, status_code=503)
     if not record.state.is_terminal:
+        log.warning("Apikley callback for task %s, which Apikley still reports as %s", task_id, record.state.value)
         return JSONResponse(
-            {"apikley_task_id": task_id, "recorded": False, "state": record.state.value}, status_code=202
+            {
+                "apikley_task_id": task_id,
+                "recorded": False,
+                "state": record.state.value,
+                "detail": "the task has not ended; send again",
+            },
+            status_code=503,
         )
     asset_uri = asset or default_asset_uri(record.model or QWEN_IMAGE_TO_IMAGE)
     try:
-        recorded = record_finished_task(asset_uri, event_extra(record))
+        outcome = record_finished_task(asset_uri, event_extra(record), signature)
     except UnknownAsset:
         log.warning("Apikley callback for task %s: no DAG uses asset %s", task_id, asset_uri)
         return JSONResponse({"detail": f"no DAG uses asset {asset_uri}"}, status_code=404)
+    if outcome is Outcome.REPLAYED:
+        return refused(task_id, CallbackRejected(f"replayed callback for task {task_id}"))
+    recorded = outcome is Outcome.RECORDED
     return JSONResponse({"apikley_task_id": task_id, "recorded": recorded, "state": record.state.value})

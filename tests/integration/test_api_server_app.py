@@ -30,28 +30,37 @@ ROUTE_KEY, NEXT_ROUTE_KEY = "route-LEAKCANARY-" + "r" * 24, "route-LEAKCANARY-" 
 ASSET_URI = "apikley://qwen/image-to-image"
 
 
-@pytest.fixture
-def asset(airflow_db):
-    """The default asset, as Airflow knows it once a DAG declares it; its events are removed afterwards."""
+def declare_asset(uri: str):
+    """``uri`` as Airflow knows it once a DAG declares it, without events; return a reader of its events' extras."""
     from airflow.models.asset import AssetActive, AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        model = session.scalar(select(AssetModel).where(AssetModel.uri == ASSET_URI))
+        model = session.scalar(select(AssetModel).where(AssetModel.uri == uri))
         if model is None:
-            model = AssetModel(name=ASSET_URI, uri=ASSET_URI, group="asset")
+            model = AssetModel(name=uri, uri=uri, group="asset")
             session.add(model)
             session.flush()
             session.add(AssetActive.for_asset(model))
         session.execute(delete(AssetEvent).where(AssetEvent.asset_id == model.id))
         asset_id = model.id
-        session.execute(delete(accepted_signatures))
-        session.execute(delete(recorded_tasks))
 
     def events() -> list[dict]:
         with create_session() as session:
             return list(session.scalars(select(AssetEvent.extra).where(AssetEvent.asset_id == asset_id)))
 
+    return events
+
+
+@pytest.fixture
+def asset(airflow_db):
+    """The default asset, as Airflow knows it once a DAG declares it; nothing delivered is remembered yet."""
+    from airflow.utils.session import create_session
+
+    events = declare_asset(ASSET_URI)
+    with create_session() as session:
+        session.execute(delete(accepted_signatures))
+        session.execute(delete(recorded_tasks))
     return events
 
 
@@ -129,9 +138,34 @@ def test_the_same_task_delivered_twice_records_one_event(asset, signed_connectio
     first = client.post(
         "/callback", json=callback_body(finished_task), headers=signed(finished_task, at=time.time() - 1)
     )
-    second = client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task))
+    headers = signed(finished_task)
+    second = client.post("/callback", json=callback_body(finished_task), headers=headers)
     assert (first.json()["recorded"], second.json()["recorded"]) == (True, False)
     assert second.status_code == 200  # taken, so Apikley stops delivering it
+    replayed = client.post("/callback", json=callback_body(finished_task), headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")  # a taken delivery is spent too
+    assert len(asset()) == 1
+
+
+def test_a_delivery_that_finds_the_task_claimed_meanwhile_is_taken_and_spent(
+    asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow_provider_qwen.api_server import asset_events
+
+    body = callback_body(finished_task)
+    assert client.post("/callback", json=body, headers=signed(finished_task, at=time.time() - 1)).json()["recorded"]
+    task_claimed = asset_events.task_claimed
+
+    def missed_once(*args):  # as when another delivery claims the task between this one's look and its claim
+        monkeypatch.setattr(asset_events, "task_claimed", task_claimed)
+        return False
+
+    monkeypatch.setattr(asset_events, "task_claimed", missed_once)
+    headers = signed(finished_task)
+    second = client.post("/callback", json=body, headers=headers)
+    assert (second.status_code, second.json()["recorded"]) == (200, False)
+    replayed = client.post("/callback", json=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
     assert len(asset()) == 1
 
 
@@ -176,16 +210,95 @@ def test_a_deployment_may_opt_in_to_unsigned_callbacks_on_the_default_route(asse
     assert len(asset()) == 1
 
 
-def test_a_body_claiming_success_for_a_running_task_records_nothing(
+def test_an_early_delivery_is_answered_503_and_recorded_once_when_sent_again_after_the_task_ends(
     apikley, asset, signed_connection, client, source_image_url
 ):
-    apikley.configure(latency=(0.0, 0.0, 30.0))  # generating for the whole test
+    apikley.configure(latency=(0.0, 0.0, 1.5))  # generating for 1.5 s
     task_id = submit_edit(source_image_url)
-    response = client.post("/callback", json=callback_body(task_id, "success"), headers=signed(task_id))
-    assert response.status_code == 202
-    assert response.json()["recorded"] is False
-    assert response.json()["state"] == "generating"
+    body, headers = json.dumps(callback_body(task_id, "success")).encode(), signed(task_id)
+    early = client.post("/callback", content=body, headers=headers)
+    assert early.status_code == 503  # the body claims success; Apikley says otherwise
+    assert (early.json()["recorded"], early.json()["state"]) == (False, "generating")
+    assert "send again" in early.json()["detail"]
     assert asset() == []
+    apikley.wait_until_ended(task_id)
+    again = client.post("/callback", content=body, headers=headers)  # the same bytes, the same signature
+    assert again.status_code == 200, again.text
+    assert again.json() == {"apikley_task_id": task_id, "recorded": True, "state": "success"}
+    replayed = client.post("/callback", content=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
+    (extra,) = asset()
+    assert extra["apikley_task_id"] == task_id
+
+
+LATER_ASSET_URI = "apikley://edits/declared-later"
+
+
+@pytest.mark.parametrize("fault", ["re-read", "tables", "asset not declared yet"])
+def test_a_delivery_that_meets_a_fault_is_recorded_once_when_sent_again(
+    apikley, asset, signed_connection, client, finished_task, monkeypatch, fault
+):
+    from sqlalchemy.exc import OperationalError
+
+    from airflow_provider_qwen.api_server import asset_events
+    from airflow_provider_qwen.emulator.script import html_page
+
+    events, path = asset, "/callback"
+    if fault == "re-read":
+        apikley.script("recordInfo", html_page(502, times=2))  # the first read and its one retry
+    elif fault == "tables":
+        claim_task = asset_events.claim_task
+
+        def fails_once(*args):
+            monkeypatch.setattr(asset_events, "claim_task", claim_task)
+            raise OperationalError("INSERT INTO apikley_recorded_task", {}, Exception("database is locked"))
+
+        # after the signature was spent, in the same transaction
+        monkeypatch.setattr(asset_events, "claim_task", fails_once)
+    else:
+        path = route(LATER_ASSET_URI)
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    first = client.post(path, content=body, headers=headers)
+    assert first.status_code == (404 if fault == "asset not declared yet" else 503), first.text
+    if fault == "asset not declared yet":
+        events = declare_asset(LATER_ASSET_URI)  # a DAG using it is deployed
+    assert events() == []
+    again = client.post(path, content=body, headers=headers)
+    assert (again.status_code, again.json()["recorded"]) == (200, True)
+    replayed = client.post(path, content=body, headers=headers)
+    forged = client.post(path, content=body, headers=signed(finished_task, key="not-the-key"))
+    assert [(answer.status_code, answer.content) for answer in (replayed, forged)] == [(401, b""), (401, b"")]
+    assert len(events()) == 1
+
+
+def test_the_recording_transaction_refuses_a_replay_the_first_look_missed(asset, signed_connection, finished_task):
+    from airflow_provider_qwen.api_server.signing import SignatureChecker
+
+    # as when two copies of one delivery arrive together: both look before either is recorded
+    client = TestClient(create_provider_app(SignatureChecker(is_spent=lambda signature: False)))
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    assert client.post("/callback", content=body, headers=headers).json()["recorded"] is True
+    replayed = client.post("/callback", content=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
+    assert len(asset()) == 1
+
+
+def test_a_signature_from_a_clock_ahead_is_remembered_until_it_is_stale(
+    apikley, asset, signed_connection, client, finished_task, source_image_url, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from airflow_provider_qwen.api_server import signing
+
+    now = time.time()
+    body, ahead = json.dumps(callback_body(finished_task)).encode(), signed(finished_task, at=now + 290)  # skew
+    assert client.post("/callback", content=body, headers=ahead).json()["recorded"] is True
+    another = finished(apikley, submit_edit(source_image_url))
+    monkeypatch.setattr(signing, "time", SimpleNamespace(time=lambda: now + 400))  # the first is still fresh
+    later = client.post("/callback", json=callback_body(another), headers=signed(another, at=now + 400))
+    assert later.json()["recorded"] is True  # spending a signature forgets the stale ones
+    replayed = client.post("/callback", content=body, headers=ahead)
+    assert (replayed.status_code, replayed.content) == (401, b"")
 
 
 def test_a_failed_task_is_recorded_with_its_code_and_message(
@@ -385,6 +498,22 @@ def test_recorded_tasks_older_than_the_retention_are_forgotten(
     assert remembered == {"recorded-6-days-ago", finished_task}
 
 
+@pytest.mark.parametrize("days", ["-1", "0", "a week"])
+def test_a_retention_below_one_day_is_logged_as_an_error_and_the_default_used(
+    asset, signed_connection, client, finished_task, monkeypatch, caplog, days
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RECORDED_TASK_RETENTION_DAYS", days)
+    body = callback_body(finished_task)
+    with caplog.at_level("ERROR", logger="airflow_provider_qwen.api_server.deliveries"):
+        first = client.post("/callback", json=body, headers=signed(finished_task, at=time.time() - 1))
+        second = client.post("/callback", json=body, headers=signed(finished_task))
+    assert [first.json()["recorded"], second.json()["recorded"]] == [True, False]
+    assert len(asset()) == 1  # the claim outlived the moment it was made
+    message = caplog.records[0].getMessage()
+    assert f"recorded_task_retention_days = {days!r}" in message
+    assert "at least 1" in message and "the default, 30" in message
+
+
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
     apikley, asset, signed_connection, foreign_connections, client, finished_task, monkeypatch
 ):
@@ -465,6 +594,17 @@ def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(as
     first_process, second_process = TestClient(create_provider_app()), TestClient(create_provider_app())
     assert first_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 200
     assert second_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 401
+    assert len(asset()) == 1
+
+
+def test_the_same_delivery_sent_concurrently_records_one_event(asset, signed_connection, finished_task):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [TestClient(create_provider_app()) for _ in range(3)]
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda client: client.post("/callback", content=body, headers=headers), clients))
+    assert sorted(answer.status_code for answer in answers) == [200, 401, 401]
     assert len(asset()) == 1
 
 

@@ -53,6 +53,7 @@ RUN_ELSEWHERE = {
     r"airflow dags test qwen_catalog_edit -c .*s3://.*": "needs the real Apikley and an S3 bucket",
     r"apikley credits( --conn-id \w+)?": "tests/loopback/test_cli.py",
     r"apikley task \S+( --json)?": "tests/loopback/test_cli.py",
+    r"airflow db-manager downgrade \S+ --to-revision \w+": "tests/integration/test_db_manager.py",
 }
 #: Shell lines this module runs or checks, by the test that does.
 RUN_HERE = {
