@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -48,7 +49,9 @@ class _ClaimedMeanwhile(Exception):
     """Another delivery of the task claimed it between this one's look and its claim."""
 
 
-def record_finished_task(asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None = None) -> Outcome:
+def record_finished_task(
+    asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None = None, teams: set[str] | None = None
+) -> Outcome:
     """
     Record an event of ``asset_uri`` for a finished task, unless one was recorded already.
 
@@ -59,21 +62,26 @@ def record_finished_task(asset_uri: str, extra: dict[str, Any], signature: Check
 
     :param extra: the event's extra; its ``apikley_task_id`` identifies the task.
     :param signature: the delivery's signature, ``None`` for an unsigned one.
+    :param teams: under ``[core] multi_team``, the teams the event comes from (the connection's).
     :return: whether an event was recorded, and if not, why.
     :raises UnknownAsset: when no DAG uses ``asset_uri``.
     :raises DeliveriesUnavailable: when the receiver's tables cannot be used.
     """
     for _ in range(2):
         try:
-            return _record_once(asset_uri, extra, signature)
+            return _record_once(asset_uri, extra, signature, teams)
         except _ClaimedMeanwhile:
             continue  # the claim in the way is committed (a conflicting insert waits for that): the next look sees it
     return Outcome.ALREADY_RECORDED
 
 
-def _record_once(asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None) -> Outcome:
+def _record_once(
+    asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None, teams: set[str] | None
+) -> Outcome:
     task_id = extra["apikley_task_id"]
     step = "spend"
+    # Airflow's listeners hear of the event once it is committed, never of one rolled back (3.3+).
+    after_commit: list[Callable[[], None]] = []
     try:
         with create_session(scoped=False) as session:
             asset = session.scalar(select(AssetModel).where(AssetModel.uri == asset_uri))
@@ -88,7 +96,14 @@ def _record_once(asset_uri: str, extra: dict[str, Any], signature: CheckedSignat
             step = "register"
             # The task id is the event's partition: a consumer on a partitioned schedule (Airflow 3.2+)
             # runs once per edit.
-            compat.register_asset_change(asset=asset, extra=extra, session=session, partition_key=task_id)
+            compat.register_asset_change(
+                asset=asset,
+                extra=extra,
+                session=session,
+                partition_key=task_id,
+                teams=teams,
+                callback_sink=after_commit,
+            )
     except IntegrityError as err:
         if step == "spend":
             return Outcome.REPLAYED
@@ -97,4 +112,6 @@ def _record_once(asset_uri: str, extra: dict[str, Any], signature: CheckedSignat
         raise DeliveriesUnavailable(err) from err
     except SQLAlchemyError as err:
         raise DeliveriesUnavailable(err) from err
+    for notify in after_commit:
+        notify()
     return Outcome.RECORDED

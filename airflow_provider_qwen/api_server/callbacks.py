@@ -255,7 +255,8 @@ def _record(hook: ApikleyHook, task_id: str, asset: str | None, signature: Check
         )
     asset_uri = asset or default_asset_uri(record.model or QWEN_IMAGE_TO_IMAGE)
     try:
-        outcome = record_finished_task(asset_uri, event_extra(record), signature)
+        team = hook.settings.team
+        outcome = record_finished_task(asset_uri, event_extra(record), signature, teams={team} if team else None)
     except UnknownAsset:
         log.warning("Apikley callback for task %s: no DAG uses asset %s", task_id, asset_uri)
         return JSONResponse({"detail": f"no DAG uses asset {asset_uri}"}, status_code=404)

@@ -99,6 +99,8 @@ class ApikleySettings:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path (extra ``verify``).
     :param private_result_hosts: host names or IP networks on loopback or private ranges that result
         URLs may point to (extra ``private_result_hosts``); public hosts need no listing.
+    :param team: the team that owns the connection under ``[core] multi_team`` (Airflow 3.3+), whose
+        consumers a callback delivered through it may start.
     """
 
     conn_id: str
@@ -111,6 +113,7 @@ class ApikleySettings:
     proxies: dict[str, str] = field(default_factory=dict)
     verify: bool | str = True
     private_result_hosts: tuple[str, ...] = ()
+    team: str | None = None
 
     @classmethod
     def from_connection(cls, conn: Connection, extra: dict[str, Any] | None = None) -> ApikleySettings:
@@ -142,6 +145,7 @@ class ApikleySettings:
             proxies=_proxies_from_extra(conn, extra),
             verify=_verify_from_extra(conn, extra),
             private_result_hosts=_hosts_from_extra(conn, extra),
+            team=getattr(conn, "team_name", None) or None,
         )
 
 

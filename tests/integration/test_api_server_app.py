@@ -134,6 +134,28 @@ def test_each_finished_edit_is_its_own_partition(asset, signed_connection, clien
     assert finished_task in keys
 
 
+def test_listeners_hear_of_a_callbacks_event_once_it_is_committed(
+    asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from airflow_provider_qwen import _compat as compat
+
+    seen_by_listeners: list[int] = []
+
+    def notify_asset_changed(cls, asset):
+        with create_session() as session:  # what any other process would read at that moment
+            seen_by_listeners.append(len(session.scalars(select(AssetEvent.id)).all()))
+
+    monkeypatch.setattr(type(asset_manager), "notify_asset_changed", classmethod(notify_asset_changed))
+    assert client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task)).status_code == 200
+    register = asset_manager.register_asset_change
+    # Airflow 3.3 takes a callback sink, so listeners are told after the commit; before, inside the transaction
+    assert seen_by_listeners == ([1] if compat._takes(register, "callback_sink") else [0])
+
+
 def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, finished_task):
     first = client.post(
         "/callback", json=callback_body(finished_task), headers=signed(finished_task, at=time.time() - 1)

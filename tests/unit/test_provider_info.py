@@ -141,3 +141,18 @@ def test_extras_the_form_saves_empty_read_as_their_defaults():
     saved = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8, extra=empty)
     unset = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8)
     assert ApikleySettings.from_connection(saved) == ApikleySettings.from_connection(unset)
+
+
+def test_a_connection_owned_by_a_team_says_so_and_one_without_says_nothing():
+    from types import SimpleNamespace
+
+    from airflow.models.connection import Connection
+
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
+
+    plain = Connection(conn_id="apikley_plain", conn_type="apikley", password="k" * 8)
+    assert ApikleySettings.from_connection(plain).team is None
+    # Airflow 3.3's connections carry team_name under [core] multi_team; older ones have no such attribute
+    owned = SimpleNamespace(**{name: getattr(plain, name) for name in ("conn_id", "conn_type", "password", "host")})
+    owned.extra_dejson, owned.team_name, owned.login, owned.schema, owned.port = {}, "editors", None, None, None
+    assert ApikleySettings.from_connection(owned, extra={}).team == "editors"
