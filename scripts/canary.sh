@@ -44,7 +44,7 @@ for version in $versions; do
 				tests/unit tests/loopback tests/integration tests/system -m "not fault_matrix and not fresh_venv"
 	} >"$log" 2>&1
 	status=$?
-	summary=$(grep -E '^=+ .*(passed|failed|error).* in ' "$log" | tail -1 | tr -d '=' | sed 's/^ *//')
+	summary=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')
 	if [ $status -eq 0 ]; then
 		echo "canary: Airflow $version works (${summary:-no summary}; $((SECONDS - started)) s; $log)"
 	else
