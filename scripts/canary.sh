@@ -6,6 +6,7 @@
 #
 #   scripts/canary.sh            try both, whatever they are; fail when a test fails
 #   scripts/canary.sh --if-new   skip each version that is already a locked line (constraints/)
+#   scripts/canary.sh --quick    the unit and loopback tiers only (minutes, not twenty): CI's way
 #
 # Each version's output goes to .canary-<version>.log; a line per version says how it went.
 set -uo pipefail
@@ -14,7 +15,14 @@ cd "$(dirname "$0")/.."
 BIN=.venv/bin
 VENV=.venv-airflow-canary
 only_if_new=false
-[ "${1:-}" = "--if-new" ] && only_if_new=true
+tiers="tests/unit tests/loopback tests/integration tests/system"
+for flag in "$@"; do
+	case $flag in
+	--if-new) only_if_new=true ;;
+	--quick) tiers="tests/unit tests/loopback" ;;
+	*) echo "canary: unknown flag $flag" >&2; exit 2 ;;
+	esac
+done
 
 newest() {  # the newest version the index holds; with --pre, pre-releases count too
 	"$BIN/python" -m pip index versions apache-airflow "$@" 2>/dev/null | sed -n 's/^apache-airflow (\(.*\))$/\1/p'
@@ -41,7 +49,7 @@ for version in $versions; do
 		[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 		"$BIN/uv" pip install --python "$VENV/bin/python" --quiet --prerelease=allow "apache-airflow==$version" -e '.[dev]' &&
 			QWEN_UNLOCKED=1 "$VENV/bin/pytest" -q -p no:cacheprovider -n 2 --no-loadscope-reorder --durations=10 \
-				tests/unit tests/loopback tests/integration tests/system -m "not fault_matrix and not fresh_venv"
+				$tiers -m "not fault_matrix and not fresh_venv"
 	} >"$log" 2>&1
 	status=$?
 	summary=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')
