@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Airflow logs to stdout, from loggers made as it is imported: only the answer may go there
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_provider_qwen.exceptions import ApikleyError
+        from airflow_provider_qwen.redaction import without_credentials
 
         try:
             answer = ask(args)
         except ApikleyError as err:
-            print(f"apikley {args.command}: {err}", file=sys.stderr)
+            print(f"apikley {args.command}: {without_credentials(str(err))}", file=sys.stderr)
             return 1
     print(answer, file=output)
     return 0

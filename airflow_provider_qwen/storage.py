@@ -26,6 +26,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
     ApikleyResultExistsError,
 )
+from airflow_provider_qwen.redaction import shown_url
 from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
 #: Apikley's limit for an uploaded source image.
@@ -167,7 +168,7 @@ def check_result_url(url: str) -> str:
     :raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path).
     """
     if not is_http_url(url):
-        raise ApikleyInputError(f"result_url={url!r}: must be an http:// or https:// URL")
+        raise ApikleyInputError(f"result_url={shown_url(url)}: must be an http:// or https:// URL")
     return url
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
+from airflow_provider_qwen.redaction import shown_url
 
 #: What an Apikley task id looks like (real ones are 32 hex characters). Ids arrive from outside
 #: (answers, callbacks, DAG arguments) and become file names, log lines and query strings, so
@@ -132,7 +133,7 @@ def check_callback_url(value: object) -> str | None:
     if value is None or is_http_url(value):
         return value
     hint = " (set [api] base_url to this Airflow's address as Apikley reaches it)" if str(value).startswith("/") else ""
-    raise ApikleyInputError(f"callback_url={value!r}: must be an absolute http:// or https:// URL{hint}")
+    raise ApikleyInputError(f"callback_url={shown_url(value)}: must be an absolute http:// or https:// URL{hint}")
 
 
 def check_task_id(value: object) -> str:

@@ -28,6 +28,8 @@ from airflow.configuration import conf
 from airflow.utils.session import create_session
 from airflow.utils.sqlalchemy import UtcDateTime
 
+from airflow_provider_qwen.redaction import shown_setting
+
 log = logging.getLogger(__name__)
 
 #: How long a recorded task is remembered by default: a redelivery after that records a new event.
@@ -105,9 +107,8 @@ def recorded_task_retention_days() -> int:
         days = 0
     if days < 1:
         log.error(
-            "[apikley] %s = %r is not a whole number of days of at least 1; using the default, %d",
-            RECORDED_TASK_DAYS_OPTION,
-            value,
+            "[apikley] %s is not a whole number of days of at least 1; using the default, %d",
+            shown_setting(RECORDED_TASK_DAYS_OPTION, value),
             DEFAULT_RECORDED_TASK_DAYS,
         )
         return DEFAULT_RECORDED_TASK_DAYS

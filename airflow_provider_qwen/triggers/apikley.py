@@ -27,6 +27,7 @@ from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import ApikleyTaskLink
+from airflow_provider_qwen.redaction import shown_setting, without_credentials
 from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
@@ -52,7 +53,8 @@ def resume_settle_seconds() -> float:
     """
     Return ``[apikley] resume_settle_seconds``: :data:`RESUME_SETTLE_SECONDS` unless configured.
 
-    :raises ApikleyConfigurationError: naming the option and its value, when it is not a number of seconds, 0 or more.
+    :raises ApikleyConfigurationError: naming the option (and its value, when a number), when it is not a
+        number of seconds, 0 or more.
     """
     try:
         seconds = conf.getfloat("apikley", RESUME_SETTLE_OPTION, fallback=RESUME_SETTLE_SECONDS)
@@ -61,7 +63,7 @@ def resume_settle_seconds() -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raw = conf.get("apikley", RESUME_SETTLE_OPTION, fallback=None)
         raise ApikleyConfigurationError(
-            f"[apikley] {RESUME_SETTLE_OPTION} = {raw!r}: must be a number of seconds, 0 or more "
+            f"[apikley] {shown_setting(RESUME_SETTLE_OPTION, raw)}: must be a number of seconds, 0 or more "
             f"(default {RESUME_SETTLE_SECONDS:g})"
         )
     return seconds
@@ -217,7 +219,8 @@ class ApikleyTaskTrigger(BaseTrigger):
                     return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
                 await asyncio.sleep(step.seconds)
         except Exception as err:
-            return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=f"{type(err).__name__}: {err}")
+            message = without_credentials(f"{type(err).__name__}: {err}")  # events are stored and shown as they are
+            return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=message)
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """

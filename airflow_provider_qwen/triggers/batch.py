@@ -16,6 +16,7 @@ from airflow_provider_qwen.batch_manifest import BatchFolder, read_page, write_r
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.redaction import without_credentials
 from airflow_provider_qwen.triggers.apikley import settle_before_resuming
 from airflow_provider_qwen.validation import is_task_id
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
@@ -222,4 +223,4 @@ class ApikleyBatchTrigger(BaseTrigger):
 
 
 def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    return without_credentials(f"{type(err).__name__}: {err}")
