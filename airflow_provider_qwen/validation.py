@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
 from airflow_provider_qwen.redaction import shown_url
+from airflow_provider_qwen.safe_text import CONTROL_CHARACTERS
 
 #: What an Apikley task id looks like (real ones are 32 hex characters). Ids arrive from outside
 #: (answers, callbacks, DAG arguments) and become file names, log lines and query strings, so
@@ -26,8 +27,12 @@ TASK_ID_RULE = "must be 1 to 128 letters, digits, '-' or '_'"
 
 
 def is_http_url(value: object) -> TypeGuard[str]:
-    """Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any)."""
-    if not isinstance(value, str):
+    """
+    Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any).
+
+    A string with a control character (which a URL never holds) is not one.
+    """
+    if not isinstance(value, str) or CONTROL_CHARACTERS.search(value):
         return False
     parts = urlsplit(value)
     try:

@@ -543,8 +543,10 @@ def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
 
 
 def _unknown_task(task_id: str, err: ApikleyNotFoundError) -> ApikleyNotFoundError:
-    return ApikleyNotFoundError(
+    unknown = ApikleyNotFoundError(
         f"Apikley does not know task {task_id}: it was never created with this connection's key, or it has expired",
         code=err.code,
         http_status=err.http_status,
     )
+    unknown.from_envelope = err.from_envelope
+    return unknown

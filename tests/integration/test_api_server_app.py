@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
@@ -726,12 +730,64 @@ ADMIN_CONSOLE = ScriptedAnswer(
 )
 
 
-def test_the_task_page_never_echoes_what_the_host_answered(apikley):
+def test_the_task_page_never_echoes_what_the_host_answered(apikley, caplog):
+    from airflow_provider_qwen.api_server.task_page import UNREACHABLE_DETAIL
+
     apikley.script("recordInfo", ADMIN_CONSOLE)
-    status, detail = open_task_page("apikley_default")
-    assert status == 502
-    assert "LEAKCANARY" not in detail
-    assert "ApikleyServerError" in detail
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_qwen.api_server.task_page"):
+        assert open_task_page("apikley_default") == (502, UNREACHABLE_DETAIL)
+    assert "(ApikleyServerError, HTTP 500)" in caplog.text  # the kind of failure is for the log
+    assert "LEAKCANARY" not in caplog.text
+
+
+class NotApikley(http.server.BaseHTTPRequestHandler):
+    """A live web service that is not Apikley: a 404 page for every path, as most servers have one."""
+
+    def do_GET(self) -> None:
+        page = b"<html><body><h1>404 Not Found</h1><hr>nginx</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def not_apikley() -> Iterator[str]:
+    """The address of a live service that is not Apikley, on 127.0.0.1."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotApikley)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_task_page_answers_one_502_whatever_is_at_the_connections_host(apikley, not_apikley, monkeypatch):
+    """Whoever can edit a connection's host learns nothing from the page about what listens there."""
+    from airflow_provider_qwen.api_server import task_page
+    from tests.system.ports import free_port
+
+    monkeypatch.setattr(task_page, "PAGE_TIMEOUT_SECONDS", 1.0)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections and never answers
+    hosts = {
+        "closed port": f"http://127.0.0.1:{free_port()}",
+        "live service": f"http://{not_apikley}",
+        "TLS error": f"https://{not_apikley}",  # speaks plain HTTP
+        "timeout": f"http://127.0.0.1:{silent.getsockname()[1]}",
+    }
+    answers = {}
+    with silent:
+        for case, host in hosts.items():
+            connection = {"conn_type": "apikley", "host": host, "password": API_KEY}
+            monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps(connection))
+            answers[case] = open_task_page("apikley_default")
+    assert answers == dict.fromkeys(hosts, (502, task_page.UNREACHABLE_DETAIL))
 
 
 def test_the_task_page_refuses_what_is_not_a_task_id(apikley):
@@ -787,7 +843,7 @@ def utc(milliseconds: int) -> str:
 
 
 @pytest.mark.api_server_app
-def test_a_browser_gets_a_page_with_the_state_images_times_and_credits(
+def test_a_browser_gets_a_page_with_the_state_links_times_and_credits(
     apikley, api_server, finished_task, source_image_url
 ):
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -796,13 +852,14 @@ def test_a_browser_gets_a_page_with_the_state_images_times_and_credits(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
-    assert "default-src 'none'" in policy and "img-src http: https:" in policy and "script-src" not in policy
+    assert "default-src 'none'" in policy and "img-src" not in policy and "script-src" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
     assert varies_on_accept(response)
     record = ApikleyHook().get_task(finished_task)
     page = Page(response.text)
-    assert page.values("img", "src") == [source_image_url, *record.result_urls]
+    assert page.values("a", "href") == [source_image_url, *record.result_urls]
     assert record.result_urls
+    assert page.values("img", "src") == []  # nothing is fetched until the user clicks
     assert f"Apikley task {finished_task} success" in page.text
     assert f"Created {utc(record.create_time)} Completed {utc(record.complete_time)}" in page.text
     assert f"Duration {(record.complete_time - record.create_time) / 1000:.1f} s" in page.text
@@ -824,7 +881,7 @@ def test_a_failed_task_page_shows_the_code_and_message(apikley, api_server, sour
     message = apikley.state.tasks[task_id].fail_message
     assert f"Apikley task {task_id} fail" in page.text
     assert f"Failed (code 501) {message}" in page.text
-    assert page.values("img", "src") == [source_image_url]  # no result to show
+    assert page.values("a", "href") == [source_image_url]  # no result to show
     assert "Result None" in page.text
 
 
@@ -872,11 +929,34 @@ def test_what_apikley_sends_is_escaped_and_only_http_urls_are_linked(apikley, ap
     page = Page(response.text)
     assert [tag for tag, _ in page.elements if tag in ("script", "iframe", "object", "embed", "base")] == []
     assert all(not name.startswith("on") for _, attrs in page.elements for name in attrs)
-    assert page.values("img", "src") == HOSTILE_RESULTS[2:]  # the http(s) ones, the quote escaped
-    assert page.values("a", "href") == HOSTILE_RESULTS[2:]
-    assert page.values("img", "alt") == ["Result 3", "Result 4"]
+    assert page.values("a", "href") == HOSTILE_RESULTS[2:]  # the http(s) ones, the quote escaped
+    assert "Result 1" in page.text and "Result 2" in page.text and "Result 3" not in page.text
+    assert "alert('result')" not in response.text and "alert('data')" not in response.text  # dropped as results
     for text in ("<script>alert('prompt')</script>", "<script>alert('fail')</script>", "javascript:alert('source')"):
         assert text in page.text  # shown as text
     assert "<b>501</b>" in page.text
     assert "<img src=x onerror=alert('model')>" in page.text
     assert "<script" not in response.text.lower()
+
+
+#: Result URLs on hosts that downloads refuse (link-local metadata, a private network), beside one they allow.
+REFUSED_RESULTS = [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://10.0.0.5/admin/pixel.png",
+    "https://images.example.org/fine.png",
+]
+
+
+@pytest.mark.api_server_app
+def test_the_task_page_loads_no_image_from_any_host(apikley, api_server):
+    record = task_record(TASK_ID, "success", result_urls=REFUSED_RESULTS)
+    record["param"] = json.dumps({"model": MODEL, "input": {"prompt": "p", "image_url": "http://10.0.0.5/in.png"}})
+    apikley.script("recordInfo", envelope(record))
+    response = open_as(api_server, BROWSER, TASK_ID)
+    assert response.status_code == 200, response.text
+    assert "<img" not in response.text.lower()
+    assert "img-src" not in response.headers["content-security-policy"]
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    links = [attrs for tag, attrs in Page(response.text).elements if tag == "a"]
+    assert [link["href"] for link in links] == ["http://10.0.0.5/in.png", *REFUSED_RESULTS]
+    assert all("noreferrer" in (link["rel"] or "") for link in links)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ import requests
 from airflow_provider_qwen.emulator import RunningEmulator
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, created, envelope, task_record
 from airflow_provider_qwen.exceptions import (
+    ApikleyAuthError,
     ApikleyBadResponseError,
     ApikleyConfigurationError,
     ApikleyConnectionError,
@@ -321,6 +323,22 @@ def test_a_huge_message_is_shortened_in_the_error(apikley):
     with pytest.raises(ApikleyError) as excinfo:
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
     assert len(str(excinfo.value)) < 1000
+
+
+async def test_a_message_with_control_characters_is_quoted_with_them_escaped_in_both_clients(apikley):
+    hostile = "Unauthorized\x1b[2J\x1b]52;c;cHduZWQ=\x07\x9b31m\x7f"
+    apikley.script("recordInfo", *[envelope(code=401, msg=hostile, status=401)] * 2)
+    with pytest.raises(ApikleyAuthError) as blocking:
+        ApikleyHook().get_task(TASK_ID)
+    hook = ApikleyHook()
+    try:
+        with pytest.raises(ApikleyAuthError) as non_blocking:
+            await hook.aget_task(TASK_ID)
+    finally:
+        await hook.aclose()
+    for error in (blocking.value, non_blocking.value):
+        assert "Unauthorized\\x1b[2J\\x1b]52;c;cHduZWQ=\\x07\\x9b31m\\x7f" in str(error)
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", str(error))
 
 
 # ---- wall-clock limits ---------------------------------------------------------------------------
