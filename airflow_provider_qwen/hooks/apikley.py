@@ -49,14 +49,15 @@ from airflow_provider_qwen.hooks.uploads import (
     upload_fields,
 )
 from airflow_provider_qwen.models import TaskRecord
+from airflow_provider_qwen.names import check_file_name
 from airflow_provider_qwen.redaction import without_credentials
 from airflow_provider_qwen.storage import (
     MAX_RESULT_BYTES,
     StoredFile,
     as_folder,
-    check_file_name,
     check_result_url,
     check_upload,
+    read_upload,
     write_atomically,
 )
 from airflow_provider_qwen.validation import check_task_id, is_task_id
@@ -284,8 +285,11 @@ class ApikleyHook(HttpHook):
         """
         Upload a local image (a path, or its bytes) and return the URL to pass as ``image_url``.
 
-        The file is checked first (JPEG, PNG or WebP, at most 10 MB): a bad one is refused before
-        any request. Uploaded files are temporary on Apikley's side (assume 24 hours).
+        The file is checked first (a regular file, not a device, FIFO or folder; JPEG, PNG or WebP;
+        at most 10 MB, and never read further than that): a bad one is refused before any request.
+        ``upload_path`` and the name are checked too, after NFKC normalisation (see
+        :mod:`~airflow_provider_qwen.names`), and sent normalised. Uploaded files are temporary on
+        Apikley's side (assume 24 hours).
 
         Apikley stores an upload under ``<upload_path>/<name>`` and a second upload of the same name
         replaces the first, so the first URL would then serve the second image. By default the name
@@ -307,11 +311,12 @@ class ApikleyHook(HttpHook):
         :raises ApikleyInputError: when the image, ``upload_path`` or ``file_name`` is not valid.
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         if isinstance(file, bytes):
             content, name = file, file_name or DEFAULT_UPLOAD_STEM
         else:
-            content, name = Path(file).read_bytes(), file_name or Path(file).name
+            name = file_name or check_file_name(Path(file).name, field=f"the name of file={str(file)!r}")
+            content = read_upload(file)
         content_type = check_upload(content, name)
         if not overwrite:
             if not file_name and isinstance(file, bytes):
@@ -334,7 +339,7 @@ class ApikleyHook(HttpHook):
         :meth:`upload_file` (by default ``image-<16 hex digits>.<png|jpg|webp>``).
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         content_type = check_upload(content, file_name or DEFAULT_UPLOAD_STEM)
         if not overwrite:
             name = file_name or DEFAULT_UPLOAD_STEM + EXTENSIONS[content_type]
@@ -366,7 +371,7 @@ class ApikleyHook(HttpHook):
         :return: the uploaded file's ``downloadUrl``.
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         file_url = check_result_url(file_url)
         if not overwrite:
             name = file_name or name_in_url(file_url) or DEFAULT_UPLOAD_STEM
