@@ -30,7 +30,9 @@ Schema version 2 (this one) added ``schema_version``, ``generation``, ``fingerpr
 
 Pages are written whole (a temporary file renamed into place on a local disk, one PUT on an object
 store), so a reader never sees half a page. :func:`read_batch_manifest` streams ``manifest.jsonl``
-a record at a time.
+a record at a time. Each line is read no further than :data:`MAX_RECORD_BYTES` (1 MiB): a longer
+one, or one that is not JSON, is an error naming the file and the line; in an ``ended`` page it
+makes the page count as not written.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 #: Items per page: the trigger holds one page's waits at a time, whatever the batch's size.
 PAGE_ITEMS = 1000
 MANIFEST_NAME = "manifest.jsonl"
+#: The longest line (one record) of a page or a manifest that is read: far more than an item's record needs.
+MAX_RECORD_BYTES = 1024 * 1024
+#: Bytes read from a page or a manifest at once.
+READ_BLOCK_BYTES = 64 * 1024
 #: The version of the records above, in each manifest record and in the large batch's summary.
 SCHEMA_VERSION = 2
 
@@ -149,11 +155,41 @@ def write_records(dest: ObjectStoragePath, records: Iterable[dict[str, Any]]) ->
 
 
 def read_records(source: ObjectStoragePath) -> Iterator[dict[str, Any]]:
-    """Yield the records of a JSON Lines file, one at a time."""
-    with source.open("rb") as lines:
+    """
+    Yield the records of a JSON Lines file, one at a time, holding no more than one line in memory.
+
+    :raises ApikleyError: naming the file and the line, when a line is longer than
+        :data:`MAX_RECORD_BYTES` (read no further) or is not JSON.
+    """
+    with source.open("rb") as file:
+        for number, line in enumerate(_lines(file), 1):
+            if len(line) > MAX_RECORD_BYTES:
+                raise ApikleyError(
+                    f"{source} line {number} is longer than {MAX_RECORD_BYTES} bytes, the most a record may be"
+                )
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, or nested too deep
+                raise ApikleyError(f"{source} line {number} is not JSON: {type(err).__name__}: {err}") from None
+            yield record
+
+
+def _lines(file: Any) -> Iterator[bytes]:
+    """Yield the lines of ``file``, without their ends; a line past :data:`MAX_RECORD_BYTES` is cut there, and last."""
+    pending = b""
+    while block := file.read(READ_BLOCK_BYTES):
+        *lines, pending = (pending + block).split(b"\n")
         for line in lines:
-            if line.strip():
-                yield json.loads(line)
+            yield line
+            if len(line) > MAX_RECORD_BYTES:
+                return
+        if len(pending) > MAX_RECORD_BYTES:
+            yield pending
+            return
+    if pending:
+        yield pending
 
 
 def read_page(path: ObjectStoragePath) -> list[dict[str, Any]] | None:
@@ -166,8 +202,10 @@ def read_page(path: ObjectStoragePath) -> list[dict[str, Any]] | None:
         records = list(read_records(path))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as err:  # a JSON error is a ValueError
+    except OSError as err:
         raise ApikleyError(f"The batch page {path} cannot be read: {type(err).__name__}: {err}") from None
+    except ApikleyError as err:
+        raise ApikleyError(f"The batch page {path} cannot be read: {err}") from None
     if not all(isinstance(record, dict) for record in records):
         raise ApikleyError(f"The batch page {path} cannot be read: a line is not a JSON object")
     return records
@@ -184,6 +222,7 @@ def read_batch_manifest(uri: str | ObjectStoragePath) -> Iterator[dict[str, Any]
                 ...
 
     :param uri: ``manifest.jsonl``'s URI, or the folder holding it.
+    :raises ApikleyError: naming the file and the line, when a line is over 1 MiB or is not JSON.
     """
     path = as_folder(uri)
     yield from read_records(path if path.name == MANIFEST_NAME else path / MANIFEST_NAME)

@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import time
+import tracemalloc
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import structlog
 from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, BatchLedger, LedgerEntry
-from airflow_provider_qwen.batch_manifest import read_batch_manifest
+from airflow_provider_qwen.batch_manifest import MAX_RECORD_BYTES, read_batch_manifest
 from airflow_provider_qwen.emulator.script import envelope
 from airflow_provider_qwen.exceptions import (
     ApikleyConnectionError,
@@ -637,6 +638,48 @@ async def test_a_malformed_ended_page_is_waited_for_again_not_trusted(apikley, s
         assert await fire(ApikleyBatchTrigger(**trigger.serialize()[1])) == first
     assert len(apikley.seen("recordInfo")) - asked == 2
     assert [level for level, message in logged if "ended-00001.jsonl" in message] == ["warning"]
+
+
+async def test_an_ended_page_with_an_over_long_line_counts_as_not_written(apikley, source_image_url, tmp_path, large):
+    trigger, first, _ = await run_large(
+        make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"), tmp_path
+    )
+    page = batch_folder(tmp_path) / "ended-00001.jsonl"
+    with page.open("wb") as file:
+        file.truncate(100 * 1024 * 1024)  # one line of 100 MB (sparse on disk)
+    asked = len(apikley.seen("recordInfo"))
+    with captured_logs() as logged:
+        assert await fire(ApikleyBatchTrigger(**trigger.serialize()[1])) == first
+    assert len(apikley.seen("recordInfo")) - asked == 2  # its two items waited for again
+    assert [message for level, message in logged if level == "warning"] == [
+        f"The batch page file://{page} cannot be read: file://{page} line 1 is longer than 1048576 bytes, "
+        "the most a record may be; its items are waited for again"
+    ]
+
+
+def test_a_manifest_line_is_read_no_further_than_the_record_limit(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    with manifest.open("wb") as file:
+        file.write(b'{"index": 0}\n')
+        file.truncate(100 * 1024 * 1024)  # then a line of 100 MB, sparse on disk
+    records = read_batch_manifest(f"file://{tmp_path}")
+    tracemalloc.start()
+    try:
+        assert next(records) == {"index": 0}
+        with pytest.raises(ApikleyError, match=r"^file://.*/manifest\.jsonl line 2 is longer than 1048576 bytes"):
+            next(records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+def test_a_record_of_the_most_bytes_allowed_is_read(tmp_path):
+    record = {"input": {"prompt": "x" * (MAX_RECORD_BYTES - len('{"input":{"prompt":""}}'))}}
+    line = json.dumps(record, separators=(",", ":")).encode()
+    assert len(line) == MAX_RECORD_BYTES
+    (tmp_path / "manifest.jsonl").write_bytes(line + b"\n" + b'{"index": 1}')
+    assert list(read_batch_manifest(f"file://{tmp_path}/manifest.jsonl")) == [record, {"index": 1}]
 
 
 async def test_items_without_an_outcome_fail_the_task_naming_them_and_a_retry_waits_for_them_again(
