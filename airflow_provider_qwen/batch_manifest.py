@@ -3,8 +3,11 @@ A batch's per-item records as JSON Lines on object storage, so nothing a batch c
 
 A large batch (see :class:`~airflow_provider_qwen.operators.batch.QwenImageToImageBatchOperator`)
 keeps its items in a folder per task instance,
-``<output_path>/_apikley_batch/<dag_id>/<run_id>/<task_id>/`` (then ``<map_index>/`` for a mapped
-task), each name with every character but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``:
+``<output_path>/_apikley_batch/<dag_id>/<run_id>-<hash>/<task_id>/`` (then ``<map_index>/`` for a
+mapped task), each name with every character but letters, digits, ``.``, ``_`` and ``-`` replaced
+by ``_``, leading dots dropped and at most 100 characters kept, then ``-`` and 16 hex digits of the
+SHA-256 of the name as it was: always for the run id, and for a dag or task id that had to be
+changed, so two task instances never share a folder:
 
 - ``submitted-NNNNN.jsonl``: pages of :data:`PAGE_ITEMS` items as submitted, ``{"index",
   "apikley_task_id", "submitted_at", "fingerprint", "generation"}`` and

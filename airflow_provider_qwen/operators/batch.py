@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter, deque
@@ -65,6 +66,10 @@ OUTCOMES = (*(status.value for status in EventStatus), MISSING)
 #: Batches of up to this many items return the per-item list in XCom and carry it in their trigger;
 #: larger ones keep their items in a manifest under ``output_path`` and return a summary.
 INLINE_RESULTS_LIMIT = 1000
+#: Characters of a dag, run or task id kept readable in the name of a large batch's folder.
+FOLDER_READABLE_CHARS = 100
+#: Hex digits of the SHA-256 of a run id (or a dag or task id that had to be cleaned) in its folder's name.
+FOLDER_HASH_CHARS = 16
 
 
 class CreateRateLimiter:
@@ -373,7 +378,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """
         Where a large batch keeps its items: a folder per task instance under ``output_path``.
 
-        ``_apikley_batch/<dag_id>/<run_id>/<task_id>``, then ``<map_index>`` for a mapped task.
+        ``_apikley_batch/<dag_id>/<run_id>-<hash>/<task_id>``, then ``<map_index>`` for a mapped
+        task, each name as :func:`_folder_name` writes it, so two task instances never share a folder.
         """
         if not self.output_path:
             raise ApikleyInputError(
@@ -383,8 +389,10 @@ class QwenImageToImageBatchOperator(BaseOperator):
             )
         ti = context["ti"]
         mapped = ti.map_index is not None and ti.map_index >= 0
-        names = [ti.dag_id, ti.run_id, ti.task_id] + ([str(ti.map_index)] if mapped else [])
-        return BatchFolder(as_folder(self.output_path).joinpath("_apikley_batch", *map(_safe_name, names)))
+        names = [_folder_name(ti.dag_id), _folder_name(ti.run_id, always_hashed=True), _folder_name(ti.task_id)]
+        return BatchFolder(
+            as_folder(self.output_path).joinpath("_apikley_batch", *names, *([str(ti.map_index)] if mapped else []))
+        )
 
     def _complete_from_folder(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Stream a large batch's ended pages into its manifest, copying results; return the summary."""
@@ -514,9 +522,22 @@ def _replaced(payload: dict[str, Any]) -> str | None:
     return replaced
 
 
-def _safe_name(name: object) -> str:
-    """``name`` as one folder name: run ids hold ``:`` and ``+``, and none may climb out with ``..``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".") or "_"
+def _folder_name(name: object, *, always_hashed: bool = False) -> str:
+    """
+    ``name`` as one folder name, readable and never another name's.
+
+    Every character but letters, digits, ``.``, ``_`` and ``-`` becomes ``_`` and leading dots go
+    (run ids hold ``:`` and ``+``, and none may climb out with ``..``), at most
+    :data:`FOLDER_READABLE_CHARS` kept. That loses what told names apart (Airflow accepts both
+    ``manual__2026-01-01T00:00:00+00:00`` and ``manual__2026-01-01T00_00_00_00_00``), so a name
+    cleaning changed, and every run id (which whoever triggers a run chooses), gets ``-`` and
+    :data:`FOLDER_HASH_CHARS` hex digits of the SHA-256 of the name as it was.
+    """
+    raw = str(name)
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", raw).lstrip(".")[:FOLDER_READABLE_CHARS] or "_"
+    if readable == raw and not always_hashed:
+        return readable
+    return f"{readable}-{hashlib.sha256(raw.encode()).hexdigest()[:FOLDER_HASH_CHARS]}"
 
 
 def _failure_line(result: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -321,7 +322,7 @@ async def test_a_large_batch_carries_counts_not_items_and_returns_its_manifest(
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
     trigger, event, summary = await run_large(operator, tmp_path)
 
-    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    folder = batch_folder(tmp_path)
     assert trigger.tasks == [] and (trigger.folder, trigger.count) == (f"file://{folder}", 5)
     assert "apikley_task_id" not in str(trigger.serialize()) and len(str(trigger.serialize())) < 1024
     assert event == {
@@ -356,7 +357,7 @@ async def test_a_restarted_trigger_asks_only_about_the_pages_it_had_not_finished
 ):
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
     trigger, first, _ = await run_large(operator, tmp_path)
-    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    folder = batch_folder(tmp_path)
     (folder / "ended-00002.jsonl").unlink()  # the triggerer stopped before the last page ended
     asked = len(apikley.seen("recordInfo"))
 
@@ -380,18 +381,58 @@ async def test_a_large_batch_past_its_failure_threshold_names_the_manifest(apikl
         await run_large(operator, tmp_path)
 
 
+#: The start of the SHA-256 of the run id of the tests' context, which names its batch folder.
+RUN_ID_HASH = "8ae281acbb32ef3b"
+
+
+def hashed(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def folder_of(operator, **ti) -> str:
+    """The URI of the folder ``operator`` keeps a large batch in, for a task instance with ``ti``'s ids."""
+    ids = {"dag_id": "catalog", "run_id": "manual__2026-12-03T18:00:00+00:00", "task_id": "batch", "map_index": -1}
+    return operator._batch_folder({"ti": mock.Mock(**{**ids, **ti})}).uri
+
+
 def test_a_batch_folder_name_cannot_climb_out_of_output_path(tmp_path, large, source_image_url):
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
-    ti = mock.Mock(dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
-    folder = operator._batch_folder({"ti": ti})
-    assert folder.uri == f"file://{tmp_path}/_apikley_batch/_/_.._etc/a_b/0"
+    folder = folder_of(operator, dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
+    assert folder == (
+        f"file://{tmp_path}/_apikley_batch/_-{hashed('..')}/_.._etc-{hashed('../../etc')}/a_b-{hashed('a/b')}/0"
+    )
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param(
+            [{"run_id": "manual__2026-01-01T00:00:00+00:00"}, {"run_id": "manual__2026-01-01T00_00_00_00_00"}],
+            id="run-ids-alike-once-cleaned",
+        ),
+        pytest.param([{"dag_id": "caf\u00e9"}, {"dag_id": "caf_"}], id="dag-ids-alike-once-cleaned"),
+        pytest.param([{"task_id": "\u00e9dit"}, {"task_id": "_dit"}], id="task-ids-alike-once-cleaned"),
+        pytest.param([{"run_id": "r" * 200 + "a"}, {"run_id": "r" * 200 + "b"}], id="long-run-ids"),
+    ],
+)
+def test_two_task_instances_never_share_a_batch_folder(tmp_path, large, source_image_url, ids):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    first, second = (folder_of(operator, **names) for names in ids)
+    assert first != second
+    assert all(len(part.encode()) <= 255 for part in first.split("/") + second.split("/"))
+
+
+def test_a_batch_folder_keeps_clean_dag_and_task_ids_as_they_are(tmp_path, large, source_image_url):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    assert folder_of(operator, map_index=3) == f"file://{batch_folder(tmp_path)}/3"
+    assert hashed("manual__2026-12-03T18:00:00+00:00") == RUN_ID_HASH
 
 
 # ---- retries: each item's latest task, paid for once ------------------------------------------------
 
 
 def batch_folder(tmp_path) -> Path:
-    return tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    return tmp_path / "_apikley_batch" / "catalog" / f"manual__2026-12-03T18_00_00_00_00-{RUN_ID_HASH}" / "batch"
 
 
 def success(task_id: str) -> dict:
