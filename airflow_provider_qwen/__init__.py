@@ -60,6 +60,19 @@ def get_provider_info() -> dict:
                         "example": "True",
                         "default": "False",
                     },
+                    "callback_connections": {
+                        "description": (
+                            "The connections the callback receiver may use besides apikley_default, "
+                            "comma-separated. A callback naming another is refused before the connection is "
+                            "looked up, so forged callbacks cannot make the api-server query a secrets backend "
+                            "for names of their choosing. Unset (the default), any name shaped like a connection "
+                            "id is looked up."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "apikley_team_a,apikley_team_b",
+                        "default": "",
+                    },
                     "recorded_task_retention_days": {
                         "description": (
                             "Days the callback receiver remembers a task it recorded as an Asset event: a "

@@ -6,15 +6,18 @@ reach it, so it trusts nothing it is sent:
 
 - The body is read up to :data:`MAX_CALLBACK_BYTES`; only ``data.taskId`` is taken from it, and
   only when it is shaped like a task id.
-- The connection is ``apikley_default`` unless the URL names another, and the asset is
-  ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
+- The connection is ``apikley_default`` unless the URL names another, which must be shaped like a
+  connection id and, when the deployment sets ``[apikley] callback_connections``, listed there:
+  checked before anything is looked up (see :mod:`~airflow_provider_qwen.api_server.refusals`).
+  The asset is ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
   ``token`` that :func:`~airflow_provider_qwen.api_server.urls.callback_url` signs with one of that
   connection's ``route_keys``, which Apikley never sees. A connection that is not of type
   ``apikley`` is never used.
 - Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a
   connection without one takes unsigned callbacks only where the deployment opted in with
   ``[apikley] allow_unsigned_callbacks = True``, and then only for the default connection and asset.
-- Every refusal is the same bare 401, so answers tell nothing about which connections exist. A
+- Every refusal is the same bare 401, so answers tell nothing about which connections exist, and
+  is logged as a warning at most once a minute for each kind of refusal. A
   fault while reading the connection (a secrets backend or the database down) is not a refusal:
   it is logged as an error and answered 503, so Apikley sends again and operators see an outage.
 - The task's state is then read from Apikley, never taken from the body, and a finished task is
@@ -45,6 +48,7 @@ from airflow_provider_qwen.api_server.asset_events import (
     record_finished_task,
 )
 from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable
+from airflow_provider_qwen.api_server.refusals import RefusalLog, connection_refusal
 from airflow_provider_qwen.api_server.signing import (
     CallbackRejected,
     CheckedSignature,
@@ -158,20 +162,27 @@ def trusted_hook(
         token or Apikley's signature is missing or wrong, or the callback replays a recorded one.
     :raises ConnectionUnreadable: when reading the connection failed (a secrets backend or database fault).
     """
+    if refusal := connection_refusal(route.effective_conn_id):
+        raise CallbackRejected(refusal, "connection not allowed")
     hook = ApikleyHook(route.effective_conn_id, timeout=RECHECK_TIMEOUT_SECONDS)
     try:
         key = hook.settings.webhook_secret
     except (AirflowNotFoundException, ApikleyConfigurationError) as err:  # unknown, or not an Apikley one
-        raise CallbackRejected(f"connection {route.effective_conn_id!r} is not a usable Apikley connection") from err
+        raise CallbackRejected(
+            f"connection {route.effective_conn_id!r} is not a usable Apikley connection", "connection unusable"
+        ) from err
     except Exception as err:  # the secrets backend or the database failed: an outage, not a refusal
         raise ConnectionUnreadable(route.effective_conn_id) from err
     if key is None:
         if route.names_anything:
-            raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the callback")
+            raise CallbackRejected(
+                f"connection {route.effective_conn_id!r} has no webhook key to check the callback", "no webhook key"
+            )
         if not conf.getboolean("apikley", ALLOW_UNSIGNED_OPTION, fallback=False):
             raise CallbackRejected(
                 f"connection {route.effective_conn_id!r} has no webhook key, "
-                f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
+                f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off",
+                "no webhook key",
             )
         return hook, None
     if route.names_anything:
@@ -187,6 +198,7 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     :param checker: checks signatures and whether they were spent; one per router by default.
     """
     checker = checker or SignatureChecker()
+    refusals = RefusalLog(log)
     router = APIRouter()
 
     @router.post("/callback")
@@ -204,23 +216,23 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
         try:
             hook, signature = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
         except CallbackRejected as rejected:
-            return refused(task_id, rejected)
+            return refused(task_id, rejected, refusals)
         except ConnectionUnreadable as fault:
             log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
             return JSONResponse({"detail": "connections cannot be read right now; send again"}, status_code=503)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
         try:
-            return await run_in_threadpool(_record, hook, task_id, route.asset, signature)
+            return await run_in_threadpool(_record, hook, task_id, route.asset, signature, refusals)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
 
     return router
 
 
-def refused(task_id: str, reason: CallbackRejected) -> Response:
-    """Answer a refusal: the reason goes to the log, the caller gets a bare 401."""
-    log.warning("Apikley callback for task %s refused: %s", task_id, reason)
+def refused(task_id: str, reason: CallbackRejected, refusals: RefusalLog) -> Response:
+    """Answer a refusal: the reason goes to the log (a line a minute of each kind at most), the caller gets a 401."""
+    refusals.warning(reason.kind, "Apikley callback for task %s refused: %s", task_id, reason)
     return Response(status_code=401)
 
 
@@ -230,7 +242,9 @@ def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
     return JSONResponse({"detail": "callbacks cannot be recorded right now; send again"}, status_code=503)
 
 
-def _record(hook: ApikleyHook, task_id: str, asset: str | None, signature: CheckedSignature | None) -> Response:
+def _record(
+    hook: ApikleyHook, task_id: str, asset: str | None, signature: CheckedSignature | None, refusals: RefusalLog
+) -> Response:
     try:
         record = hook.get_task(task_id, retry_policy=RECHECK_RETRY_POLICY)
     except ApikleyNotFoundError:
@@ -261,6 +275,6 @@ def _record(hook: ApikleyHook, task_id: str, asset: str | None, signature: Check
         log.warning("Apikley callback for task %s: no DAG uses asset %s", task_id, asset_uri)
         return JSONResponse({"detail": f"no DAG uses asset {asset_uri}"}, status_code=404)
     if outcome is Outcome.REPLAYED:
-        return refused(task_id, CallbackRejected(f"replayed callback for task {task_id}"))
+        return refused(task_id, CallbackRejected(f"replayed callback for task {task_id}", "replayed"), refusals)
     recorded = outcome is Outcome.RECORDED
     return JSONResponse({"apikley_task_id": task_id, "recorded": recorded, "state": record.state.value})

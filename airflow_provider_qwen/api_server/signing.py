@@ -22,7 +22,16 @@ DEFAULT_MAX_AGE_SECONDS = 300
 
 
 class CallbackRejected(Exception):
-    """The callback is refused; the reason is for the api-server's log, never for the caller."""
+    """
+    The callback is refused; the reason is for the api-server's log, never for the caller.
+
+    :param reason: why, for the log.
+    :param kind: the kind of refusal, a fixed word: the log has at most one line of each kind a minute.
+    """
+
+    def __init__(self, reason: str, kind: str = "refused") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def callback_signature(key: str, task_id: str, timestamp: str) -> str:
@@ -54,7 +63,9 @@ def check_route_token(keys: Sequence[str], conn_id: str, asset_uri: str, token: 
     if not token or not any(
         hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()) for key in keys
     ):
-        raise CallbackRejected(f"callback URL names connection {conn_id!r} or an asset without a valid token")
+        raise CallbackRejected(
+            f"callback URL names connection {conn_id!r} or an asset without a valid token", "route token"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,20 +110,20 @@ class SignatureChecker:
             stale or a delivery with the same signature was already taken.
         """
         if not timestamp or not signature:
-            raise CallbackRejected("unsigned callback, but the connection has a webhook HMAC key")
+            raise CallbackRejected("unsigned callback, but the connection has a webhook HMAC key", "unsigned")
         expected = callback_signature(key, task_id, timestamp)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise CallbackRejected(f"bad signature for task {task_id}")
+            raise CallbackRejected(f"bad signature for task {task_id}", "signature")
         try:
             sent_at = int(timestamp)
         except ValueError:
-            raise CallbackRejected(f"timestamp {timestamp!r} is not Unix seconds") from None
+            raise CallbackRejected(f"timestamp {timestamp!r} is not Unix seconds", "timestamp") from None
         now = time.time()
         if abs(now - sent_at) > self.max_age:
-            raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago")
+            raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago", "stale")
         is_spent = self._is_spent or _spent_in_database
         if is_spent(expected):
-            raise CallbackRejected(f"replayed callback for task {task_id}")
+            raise CallbackRejected(f"replayed callback for task {task_id}", "replayed")
         # A timestamp up to max_age ahead of the clock stays fresh for 2 * max_age from now.
         return CheckedSignature(expected, forget_before=now - 2 * self.max_age)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -447,6 +448,71 @@ def test_a_callback_naming_another_type_of_connection_sends_nothing_and_looks_li
     assert (unknown.status_code, unknown.content) == (401, b"")
     assert apikley.seen() == []  # the Postgres password went nowhere
     assert asset() == []
+
+
+@pytest.fixture
+def lookups(monkeypatch) -> list[str]:
+    """The id of every connection the receiver looks up (each may be a secrets-backend call)."""
+    looked_up: list[str] = []
+    real = ApikleyHook.get_connection
+
+    def counted(conn_id):
+        looked_up.append(conn_id)
+        return real(conn_id)
+
+    monkeypatch.setattr(ApikleyHook, "get_connection", staticmethod(counted))
+    return looked_up
+
+
+def refusal_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+
+
+def forge(client, conn_ids) -> set[int]:
+    """Send a signed-looking callback naming each of ``conn_ids``; return the statuses answered."""
+    path = "/callback?conn_id={}&token=forged"
+    return {client.post(path.format(conn_id), json=callback_body()).status_code for conn_id in conn_ids}
+
+
+def test_forged_callbacks_naming_unlisted_connections_cost_no_lookup_and_one_log_line(
+    signed_connection, client, lookups, caplog, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__CALLBACK_CONNECTIONS", "apikley_team_a, apikley_team_b")
+    with caplog.at_level("WARNING", logger="airflow_provider_qwen.api_server.callbacks"):
+        assert forge(client, (f"forged_{n}" for n in range(300))) == {401}
+    assert lookups == []
+    assert refusal_lines(caplog) == [
+        "Apikley callback for task 3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e refused: connection 'forged_0' is not in "
+        "[apikley] callback_connections"
+    ]
+
+
+def test_forged_callbacks_log_one_line_a_minute_of_each_kind(signed_connection, client, lookups, caplog):
+    with caplog.at_level("WARNING", logger="airflow_provider_qwen.api_server.callbacks"):
+        assert forge(client, (f"forged_{n}" for n in range(300))) == {401}
+    assert len(lookups) == 300  # without [apikley] callback_connections, each well-formed name is looked up
+    assert len(refusal_lines(caplog)) == 1
+
+
+@pytest.mark.parametrize("conn_id", ["a%20b", "x" * 251, "caf%C3%A9", "a%0Ab", "a%00b"])
+def test_a_name_not_shaped_like_a_connection_id_is_never_looked_up(signed_connection, client, lookups, conn_id):
+    assert forge(client, [conn_id]) == {401}
+    assert lookups == []
+
+
+def test_a_listed_connection_takes_callbacks_and_callback_url_refuses_an_unlisted_one(
+    apikley, asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow_provider_qwen.api_server.urls import callback_url
+    from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_TEAM_A", os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW__APIKLEY__CALLBACK_CONNECTIONS", "apikley_team_a")
+    with pytest.raises(ApikleyConfigurationError, match=r"'apikley_team_b' is not in \[apikley\] callback_connections"):
+        callback_url(apikley_conn_id="apikley_team_b")
+    body, headers = callback_body(finished_task), signed(finished_task)
+    response = client.post(route(conn_id="apikley_team_a"), json=body, headers=headers)
+    assert response.status_code == 200 and len(asset()) == 1
 
 
 def test_a_broken_secrets_backend_is_an_outage_logged_and_answered_503_not_a_refusal(
