@@ -75,18 +75,19 @@ def read_upload(path: str | os.PathLike) -> bytes:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
         raise ApikleyInputError(f"file={str(path)!r}: cannot be opened ({err.strerror})") from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_UPLOAD_BYTES:
-        os.close(descriptor)
-        if stat.S_ISREG(info.st_mode):
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ApikleyInputError(
+                f"file={str(path)!r}: must be a regular file, not a {_file_kind(info.st_mode)}; nothing was sent"
+            )
+        if info.st_size > MAX_UPLOAD_BYTES:
             raise _too_large(str(path), info.st_size)
-        raise ApikleyInputError(
-            f"file={str(path)!r}: must be a regular file, not a {_file_kind(info.st_mode)}; nothing was sent"
-        )
-    with os.fdopen(descriptor, "rb", buffering=0) as file:
         content = b""
-        while len(content) <= MAX_UPLOAD_BYTES and (block := file.read(MAX_UPLOAD_BYTES + 1 - len(content))):
+        while len(content) <= MAX_UPLOAD_BYTES and (block := os.read(descriptor, MAX_UPLOAD_BYTES + 1 - len(content))):
             content += block
+    finally:
+        os.close(descriptor)
     if len(content) > MAX_UPLOAD_BYTES:  # it grew while being read
         raise _too_large(str(path), len(content))
     return content

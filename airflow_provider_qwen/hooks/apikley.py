@@ -315,7 +315,7 @@ class ApikleyHook(HttpHook):
         if isinstance(file, bytes):
             content, name = file, file_name or DEFAULT_UPLOAD_STEM
         else:
-            name = file_name or check_file_name(Path(file).name, field=f"the name of file={str(file)!r}")
+            name = file_name or check_file_name(Path(file).name, field="file_name (the file's name)")
             content = read_upload(file)
         content_type = check_upload(content, name)
         if not overwrite:
