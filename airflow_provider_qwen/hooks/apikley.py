@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -469,7 +470,10 @@ class ApikleyHook(HttpHook):
 
     async def _open_aio(self) -> aiohttp.ClientSession:
         conn = await get_async_connection(self.apikley_conn_id, self)
-        settings = ApikleySettings.from_connection(conn, await get_async_extra_dejson(conn))
+        extra = await get_async_extra_dejson(conn)
+        # Off the event loop: reading the settings masks the webhook secret, which in a triggerer tells
+        # its supervisor with a blocking send, and Airflow 3.2's blocks the loop it waits on for good.
+        settings = await asyncio.to_thread(ApikleySettings.from_connection, conn, extra)
         # The key alone authenticates, as in the blocking client (whose bearer auth overrides a
         # user:password in the host); aiohttp would refuse a request that carries both.
         self._aio_base_url = str(yarl.URL(settings.base_url, encoded=True).with_user(None))

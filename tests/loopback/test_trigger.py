@@ -249,6 +249,32 @@ async def test_trigger_never_looks_up_the_connection_on_the_event_loop(finished_
     assert lookups_on_the_loop == []
 
 
+async def test_the_connections_webhook_secret_is_masked_off_the_event_loop(apikley, finished_task, monkeypatch):
+    """
+    A triggerer's masking is a blocking send to its supervisor, served by the trigger's event loop:
+    sent from that loop, it hangs every trigger of the triggerer on Airflow 3.2.
+    """
+    from airflow_provider_qwen.hooks import connection
+
+    secret = "webhook-secret-of-this-test"
+    conn = json.loads(apikley.airflow_connection())
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps({**conn, "extra": {"webhook_secret": secret}}))
+    masked: list[tuple[str, bool]] = []
+
+    def watched(value, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            masked.append((value, True))
+        except RuntimeError:
+            masked.append((value, False))
+
+    monkeypatch.setattr(connection, "mask_secret", watched)
+    (event,) = await run_to_events(make_trigger(apikley_task_id=finished_task))
+    assert event["status"] == "success"
+    assert (secret, False) in masked, "the secret was not masked"
+    assert [value for value, on_the_loop in masked if on_the_loop] == []
+
+
 async def test_the_trigger_rides_out_a_run_of_transient_failures(apikley, finished_task):
     apikley.script(
         "recordInfo",
