@@ -67,6 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: not item.path.is_relative_to(SYSTEM_TESTS))  # stable: the rest keeps its order
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown under -p no:xdist
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """
     Under pytest-xdist (``make test``), hand out whole modules, whose module-scoped set-up then runs

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from tests.system.ports import LOOPBACK
 
+#: The provider's DB manager, as docs/security.md tells a user of Airflow 3.1 to list it before migrating.
+DB_MANAGER = "airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"
+
 #: What the LocalExecutor's fork server imports once, so that each task try, forked from it, does not
 #: import Airflow's task runner and the provider again: on two busy cores that is seconds of every try.
 EXECUTOR_PRELOAD_MODULES = (
@@ -72,7 +75,7 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
             # the connection form's "Test" button
             "test_connection": "Enabled",
         },
-        "database": {"sql_alchemy_conn": settings.database_url},
+        "database": {"sql_alchemy_conn": settings.database_url, **db_manager_config()},
         "api": {"host": LOOPBACK, "port": settings.api_port, "base_url": settings.api_url, "workers": 1},
         "api_auth": {"jwt_secret": settings.jwt_secret},
         # New DAG files are found within seconds instead of the default five minutes.
@@ -87,6 +90,19 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         "openlineage": {"disabled": True},
     }
     return config_variables(config)
+
+
+def db_manager_config() -> dict[str, str]:
+    """
+    ``[database] external_db_managers`` where this Airflow needs the provider's DB manager listed (3.1).
+
+    From 3.2 the provider info names it, and the deployment leaves the option unset to prove that is enough.
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return {"external_db_managers": DB_MANAGER} if Version(version("apache-airflow")) < Version("3.2") else {}
 
 
 def openlineage_events(airflow_home: Path) -> Path:

@@ -28,6 +28,8 @@ def chromium_page(base_url: str) -> Iterator[UiPage]:
         try:
             page = browser.new_page(base_url=base_url, viewport={"width": 1280, "height": 900})
             page.set_default_timeout(30_000)
+            # The deployment makes everyone admin; Airflow 3.1's UI still wants the admin's cookie, set here.
+            page.goto("/auth/token/login", wait_until="networkidle")
             yield UiPage(page)
         finally:
             browser.close()

@@ -16,7 +16,8 @@ PAGE_SIZE = 100
 
 class AirflowRestClient:
     """
-    A client of one api-server. The deployment lets everyone in as admin, so no token is sent.
+    A client of one api-server. The deployment lets everyone in as admin: Airflow 3.2+ needs no token
+    then, and 3.1 hands one out to anyone who asks (``GET /auth/token``), which is fetched on the first 401.
 
     :param base_url: the api-server's base URL, e.g. ``http://127.0.0.1:8080``.
     """
@@ -34,14 +35,22 @@ class AirflowRestClient:
 
         :raises requests.HTTPError: on any status of 400 or more, with the body in the message.
         """
-        response = self.session.request(
-            method, f"{self.base_url}/api/v2/{path}", timeout=REQUEST_TIMEOUT_SECONDS, **kwargs
-        )
+        url = f"{self.base_url}/api/v2/{path}"
+        response = self.session.request(method, url, timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
+        if response.status_code == 401 and "Authorization" not in self.session.headers:
+            self.session.headers["Authorization"] = f"Bearer {self._admin_token()}"
+            response = self.session.request(method, url, timeout=REQUEST_TIMEOUT_SECONDS, **kwargs)
         if response.status_code >= 400:
             raise requests.HTTPError(
                 f"{method} {path}: HTTP {response.status_code}: {response.text[:2000]}", response=response
             )
         return response.json() if response.content else None
+
+    def _admin_token(self) -> str:
+        """A token for the all-admins deployment, from the simple auth manager's credential-less route."""
+        response = self.session.get(f"{self.base_url}/auth/token", timeout=REQUEST_TIMEOUT_SECONDS)
+        response.raise_for_status()
+        return response.json()["access_token"]
 
     def health(self) -> dict[str, Any]:
         """``GET /monitor/health``: the status of the metadatabase, scheduler, triggerer and dag-processor."""

@@ -16,13 +16,11 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from airflow_provider_qwen.api_server.db_manager import ApikleyDBManager
-from tests.conftest import has_task_state_store
 from tests.system.airflow_env import component_environment
 from tests.system.deployment import AirflowDeployment
 
 pytestmark = [
     pytest.mark.system,
-    pytest.mark.skipif(not has_task_state_store(), reason="the system deployment is set up for Airflow 3.3"),
 ]
 
 TABLES = {"apikley_callback_signature", "apikley_recorded_task", ApikleyDBManager.version_table_name}

@@ -3,7 +3,9 @@ The provider on a real deployment: separate scheduler, dag-processor, triggerer 
 processes on PostgreSQL, against the emulator running as a process of its own.
 
 The system tests share one deployment and run in order; each counts only the createTask calls its
-own run made.
+own run made. They run on every supported Airflow line; where a retry follows a killed worker, what
+it pays depends on the line: Airflow 3.3's task state store lets it resume the Apikley task an
+earlier try submitted, and before 3.3 it submits anew by design.
 """
 
 from __future__ import annotations
@@ -29,14 +31,7 @@ from tests.system.conftest import MEASUREMENTS_SECTION, PARALLELISM
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.waiting import wait_for
 
-pytestmark = [
-    pytest.mark.system,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not has_task_state_store(),
-        reason="needs Airflow 3.3's task state store: before 3.3 a retry submits a new Apikley task by design",
-    ),
-]
+pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 DAG_ID = "qwen_system_edits"
 #: Mapped edits through the triggerer crash: 40 in ``make test``, 200 in ``make system-test``, whose
@@ -204,9 +199,12 @@ def test_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(
     assert_results_stored(results)
     assert len(list(output.glob("*.png"))) == EDITS
     creates = accepted_creates(emulator) - creates_before
-    assert creates == EDITS, f"{creates} createTask calls accepted for {EDITS} edits"
-
     retries = sum(ti["try_number"] - 1 for ti in edits)
+    # The crash retries no task; a try lost to a loaded machine's heartbeat resumes its edit where
+    # Airflow keeps task state, and may submit it again before 3.3.
+    paid_again = 0 if has_task_state_store() else retries
+    assert EDITS <= creates <= EDITS + paid_again, f"{creates} createTask calls accepted for {EDITS} edits"
+
     # Reported against the target, not asserted: a shared 2-core machine makes any wall-time bound flaky.
     verdict = "met" if run_seconds <= WALL_TARGET_SECONDS else f"missed by {run_seconds / WALL_TARGET_SECONDS - 1:.0%}"
     measurement(
@@ -220,9 +218,10 @@ def test_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(
     )
 
 
-def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(
+def test_a_worker_killed_right_after_submitting_is_retried_and_resumes_where_airflow_keeps_task_state(
     deployment, emulator, system_workdir, measurement
 ):
+    """Try 2 resumes try 1's Apikley task on Airflow 3.3; before 3.3 it submits anew and returns the new one."""
     output = system_workdir / "edit-killed-worker"
     before = emulator.stats()
     emulator.configure(faults=SLOW_RECORD_INFO)
@@ -254,19 +253,27 @@ def test_a_worker_killed_right_after_submitting_resumes_the_same_apikley_task(
     assert state == "success", edit
     assert edit["try_number"] == 2, "the killed try was not retried"
     creates = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
-    assert creates == 1, f"the retry paid again: {creates} createTask calls accepted for one edit"
 
     first_try = task_log(deployment, run_id, attempt=1)
     retry = task_log(deployment, run_id, attempt=2)
     (created,) = re.findall(r"Created Apikley task (\w+)", first_try)
-    assert f"Resuming Apikley task {created}" in retry
     (result,) = edit_results(deployment, run_id)
-    assert result["apikley_task_id"] == created
+    if has_task_state_store():
+        assert creates == 1, f"the retry paid again: {creates} createTask calls accepted for one edit"
+        assert f"Resuming Apikley task {created}" in retry
+        assert result["apikley_task_id"] == created
+        retried = f"try 2 resumed Apikley task {created}"
+    else:
+        assert creates == 2, f"{creates} createTask calls accepted for one edit and one retry without task state"
+        (resubmitted,) = re.findall(r"Created Apikley task (\w+)", retry)
+        assert resubmitted != created and "Resuming" not in retry
+        assert result["apikley_task_id"] == resubmitted
+        retried = f"try 2 submitted Apikley task {resubmitted} anew (no task state store before Airflow 3.3)"
     assert_results_stored([result])
     measurement(
         MEASUREMENTS_SECTION,
         f"worker killed right after submitting: SIGKILLed the task process {worker_title!r} "
-        f"(child of {supervisor_title!r}); try 2 resumed Apikley task {created}; createTask accepted {creates}",
+        f"(child of {supervisor_title!r}); {retried}; createTask accepted {creates}",
     )
     # The killed try's status query is still held by the emulator; let it be answered here, so that
     # the next test's request counts start clean.
@@ -306,6 +313,15 @@ def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]
 
 def callbacks_taken(emulator: EmulatorProcess, before: dict[str, Any]) -> int:
     return emulator.stats()["api_codes"].get("callback taken", 0) - before["api_codes"].get("callback taken", 0)
+
+
+def has_partitioned_schedules() -> bool:
+    """Airflow 3.2+ runs a DAG scheduled on partitioned asset events once per partition (the consumer's schedule)."""
+    try:
+        from airflow.sdk import PartitionedAssetTimetable  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def consumer_runs(deployment: AirflowDeployment) -> Counter[str]:
@@ -361,7 +377,10 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(
     assert {event["state"] for event in events} == {"success"}
     assert len(list(output.glob("*.png"))) == CALLBACK_EDITS
     runs = consumer_runs(deployment)
-    assert runs == {"success": CALLBACK_EDITS}, "the consumer's schedule is partitioned by edit: one run each"
+    if has_partitioned_schedules():
+        assert runs == {"success": CALLBACK_EDITS}, "the consumer's schedule is partitioned by edit: one run each"
+    else:  # Airflow 3.1: events that arrive close together share a run, and each edit is still copied once
+        assert set(runs) == {"success"} and 1 <= runs["success"] <= CALLBACK_EDITS, runs
     measurement(
         MEASUREMENTS_SECTION,
         f"{CALLBACK_EDITS} edits by callback (each delivered twice, signed): all persisted {seconds:.0f} s after "
@@ -409,23 +428,31 @@ BATCH_DAG_ID = "qwen_system_batch"
 BATCH_EDITS = 40
 
 
-def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(
+def test_a_batch_whose_worker_is_killed_midway_is_retried_and_resumes_where_airflow_keeps_task_state(
     deployment, emulator, system_workdir, measurement
 ):
+    """
+    Try 2 resumes what try 1 submitted and submits the rest on Airflow 3.3, paying once per edit;
+    before 3.3 it submits the whole batch anew.
+    """
     output = system_workdir / "batch"
     before = accepted_creates(emulator)
     run_id = deployment.trigger(BATCH_DAG_ID, {"edits": BATCH_EDITS, "output_uri": f"file://{output}"})
+
+    def saved() -> int:
+        if has_task_state_store():
+            return batch_ids_saved(deployment, run_id)
+        return accepted_creates(emulator) - before  # nothing to resume: stop it with every create sent answered
+
     wait_for(
-        lambda: batch_ids_saved(deployment, run_id) >= BATCH_EDITS // 3,
+        lambda: saved() >= BATCH_EDITS // 3,
         timeout=SUBMIT_TIMEOUT_SECONDS,
         what=f"a third of the batch's {BATCH_EDITS} edits to be submitted",
         interval=0.1,
     )
     (batch,) = [ti for ti in deployment.task_instances(BATCH_DAG_ID, run_id) if ti["task_id"] == "batch"]
     worker = deployment.task_process(batch["id"])
-    stop_between_creates(
-        worker, lambda: batch_ids_saved(deployment, run_id), lambda: accepted_creates(emulator) - before
-    )
+    stop_between_creates(worker, saved, lambda: accepted_creates(emulator) - before)
     worker.send_signal(signal.SIGKILL)
     submitted_when_killed = accepted_creates(emulator) - before
 
@@ -435,7 +462,8 @@ def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(
     assert batch["try_number"] == 2, "the killed try was not retried"
     assert submitted_when_killed < BATCH_EDITS, "the batch was all submitted before the kill: nothing was resumed"
     creates = accepted_creates(emulator) - before
-    assert creates == BATCH_EDITS, f"{creates} createTask calls accepted for {BATCH_EDITS} edits"
+    paid_again = 0 if has_task_state_store() else submitted_when_killed
+    assert creates == BATCH_EDITS + paid_again, f"{creates} createTask calls accepted for {BATCH_EDITS} edits"
 
     ((results,),) = deployment.sql(
         "SELECT value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' AND key = 'return_value'",
@@ -447,10 +475,11 @@ def test_a_batch_whose_worker_is_killed_midway_resumes_without_paying_twice(
     (retry_log,) = (deployment.airflow_home / "logs").glob(
         f"dag_id={BATCH_DAG_ID}/run_id={run_id}/task_id=batch/attempt=2.log"
     )
-    (resumed,) = re.findall(r"Resuming (\d+) Apikley tasks", retry_log.read_text())
-    assert int(resumed) == submitted_when_killed
+    resumed = re.findall(r"Resuming (\d+) Apikley tasks", retry_log.read_text())
+    assert resumed == ([str(submitted_when_killed)] if has_task_state_store() else [])
+    retried = "resumed them and submitted the rest" if resumed else "submitted all anew (no task state store)"
     measurement(
         MEASUREMENTS_SECTION,
-        f"batch of {BATCH_EDITS}: worker SIGKILLed after {submitted_when_killed} creates; try 2 resumed them and "
-        f"submitted the rest; createTask accepted {creates}; all {BATCH_EDITS} results stored (sha256 checked)",
+        f"batch of {BATCH_EDITS}: worker SIGKILLed after {submitted_when_killed} creates; try 2 {retried}; "
+        f"createTask accepted {creates}; all {BATCH_EDITS} results stored (sha256 checked)",
     )

@@ -7,7 +7,8 @@ time, against an emulator of its own; then every case must show the same outcome
 (but for ids and folders) and the mapped length downstream tasks see, the stored files and their
 sha256, one asset event per ETL edit from that task, one ``on_success_callback``, the extra link,
 the credits and the final log line. Where each case ended is checked too: only the cases with
-nothing left for a worker end in the triggerer.
+nothing left for a worker end in the triggerer, on every Airflow line where the provider decides
+they can (its ``end_in_triggerer: ...`` log line says which way it went).
 """
 
 from __future__ import annotations
@@ -46,8 +47,16 @@ ETL_CASES = ["etl_qwen_poked", "etl_qwen_deferred", "etl_generic_deferred"]
 LINEAGE_CASES = [*ETL_CASES, "lineage_qwen_deferred"]
 SENSOR_CASES = [f"sensor_{given}_{mode}" for given in ("dict", "id") for mode in ("poked", "deferred")]
 EDIT_CASES = OPERATOR_CASES + LINEAGE_CASES + SENSOR_CASES
-#: The cases that must end in the triggerer: deferred, with nothing left for a worker.
+#: The cases that must end in the triggerer where the provider ends tasks there: deferred, with
+#: nothing left for a worker. Elsewhere they resume on a worker, with the same outcome.
 ENDED_IN_TRIGGERER = {"qwen_triggerer", "generic_triggerer"}
+#: Whether the provider ends tasks in the triggerer, by Airflow line, as found on each line's deployment
+#: (``_compat.trigger_xcom_set``: each line's ``XCom.set`` takes ``_mapped_length``). A newer line is
+#: held to what the provider logs it decided there.
+ENDS_IN_TRIGGERER_ON = {"3.1": True, "3.2": True, "3.3": True}
+#: The provider's one line per process about ending tasks in the triggerer, and what it says when it does.
+END_IN_TRIGGERER_DECISION = re.compile(r"end_in_triggerer: ([^\"\n]*)")
+ENDS_THERE = "tasks with nothing left for a worker end in the triggerer"
 MAPPED_OVER = ("qwen_poked", "qwen_resumed", "qwen_triggerer", "generic_triggerer")
 #: The pool of every case but the deferred two-step ones (see the DAG file).
 HELD_POOL = "qwen_system_paths_held"
@@ -150,8 +159,12 @@ def test_every_path_gives_the_same_outcome(
         what=f"{CONSUMER_DAG_ID} to run on the mapped edits' asset events",
     )
 
+    decisions = end_in_triggerer_decisions(deployment)
+    assert len(decisions) == 1, decisions  # the same way in every triggerer process of the deployment
+    ends_there = decisions.pop().startswith(ENDS_THERE)
+    assert ends_there == ENDS_IN_TRIGGERER_ON.get(airflow_line(), ends_there), f"Airflow {airflow_line()}"
     ended_in_triggerer = {case for case in EDIT_CASES if deployed[case]["ended_in_triggerer"]}
-    assert ended_in_triggerer == ENDED_IN_TRIGGERER
+    assert ended_in_triggerer == (ENDED_IN_TRIGGERER if ends_there else set())
     deferred = {case for case in SENSOR_CASES if deployed[case]["deferred"]}
     assert deferred == {"sensor_dict_deferred", "sensor_id_deferred"}, "the hand-off must be tested across a deferral"
     assert not any(cli[case]["ended_in_triggerer"] for case in EDIT_CASES)
@@ -162,6 +175,24 @@ def test_every_path_gives_the_same_outcome(
         f"one outcome on every path; the deployed run took {deployed_seconds:.0f} s. Apikley completeTime -> task "
         "end: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in noticed.items()),
     )
+
+
+def airflow_line() -> str:
+    """The installed Airflow's line, e.g. ``"3.2"``."""
+    from importlib.metadata import version
+
+    return ".".join(version("apache-airflow").split(".")[:2])
+
+
+def end_in_triggerer_decisions(deployment: AirflowDeployment) -> set[str]:
+    """What the provider logged about ending tasks in the triggerer, in any log of the deployment's runs."""
+    logs = [deployment.log_dir / "triggerer.log", *(deployment.airflow_home / "logs").rglob("*.log*")]
+    return {
+        decision
+        for path in logs
+        if path.is_file()
+        for decision in END_IN_TRIGGERER_DECISION.findall(path.read_text(errors="replace"))
+    }
 
 
 def complete_events(deployment: AirflowDeployment, dag_id: str, cases: list[str]) -> dict[str, Any] | None:

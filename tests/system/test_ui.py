@@ -12,14 +12,12 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import has_task_state_store
 from tests.system.browser import CHROMIUM, UiPage, chromium_page
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 
 pytestmark = [
     pytest.mark.system,
     pytest.mark.slow,
-    pytest.mark.skipif(not has_task_state_store(), reason="the system deployment is set up for Airflow 3.3"),
 ]
 
 DEMO_DAG_ID = "qwen_catalog_edit"

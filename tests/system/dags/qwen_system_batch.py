@@ -3,7 +3,8 @@ A catalog of edits in one batch task, every result stored: the system test kills
 
 ``prepare`` uploads one source image; ``batch`` submits ``params.edits`` edits of it at 10 creates
 per 2 s, waits for them in one trigger and stores each result under ``params.output_uri``. A retry
-resumes the submitted items from the task state store instead of paying for them again.
+resumes the submitted items from the task state store (Airflow 3.3) instead of paying for them again;
+before 3.3 it submits the whole batch anew.
 """
 
 from __future__ import annotations

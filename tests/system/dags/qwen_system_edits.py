@@ -4,7 +4,8 @@ Many deferrable Qwen edits of one uploaded image, each result stored as a file: 
 ``prepare`` uploads one source image to Apikley; ``edit`` maps one ``QwenImageToImageOperator``
 (deferrable unless ``params.deferrable`` says otherwise) over ``params.edits`` seeds and stores each result under
 ``params.output_uri``. Every try of an edit may be retried, and a retry resumes the Apikley task
-the failed try submitted (Airflow 3.3's task state store) instead of paying for a new one.
+the failed try submitted (Airflow 3.3's task state store) instead of paying for a new one; before 3.3 it
+submits anew.
 """
 
 from __future__ import annotations
