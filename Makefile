@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: docs test test-quickstart test-unit test-loopback test-compat lint install lock clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate bench-floor fault-suite \
+.PHONY: docs test test-quickstart test-unit test-loopback test-compat canary lint install lock clean demo bench bench-emulator bench-waits bench-triggerer bench-triggerer-copies bench-task-start bench-batch bench-batch-rate bench-floor fault-suite \
 	system-test system-deps dist
 
 # The older Airflow lines the provider supports; `make test` covers the newest.
@@ -79,6 +79,14 @@ test-compat: | $(BIN)/uv
 		$$venv/bin/pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS) || { status=$$?; \
 			[ $$status -ne 5 ] || echo "pytest collected no tests" >&2; exit 1; }; \
 	done
+
+# The next Airflow: the newest release (or a newer pre-release) with whatever resolves today, on the
+# unit, loopback, integration and deployment tiers, so its breakage fails here before a user meets it.
+# CI runs `make canary CANARY_FLAGS="--if-new --quick"`: unit and loopback only, and nothing while no
+# version is newer than the locked lines; a failure there is reported, not blocking.
+CANARY_FLAGS ?=
+canary: $(STAMP) system-deps
+	@bash scripts/canary.sh $(CANARY_FLAGS)
 
 # ruff (its docstring rules on the package) and mypy on the package (see pyproject.toml).
 lint: $(STAMP)

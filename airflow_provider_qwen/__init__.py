@@ -47,7 +47,7 @@ def get_provider_info() -> dict:
         "db-managers": ["airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"],
         "config": {
             "apikley": {
-                "description": "The Apikley callback receiver on the api-server.",
+                "description": "The Apikley callback receiver on the api-server, and when triggers resume workers.",
                 "options": {
                     "allow_unsigned_callbacks": {
                         "description": (
@@ -60,16 +60,42 @@ def get_provider_info() -> dict:
                         "example": "True",
                         "default": "False",
                     },
+                    "callback_connections": {
+                        "description": (
+                            "The connections the callback receiver may use besides apikley_default, "
+                            "comma-separated. A callback naming another is refused before the connection is "
+                            "looked up, so forged callbacks cannot make the api-server query a secrets backend "
+                            "for names of their choosing. Unset (the default), any name shaped like a connection "
+                            "id is looked up."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "apikley_team_a,apikley_team_b",
+                        "default": "",
+                    },
                     "recorded_task_retention_days": {
                         "description": (
                             "Days the callback receiver remembers a task it recorded as an Asset event: a "
                             "delivery of the same task within them records nothing more. Older entries are "
-                            "deleted as new ones are recorded."
+                            "deleted as new ones are recorded. At least 1: a smaller value is logged as an "
+                            "error and the default used."
                         ),
                         "version_added": "0.1.0",
                         "type": "integer",
                         "example": "7",
                         "default": "30",
+                    },
+                    "resume_settle_seconds": {
+                        "description": (
+                            "Seconds after a task deferred before its trigger resumes it on a worker, read by the "
+                            "triggerer. Airflow 3.1-3.3 can fail a task resumed before the scheduler has read the "
+                            "executor's report on the run that deferred (apache/airflow#66374, #72716); a busy "
+                            "scheduler reads it seconds late. A number, 0 or more; 0 resumes at once."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "30",
+                        "default": "10",
                     },
                 },
             }

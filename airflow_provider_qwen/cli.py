@@ -1,8 +1,10 @@
-"""
+r"""
 The ``apikley`` command: a connection's balance, one task's state and results, the local emulator.
 
 It reads the Airflow connection as the hook does (so ``AIRFLOW_HOME``, ``AIRFLOW_CONN_*`` and any
-secrets backend apply), and prints Apikley's errors as one line, never the API key.
+secrets backend apply), and prints Apikley's errors as one line, never the API key. What Apikley
+says is printed with its control characters escaped (``ESC`` as ``\x1b``, a newline as ``\x0a``),
+so an answer can neither drive the terminal nor forge a line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -69,11 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Airflow logs to stdout, from loggers made as it is imported: only the answer may go there
     with contextlib.redirect_stdout(sys.stderr):
         from airflow_provider_qwen.exceptions import ApikleyError
+        from airflow_provider_qwen.redaction import without_credentials
 
         try:
             answer = ask(args)
         except ApikleyError as err:
-            print(f"apikley {args.command}: {err}", file=sys.stderr)
+            print(f"apikley {args.command}: {escape_controls(without_credentials(str(err)))}", file=sys.stderr)
             return 1
     print(answer, file=output)
     return 0
@@ -91,13 +95,14 @@ def ask(args: argparse.Namespace) -> str:
 
 
 def describe(record: TaskRecord) -> str:
-    """Return a task's record as the lines ``apikley task`` prints."""
+    """Return a task's record as the lines ``apikley task`` prints, each of Apikley's texts on its line."""
     lines = [f"task {record.task_id}: {record.state.value}"]
     if record.model:
-        lines.append(f"model: {record.model}")
-    lines += [f"result: {url}" for url in record.result_urls]
+        lines.append(f"model: {escape_controls(record.model)}")
+    lines += [f"result: {escape_controls(url)}" for url in record.result_urls]
     if record.fail_code or record.fail_message:
-        lines.append(f"failed: {record.fail_code or ''} {record.fail_message or ''}".rstrip())
+        failure = f"{record.fail_code or ''} {record.fail_message or ''}".rstrip()
+        lines.append(f"failed: {escape_controls(failure)}")
     if record.credits_consumed is not None:
         lines.append(f"credits consumed: {record.credits_consumed:g}")
     return "\n".join(lines)

@@ -51,6 +51,8 @@ class TaskEvent:
     :param result: Apikley's ``resultJson``, parsed, when it says more than ``resultUrls``.
     :param replaced_apikley_task_id: a task an earlier try created for another request, which the
         try that deferred abandoned (see :func:`with_replaced`).
+    :param output_path: the folder URI the resuming side copies the results into, as the deferring
+        side worked it out; carried here because ``airflow dags test`` resumes with the event alone.
     """
 
     status: EventStatus
@@ -63,6 +65,7 @@ class TaskEvent:
     credits_consumed: float | None = None
     result: dict[str, Any] | None = field(default=None, compare=False)
     replaced_apikley_task_id: str | None = None
+    output_path: str | None = None
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -84,7 +87,8 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        for name in ("fail_code", "fail_message", "message", "input", "credits_consumed", "result", REPLACED_KEY):
+        optional = ("fail_code", "fail_message", "message", "input", "credits_consumed", "result", "output_path")
+        for name in (*optional, REPLACED_KEY):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
         return payload
@@ -121,6 +125,9 @@ class TaskEvent:
         replaced = payload.get(REPLACED_KEY)
         if replaced is not None and not is_task_id(replaced):
             raise ApikleyError(f"Apikley task {task_id}: {REPLACED_KEY}={replaced!r} in its event is not a task id")
+        output_path = payload.get("output_path")
+        if output_path is not None and not isinstance(output_path, str):
+            raise ApikleyError(f"Apikley task {task_id}: output_path={output_path!r} in its event is not a URI string")
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -132,6 +139,7 @@ class TaskEvent:
             credits_consumed=credits,
             result=result,
             replaced_apikley_task_id=replaced,
+            output_path=output_path,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -25,6 +25,10 @@ class ApikleyError(AirflowException):
 
     #: Whether repeating the same read may succeed; decides retries of status queries.
     transient: bool = False
+    #: Whether Apikley's JSON envelope said so (its ``code``), rather than an HTTP status alone, an
+    #: answer of another shape or a failed connection: any host can answer HTTP 404, only an API
+    #: that speaks Apikley's envelope can say that it knows no such task.
+    from_envelope: bool = False
 
     def __init__(
         self,
@@ -142,7 +146,7 @@ class ApikleyConnectionError(ApikleyError):
 
 
 class ApikleyConfigurationError(ApikleyError):
-    """The Airflow connection is unusable: no API key, or a base URL that is not a URL."""
+    """The connection or configuration is unusable: no API key, a base URL not a URL, a bad ``[apikley]`` option."""
 
 
 class ApikleyInputError(ApikleyError, ValueError):

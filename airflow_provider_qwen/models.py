@@ -9,6 +9,7 @@ before any credit is spent). :class:`TaskRecord` is one answer of ``GET /api/v1/
 from __future__ import annotations
 
 import json
+import logging
 import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -21,10 +22,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError
+from airflow_provider_qwen.safe_text import escape_controls
 
 # The checks live in airflow_provider_qwen.validation; imported from here they keep working.
 from airflow_provider_qwen.validation import (  # noqa: F401
@@ -43,6 +46,8 @@ from airflow_provider_qwen.validation import (  # noqa: F401
 )
 
 QWEN_IMAGE_TO_IMAGE = "qwen/image-to-image"
+
+log = logging.getLogger(__name__)
 
 
 def _reject_bool(value: Any) -> Any:
@@ -164,6 +169,8 @@ class TaskState(StrEnum):
 MAX_RESULT_DEPTH = 4
 #: The most result URLs one task may have: each is a download, so an answer cannot ask for thousands.
 MAX_RESULT_URLS = 64
+#: How many dropped ``resultUrls`` entries the warning quotes, and how much of each.
+DROPPED_SAMPLE_SIZE, DROPPED_SAMPLE_CHARS = 3, 60
 
 
 def _urls_in(value: Any, depth: int) -> list[str]:
@@ -206,10 +213,14 @@ def _depth(value: Any) -> int:
 
 
 class TaskRecord(BaseModel):
-    """
+    r"""
     One answer of ``recordInfo``: the state of an Apikley task and, once done, its results.
 
-    Optional fields may be absent; times are Unix milliseconds as Apikley sends them.
+    Optional fields may be absent; times are Unix milliseconds as Apikley sends them. What Apikley
+    says is read as untrusted: control characters in ``model``, ``fail_code`` and ``fail_message``
+    are escaped (``ESC`` as ``\x1b``); a ``resultUrls`` entry that is not an http(s) URL (another
+    scheme, a JSON object) is dropped with a warning that counts and quotes them, after every entry
+    was counted against :data:`MAX_RESULT_URLS`.
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
@@ -238,11 +249,40 @@ class TaskRecord(BaseModel):
 
     @field_validator("result")
     @classmethod
-    def _few_result_urls(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        found = len(_urls_in(value, depth=MAX_RESULT_DEPTH))
+    def _few_http_result_urls(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        listed = value.get("resultUrls")
+        entries = listed if isinstance(listed, list) else [] if listed is None else [listed]
+        dropped = [entry for entry in entries if not is_http_url(entry)]
+        # every entry counts, so a flood of entries that are not URLs is refused as a flood of URLs is
+        elsewhere = {key: item for key, item in value.items() if key != "resultUrls"}
+        found = len(entries) + len(_urls_in(elsewhere, depth=MAX_RESULT_DEPTH))
         if found > MAX_RESULT_URLS:
-            raise ValueError(f"resultJson holds {found} URLs, more than the {MAX_RESULT_URLS} a task may have")
-        return value
+            raise ValueError(
+                f"resultJson holds {found} URLs (every resultUrls entry counted), "
+                f"more than the {MAX_RESULT_URLS} a task may have"
+            )
+        if not dropped and isinstance(listed, list | None):
+            return value
+        if dropped:
+            sample = ", ".join(
+                escape_controls(repr(entry)[:DROPPED_SAMPLE_CHARS]) for entry in dropped[:DROPPED_SAMPLE_SIZE]
+            )
+            log.warning(
+                "Apikley task %s: dropped %d of its %d resultUrls entries, which are not http(s) URLs: %s%s",
+                info.data.get("task_id", "(unknown)"),
+                len(dropped),
+                len(entries),
+                sample,
+                ", ..." if len(dropped) > DROPPED_SAMPLE_SIZE else "",
+            )
+        return {**value, "resultUrls": [entry for entry in entries if is_http_url(entry)]}
+
+    @field_validator("model", "fail_code", "fail_message")
+    @classmethod
+    def _controls_escaped(cls, value: str | None) -> str | None:
+        return None if value is None else escape_controls(value)
 
     @field_validator("fail_code", mode="before")
     @classmethod
@@ -269,11 +309,11 @@ class TaskRecord(BaseModel):
         """
         URLs of the results, empty until the task succeeds.
 
-        They are ``resultUrls``, then any other http(s) URL in ``resultJson`` (models that answer
-        with a ``resultObject``). They expire: copy them.
+        They are ``resultUrls`` (only its http(s) URLs are kept: see :class:`TaskRecord`), then any
+        other http(s) URL in ``resultJson`` (models that answer with a ``resultObject``). They
+        expire: copy them.
         """
-        listed = (self.result or {}).get("resultUrls") or []
-        urls = [str(url) for url in listed] if isinstance(listed, list) else []
+        urls = list((self.result or {}).get("resultUrls") or [])
         for url in _urls_in(self.result, depth=MAX_RESULT_DEPTH):
             if url not in urls:
                 urls.append(url)

@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard, cast
 
 from airflow_provider_qwen.exceptions import (
@@ -314,3 +314,38 @@ def _unreadable(key: str, value: object, problem: str) -> ApikleyUnreadableState
         "told from it, so nothing was submitted: delete the key to submit anew, or save an entry shaped as "
         "airflow_provider_qwen.resume.SavedTask describes."
     )
+
+
+def orphaned_intents(policy: OrphanedIntentPolicy, requests: str, log: Log) -> None:
+    """
+    Apply ``on_orphaned_intent`` to the creates an earlier try began and saved no task id for.
+
+    ``resubmit`` logs a warning naming them and the possible second charge; ``fail`` raises.
+
+    :param requests: the requests, as the user knows them (``inputs[3], inputs[7]``).
+    :raises ApikleyOrphanedIntentError: with ``fail``, naming them, before anything is submitted.
+    """
+    found = (
+        f"An earlier try began a paid create for {requests} and saved no Apikley task id: Apikley may have "
+        "created and charged for it, and offers no way to look it up"
+    )
+    if policy == "fail":
+        raise ApikleyOrphanedIntentError(
+            f"{found}. on_orphaned_intent='fail' submits nothing: check the account's tasks with Apikley, then "
+            "run again with on_orphaned_intent='resubmit'"
+        )
+    log.warning("%s. on_orphaned_intent='resubmit' submits it again, which may be charged a second time", found)
+
+
+def try_deadline(context: Context, timeout: float, execution_timeout: timedelta | None) -> float:
+    """
+    Return when this try stops waiting, in epoch seconds: ``timeout`` from now, or sooner by ``execution_timeout``.
+
+    Counted from this try, never from an earlier try's submit, so a retry after a timeout waits its
+    full time again. Airflow does not enforce ``execution_timeout`` on a deferred task: the wait does.
+    """
+    deadline = time.time() + timeout
+    started = getattr(context["ti"], "start_date", None)
+    if execution_timeout and isinstance(started, datetime):
+        deadline = min(deadline, (started + execution_timeout).timestamp())
+    return deadline

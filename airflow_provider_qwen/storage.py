@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -26,15 +27,13 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
     ApikleyResultExistsError,
 )
+from airflow_provider_qwen.redaction import shown_url
 from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
 #: Apikley's limit for an uploaded source image.
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 #: The largest result image we copy; a bigger answer is refused rather than filling a disk.
 MAX_RESULT_BYTES = 50 * 1024 * 1024
-
-#: The longest file name an upload may be stored under.
-MAX_FILE_NAME_CHARS = 255
 
 
 def sniff_image_type(head: bytes) -> str | None:
@@ -55,45 +54,52 @@ def check_upload(data: bytes, name: str) -> str:
     :raises ApikleyInputError: when it is empty, over 10 MB, or not a JPEG, PNG or WebP image.
     """
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ApikleyInputError(f"file={name!r} ({len(data)} bytes): must be at most {MAX_UPLOAD_BYTES} bytes (10 MB)")
+        raise _too_large(name, len(data))
     content_type = sniff_image_type(data[:16])
     if content_type is None:
         raise ApikleyInputError(f"file={name!r}: must be a JPEG, PNG or WebP image")
     return content_type
 
 
-def check_upload_path(upload_path: str) -> str:
+def read_upload(path: str | os.PathLike) -> bytes:
     """
-    Return ``upload_path``, a folder on Apikley's file storage.
+    Return the bytes of a local image to upload, reading no further than one byte past the upload limit.
 
-    :raises ApikleyInputError: unless ``upload_path`` is a non-empty path without outer slashes.
+    The file is opened without waiting for a writer and checked on the open file: only a regular
+    file is read, never a device (``/dev/zero`` never ends), a FIFO (which would wait for a writer)
+    or a folder, and one over :data:`MAX_UPLOAD_BYTES` by its size is refused before a byte is read.
+
+    :raises ApikleyInputError: naming the file, when it cannot be opened, is not a regular file, or is over 10 MB.
     """
-    if not upload_path or upload_path != upload_path.strip("/") or ".." in PurePosixPath(upload_path).parts:
-        raise ApikleyInputError(
-            f"upload_path={upload_path!r}: must be a relative folder name without leading or trailing slash"
-        )
-    return upload_path
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as err:
+        raise ApikleyInputError(f"file={str(path)!r}: cannot be opened ({err.strerror})") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ApikleyInputError(
+                f"file={str(path)!r}: must be a regular file, not a {_file_kind(info.st_mode)}; nothing was sent"
+            )
+        if info.st_size > MAX_UPLOAD_BYTES:
+            raise _too_large(str(path), info.st_size)
+        content = b""
+        while len(content) <= MAX_UPLOAD_BYTES and (block := os.read(descriptor, MAX_UPLOAD_BYTES + 1 - len(content))):
+            content += block
+    finally:
+        os.close(descriptor)
+    if len(content) > MAX_UPLOAD_BYTES:  # it grew while being read
+        raise _too_large(str(path), len(content))
+    return content
 
 
-def check_file_name(file_name: str) -> str:
-    """
-    Return ``file_name``, a name to store an upload under.
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "folder", stat.S_ISFIFO: "FIFO", stat.S_ISCHR: "character device", stat.S_ISSOCK: "socket"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "block device")
 
-    :raises ApikleyInputError: unless ``file_name`` is a plain name: no folder, no ``..``, no control character.
-    """
-    if (
-        not isinstance(file_name, str)
-        or not file_name.strip()
-        or len(file_name) > MAX_FILE_NAME_CHARS
-        or file_name in (".", "..")
-        or any(char in file_name for char in "/\\")
-        or any(ord(char) < 32 or ord(char) == 127 for char in file_name)
-    ):
-        raise ApikleyInputError(
-            f"file_name={file_name!r}: must be a plain file name of at most {MAX_FILE_NAME_CHARS} characters, "
-            "without '/', '\\', control characters, and not '.' or '..'"
-        )
-    return file_name
+
+def _too_large(name: str, size: int) -> ApikleyInputError:
+    return ApikleyInputError(f"file={name!r} ({size} bytes): must be at most {MAX_UPLOAD_BYTES} bytes (10 MB)")
 
 
 def result_destination(
@@ -167,7 +173,7 @@ def check_result_url(url: str) -> str:
     :raises ApikleyInputError: unless ``url`` is an http(s) URL (never ``file:``, never a bare path).
     """
     if not is_http_url(url):
-        raise ApikleyInputError(f"result_url={url!r}: must be an http:// or https:// URL")
+        raise ApikleyInputError(f"result_url={shown_url(url)}: must be an http:// or https:// URL")
     return url
 
 

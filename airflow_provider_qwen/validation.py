@@ -16,6 +16,8 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
+from airflow_provider_qwen.redaction import shown_url
+from airflow_provider_qwen.safe_text import CONTROL_CHARACTERS
 
 #: What an Apikley task id looks like (real ones are 32 hex characters). Ids arrive from outside
 #: (answers, callbacks, DAG arguments) and become file names, log lines and query strings, so
@@ -25,8 +27,12 @@ TASK_ID_RULE = "must be 1 to 128 letters, digits, '-' or '_'"
 
 
 def is_http_url(value: object) -> TypeGuard[str]:
-    """Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any)."""
-    if not isinstance(value, str):
+    """
+    Whether ``value`` is an absolute ``http://`` or ``https://`` URL with a host (and a valid port, if any).
+
+    A string with a control character (which a URL never holds) is not one.
+    """
+    if not isinstance(value, str) or CONTROL_CHARACTERS.search(value):
         return False
     parts = urlsplit(value)
     try:
@@ -132,7 +138,7 @@ def check_callback_url(value: object) -> str | None:
     if value is None or is_http_url(value):
         return value
     hint = " (set [api] base_url to this Airflow's address as Apikley reaches it)" if str(value).startswith("/") else ""
-    raise ApikleyInputError(f"callback_url={value!r}: must be an absolute http:// or https:// URL{hint}")
+    raise ApikleyInputError(f"callback_url={shown_url(value)}: must be an absolute http:// or https:// URL{hint}")
 
 
 def check_task_id(value: object) -> str:

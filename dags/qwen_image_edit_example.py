@@ -5,7 +5,8 @@ Edit a few product images with Qwen image-to-image, between the data steps aroun
 ``edit`` task submits one Apikley task per item and waits for it in the triggerer, so a hundred
 edits hold no worker slot while Apikley renders; ``summarize`` gets every result back.
 
-The second DAG shows the other shape: submit without waiting, and wait with the sensor.
+The second DAG shows the other shape: submit without waiting, and wait with the sensor, which
+copies the results to the ``output_path`` the submitting task hands on (the ``output_uri`` param).
 
 Both need an ``apikley_default`` connection (API key in the password) and image URLs Apikley can
 fetch, passed as the ``images`` param.
@@ -68,7 +69,10 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     schedule=None,
     catchup=False,
-    params={"image": Param(EXAMPLE_IMAGES[0], type="string")},
+    params={
+        "image": Param(EXAMPLE_IMAGES[0], type="string"),
+        "output_uri": Param("file:///tmp/qwen_submit_then_sense", type="string", description="Where results go"),
+    },
     tags=["example", "qwen", "apikley"],
 ):
     submit = QwenImageToImageOperator(
@@ -78,5 +82,6 @@ with DAG(
         strength=0.6,
         seed=7,
         wait_for_completion=False,
+        output_path="{{ params.output_uri }}",  # checked writable now, handed on to the sensor, which copies
     )
     wait = ApikleyTaskSensor(task_id="wait", apikley_task_id=submit.output, deferrable=True)

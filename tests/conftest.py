@@ -174,19 +174,22 @@ QWEN_INPUT_SCHEMA: dict[str, Any] = json.loads(
 OPERATOR_KINDS = ("qwen", "generic")
 
 
-def edit_operator(kind: str, **arguments: Any):
+def edit_operator(kind: str, mixin: type | None = None, **arguments: Any):
     """
     An edit by the operator of ``kind``: ``arguments`` as the Qwen operator takes them; for the
     generic operator, its input fields become ``input``, checked against the model's published schema.
+    With ``mixin``, a team's subclass of that operator, with ``mixin`` first among its bases.
     """
     from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
     from airflow_provider_qwen.operators.apikley import ApikleyCreateTaskOperator
     from airflow_provider_qwen.operators.qwen import INPUT_FIELDS, QwenImageToImageOperator
 
+    base = QwenImageToImageOperator if kind == "qwen" else ApikleyCreateTaskOperator
+    operator = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {}) if mixin else base
     if kind == "qwen":
-        return QwenImageToImageOperator(**arguments)
+        return operator(**arguments)
     fields = {name: arguments.pop(name) for name in INPUT_FIELDS if name in arguments}
-    return ApikleyCreateTaskOperator(
+    return operator(
         model=QWEN_IMAGE_TO_IMAGE,
         input={name: value for name, value in fields.items() if value is not None},
         input_schema=QWEN_INPUT_SCHEMA,

@@ -13,7 +13,7 @@ def create_app(checker: SignatureChecker | None = None) -> FastAPI:
     """
     Return the provider's app, to be mounted under :data:`~airflow_provider_qwen.api_server.urls.API_SERVER_PREFIX`.
 
-    :param checker: checks callback signatures and remembers accepted ones; one per app by default.
+    :param checker: checks callback signatures and whether they were spent; one per app by default.
     """
     app = FastAPI(title="Apikley", openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(callback_router(checker))

@@ -6,19 +6,26 @@ reach it, so it trusts nothing it is sent:
 
 - The body is read up to :data:`MAX_CALLBACK_BYTES`; only ``data.taskId`` is taken from it, and
   only when it is shaped like a task id.
-- The connection is ``apikley_default`` unless the URL names another, and the asset is
-  ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
+- The connection is ``apikley_default`` unless the URL names another, which must be shaped like a
+  connection id and, when the deployment sets ``[apikley] callback_connections``, listed there:
+  checked before anything is looked up (see :mod:`~airflow_provider_qwen.api_server.refusals`).
+  The asset is ``apikley://<model>`` unless the URL names another; a URL that names either must carry the
   ``token`` that :func:`~airflow_provider_qwen.api_server.urls.callback_url` signs with one of that
   connection's ``route_keys``, which Apikley never sees. A connection that is not of type
   ``apikley`` is never used.
 - Apikley's signature (``X-Webhook-Signature``) is checked with the connection's webhook key; a
   connection without one takes unsigned callbacks only where the deployment opted in with
   ``[apikley] allow_unsigned_callbacks = True``, and then only for the default connection and asset.
-- Every refusal is the same bare 401, so answers tell nothing about which connections exist. A
+- Every refusal is the same bare 401, so answers tell nothing about which connections exist, and
+  is logged as a warning at most once a minute for each kind of refusal. A
   fault while reading the connection (a secrets backend or the database down) is not a refusal:
   it is logged as an error and answered 503, so Apikley sends again and operators see an outage.
 - The task's state is then read from Apikley, never taken from the body, and a finished task is
-  recorded once as an Asset event.
+  recorded once as an Asset event. The signature is spent in the transaction that records the
+  event (or finds the task recorded already, answered 200 with ``recorded`` false): a delivery for
+  a task Apikley still reports as running, or one that meets a fault, is answered 503 and spends
+  nothing, so the same delivery sent again is recorded then. A taken delivery sent again is
+  refused (401).
 """
 
 from __future__ import annotations
@@ -34,9 +41,20 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
 
-from airflow_provider_qwen.api_server.asset_events import UnknownAsset, default_asset_uri, record_finished_task
+from airflow_provider_qwen.api_server.asset_events import (
+    Outcome,
+    UnknownAsset,
+    default_asset_uri,
+    record_finished_task,
+)
 from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable
-from airflow_provider_qwen.api_server.signing import CallbackRejected, SignatureChecker, check_route_token
+from airflow_provider_qwen.api_server.refusals import RefusalLog, connection_refusal
+from airflow_provider_qwen.api_server.signing import (
+    CallbackRejected,
+    CheckedSignature,
+    SignatureChecker,
+    check_route_token,
+)
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyError, ApikleyNotFoundError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
@@ -132,45 +150,55 @@ class CallbackRoute:
 
 def trusted_hook(
     route: CallbackRoute, headers: dict[str, str | None], task_id: str, checker: SignatureChecker
-) -> ApikleyHook:
+) -> tuple[ApikleyHook, CheckedSignature | None]:
     """
     Return the hook to re-read the task with, once everything the caller chose is vouched for.
 
     Reads the connection, and nothing leaves the api-server before this returns.
 
+    :return: the hook, and the callback's signature to spend when the delivery is taken
+        (``None`` for an unsigned callback the deployment accepts).
     :raises CallbackRejected: when the connection is missing or not of type ``apikley``, the URL's
-        token or Apikley's signature is missing or wrong, or the callback is a replay.
+        token or Apikley's signature is missing or wrong, or the callback replays a recorded one.
     :raises ConnectionUnreadable: when reading the connection failed (a secrets backend or database fault).
     """
+    if refusal := connection_refusal(route.effective_conn_id):
+        raise CallbackRejected(refusal, "connection not allowed")
     hook = ApikleyHook(route.effective_conn_id, timeout=RECHECK_TIMEOUT_SECONDS)
     try:
         key = hook.settings.webhook_secret
     except (AirflowNotFoundException, ApikleyConfigurationError) as err:  # unknown, or not an Apikley one
-        raise CallbackRejected(f"connection {route.effective_conn_id!r} is not a usable Apikley connection") from err
+        raise CallbackRejected(
+            f"connection {route.effective_conn_id!r} is not a usable Apikley connection", "connection unusable"
+        ) from err
     except Exception as err:  # the secrets backend or the database failed: an outage, not a refusal
         raise ConnectionUnreadable(route.effective_conn_id) from err
     if key is None:
         if route.names_anything:
-            raise CallbackRejected(f"connection {route.effective_conn_id!r} has no webhook key to check the callback")
+            raise CallbackRejected(
+                f"connection {route.effective_conn_id!r} has no webhook key to check the callback", "no webhook key"
+            )
         if not conf.getboolean("apikley", ALLOW_UNSIGNED_OPTION, fallback=False):
             raise CallbackRejected(
                 f"connection {route.effective_conn_id!r} has no webhook key, "
-                f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off"
+                f"and [apikley] {ALLOW_UNSIGNED_OPTION} is off",
+                "no webhook key",
             )
-        return hook
+        return hook, None
     if route.names_anything:
         check_route_token(hook.settings.route_keys, route.effective_conn_id, route.asset or "", route.token)
-    checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
-    return hook
+    signature = checker.check(key, task_id, headers.get("X-Webhook-Timestamp"), headers.get("X-Webhook-Signature"))
+    return hook, signature
 
 
 def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
     """
     Return the receiver's route.
 
-    :param checker: checks signatures and remembers accepted ones; one per router by default.
+    :param checker: checks signatures and whether they were spent; one per router by default.
     """
     checker = checker or SignatureChecker()
+    refusals = RefusalLog(log)
     router = APIRouter()
 
     @router.post("/callback")
@@ -186,21 +214,26 @@ def callback_router(checker: SignatureChecker | None = None) -> APIRouter:
         route = CallbackRoute(conn_id=query.get("conn_id"), asset=query.get("asset"), token=query.get("token"))
         headers = {name: request.headers.get(name) for name in ("X-Webhook-Timestamp", "X-Webhook-Signature")}
         try:
-            hook = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
+            hook, signature = await run_in_threadpool(trusted_hook, route, headers, task_id, checker)
         except CallbackRejected as rejected:
-            log.warning("Apikley callback for task %s refused: %s", task_id, rejected)
-            return Response(status_code=401)
+            return refused(task_id, rejected, refusals)
         except ConnectionUnreadable as fault:
             log.error("Apikley callback for task %s: %s", task_id, fault, exc_info=fault.__cause__)
             return JSONResponse({"detail": "connections cannot be read right now; send again"}, status_code=503)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
         try:
-            return await run_in_threadpool(_record, hook, task_id, route.asset)
+            return await run_in_threadpool(_record, hook, task_id, route.asset, signature, refusals)
         except DeliveriesUnavailable as fault:
             return unavailable(task_id, fault)
 
     return router
+
+
+def refused(task_id: str, reason: CallbackRejected, refusals: RefusalLog) -> Response:
+    """Answer a refusal: the reason goes to the log (a line a minute of each kind at most), the caller gets a 401."""
+    refusals.warning(reason.kind, "Apikley callback for task %s refused: %s", task_id, reason)
+    return Response(status_code=401)
 
 
 def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
@@ -209,7 +242,9 @@ def unavailable(task_id: str, fault: DeliveriesUnavailable) -> Response:
     return JSONResponse({"detail": "callbacks cannot be recorded right now; send again"}, status_code=503)
 
 
-def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
+def _record(
+    hook: ApikleyHook, task_id: str, asset: str | None, signature: CheckedSignature | None, refusals: RefusalLog
+) -> Response:
     try:
         record = hook.get_task(task_id, retry_policy=RECHECK_RETRY_POLICY)
     except ApikleyNotFoundError:
@@ -222,13 +257,24 @@ def _record(hook: ApikleyHook, task_id: str, asset: str | None) -> Response:
         log.warning("Apikley callback for task %s: Apikley answered about task %s", task_id, record.task_id)
         return JSONResponse({"detail": "task state could not be read; send again"}, status_code=503)
     if not record.state.is_terminal:
+        log.warning("Apikley callback for task %s, which Apikley still reports as %s", task_id, record.state.value)
         return JSONResponse(
-            {"apikley_task_id": task_id, "recorded": False, "state": record.state.value}, status_code=202
+            {
+                "apikley_task_id": task_id,
+                "recorded": False,
+                "state": record.state.value,
+                "detail": "the task has not ended; send again",
+            },
+            status_code=503,
         )
     asset_uri = asset or default_asset_uri(record.model or QWEN_IMAGE_TO_IMAGE)
     try:
-        recorded = record_finished_task(asset_uri, event_extra(record))
+        team = hook.settings.team
+        outcome = record_finished_task(asset_uri, event_extra(record), signature, teams={team} if team else None)
     except UnknownAsset:
         log.warning("Apikley callback for task %s: no DAG uses asset %s", task_id, asset_uri)
         return JSONResponse({"detail": f"no DAG uses asset {asset_uri}"}, status_code=404)
+    if outcome is Outcome.REPLAYED:
+        return refused(task_id, CallbackRejected(f"replayed callback for task {task_id}", "replayed"), refusals)
+    recorded = outcome is Outcome.RECORDED
     return JSONResponse({"apikley_task_id": task_id, "recorded": recorded, "state": record.state.value})

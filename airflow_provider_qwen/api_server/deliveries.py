@@ -1,11 +1,14 @@
 """
 What the callback receiver remembers, in Airflow's metadata database.
 
-Two small tables, shared by every api-server process and kept across restarts: the callback
-signatures accepted in the last minutes (so a replay is refused wherever it lands) and the finished
+Two small tables, shared by every api-server process and kept across restarts: the signatures of
+the callbacks taken (so a replay is refused wherever it lands) and the finished
 tasks already recorded per asset (so concurrent or repeated deliveries of one task record one Asset
-event). Both rely on a primary key, which every database Airflow supports enforces across
-transactions, SQLite included. ``airflow db migrate`` creates them (see
+event). A delivery spends its signature and claims its task in the transaction that records its
+event (or that finds the task recorded already): a delivery that records nothing (the task still
+running, a fault) leaves both as they were, so the same delivery sent again can still be recorded.
+Both rely on a primary key, which every database Airflow supports enforces across transactions,
+SQLite included. ``airflow db migrate`` creates them (see
 :mod:`airflow_provider_qwen.api_server.db_manager`); nothing here changes their schema. Each table
 forgets its old rows as it takes new ones: ``airflow db clean`` cleans a fixed list of Airflow's
 own tables, and has no place for a provider's.
@@ -14,14 +17,20 @@ own tables, and has no place for a provider's.
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, delete, insert
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, exists, insert, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from airflow.configuration import conf
 from airflow.utils.session import create_session
+from airflow.utils.sqlalchemy import UtcDateTime
+
+from airflow_provider_qwen.redaction import shown_setting
+
+log = logging.getLogger(__name__)
 
 #: How long a recorded task is remembered by default: a redelivery after that records a new event.
 RECORDED_TASK_DAYS_OPTION, DEFAULT_RECORDED_TASK_DAYS = "recorded_task_retention_days", 30
@@ -40,7 +49,7 @@ recorded_tasks = Table(
     metadata,
     Column("asset_id", Integer, primary_key=True),
     Column("apikley_task_id", String(128), primary_key=True),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("recorded_at", UtcDateTime, nullable=False, index=True),
 )
 
 
@@ -54,24 +63,62 @@ class DeliveriesUnavailable(RuntimeError):
         )
 
 
-def remember_signature(signature: str, forget_before: float) -> bool:
-    """
-    Record an accepted callback signature; forget those accepted before ``forget_before``.
+def _digest(signature: str) -> str:
+    return hashlib.sha256(signature.encode()).hexdigest()
 
-    :return: ``False`` when the signature was accepted before (a replay).
-    :raises DeliveriesUnavailable: when the table cannot be written.
+
+def signature_spent(signature: str) -> bool:
     """
-    digest = hashlib.sha256(signature.encode()).hexdigest()
-    now = datetime.now(UTC).timestamp()
+    Return whether a delivery with this callback signature was taken already.
+
+    :raises DeliveriesUnavailable: when the table cannot be read.
+    """
     try:
         with create_session(scoped=False) as session:
-            session.execute(insert(accepted_signatures).values(signature_sha256=digest, accepted_at=now))
-            session.execute(delete(accepted_signatures).where(accepted_signatures.c.accepted_at < forget_before))
-    except IntegrityError:
-        return False
+            spent = exists().where(accepted_signatures.c.signature_sha256 == _digest(signature))
+            return bool(session.scalar(select(spent)))
     except SQLAlchemyError as err:
         raise DeliveriesUnavailable(err) from err
-    return True
+
+
+def spend_signature(session: Session, signature: str, forget_before: float) -> None:
+    """
+    Spend a callback signature in ``session``'s transaction; forget those spent before ``forget_before``.
+
+    :raises IntegrityError: when it was spent before, by this or any other process; a concurrent
+        delivery with the same signature waits here until the first one's transaction ends.
+    """
+    now = datetime.now(UTC).timestamp()
+    session.execute(insert(accepted_signatures).values(signature_sha256=_digest(signature), accepted_at=now))
+    session.execute(delete(accepted_signatures).where(accepted_signatures.c.accepted_at < forget_before))
+
+
+def recorded_task_retention_days() -> int:
+    """
+    Return ``[apikley] recorded_task_retention_days``; its default, with an error logged, for a value below 1.
+
+    A value below 1 would forget a task as soon as it is claimed, and a repeated delivery would
+    record it again; a value that is not a whole number is refused the same way.
+    """
+    value = conf.get("apikley", RECORDED_TASK_DAYS_OPTION, fallback=str(DEFAULT_RECORDED_TASK_DAYS))
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if days < 1:
+        log.error(
+            "[apikley] %s is not a whole number of days of at least 1; using the default, %d",
+            shown_setting(RECORDED_TASK_DAYS_OPTION, value),
+            DEFAULT_RECORDED_TASK_DAYS,
+        )
+        return DEFAULT_RECORDED_TASK_DAYS
+    return days
+
+
+def task_claimed(session: Session, asset_id: int, apikley_task_id: str) -> bool:
+    """Return whether the task is marked as recorded for the asset, as ``session``'s transaction sees it."""
+    claimed = exists().where(recorded_tasks.c.asset_id == asset_id, recorded_tasks.c.apikley_task_id == apikley_task_id)
+    return bool(session.scalar(select(claimed)))
 
 
 def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
@@ -84,6 +131,6 @@ def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
         delivery waits here until the first one's transaction ends.
     """
     now = datetime.now(UTC)
-    days = conf.getint("apikley", RECORDED_TASK_DAYS_OPTION, fallback=DEFAULT_RECORDED_TASK_DAYS)
+    days = recorded_task_retention_days()
     session.execute(insert(recorded_tasks).values(asset_id=asset_id, apikley_task_id=apikley_task_id, recorded_at=now))
     session.execute(delete(recorded_tasks).where(recorded_tasks.c.recorded_at < now - timedelta(days=days)))

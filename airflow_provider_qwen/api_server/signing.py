@@ -3,9 +3,9 @@ Checking that a callback comes from Apikley, and that it is not an old one sent 
 
 Apikley signs only the task id and the time, not the body:
 ``X-Webhook-Signature = base64(HMAC-SHA256(key, taskId + "." + X-Webhook-Timestamp))``.
-So a receiver checks the signature, refuses stale or repeated ones, and reads the task's state
-from the API rather than from the body. What the callback URL names (a connection, an asset) is
-signed by the deployment itself: see :func:`route_token`.
+So a receiver checks the signature, refuses stale ones and those of a delivery it took already,
+and reads the task's state from the API rather than from the body. What the callback URL names (a
+connection, an asset) is signed by the deployment itself: see :func:`route_token`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,23 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 #: Seconds a signed callback stays acceptable after its timestamp, and how far ahead a clock may be.
 DEFAULT_MAX_AGE_SECONDS = 300
 
 
 class CallbackRejected(Exception):
-    """The callback is refused; the reason is for the api-server's log, never for the caller."""
+    """
+    The callback is refused; the reason is for the api-server's log, never for the caller.
+
+    :param reason: why, for the log.
+    :param kind: the kind of refusal, a fixed word: the log has at most one line of each kind a minute.
+    """
+
+    def __init__(self, reason: str, kind: str = "refused") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def callback_signature(key: str, task_id: str, timestamp: str) -> str:
@@ -53,54 +63,76 @@ def check_route_token(keys: Sequence[str], conn_id: str, asset_uri: str, token: 
     if not token or not any(
         hmac.compare_digest(route_token(key, conn_id, asset_uri).encode(), token.encode()) for key in keys
     ):
-        raise CallbackRejected(f"callback URL names connection {conn_id!r} or an asset without a valid token")
+        raise CallbackRejected(
+            f"callback URL names connection {conn_id!r} or an asset without a valid token", "route token"
+        )
+
+
+@dataclass(frozen=True)
+class CheckedSignature:
+    """
+    A callback signature found right, fresh and not yet spent.
+
+    It is spent only in the transaction that takes the delivery, recording its event or finding the
+    task recorded already (see :func:`~airflow_provider_qwen.api_server.asset_events.record_finished_task`),
+    so a delivery that meets a fault or an unfinished task can be sent again.
+
+    :param value: the signature.
+    :param forget_before: when spending it, the spent signatures from before this time (Unix
+        seconds) can be forgotten: they are stale anyway.
+    """
+
+    value: str
+    forget_before: float
 
 
 class SignatureChecker:
     """
-    Accept each correctly signed, fresh callback once.
+    Accept each correctly signed, fresh callback until a delivery with it is taken.
 
-    Accepted signatures are remembered (by ``remember``; in the metadata database by default, so
-    every api-server process and restart shares the memory) until they are stale anyway, so a
-    replay within the window is refused too.
+    Spent signatures are remembered (in the metadata database by default, so every api-server
+    process and restart shares the memory) until they are stale anyway, so a replay of a taken
+    delivery is refused too.
 
     :param max_age: seconds a timestamp may lie in the past (or in the future, for clock skew).
-    :param remember: records an accepted signature; returns ``False`` when it was recorded before.
+    :param is_spent: whether a signature was spent by a delivery taken already.
     """
 
-    def __init__(self, max_age: float = DEFAULT_MAX_AGE_SECONDS, remember: Remember | None = None) -> None:
+    def __init__(self, max_age: float = DEFAULT_MAX_AGE_SECONDS, is_spent: IsSpent | None = None) -> None:
         self.max_age = max_age
-        self._remember = remember
+        self._is_spent = is_spent
 
-    def check(self, key: str, task_id: str, timestamp: str | None, signature: str | None) -> None:
+    def check(self, key: str, task_id: str, timestamp: str | None, signature: str | None) -> CheckedSignature:
         """
-        Check Apikley's signature on a callback, and remember it so a replay is refused.
+        Check Apikley's signature on a callback; return it, to be spent when the delivery is taken.
 
         :raises CallbackRejected: when a header is missing, the signature is wrong, the timestamp is
-            stale or the same signed callback was already accepted.
+            stale or a delivery with the same signature was already taken.
         """
         if not timestamp or not signature:
-            raise CallbackRejected("unsigned callback, but the connection has a webhook HMAC key")
+            raise CallbackRejected("unsigned callback, but the connection has a webhook HMAC key", "unsigned")
         expected = callback_signature(key, task_id, timestamp)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
-            raise CallbackRejected(f"bad signature for task {task_id}")
+            raise CallbackRejected(f"bad signature for task {task_id}", "signature")
         try:
             sent_at = int(timestamp)
         except ValueError:
-            raise CallbackRejected(f"timestamp {timestamp!r} is not Unix seconds") from None
+            raise CallbackRejected(f"timestamp {timestamp!r} is not Unix seconds", "timestamp") from None
         now = time.time()
         if abs(now - sent_at) > self.max_age:
-            raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago")
-        remember = self._remember or _remember_in_database
-        if not remember(expected, now - self.max_age):
-            raise CallbackRejected(f"replayed callback for task {task_id}")
+            raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago", "stale")
+        is_spent = self._is_spent or _spent_in_database
+        if is_spent(expected):
+            raise CallbackRejected(f"replayed callback for task {task_id}", "replayed")
+        # A timestamp up to max_age ahead of the clock stays fresh for 2 * max_age from now.
+        return CheckedSignature(expected, forget_before=now - 2 * self.max_age)
 
 
-#: Records an accepted signature and forgets those accepted before a cutoff; ``False`` for a replay.
-Remember = Callable[[str, float], bool]
+#: Whether a signature was spent by a delivery taken already.
+IsSpent = Callable[[str], bool]
 
 
-def _remember_in_database(signature: str, forget_before: float) -> bool:
-    from airflow_provider_qwen.api_server.deliveries import remember_signature
+def _spent_in_database(signature: str) -> bool:
+    from airflow_provider_qwen.api_server.deliveries import signature_spent
 
-    return remember_signature(signature, forget_before)
+    return signature_spent(signature)

@@ -3,21 +3,27 @@
 
 The target of the "Apikley task" extra link. The task is read with the connection's key inside the
 api-server, so only users allowed to read that connection may open it; the key never leaves. Only
-connections of type ``apikley`` are served (any other, or an unknown one, is a 404), and a failed
-read says which kind of failure it was, never what the host answered.
+connections of type ``apikley`` are served (any other, or an unknown one, is a 404). A task is
+unknown (404) only when Apikley's own envelope says so; every other failed read is one and the same
+502, whatever the host did (refused the connection, answered as another service, failed TLS, took
+too long), so whoever can edit a connection's host cannot use the page to probe what is there. The
+api-server's log says which kind of failure it was, never what the host answered.
 
-A browser (an ``Accept`` header that ranks HTML above JSON) gets a page: the source image beside
-the results, the state, the times, the credits and, for a failed task, Apikley's code and message.
-Everything on it comes from Apikley and is treated as untrusted: all text is escaped, only http(s)
-URLs become an image or a link, and the page has no script; its Content-Security-Policy allows
-images and its own inline style, nothing else. Any other client (``application/json``, ``*/*``, no
-``Accept``) gets the task as JSON. Errors are JSON ``{"detail": ...}`` for every client, as are the
-api-server's own answers to a missing login or permission, which come before this handler.
+A browser (an ``Accept`` header that ranks HTML above JSON) gets a page: links to the source image
+and the results, the state, the times, the credits and, for a failed task, Apikley's code and
+message. Everything on it comes from Apikley and is treated as untrusted: all text is escaped, only
+http(s) URLs become a link, and the page loads nothing: no image (an admin's browser would fetch it
+from any host the answer names, a tracking pixel or an internal address alike), no script; its
+Content-Security-Policy allows its own inline style, nothing else. A link is followed only when the
+user clicks it, without a referrer. Any other client (``application/json``, ``*/*``, no ``Accept``)
+gets the task as JSON. Errors are JSON ``{"detail": ...}`` for every client, as are the api-server's
+own answers to a missing login or permission, which come before this handler.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated
@@ -41,12 +47,13 @@ PAGE_RETRY_POLICY = RetryPolicy(attempts=2, initial_wait=0.5, max_wait=1.0)
 #: Seconds one read of the task may take.
 PAGE_TIMEOUT_SECONDS = 10.0
 
-#: What the HTML page may load: images from http(s) URLs and its own inline style; no script, no
-#: frames, no forms, not framed by another page.
+#: What the HTML page may load: its own inline style only; no image, no script, no frames, no
+#: forms, not framed by another page.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; img-src http: https:; style-src 'unsafe-inline'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+#: The one answer to a read that failed, whatever the host did.
+UNREACHABLE_DETAIL = "Apikley could not be asked about this task; the api-server's log says why"
 #: Headers of the HTML page. The answer depends on ``Accept``, so caches must key on it.
 HTML_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -60,6 +67,7 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 JSON_TYPES = ("application/json", "application/*", "*/*")
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @router.get(
@@ -90,7 +98,7 @@ async def read_task(connection_id: str, apikley_task_id: str) -> TaskRecord:
 
     :raises HTTPException: 400 for what is not a task id; 404 for a connection that is unknown, not
         of type ``apikley`` or unusable, and for a task Apikley does not know; 502 when Apikley could
-        not be asked, naming the kind of failure only.
+        not be asked, in words that are the same whatever the failure (:data:`UNREACHABLE_DETAIL`).
     """
     if not is_task_id(apikley_task_id):
         raise HTTPException(400, f"apikley_task_id: {TASK_ID_RULE}")
@@ -99,12 +107,19 @@ async def read_task(connection_id: str, apikley_task_id: str) -> TaskRecord:
         return await run_in_threadpool(hook.get_task, apikley_task_id, retry_policy=PAGE_RETRY_POLICY)
     except (AirflowNotFoundException, ApikleyConfigurationError):  # unknown, another type, or unusable
         raise HTTPException(404, f"No usable Apikley connection {connection_id!r}") from None
-    except ApikleyNotFoundError:
-        raise HTTPException(404, f"Apikley knows no task {apikley_task_id}") from None
     except ApikleyError as err:
-        # what the host answered is not repeated: only which kind of failure it was
+        if isinstance(err, ApikleyNotFoundError) and err.from_envelope:
+            raise HTTPException(404, f"Apikley knows no task {apikley_task_id}") from None
+        # the log names the kind of failure only: what the host answered is not repeated anywhere
         status = f", HTTP {err.http_status}" if err.http_status else ""
-        raise HTTPException(502, f"Apikley could not be asked ({type(err).__name__}{status})") from None
+        log.warning(
+            "The task page could not read Apikley task %s through connection %r (%s%s)",
+            apikley_task_id,
+            connection_id,
+            type(err).__name__,
+            status,
+        )
+        raise HTTPException(502, UNREACHABLE_DETAIL) from None
 
 
 def prefers_html(accept: str | None) -> bool:

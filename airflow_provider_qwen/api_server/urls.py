@@ -41,14 +41,22 @@ def callback_url(asset_uri: str | None = None, apikley_conn_id: str | None = Non
     :param apikley_conn_id: the connection the receiver checks signatures and re-reads the task with;
         by default ``apikley_default``.
     :raises ApikleyConfigurationError: when a connection or asset is named and the connection has no
-        ``route_keys``, or no ``webhook_secret`` to check Apikley's signature with.
+        ``route_keys``, or no ``webhook_secret`` to check Apikley's signature with, or the receiver
+        would refuse the connection (not shaped like a connection id, or not listed in
+        ``[apikley] callback_connections`` when that is set).
     """
     if asset_uri is None and apikley_conn_id is None:
         return _api_server_url("/callback")
+    from airflow_provider_qwen.api_server.refusals import connection_refusal
     from airflow_provider_qwen.api_server.signing import route_token
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
     conn_id = apikley_conn_id or ApikleyHook.default_conn_name
+    if refusal := connection_refusal(conn_id):
+        raise ApikleyConfigurationError(
+            f"callback_url(asset_uri={asset_uri!r}, apikley_conn_id={conn_id!r}): the receiver would refuse its "
+            f"callbacks: {refusal}"
+        )
     settings = ApikleyHook(conn_id).settings
     missing = [
         name

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import requests
+import yarl
 from urllib3.exceptions import ConnectTimeoutError
 
 from airflow.exceptions import AirflowProviderDeprecationWarning
@@ -37,7 +38,7 @@ from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, 
 from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
 from airflow_provider_qwen.hooks.envelope import check_answer_size, excerpt, parse_envelope
 from airflow_provider_qwen.hooks.retries import RetryPolicy, is_transient, was_not_taken
-from airflow_provider_qwen.hooks.sessions import shared_sessions
+from airflow_provider_qwen.hooks.sessions import proxy_options, shared_sessions
 from airflow_provider_qwen.hooks.uploads import (
     DEFAULT_UPLOAD_STEM,
     EXTENSIONS,
@@ -48,13 +49,15 @@ from airflow_provider_qwen.hooks.uploads import (
     upload_fields,
 )
 from airflow_provider_qwen.models import TaskRecord
+from airflow_provider_qwen.names import check_file_name
+from airflow_provider_qwen.redaction import without_credentials
 from airflow_provider_qwen.storage import (
     MAX_RESULT_BYTES,
     StoredFile,
     as_folder,
-    check_file_name,
     check_result_url,
     check_upload,
+    read_upload,
     write_atomically,
 )
 from airflow_provider_qwen.validation import check_task_id, is_task_id
@@ -69,7 +72,9 @@ DOWNLOAD_CHUNK_BYTES = 64 * 1024
 def _connection_error(err: requests.RequestException) -> ApikleyConnectionError:
     reason = getattr(err.args[0], "reason", None) if err.args else None
     not_sent = isinstance(err, requests.ConnectTimeout) or isinstance(reason, ConnectTimeoutError)
-    return ApikleyConnectionError(f"Could not reach Apikley: {type(err).__name__}: {err}", request_not_sent=not_sent)
+    return ApikleyConnectionError(
+        f"Could not reach Apikley: {type(err).__name__}: {without_credentials(str(err))}", request_not_sent=not_sent
+    )
 
 
 #: Whether a failed call may be repeated: :func:`is_transient` for reads, :func:`was_not_taken` for creates.
@@ -170,7 +175,7 @@ class ApikleyHook(HttpHook):
         session.auth = BearerAuth(settings.api_key)
         session.headers.update({**self.default_headers, **(headers or {})})
         session.proxies.update(settings.proxies)
-        session.verify = settings.verify
+        session.verify = settings.client_verify()
         session.stream = True  # answers are read in chunks, so an oversized one is refused early
         adapter = DeadlineAdapter()
         session.mount("http://", adapter)
@@ -280,8 +285,11 @@ class ApikleyHook(HttpHook):
         """
         Upload a local image (a path, or its bytes) and return the URL to pass as ``image_url``.
 
-        The file is checked first (JPEG, PNG or WebP, at most 10 MB): a bad one is refused before
-        any request. Uploaded files are temporary on Apikley's side (assume 24 hours).
+        The file is checked first (a regular file, not a device, FIFO or folder; JPEG, PNG or WebP;
+        at most 10 MB, and never read further than that): a bad one is refused before any request.
+        ``upload_path`` and the name are checked too, after NFKC normalisation (see
+        :mod:`~airflow_provider_qwen.names`), and sent normalised. Uploaded files are temporary on
+        Apikley's side (assume 24 hours).
 
         Apikley stores an upload under ``<upload_path>/<name>`` and a second upload of the same name
         replaces the first, so the first URL would then serve the second image. By default the name
@@ -303,11 +311,12 @@ class ApikleyHook(HttpHook):
         :raises ApikleyInputError: when the image, ``upload_path`` or ``file_name`` is not valid.
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         if isinstance(file, bytes):
             content, name = file, file_name or DEFAULT_UPLOAD_STEM
         else:
-            content, name = Path(file).read_bytes(), file_name or Path(file).name
+            name = file_name or check_file_name(Path(file).name, field="file_name (the file's name)")
+            content = read_upload(file)
         content_type = check_upload(content, name)
         if not overwrite:
             if not file_name and isinstance(file, bytes):
@@ -330,7 +339,7 @@ class ApikleyHook(HttpHook):
         :meth:`upload_file` (by default ``image-<16 hex digits>.<png|jpg|webp>``).
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         content_type = check_upload(content, file_name or DEFAULT_UPLOAD_STEM)
         if not overwrite:
             name = file_name or DEFAULT_UPLOAD_STEM + EXTENSIONS[content_type]
@@ -362,7 +371,7 @@ class ApikleyHook(HttpHook):
         :return: the uploaded file's ``downloadUrl``.
         """
         if file_name is not None:
-            check_file_name(file_name)
+            file_name = check_file_name(file_name)
         file_url = check_result_url(file_url)
         if not overwrite:
             name = file_name or name_in_url(file_url) or DEFAULT_UPLOAD_STEM
@@ -404,7 +413,7 @@ class ApikleyHook(HttpHook):
 
     @cached_property
     def _download_session(self) -> requests.Session:
-        return download_session(USER_AGENT, self.settings.proxies, self.settings.verify)
+        return download_session(USER_AGENT, self.settings.proxies, self.settings.client_verify())
 
     @cached_property
     def result_host_policy(self) -> ResultHostPolicy:
@@ -454,19 +463,21 @@ class ApikleyHook(HttpHook):
             credits = self.get_credits()
         except ApikleyError as err:
             return False, str(err)
-        return True, f"Connected to {self.base_url}: {credits:g} credits left"
+        return True, f"Connected to {without_credentials(self.base_url)}: {credits:g} credits left"
 
     # ---- async client (triggers) -------------------------------------------------------------
 
     async def _open_aio(self) -> aiohttp.ClientSession:
         conn = await get_async_connection(self.apikley_conn_id, self)
         settings = ApikleySettings.from_connection(conn, await get_async_extra_dejson(conn))
-        self._aio_base_url = settings.base_url
+        # The key alone authenticates, as in the blocking client (whose bearer auth overrides a
+        # user:password in the host); aiohttp would refuse a request that carries both.
+        self._aio_base_url = str(yarl.URL(settings.base_url, encoded=True).with_user(None))
         self._aio_options = {
             "headers": {**self.default_headers, "Authorization": f"Bearer {settings.api_key}"},
             "timeout": aiohttp.ClientTimeout(total=self._timeout_override or settings.timeout),
-            "proxy": settings.proxies.get(settings.base_url.split("://", 1)[0]),
-            "ssl": _ssl_option(settings.verify),
+            **proxy_options(settings.proxies.get(settings.base_url.split("://", 1)[0])),
+            "ssl": _ssl_option(settings.client_verify()),
             "allow_redirects": False,
         }
         if self._aio_session is None:  # queries started together all looked the connection up: borrow once
@@ -483,10 +494,12 @@ class ApikleyHook(HttpHook):
                     body += chunk
                     check_answer_size(len(body))
         except aiohttp.ClientConnectorError as err:
-            raise ApikleyConnectionError(f"Could not reach Apikley: {err}", request_not_sent=True) from None
+            message = f"Could not reach Apikley: {without_credentials(str(err))}"
+            raise ApikleyConnectionError(message, request_not_sent=True) from None
         except (TimeoutError, aiohttp.ClientError) as err:
             raise ApikleyConnectionError(
-                f"Connection to Apikley broke: {type(err).__name__}: {err}", request_not_sent=False
+                f"Connection to Apikley broke: {type(err).__name__}: {without_credentials(str(err))}",
+                request_not_sent=False,
             ) from None
         return self._read_answer(response.status, body, response.charset, response.headers.get("Retry-After"))
 
@@ -535,8 +548,10 @@ def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
 
 
 def _unknown_task(task_id: str, err: ApikleyNotFoundError) -> ApikleyNotFoundError:
-    return ApikleyNotFoundError(
+    unknown = ApikleyNotFoundError(
         f"Apikley does not know task {task_id}: it was never created with this connection's key, or it has expired",
         code=err.code,
         http_status=err.http_status,
     )
+    unknown.from_envelope = err.from_envelope
+    return unknown

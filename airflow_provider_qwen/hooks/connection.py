@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -28,6 +28,7 @@ from airflow_provider_qwen.connection_form import (
     EXTRA_FIELDS,
 )
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+from airflow_provider_qwen.redaction import shown_setting, shown_url, url_passwords, without_credentials
 from airflow_provider_qwen.validation import is_http_url
 
 if TYPE_CHECKING:
@@ -79,10 +80,13 @@ class BearerAuth(AuthBase):
         return "BearerAuth(api_key=***)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ApikleySettings:
     """
     What the provider takes from an ``apikley`` connection.
+
+    Every password in its URLs (host, ``upload_base_url``, ``proxies``) is registered with Airflow's
+    secrets masker, and its repr shows those URLs without their ``user:password``.
 
     :param conn_id: the connection's id.
     :param base_url: the API's base URL, from the host (default https://api.apikley.ru).
@@ -95,10 +99,13 @@ class ApikleySettings:
         asset (extra ``route_keys``: one key, or a list, newest first); Apikley never sees them. The
         first signs new URLs, every one is accepted, so a key is rotated by putting a new one first
         and dropping the old one once no task still holds a URL it signed. Never in the repr.
-    :param proxies: ``requests``-style proxies for the API (extra ``proxies``).
+    :param proxies: ``requests``-style proxies for the API (extra ``proxies``), a proxy's credentials
+        in its URL (``http://user:password@proxy:3128``); a proxy written without a scheme gets ``http://``.
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path (extra ``verify``).
     :param private_result_hosts: host names or IP networks on loopback or private ranges that result
         URLs may point to (extra ``private_result_hosts``); public hosts need no listing.
+    :param team: the team that owns the connection under ``[core] multi_team`` (Airflow 3.3+), whose
+        consumers a callback delivered through it may start.
     """
 
     conn_id: str
@@ -111,6 +118,27 @@ class ApikleySettings:
     proxies: dict[str, str] = field(default_factory=dict)
     verify: bool | str = True
     private_result_hosts: tuple[str, ...] = ()
+    team: str | None = None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return without_credentials(f"{type(self).__name__}({shown})")
+
+    def client_verify(self) -> bool | str:
+        """
+        Return :attr:`verify` for a client to call out with: a CA bundle path is checked to exist here.
+
+        Checked when a client is built, not when the connection is read (the api-server reads it and
+        never calls out): the TLS library would quote the path, which may be a key pasted there.
+
+        :raises ApikleyConfigurationError: naming the extra, not its text, when no such file or folder exists.
+        """
+        if isinstance(self.verify, str) and not os.path.exists(self.verify):
+            raise ApikleyConfigurationError(
+                f"Connection {self.conn_id!r} extra {shown_setting('verify', self.verify)}: "
+                "must be true, false or the path of a CA bundle on this machine, and no such file or folder exists"
+            )
+        return self.verify
 
     @classmethod
     def from_connection(cls, conn: Connection, extra: dict[str, Any] | None = None) -> ApikleySettings:
@@ -131,7 +159,7 @@ class ApikleySettings:
         if secret is not None:
             mask_secret(str(secret))
         base_url = base_url_from_connection(conn)
-        return cls(
+        settings = cls(
             conn_id=conn.conn_id,
             base_url=base_url,
             api_key=api_key_from_connection(conn),
@@ -142,7 +170,12 @@ class ApikleySettings:
             proxies=_proxies_from_extra(conn, extra),
             verify=_verify_from_extra(conn, extra),
             private_result_hosts=_hosts_from_extra(conn, extra),
+            team=getattr(conn, "team_name", None) or None,
         )
+        for url in (settings.base_url, settings.upload_base_url, *settings.proxies.values()):
+            for password in url_passwords(url):
+                mask_secret(password)
+        return settings
 
 
 def require_apikley_type(conn: Connection) -> None:
@@ -174,7 +207,7 @@ def base_url_from_connection(conn: Connection) -> str:
         host = f"{host}:{conn.port}"
     if not is_http_url(host):
         raise ApikleyConfigurationError(
-            f"Connection {conn.conn_id!r}: host {conn.host!r} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
+            f"Connection {conn.conn_id!r}: host {shown_url(host)} is not an http(s) base URL such as {DEFAULT_BASE_URL}"
         )
     return host.rstrip("/")
 
@@ -220,14 +253,19 @@ def timeout_from_extra(extra: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         seconds = 0.0
     if not seconds > 0 or seconds == float("inf"):
-        raise ApikleyConfigurationError(f"Connection extra timeout={value!r}: must be a number of seconds > 0")
+        raise ApikleyConfigurationError(
+            f"Connection extra {shown_setting('timeout', value)}: must be a number of seconds > 0"
+        )
     return seconds
 
 
 def _http_url_extra(conn: Connection, extra: dict[str, Any], name: str, default: str) -> str:
-    url = str(extra.get(name) or default).rstrip("/")
+    value = extra.get(name) or default
+    url = str(value).rstrip("/")
     if not is_http_url(url):
-        raise ApikleyConfigurationError(f"Connection {conn.conn_id!r} extra {name}={url!r}: must be an http(s) URL")
+        # a URL is quoted without its credentials; anything else may be a key pasted here
+        shown = f"{name}={shown_url(url)}" if "://" in url else shown_setting(name, value)
+        raise ApikleyConfigurationError(f"Connection {conn.conn_id!r} extra {shown}: must be an http(s) URL")
     return url
 
 
@@ -241,7 +279,8 @@ def _proxies_from_extra(conn: Connection, extra: dict[str, Any]) -> dict[str, st
             f"Connection {conn.conn_id!r} extra proxies: must map a scheme to a proxy URL, "
             'e.g. {"https": "http://proxy:3128"}'
         )
-    return dict(proxies)
+    # requests reads a proxy without a scheme as http://; aiohttp needs it written
+    return {scheme: url if "://" in url or not url else f"http://{url}" for scheme, url in proxies.items()}
 
 
 def _verify_from_extra(conn: Connection, extra: dict[str, Any]) -> bool | str:
@@ -252,7 +291,8 @@ def _verify_from_extra(conn: Connection, extra: dict[str, Any]) -> bool | str:
         return verify.lower() == "true"
     if not isinstance(verify, (bool, str)):
         raise ApikleyConfigurationError(
-            f"Connection {conn.conn_id!r} extra verify={verify!r}: must be true, false or a CA bundle path"
+            f"Connection {conn.conn_id!r} extra {shown_setting('verify', verify)}: "
+            "must be true, false or a CA bundle path"
         )
     return verify
 

@@ -26,6 +26,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from airflow_provider_qwen.exceptions import ApikleyConnectionError, ApikleyError, ApikleyURLRefusedError
 from airflow_provider_qwen.hooks.deadline import DeadlineAdapter
+from airflow_provider_qwen.redaction import shown_url
 from airflow_provider_qwen.validation import is_http_url
 
 #: Redirects followed from a result URL before giving up.
@@ -87,7 +88,7 @@ class ResultHostPolicy:
         :raises ApikleyURLRefusedError: naming the URL and the rule it breaks.
         """
         if not is_http_url(url):
-            raise ApikleyURLRefusedError(f"Result URL {url!r}: must be an http:// or https:// URL")
+            raise ApikleyURLRefusedError(f"Result URL {shown_url(url)}: must be an http:// or https:// URL")
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -95,11 +96,11 @@ class ResultHostPolicy:
         for address in addresses:
             if address.is_link_local or address.is_unspecified or address.is_multicast or address in METADATA_ADDRESSES:
                 raise ApikleyURLRefusedError(
-                    f"Result URL {url!r}: {host} is {address}, a link-local, metadata or unroutable address"
+                    f"Result URL {shown_url(url)}: {host} is {address}, a link-local, metadata or unroutable address"
                 )
             if _is_private(address) and not (address in self.api_addresses or self._listed(host, address)):
                 raise ApikleyURLRefusedError(
-                    f"Result URL {url!r}: {host} is {address}, a loopback or private address other than the "
+                    f"Result URL {shown_url(url)}: {host} is {address}, a loopback or private address other than the "
                     "API's own; list it in the connection's private_result_hosts extra to allow it"
                 )
         return addresses
@@ -208,4 +209,4 @@ def open_result(
             return
         response.close()
         url = urljoin(url, location)
-    raise ApikleyURLRefusedError(f"Result URL redirects more than {MAX_REDIRECTS} times; last hop {url!r}")
+    raise ApikleyURLRefusedError(f"Result URL redirects more than {MAX_REDIRECTS} times; last hop {shown_url(url)}")

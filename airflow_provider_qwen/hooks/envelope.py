@@ -20,6 +20,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyNotFoundError,
     error_class_for_code,
 )
+from airflow_provider_qwen.safe_text import escape_controls
 
 EXCERPT_CHARS = 200
 #: The longest ``msg`` of Apikley's quoted in an error.
@@ -65,7 +66,8 @@ def parse_envelope(http_status: int, body: bytes, charset: str | None = None, re
     :param retry_after: the ``Retry-After`` header, if any.
     :raises ApikleyError: the subclass that matches the body's code (or the HTTP status); an answer
         that is not the envelope (not JSON, not text in its charset, nested too deep) is an
-        :class:`ApikleyBadResponseError` unless its HTTP status says more.
+        :class:`ApikleyBadResponseError` unless its HTTP status says more. The envelope's ``msg`` is
+        quoted on one line, its control characters escaped, and the error's ``from_envelope`` is set.
     """
     text, payload = decode_json(body, charset)
     if not isinstance(payload, dict) or not isinstance(payload.get("code"), int):
@@ -81,7 +83,7 @@ def parse_envelope(http_status: int, body: bytes, charset: str | None = None, re
         )
 
     code = payload["code"]
-    message = excerpt(str(payload.get("msg") or payload.get("message") or ""), MESSAGE_CHARS)
+    message = escape_controls(excerpt(str(payload.get("msg") or payload.get("message") or ""), MESSAGE_CHARS))
     if code == 200 and http_status < 400:
         return payload.get("data")
 
@@ -89,12 +91,14 @@ def parse_envelope(http_status: int, body: bytes, charset: str | None = None, re
     error_class = error_class_for_code(effective_code)
     if effective_code == 422 and "recordinfo is null" in message.lower():
         error_class = ApikleyNotFoundError
-    raise error_class(
+    error = error_class(
         f"Apikley answered code {effective_code} (HTTP {http_status}): {message or 'no message'}",
         code=effective_code,
         http_status=http_status,
         retry_after=parse_retry_after(retry_after),
     )
+    error.from_envelope = True
+    raise error
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import yarl
 
 
 @dataclass
@@ -52,6 +54,19 @@ class SharedSessions:
         """How many hooks of the running loop hold the session for ``conn_id`` (0 when none is open)."""
         shared = self._shared.get((asyncio.get_running_loop(), conn_id))
         return shared.users if shared else 0
+
+
+def proxy_options(proxy: str | None) -> dict[str, Any]:
+    """
+    Return aiohttp's ``proxy`` and ``proxy_auth`` request arguments for a proxy URL (``None``: no proxy).
+
+    The credentials go apart, as ``proxy_auth``: aiohttp quotes the proxy URL it was given in its
+    errors (a ``407`` among them), so the URL it gets holds none.
+    """
+    if not proxy:
+        return {"proxy": None}
+    url = yarl.URL(proxy)
+    return {"proxy": url.with_user(None), "proxy_auth": aiohttp.BasicAuth.from_url(url)}
 
 
 #: The process's shared sessions; :class:`~airflow_provider_qwen.hooks.apikley.ApikleyHook` borrows from it.

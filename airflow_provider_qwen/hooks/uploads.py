@@ -13,7 +13,7 @@ import os
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
-from airflow_provider_qwen.storage import MAX_FILE_NAME_CHARS, check_file_name, check_upload_path
+from airflow_provider_qwen.names import MAX_FILE_NAME_BYTES, check_file_name, check_upload_path
 
 #: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
 UNIQUE_SUFFIX_CHARS = 16
@@ -33,12 +33,13 @@ def upload_fields(upload_path: str, file_name: str | None) -> dict[str, str]:
 
 
 def unique_name(name: str, suffix: str) -> str:
-    """Return ``name`` with ``-<suffix>`` before its extension, shortened to stay a valid file name."""
+    """Return ``name`` (a checked file name) with ``-<suffix>`` before its extension, shortened to stay a valid one."""
     stem, extension = os.path.splitext(name)
     if len(extension) > MAX_EXTENSION_CHARS:
         stem, extension = name, ""
-    room = MAX_FILE_NAME_CHARS - len(extension) - len(suffix) - 1
-    return check_file_name(f"{stem[:room]}-{suffix}{extension}")
+    room = MAX_FILE_NAME_BYTES - len(extension.encode()) - len(suffix) - 1
+    stem = stem.encode()[:room].decode(errors="ignore")  # whole characters only
+    return check_file_name(f"{stem}-{suffix}{extension}")
 
 
 def content_suffix(content: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from airflow_provider_qwen.resume import (
     request_fingerprint,
     saving_to,
     take_over,
+    try_deadline,
 )
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
@@ -59,6 +60,14 @@ if TYPE_CHECKING:
 
 #: Key under which the submitted task is remembered across tries (Airflow 3.3's task state store).
 RESUME_KEY = "apikley_task"
+
+#: The methods Airflow's task runner calls on a worker that resumes a deferred task, in place of
+#: ``execute``: ``resume_execution``, which calls ``execute_complete``. A subclass's override of
+#: either runs only where the task resumes on a worker. (``post_execute``, argument or override,
+#: is checked by :func:`~airflow_provider_qwen._compat.post_execute_hook`; ``pre_execute`` and
+#: ``on_execute_callback`` run before ``execute`` too, so a task ended in the triggerer has run
+#: them once, as a task that never deferred has.)
+RUN_AFTER_RESUMING = ("resume_execution", "execute_complete")
 
 
 class ApikleyCreateTaskOperator(BaseOperator):
@@ -114,12 +123,13 @@ class ApikleyCreateTaskOperator(BaseOperator):
         worker run and seconds per task; results are then copied to ``output_path`` from the
         triggerer. ``None`` (the default) does so only when a worker would add nothing: no
         ``outlets`` (Airflow records asset events only when a worker ends a task), no
-        ``on_success_callback`` or ``post_execute``, no ``multiple_outputs``, ``do_xcom_push`` left
-        on, ``output_path`` a URI string (not an ``ObjectStoragePath`` object, whose connection the
-        trigger could not carry), and no OpenLineage listener waiting for the task's facets.
-        ``True`` together with any of those arguments is refused when the DAG is parsed; with
-        OpenLineage enabled for the task, it resumes on a worker. Failures always resume on a
-        worker, which raises the error.
+        ``on_success_callback`` or ``post_execute``, no subclass overriding ``execute_complete``
+        or ``resume_execution`` (what a resumed worker runs), no ``multiple_outputs``,
+        ``do_xcom_push`` left on, ``output_path`` a URI string (not an ``ObjectStoragePath`` object,
+        whose connection the trigger could not carry), no extra link but the provider's own, and no
+        OpenLineage listener waiting for the task's facets. ``True`` together with any of those
+        arguments or overrides is refused when the DAG is parsed; with OpenLineage enabled for the
+        task, it resumes on a worker. Failures always resume on a worker, which raises the error.
     :param resubmit_failed_task: on a retry, when the task an earlier try submitted ended in
         ``fail``, submit a new one (the default); ``False`` fails the retry with the same error.
     :param on_orphaned_intent: what a retry does when an earlier try began ``createTask`` and saved
@@ -246,7 +256,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             wait = TaskWait(
                 apikley_task_id,
                 submitted_at=submitted_at,
-                deadline=self._deadline(context),
+                deadline=try_deadline(context, self.timeout, self.execution_timeout),
                 poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 expected_duration=self.expected_duration or 0.0,
@@ -271,6 +281,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         state_store = context.get("task_state_store")
         parsed = TaskEvent.from_payload(event)
         setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
+        if parsed.output_path and not isinstance(self.output_path, ObjectStoragePath):
+            self.output_path = parsed.output_path  # as execute had it when it deferred
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
@@ -343,6 +355,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 **self._how_to_end(context, replaced_apikley_task_id),
                 output_path=str(self.output_path) if self.output_path else None,
                 replaced_apikley_task_id=replaced_apikley_task_id,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
@@ -364,9 +377,13 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
         A task that ends in the triggerer is marked successful with its XCom value and extra link, and
         nothing else runs: no asset events for ``outlets`` (Airflow records them only from a worker),
-        no ``post_execute``, and the value is pushed as it is.
+        no ``post_execute``, no resume method, and the value is pushed as it is.
         """
-        reasons = []
+        reasons = [
+            f"{name}: overridden by {owner.__qualname__}, and a worker runs it when the task resumes"
+            for name in RUN_AFTER_RESUMING
+            if (owner := _user_override(type(self), name)) is not None
+        ]
         if self.outlets:
             reasons.append(f"outlets={self.outlets!r}: Airflow records asset events only when a worker ends a task")
         if self.on_success_callback:
@@ -380,7 +397,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         if isinstance(self.output_path, ObjectStoragePath):
             # an ObjectStoragePath may carry a connection or options that the trigger's URI string would lose
             reasons.append(f"output_path={self.output_path!r}: an ObjectStoragePath is written from a worker")
-        if any(not isinstance(link, ApikleyTaskLink) for link in self.operator_extra_links):
+        if any(type(link) is not ApikleyTaskLink for link in self.operator_extra_links):
             reasons.append("operator_extra_links: links other than ApikleyTaskLink are computed on a worker")
         return reasons
 
@@ -411,14 +428,6 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return None
         return record, takeover.submitted_at or time.time()
 
-    def _deadline(self, context: Context) -> float:
-        """Epoch seconds when waiting ends: ``timeout`` from now, or sooner by ``execution_timeout``."""
-        deadline = time.time() + self.timeout
-        started = getattr(context["ti"], "start_date", None)
-        if self.execution_timeout and isinstance(started, datetime):
-            deadline = min(deadline, (started + self.execution_timeout).timestamp())
-        return deadline
-
     def _copy_results(self, summary: dict[str, Any], state_store: compat.TaskStateStore | None) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:
             return summary
@@ -426,6 +435,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return with_stored_results(self.hook, summary, self.output_path)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
+
+
+def _user_override(cls: type, name: str) -> type | None:
+    """
+    Return the class that defines method ``name`` for ``cls``, when it is not the provider's or Airflow's.
+
+    The provider's own subclasses (:class:`~airflow_provider_qwen.operators.qwen.QwenImageToImageOperator`)
+    and the classes :class:`ApikleyCreateTaskOperator` inherits from (``BaseOperator``) are not overrides.
+    """
+    owner = next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+    if owner is None or issubclass(ApikleyCreateTaskOperator, owner):
+        return None
+    return None if owner.__module__.partition(".")[0] == __name__.partition(".")[0] else owner
 
 
 def _after_paying(

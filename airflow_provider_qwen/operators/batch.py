@@ -2,39 +2,74 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath
 
-from airflow_provider_qwen.batch_manifest import PAGE_ITEMS, BatchFolder, read_records, write_records
+from airflow_provider_qwen.batch_ledger import (
+    LEDGER_PAGE,
+    BatchLedger,
+    Ledger,
+    LedgerEntry,
+    PageLedger,
+    RetryPlan,
+    ended_outcomes,
+    items_named,
+    plan_retry,
+)
+from airflow_provider_qwen.batch_manifest import SCHEMA_VERSION, BatchFolder, write_records
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
 from airflow_provider_qwen.results import store_results
-from airflow_provider_qwen.resume import may_have_run_before
+from airflow_provider_qwen.resume import (
+    OrphanedIntentPolicy,
+    check_orphaned_intent_policy,
+    may_have_run_before,
+    orphaned_intents,
+    request_fingerprint,
+    surely_not_created,
+    try_deadline,
+)
 from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
-from airflow_provider_qwen.validation import check_callback_url
+from airflow_provider_qwen.validation import check_callback_url, is_task_id
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_qwen._compat import TaskStateStore
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
-#: Submitted tasks are remembered in pages of this many, each under ``apikley_batch/<page>``.
-LEDGER_PAGE = 100
+__all__ = [
+    "INLINE_RESULTS_LIMIT",
+    "LEDGER_PAGE",
+    "BatchLedger",
+    "CreateRateLimiter",
+    "QwenImageToImageBatchOperator",
+    "Tally",
+]
+
+#: The state of an item whose outcome could not be read when the batch finished.
+MISSING = "missing"
+#: Every state an item can end in, as a large batch's summary counts them.
+OUTCOMES = (*(status.value for status in EventStatus), MISSING)
 #: Batches of up to this many items return the per-item list in XCom and carry it in their trigger;
 #: larger ones keep their items in a manifest under ``output_path`` and return a summary.
 INLINE_RESULTS_LIMIT = 1000
+#: Characters of a dag, run or task id kept readable in the name of a large batch's folder.
+FOLDER_READABLE_CHARS = 100
+#: Hex digits of the SHA-256 of a run id (or a dag or task id that had to be cleaned) in its folder's name.
+FOLDER_HASH_CHARS = 16
 
 
 class CreateRateLimiter:
@@ -66,11 +101,12 @@ class CreateRateLimiter:
         self._recent: deque[float] = deque(maxlen=creates)
         self._not_before = 0.0
 
-    def wait(self) -> None:
-        """Wait until one more creation fits in the window."""
+    def wait(self, count: int = 1) -> None:
+        """Wait until ``count`` more creations (at most ``creates``) fit in the window."""
+        leaving = len(self._recent) + min(max(count, 1), self.creates) - self.creates  # must leave the window first
         opens = self._not_before
-        if len(self._recent) == self.creates:
-            opens = max(opens, self._recent[0] + self.window)
+        if leaving > 0:
+            opens = max(opens, self._recent[leaving - 1] + self.window)
         now = self._clock()
         if opens > now:
             self._sleep(opens - now)
@@ -84,59 +120,40 @@ class CreateRateLimiter:
         self._not_before = self._clock() + seconds
 
 
-class BatchLedger:
-    """
-    The Apikley task of each item submitted so far, kept in the task state store across tries.
-
-    Without a task state store (Airflow before 3.3) it remembers nothing, and a retry submits every item anew.
-    """
-
-    def __init__(self, state_store: TaskStateStore | None) -> None:
-        self.state_store = state_store
-
-    def load(self) -> dict[int, tuple[str, float]]:
-        """Every item an earlier try submitted: index -> (Apikley task id, submitted at)."""
-        submitted: dict[int, tuple[str, float]] = {}
-        page = 0
-        while self.state_store is not None and (entries := self.state_store.get(f"apikley_batch/{page}")):
-            submitted.update({int(index): (task_id, float(at)) for index, (task_id, at) in entries.items()})
-            page += 1
-        return submitted
-
-    def record(self, index: int, submitted: dict[int, tuple[str, float]]) -> None:
-        """Save the page holding ``index`` (items never move between pages, so a page is written whole)."""
-        if self.state_store is None:
-            return
-        page = index // LEDGER_PAGE
-        entries = {
-            str(item): list(submitted[item])
-            for item in range(page * LEDGER_PAGE, (page + 1) * LEDGER_PAGE)
-            if item in submitted
-        }
-        self.state_store.set(f"apikley_batch/{page}", entries)
-
-
 class QwenImageToImageBatchOperator(BaseOperator):
     """
     Edit a whole catalog of images with Qwen's image-to-image model in one task.
 
     Every input is validated before anything is sent. The edits are then submitted at the account's
     create rate (``creates_per_window`` in any ``window_seconds``: a 429 slows the submission down
-    and never drops an item), and each task id is saved in the task state store as soon as it
-    exists, so a retry resumes the batch without paying twice for any item (Airflow 3.3+). One
-    trigger then waits for all of them, asking about each about once, when its answer is due. The
-    results are copied to ``output_path`` when given.
+    and never drops an item). Each create is recorded as an intent before it is sent and its task
+    id as soon as it exists, a burst of creates at a time (see :mod:`~airflow_provider_qwen.batch_ledger`),
+    so a retry pays once for each item. One trigger then waits for all of them, asking about each
+    about once, when its answer is due. The results are copied to ``output_path`` when given.
+
+    A retry (or a clear) resumes an item's task from an earlier try only when the item's request is
+    the same (model, input and ``callback_url``) and the task did not end ``failed``, ``timeout`` or
+    ``error``; every other item is submitted anew, at the same create rate, and its result names the
+    task it replaced. Each try waits ``timeout`` from its own start. The earlier tries are remembered
+    in the task state store (Airflow 3.3+); without one (3.1, 3.2) a batch of more than
+    :data:`INLINE_RESULTS_LIMIT` items remembers them in its ``submitted`` pages under
+    ``output_path``, and a smaller batch remembers nothing: its retry submits and pays for every item
+    again. A create that an earlier try began and saved no task id for (the worker died while it was
+    sent) may have been paid for: ``on_orphaned_intent`` says what the retry does.
 
     Up to :data:`INLINE_RESULTS_LIMIT` items, it returns one dict per input, in input order:
     ``index``, ``apikley_task_id``, ``state`` (``success``, ``failed``, ``timeout`` or ``error``),
     ``result_urls``, ``credits_consumed``, and ``fail_code`` / ``fail_message`` / ``message`` when
-    they apply, ``stored`` with ``output_path``. A larger batch needs ``output_path``: its items are
-    kept there as JSON Lines (see :mod:`~airflow_provider_qwen.batch_manifest`), never in the
-    trigger's arguments, its event or XCom, and it returns a summary: ``items``, ``states`` (count
-    by state), ``credits_consumed`` and ``manifest``, the URI of one record per input (the dict
-    above with its ``input``), which :func:`~airflow_provider_qwen.batch_manifest.read_batch_manifest`
-    streams. A failed item does not stop the others; the task fails when more than
-    ``max_failed_fraction`` of the items did not succeed, naming the first ten.
+    they apply, ``replaced_apikley_task_id`` when a retry submitted the item anew, ``stored`` with
+    ``output_path``. A larger batch needs ``output_path``: its items are kept there as JSON Lines (see
+    :mod:`~airflow_provider_qwen.batch_manifest`), never in the trigger's arguments, its event or
+    XCom, and it returns a summary: ``schema_version``, ``items``, ``states`` (the count of each
+    state, ``missing`` included, adding up to ``items``), ``credits_consumed`` and ``manifest``, the
+    URI of one record per input (the dict above with its ``input`` and ``schema_version``), which
+    :func:`~airflow_provider_qwen.batch_manifest.read_batch_manifest` streams. An item whose outcome
+    could not be read back is ``missing``, and fails the task naming it (a retry waits for it again).
+    A failed item does not stop the others; the task fails when more than ``max_failed_fraction`` of
+    the items did not succeed, naming the first ten.
 
     Mapped single edits (``QwenImageToImageOperator.partial(...).expand(...)``) stay the way to go for
     per-item retries and a task instance per edit in the UI; this operator is for catalogs of
@@ -148,14 +165,17 @@ class QwenImageToImageBatchOperator(BaseOperator):
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param creates_per_window: tasks the account may create per ``window_seconds`` (Apikley: 20 per 10 s).
     :param window_seconds: the length of the account's create-rate window.
-    :param timeout: seconds to wait for the whole batch, from the first submit; tasks still running
-        then count as ``timeout``.
+    :param timeout: seconds to wait for the whole batch, from this try's start, or less when
+        ``execution_timeout`` ends sooner; tasks still running then count as ``timeout``.
     :param expected_duration: seconds an edit is expected to take; by default learned by the triggerer.
     :param poll_interval: a fixed interval between queries of one task instead of Apikley's advised cadence.
     :param output_path: a folder (``ObjectStoragePath`` or URI) to copy each result into, as
         ``<apikley_task_id>-<n>.<ext>``.
     :param max_failed_fraction: the share of items (0 to 1) that may fail without failing the task.
     :param max_consecutive_poll_errors: failed status queries in a row that end one item's wait.
+    :param on_orphaned_intent: what a retry does with an item whose create an earlier try began and
+        saved no task id for: ``resubmit`` (the default) submits it again with a warning naming the
+        items and the possible second charge; ``fail`` fails before creating anything.
     """
 
     template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path")
@@ -175,6 +195,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         output_path: str | ObjectStoragePath | None = None,
         max_failed_fraction: float = 0.0,
         max_consecutive_poll_errors: int = 10,
+        on_orphaned_intent: OrphanedIntentPolicy = "resubmit",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,6 +210,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         self.output_path = output_path
         self.max_failed_fraction = max_failed_fraction
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.on_orphaned_intent = on_orphaned_intent
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -220,30 +242,26 @@ class QwenImageToImageBatchOperator(BaseOperator):
         return built
 
     def execute(self, context: Context) -> None:
-        """Validate every item, submit those no earlier try submitted, then wait for all in one trigger."""
+        """Validate every item, resume what earlier tries left running, submit the rest, then wait in one trigger."""
         requests = self.build_inputs()
         check_callback_url(self.callback_url)
+        policy = check_orphaned_intent_policy(self.on_orphaned_intent)
+        deadline = try_deadline(context, self.timeout, self.execution_timeout)
         folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
-        ledger = BatchLedger(context.get("task_state_store"))
-        submitted = ledger.load() if may_have_run_before(context) else {}
-        if self.output_path and len(submitted) < len(requests):
+        generation = _generation(context)
+        store = context.get("task_state_store")
+        ledger: Ledger = PageLedger(folder, generation) if folder and store is None else BatchLedger(store, generation)
+        fingerprints = [request_fingerprint(QWEN_IMAGE_TO_IMAGE, request, self.callback_url) for request in requests]
+        plan = self._plan(context, ledger, folder, fingerprints, policy)
+        if self.output_path and plan.submit:
             check_writable(self.output_path)
-        if submitted:
-            self.log.info("Resuming %d Apikley tasks an earlier try submitted", len(submitted))
-        limiter = CreateRateLimiter(self.creates_per_window, self.window_seconds)
-        for index, request in enumerate(requests):
-            if index not in submitted:
-                submitted[index] = (self._submit(request, limiter), time.time())
-                ledger.record(index, submitted)
-                if len(submitted) % 50 == 0 or len(submitted) == len(requests):
-                    self.log.info("Submitted %d of %d edits", len(submitted), len(requests))
-            if folder and (index % PAGE_ITEMS == PAGE_ITEMS - 1 or index == len(requests) - 1):
-                _write_submitted_page(folder, index // PAGE_ITEMS, submitted)
-        deadline = min(at for _, at in submitted.values()) + self.timeout
-        if folder:
+        entries = plan.entries
+        self._submit_all(plan, requests, fingerprints, entries, ledger)
+        if folder:  # every page again, with this try's generation: the trigger waits for these, and no earlier ones
+            PageLedger(folder, generation).save(range(len(requests)), entries)
             tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": len(requests)}
         else:
-            tasks = {"tasks": [list(submitted[index]) for index in range(len(requests))]}
+            tasks = {"tasks": [_trigger_task(entries[index]) for index in range(len(requests))]}
         self.defer(
             trigger=ApikleyBatchTrigger(
                 **tasks,
@@ -253,6 +271,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 expected_duration=self.expected_duration,
                 poll_interval=self.poll_interval,
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+                generation=generation if folder else None,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,
@@ -268,16 +288,99 @@ class QwenImageToImageBatchOperator(BaseOperator):
             raise ApikleyError(f"Expected the event of an Apikley batch trigger, got {str(event)[:200]!r}")
         if len(event["tasks"]) != len(self.inputs):
             raise ApikleyError(f"The batch trigger reported {len(event['tasks'])} tasks for {len(self.inputs)} inputs")
-        outcomes = [TaskEvent.from_payload(payload) for payload in event["tasks"]]
-        results = [self._result(index, outcome) for index, outcome in enumerate(outcomes)]
+        outcomes = [(TaskEvent.from_payload(payload), _replaced(payload)) for payload in event["tasks"]]
+        ended = {index: (outcome.apikley_task_id, outcome.status.value) for index, (outcome, _) in enumerate(outcomes)}
+        BatchLedger(context.get("task_state_store"), _generation(context)).settle(len(outcomes), ended)
+        results = [self._result(index, outcome, replaced) for index, (outcome, replaced) in enumerate(outcomes)]
         tally = Tally()
         for result in results:
             tally.add(result)
         self._check_failures(tally)
         return results
 
+    def _plan(
+        self,
+        context: Context,
+        ledger: Ledger,
+        folder: BatchFolder | None,
+        fingerprints: list[str],
+        policy: OrphanedIntentPolicy,
+    ) -> RetryPlan:
+        """Decide what this try takes over from earlier ones (a first try, nothing), and say so."""
+        if not may_have_run_before(context):
+            return plan_retry({}, fingerprints)
+        earlier = ledger.load(len(fingerprints))
+        outcomes = ended_outcomes(folder, len(fingerprints), self.log) if folder and earlier else None
+        plan = plan_retry(earlier, fingerprints, outcomes)
+        if plan.orphaned:
+            orphaned_intents(policy, items_named(plan.orphaned), self.log)
+        if plan.resumed:
+            self.log.info("Resuming %d Apikley tasks an earlier try submitted", len(plan.resumed))
+        if plan.changed:
+            self.log.info(
+                "Submitting anew %d items whose request changed since an earlier try: %s",
+                len(plan.changed),
+                items_named(plan.changed),
+            )
+        if plan.ended_badly:
+            self.log.info(
+                "Submitting anew %d items whose earlier task failed, timed out or errored: %s",
+                len(plan.ended_badly),
+                items_named(plan.ended_badly),
+            )
+        return plan
+
+    def _submit_all(
+        self,
+        plan: RetryPlan,
+        requests: list[dict[str, Any]],
+        fingerprints: list[str],
+        entries: dict[int, LedgerEntry],
+        ledger: Ledger,
+    ) -> None:
+        """
+        Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
+
+        Each burst costs two writes of the ledger: the intents before its first create, the task ids
+        after its last (or after the create that raised, whose intent stays unless Apikley surely
+        created nothing).
+        """
+        limiter = CreateRateLimiter(self.creates_per_window, self.window_seconds)
+        pending = plan.submit
+        for start in range(0, len(pending), self.creates_per_window):
+            burst = pending[start : start + self.creates_per_window]
+            limiter.wait(len(burst))
+            before = {index: entries.get(index) for index in burst}
+            intended_at = time.time()
+            for index in burst:
+                entries[index] = LedgerEntry(None, intended_at, fingerprints[index], plan.replaced.get(index))
+            ledger.save(burst, entries)
+            created = 0
+            try:
+                for index in burst:
+                    task_id = self._submit(requests[index], limiter)
+                    entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=time.time())
+                    created += 1
+            except BaseException as err:
+                for index in burst[created + (0 if surely_not_created(err) else 1) :]:
+                    if (earlier := before[index]) is None:
+                        entries.pop(index)
+                    else:
+                        entries[index] = earlier
+                raise
+            finally:
+                ledger.save(burst, entries)
+            done = start + len(burst)
+            if done // 50 > start // 50 or done == len(pending):
+                self.log.info("Submitted %d of %d edits", done, len(pending))
+
     def _batch_folder(self, context: Context) -> BatchFolder:
-        """Where a large batch keeps its items: under ``output_path``, a folder per task instance."""
+        """
+        Where a large batch keeps its items: a folder per task instance under ``output_path``.
+
+        ``_apikley_batch/<dag_id>/<run_id>-<hash>/<task_id>``, then ``<map_index>`` for a mapped
+        task, each name as :func:`_folder_name` writes it, so two task instances never share a folder.
+        """
         if not self.output_path:
             raise ApikleyInputError(
                 f"inputs has {len(self.inputs)} items: a batch of more than {INLINE_RESULTS_LIMIT} keeps its "
@@ -286,30 +389,51 @@ class QwenImageToImageBatchOperator(BaseOperator):
             )
         ti = context["ti"]
         mapped = ti.map_index is not None and ti.map_index >= 0
-        names = [ti.dag_id, ti.run_id, ti.task_id] + ([str(ti.map_index)] if mapped else [])
-        return BatchFolder(as_folder(self.output_path).joinpath("_apikley_batch", *map(_safe_name, names)))
+        names = [_folder_name(ti.dag_id), _folder_name(ti.run_id, always_hashed=True), _folder_name(ti.task_id)]
+        return BatchFolder(
+            as_folder(self.output_path).joinpath("_apikley_batch", *names, *([str(ti.map_index)] if mapped else []))
+        )
 
     def _complete_from_folder(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Stream a large batch's ended pages into its manifest, copying results; return the summary."""
         folder = self._batch_folder(context)
-        if event.get("folder") != folder.uri or event.get("count") != len(self.inputs):
-            raise ApikleyError(f"The batch trigger's event is not this batch's: {str(event)[:200]!r}")
+        count = len(self.inputs)
+        generation = _generation(context)
+        if event.get("folder") != folder.uri or event.get("count") != count or event.get("generation") != generation:
+            raise ApikleyError(f"The batch trigger's event is not this try's batch: {str(event)[:200]!r}")
         tally = Tally()
 
         def records() -> Iterator[dict[str, Any]]:
-            for page in folder.pages(len(self.inputs)):
-                for payload in read_records(folder.ended(page)):
-                    index = payload.pop("index")
-                    result = self._result(index, TaskEvent.from_payload(payload))
+            for page in folder.pages(count):
+                ended = folder.read_ended(page, count, generation, self.log)
+                if ended is None:
+                    self.log.warning("No outcome of items %s in %s", items_named(folder.items(page, count)), folder)
+                    outcomes: Iterator[dict[str, Any]] = (
+                        {"index": index, "state": MISSING, "message": f"No outcome in {folder.ended(page)}"}
+                        for index in folder.items(page, count)
+                    )
+                else:
+                    outcomes = (
+                        self._result(payload["index"], TaskEvent.from_payload(payload), _replaced(payload))
+                        for payload in sorted(ended, key=lambda payload: payload["index"])
+                    )
+                for result in outcomes:
                     tally.add(result)
-                    yield {**result, "input": self.inputs[index]}
+                    yield {"schema_version": SCHEMA_VERSION, **result, "input": self.inputs[result["index"]]}
 
         write_records(folder.manifest, records())
-        self.log.info("Wrote the manifest of %d items to %s", len(self.inputs), folder.manifest)
-        self._check_failures(tally, f"; every item is in {folder.manifest}")
+        self.log.info("Wrote the manifest of %d items to %s", count, folder.manifest)
+        where = f"; every item is in {folder.manifest}"
+        if tally.missing:
+            raise ApikleyError(
+                f"{len(tally.missing)} of {count} items have no outcome: {items_named(tally.missing)}{where}. "
+                "A retry waits for them again, without paying for them again"
+            )
+        self._check_failures(tally, where)
         return {
+            "schema_version": SCHEMA_VERSION,
             "items": tally.items,
-            "states": dict(tally.states),
+            "states": {state: tally.states[state] for state in OUTCOMES},
             "credits_consumed": tally.credits,
             "manifest": str(folder.manifest),
         }
@@ -338,11 +462,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
             limiter.created()
             return task_id
 
-    def _result(self, index: int, outcome: TaskEvent) -> dict[str, Any]:
+    def _result(self, index: int, outcome: TaskEvent, replaced: str | None) -> dict[str, Any]:
         result: dict[str, Any] = {"index": index, **outcome.to_payload(), "state": outcome.status.value}
         result.pop("status")
         result.setdefault("result_urls", [])
         result.setdefault("credits_consumed", None)
+        if replaced:
+            result["replaced_apikley_task_id"] = replaced
         if self.output_path and outcome.status is EventStatus.SUCCESS:
             extension = result_extension(self.inputs[index])
             try:
@@ -363,31 +489,55 @@ class Tally:
         self.states: Counter[str] = Counter()
         self.credits = 0.0
         self.first_failures: list[str] = []
+        self.missing: list[int] = []
 
     def add(self, result: dict[str, Any]) -> None:
         """Count one item's result."""
         self.items += 1
         self.states[result["state"]] += 1
         self.credits += result.get("credits_consumed") or 0.0
-        if result["state"] != EventStatus.SUCCESS.value and len(self.first_failures) < 10:
+        if result["state"] == MISSING:
+            self.missing.append(result["index"])
+        elif result["state"] != EventStatus.SUCCESS.value and len(self.first_failures) < 10:
             self.first_failures.append(_failure_line(result))
 
 
-def _write_submitted_page(folder: BatchFolder, page: int, submitted: dict[int, tuple[str, float]]) -> None:
-    items = range(page * PAGE_ITEMS, (page + 1) * PAGE_ITEMS)
-    write_records(
-        folder.submitted(page),
-        (
-            {"index": index, "apikley_task_id": submitted[index][0], "submitted_at": submitted[index][1]}
-            for index in items
-            if index in submitted
-        ),
-    )
+def _generation(context: Context) -> int:
+    """Return the generation of what this try writes: its try number (1 for a context that has none)."""
+    try_number = getattr(context["ti"], "try_number", None)
+    return try_number if type(try_number) is int else 1
 
 
-def _safe_name(name: object) -> str:
-    """``name`` as one folder name: run ids hold ``:`` and ``+``, and none may climb out with ``..``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(name)).lstrip(".") or "_"
+def _trigger_task(entry: LedgerEntry) -> list[str | float]:
+    """Return an item as the trigger's ``tasks`` carry it."""
+    task: list[str | float] = [str(entry.apikley_task_id), entry.submitted_at]
+    return [*task, entry.replaced_apikley_task_id] if entry.replaced_apikley_task_id else task
+
+
+def _replaced(payload: dict[str, Any]) -> str | None:
+    """Return the task an item's outcome says it replaced."""
+    replaced = payload.get("replaced_apikley_task_id")
+    if replaced is not None and not is_task_id(replaced):
+        raise ApikleyError(f"replaced_apikley_task_id={replaced!r} in the batch trigger's event is not a task id")
+    return replaced
+
+
+def _folder_name(name: object, *, always_hashed: bool = False) -> str:
+    """
+    ``name`` as one folder name, readable and never another name's.
+
+    Every character but letters, digits, ``.``, ``_`` and ``-`` becomes ``_`` and leading dots go
+    (run ids hold ``:`` and ``+``, and none may climb out with ``..``), at most
+    :data:`FOLDER_READABLE_CHARS` kept. That loses what told names apart (Airflow accepts both
+    ``manual__2026-01-01T00:00:00+00:00`` and ``manual__2026-01-01T00_00_00_00_00``), so a name
+    cleaning changed, and every run id (which whoever triggers a run chooses), gets ``-`` and
+    :data:`FOLDER_HASH_CHARS` hex digits of the SHA-256 of the name as it was.
+    """
+    raw = str(name)
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", raw).lstrip(".")[:FOLDER_READABLE_CHARS] or "_"
+    if readable == raw and not always_hashed:
+        return readable
+    return f"{readable}-{hashlib.sha256(raw.encode()).hexdigest()[:FOLDER_HASH_CHARS]}"
 
 
 def _failure_line(result: dict[str, Any]) -> str:

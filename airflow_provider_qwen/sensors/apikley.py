@@ -143,6 +143,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         done = self.poke(context)
         if isinstance(done, PokeReturnValue):
             return done.xcom_value
+        output_path = str(self.output_path) if self.output_path else None
         self.defer(
             trigger=ApikleyTaskTrigger(
                 apikley_task_id=self.apikley_task_id,
@@ -154,10 +155,14 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 submitted_at=time.time(),
                 expected_duration=self.poke_interval,
                 with_input=True,
+                # what execute worked out comes back in the event: a fresh instance resumes, and
+                # ``airflow dags test`` resumes it with the event alone
+                output_path=output_path,
+                deferred_at=time.time(),
             ),
             method_name="execute_complete",
-            # what execute worked out travels with the deferral: a fresh instance resumes
-            kwargs={"output_path": str(self.output_path) if self.output_path else None},
+            # the same for events of a trigger an older provider started, which do not carry it
+            kwargs={"output_path": output_path},
             timeout=timedelta(seconds=self.timeout) + TRIGGER_GRACE,
         )
 
@@ -168,13 +173,13 @@ class ApikleyTaskSensor(BaseSensorOperator):
         Turn the trigger's event into the result, or the failure it reports.
 
         :param output_path: where :meth:`execute` found the results are to be copied (its own
-            argument, or the one the operator's dict handed on), carried across the deferral.
+            argument, or the one the operator's dict handed on), for an event that does not carry it.
         """
-        if output_path and not isinstance(self.output_path, ObjectStoragePath):
-            self.output_path = output_path
         try:
             parsed = TaskEvent.from_payload(event)
             setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
+            if (carried := parsed.output_path or output_path) and not isinstance(self.output_path, ObjectStoragePath):
+                self.output_path = carried
             return self._stored(parsed.summary())
         except ApikleyTaskTimeoutError as err:
             raise AirflowSensorTimeout(str(err)) from err

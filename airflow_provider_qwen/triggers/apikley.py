@@ -9,20 +9,25 @@ itself ended here with its results stored and its XCom pushed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import AirflowConfigException, conf
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen import waits
 from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line
+from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import ApikleyTaskLink
+from airflow_provider_qwen.redaction import shown_setting, without_credentials
 from airflow_provider_qwen.results import with_stored_results
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
@@ -33,19 +38,51 @@ if TYPE_CHECKING:
 #: Extra time a deferred task gives the trigger beyond its own deadline before Airflow gives up on it.
 TRIGGER_GRACE = timedelta(minutes=5)
 
-#: Seconds after the deferral before an event that resumes a worker is sent. Airflow 3.1-3.3 fail a
-#: task whose trigger fires before the scheduler has read the executor's report on the run that
-#: deferred (the report lands on the resumed, queued run: apache/airflow#66374, #72716); on a busy
-#: scheduler that report comes seconds late. Tasks the trigger ends itself do not race.
+#: Seconds after the deferral before an event that resumes a worker is sent, unless
+#: ``[apikley] resume_settle_seconds`` says otherwise. Airflow 3.1-3.3 fail a task whose trigger
+#: fires before the scheduler has read the executor's report on the run that deferred (the report
+#: lands on the resumed, queued run: apache/airflow#66374, #72716); on a busy scheduler that report
+#: comes seconds late. Tasks the trigger ends itself do not race.
 RESUME_SETTLE_SECONDS = 10.0
+
+#: The ``[apikley]`` option that sets how long after its deferral a task may be resumed.
+RESUME_SETTLE_OPTION = "resume_settle_seconds"
+
+
+def resume_settle_seconds() -> float:
+    """
+    Return ``[apikley] resume_settle_seconds``: :data:`RESUME_SETTLE_SECONDS` unless configured.
+
+    :raises ApikleyConfigurationError: naming the option (and its value, when a number), when it is not a
+        number of seconds, 0 or more.
+    """
+    try:
+        seconds = conf.getfloat("apikley", RESUME_SETTLE_OPTION, fallback=RESUME_SETTLE_SECONDS)
+    except (AirflowConfigException, ValueError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raw = conf.get("apikley", RESUME_SETTLE_OPTION, fallback=None)
+        raise ApikleyConfigurationError(
+            f"[apikley] {shown_setting(RESUME_SETTLE_OPTION, raw)}: must be a number of seconds, 0 or more "
+            f"(default {RESUME_SETTLE_SECONDS:g})"
+        )
+    return seconds
+
+
+def settle_delay(deferred_at: float, now: float) -> float:
+    """
+    Seconds to wait at ``now`` before resuming a worker for a task that deferred at ``deferred_at``.
+
+    :raises ApikleyConfigurationError: when ``[apikley] resume_settle_seconds`` is not usable.
+    """
+    return max(0.0, deferred_at + resume_settle_seconds() - now)
 
 
 async def settle_before_resuming(trigger: BaseTrigger, deferred_at: float) -> None:
-    """Wait out :data:`RESUME_SETTLE_SECONDS` since the deferral, where a scheduler runs the task."""
+    """Wait out ``[apikley] resume_settle_seconds`` since the deferral, where a scheduler runs the task."""
     if getattr(trigger.task_instance, "run_id", None) is None:  # ``dag.test()``, or no task at all: no race
         return
-    delay = deferred_at + RESUME_SETTLE_SECONDS - time.time()
-    if delay > 0:
+    if (delay := settle_delay(deferred_at, time.time())) > 0:
         await asyncio.sleep(delay)
 
 
@@ -72,6 +109,9 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param poll_interval: seconds between queries, varied by up to 10% either way so that triggers
         picked up together do not poll in step; ``None`` follows Apikley's advised cadence.
     :param submitted_at: epoch seconds when the task was created, which sets the cadence.
+    :param deferred_at: epoch seconds when the task deferred, from which an event that resumes a
+        worker waits ``[apikley] resume_settle_seconds``; ``None`` (a trigger an older provider
+        deferred to) counts from ``submitted_at``.
     :param max_consecutive_poll_errors: status queries in a row that may fail transiently (429,
         455, 5xx, network errors, malformed answers) before the wait ends with ``error``; each
         failure backs off exponentially, with jitter. A refused key or an unknown task ends it at once.
@@ -86,6 +126,10 @@ class ApikleyTaskTrigger(BaseTrigger):
         as the operator's ``output_path`` does (in a thread, so the triggerer's loop goes on).
     :param replaced_apikley_task_id: a task an earlier try created for another request, which the
         deferring try abandoned: the event (and the value pushed from here) names it.
+    :param output_path: the folder URI the results are to be copied into. With
+        ``end_task_on_success`` they are copied here first, as the operator's ``output_path`` does
+        (in a thread, so the triggerer's loop goes on); otherwise it travels back in the event, for
+        the worker that resumes (``airflow dags test`` resumes with the event alone).
     """
 
     def __init__(
@@ -103,6 +147,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         maps_over_result: bool = False,
         output_path: str | None = None,
         replaced_apikley_task_id: str | None = None,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -118,6 +163,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.maps_over_result = maps_over_result
         self.output_path = output_path
         self.replaced_apikley_task_id = replaced_apikley_task_id
+        self.deferred_at = deferred_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -137,6 +183,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "maps_over_result": self.maps_over_result,
                 "output_path": self.output_path,
                 "replaced_apikley_task_id": self.replaced_apikley_task_id,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -144,6 +191,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         """Poll until the task ends or the deadline passes; yield exactly one event."""
         from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported in the triggerer only
 
+        resume_settle_seconds()  # a misconfigured delay fails the wait now, not once it is over
         hook = ApikleyHook(self.apikley_conn_id)
         try:
             event = replace(await self._wait(hook), replaced_apikley_task_id=self.replaced_apikley_task_id)
@@ -152,8 +200,9 @@ class ApikleyTaskTrigger(BaseTrigger):
         if event.status is EventStatus.SUCCESS and self.end_task_on_success and await self._end_task(event):
             yield TaskSuccessEvent()
         else:
-            await settle_before_resuming(self, deferred_at=self.submitted_at)
-            yield TriggerEvent(event.to_payload())
+            deferred_at = self.deferred_at if self.deferred_at is not None else self.submitted_at
+            await settle_before_resuming(self, deferred_at=deferred_at)
+            yield TriggerEvent(dataclasses.replace(event, output_path=self.output_path).to_payload())
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))
@@ -170,7 +219,8 @@ class ApikleyTaskTrigger(BaseTrigger):
                     return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
                 await asyncio.sleep(step.seconds)
         except Exception as err:
-            return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=f"{type(err).__name__}: {err}")
+            message = without_credentials(f"{type(err).__name__}: {err}")  # events are stored and shown as they are
+            return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=message)
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen import waits
-from airflow_provider_qwen.batch_manifest import BatchFolder, read_records, write_records
+from airflow_provider_qwen.batch_manifest import BatchFolder, read_page, write_records
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.redaction import without_credentials
 from airflow_provider_qwen.triggers.apikley import settle_before_resuming
+from airflow_provider_qwen.validation import is_task_id
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
@@ -38,13 +40,15 @@ class ApikleyBatchTrigger(BaseTrigger):
 
     A small batch's tasks travel in its arguments, and its event is ``{"status": "done", "tasks":
     [...]}``: one :class:`~airflow_provider_qwen.events.TaskEvent` payload per task, in the order
-    given. A large batch's stay in ``folder`` (see :mod:`~airflow_provider_qwen.batch_manifest`), so
-    its arguments and its event keep the same size whatever the number of items: it waits for one page
-    of items at a time, writes each page's outcomes there as it ends (a restarted trigger resumes
-    after the last page written), and fires ``{"status": "done", "folder": ..., "count": N,
-    "states": {...}}``.
+    given, with ``replaced_apikley_task_id`` where the task replaced an earlier try's. A large batch's
+    stay in ``folder`` (see :mod:`~airflow_provider_qwen.batch_manifest`), so its arguments and its
+    event keep the same size whatever the number of items: it waits for one page of items at a time,
+    writes each page's outcomes there as it ends, tagged with its ``generation`` (a restarted trigger
+    resumes after the last page this generation wrote; an earlier try's pages are waited for again),
+    and fires ``{"status": "done", "folder": ..., "count": N, "generation": G, "states": {...}}``.
 
-    :param tasks: ``[apikley_task_id, submitted_at]`` pairs, one per edit; empty with ``folder``.
+    :param tasks: ``[apikley_task_id, submitted_at]`` pairs, one per edit, with the replaced task's
+        id as a third element where there is one; empty with ``folder``.
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param deadline: epoch seconds after which the tasks still running end with ``timeout``.
     :param model: the tasks' model, whose usual duration sets each first query.
@@ -53,6 +57,10 @@ class ApikleyBatchTrigger(BaseTrigger):
     :param max_consecutive_poll_errors: failed queries in a row that end one task's wait with ``error``.
     :param folder: the URI of a large batch's folder, whose ``submitted`` pages list its tasks.
     :param count: how many items the batch in ``folder`` has.
+    :param generation: the try number of the try that wrote ``folder``'s ``submitted`` pages; only
+        ``ended`` pages of the same generation count as done.
+    :param deferred_at: epoch seconds when the operator deferred, from which the settle delay before
+        resuming its worker is counted (``[apikley] resume_settle_seconds``).
     """
 
     def __init__(
@@ -66,9 +74,14 @@ class ApikleyBatchTrigger(BaseTrigger):
         max_consecutive_poll_errors: int = 10,
         folder: str | None = None,
         count: int = 0,
+        generation: int | None = None,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
-        self.tasks: list[list[str | float]] = [[str(task_id), float(submitted_at)] for task_id, submitted_at in tasks]
+        self.tasks: list[list[str | float]] = [
+            [str(task_id), float(submitted_at), *(str(id_) for id_ in replaced[:1] if id_)]
+            for task_id, submitted_at, *replaced in tasks
+        ]
         self.apikley_conn_id = apikley_conn_id
         self.deadline = deadline
         self.model = model
@@ -77,6 +90,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.folder = folder
         self.count = count
+        self.generation = generation
+        self.deferred_at = deferred_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -92,6 +107,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                 "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
                 "folder": self.folder,
                 "count": self.count,
+                "generation": self.generation,
+                "deferred_at": self.deferred_at,
             },
         )
 
@@ -104,13 +121,12 @@ class ApikleyBatchTrigger(BaseTrigger):
             if self.folder:
                 payload, last_submit = await self._wait_for_pages(hook, BatchFolder(self.folder))
             else:
-                events = await self._wait_for_all(hook, self.tasks)
-                payload = {"status": "done", "tasks": [event.to_payload() for event in events]}
-                last_submit = max((float(at) for _, at in self.tasks), default=0.0)
+                payload = {"status": "done", "tasks": await self._outcomes(hook, self.tasks)}
+                last_submit = max((float(at) for _, at, *_ in self.tasks), default=0.0)
         finally:
             await hook.aclose()
-        # the operator defers right after its last submit: the batch resumes a worker, and races alike
-        await settle_before_resuming(self, deferred_at=last_submit)
+        # the batch resumes a worker, and races alike; a trigger from before deferred_at counts from its last submit
+        await settle_before_resuming(self, deferred_at=self.deferred_at or last_submit)
         yield TriggerEvent(payload)
 
     async def _wait_for_pages(self, hook: ApikleyHook, folder: BatchFolder) -> tuple[dict[str, Any], float]:
@@ -118,26 +134,56 @@ class ApikleyBatchTrigger(BaseTrigger):
         states: Counter[str] = Counter()
         last_submit = 0.0
         for page in folder.pages(self.count):
-            ended = await asyncio.to_thread(_read_page, folder.ended(page))
-            if ended is None:  # not waited for yet, or by a triggerer that stopped before the page's end
-                submitted = await asyncio.to_thread(_read_page, folder.submitted(page))
-                if submitted is None:
-                    raise ApikleyError(f"The batch's page {folder.submitted(page)} is missing")
-                tasks = [[item["apikley_task_id"], item["submitted_at"]] for item in submitted]
-                events = await self._wait_for_all(hook, tasks)
+            ended = await asyncio.to_thread(folder.read_ended, page, self.count, self.generation, self.log)
+            if ended is None:  # not waited for by this generation yet, or by a triggerer that stopped before its end
+                submitted = await asyncio.to_thread(self._submitted_page, folder, page)
+                tasks = [
+                    [item["apikley_task_id"], item["submitted_at"], item.get("replaced_apikley_task_id")]
+                    for item in submitted
+                ]
                 ended = [
-                    {"index": item["index"], **event.to_payload()}
-                    for item, event in zip(submitted, events, strict=True)
+                    {"index": item["index"], "generation": self.generation, **outcome}
+                    for item, outcome in zip(submitted, await self._outcomes(hook, tasks), strict=True)
                 ]
                 await asyncio.to_thread(write_records, folder.ended(page), ended)
                 last_submit = max(last_submit, *(float(item["submitted_at"]) for item in submitted))
             states.update(str(item["status"]) for item in ended)
         self.log.info("All %d Apikley tasks of the batch have ended: %s", self.count, dict(states))
-        return {"status": "done", "folder": folder.uri, "count": self.count, "states": dict(states)}, last_submit
+        event = {"status": "done", "folder": folder.uri, "count": self.count, "generation": self.generation}
+        return {**event, "states": dict(states)}, last_submit
+
+    def _submitted_page(self, folder: BatchFolder, page: int) -> list[dict[str, Any]]:
+        """
+        Return the records of page ``page`` as submitted.
+
+        :raises ApikleyError: naming the page, when it is missing, holds an intent, or is another try's.
+        """
+        path = folder.submitted(page)
+        records = read_page(path)
+        if records is None:
+            raise ApikleyError(f"The batch's page {path} is missing")
+        for record in records:
+            if self.generation is not None and record.get("generation") != self.generation:
+                raise ApikleyError(
+                    f"The batch's page {path} was written by try {record.get('generation')}, not by try "
+                    f"{self.generation} that this trigger waits for: a later try has taken the batch over"
+                )
+            known = type(record.get("index")) is int and isinstance(record.get("submitted_at"), int | float)
+            if not known or not is_task_id(record.get("apikley_task_id")):
+                raise ApikleyError(f"The batch's page {path} holds an item with no task to wait for: {record!r}")
+        return records
+
+    async def _outcomes(self, hook: ApikleyHook, tasks: list[list[Any]]) -> list[dict[str, Any]]:
+        """Wait for ``tasks`` (as in :attr:`tasks`); return each one's event payload, naming the task it replaced."""
+        events = await self._wait_for_all(hook, tasks)
+        return [
+            {**event.to_payload(), **({"replaced_apikley_task_id": replaced[0]} if replaced and replaced[0] else {})}
+            for event, (_, _, *replaced) in zip(events, tasks, strict=True)
+        ]
 
     async def _wait_for_all(self, hook: ApikleyHook, tasks: list[list[Any]]) -> list[TaskEvent]:
         settings = wait_settings(self)
-        task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at in tasks]
+        task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at, *_ in tasks]
         now = time.time()
         due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(task_waits)]
         heapq.heapify(due)
@@ -176,13 +222,5 @@ class ApikleyBatchTrigger(BaseTrigger):
             return await aquery(hook, wait.apikley_task_id)
 
 
-def _read_page(path: Any) -> list[dict[str, Any]] | None:
-    """Return a page's records, or ``None`` when it was not written."""
-    try:
-        return list(read_records(path))
-    except FileNotFoundError:
-        return None
-
-
 def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+    return without_credentials(f"{type(err).__name__}: {err}")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
+import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
@@ -30,28 +35,37 @@ ROUTE_KEY, NEXT_ROUTE_KEY = "route-LEAKCANARY-" + "r" * 24, "route-LEAKCANARY-" 
 ASSET_URI = "apikley://qwen/image-to-image"
 
 
-@pytest.fixture
-def asset(airflow_db):
-    """The default asset, as Airflow knows it once a DAG declares it; its events are removed afterwards."""
+def declare_asset(uri: str):
+    """``uri`` as Airflow knows it once a DAG declares it, without events; return a reader of its events' extras."""
     from airflow.models.asset import AssetActive, AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        model = session.scalar(select(AssetModel).where(AssetModel.uri == ASSET_URI))
+        model = session.scalar(select(AssetModel).where(AssetModel.uri == uri))
         if model is None:
-            model = AssetModel(name=ASSET_URI, uri=ASSET_URI, group="asset")
+            model = AssetModel(name=uri, uri=uri, group="asset")
             session.add(model)
             session.flush()
             session.add(AssetActive.for_asset(model))
         session.execute(delete(AssetEvent).where(AssetEvent.asset_id == model.id))
         asset_id = model.id
-        session.execute(delete(accepted_signatures))
-        session.execute(delete(recorded_tasks))
 
     def events() -> list[dict]:
         with create_session() as session:
             return list(session.scalars(select(AssetEvent.extra).where(AssetEvent.asset_id == asset_id)))
 
+    return events
+
+
+@pytest.fixture
+def asset(airflow_db):
+    """The default asset, as Airflow knows it once a DAG declares it; nothing delivered is remembered yet."""
+    from airflow.utils.session import create_session
+
+    events = declare_asset(ASSET_URI)
+    with create_session() as session:
+        session.execute(delete(accepted_signatures))
+        session.execute(delete(recorded_tasks))
     return events
 
 
@@ -125,13 +139,60 @@ def test_each_finished_edit_is_its_own_partition(asset, signed_connection, clien
     assert finished_task in keys
 
 
+def test_listeners_hear_of_a_callbacks_event_once_it_is_committed(
+    asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow.assets.manager import asset_manager
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from airflow_provider_qwen import _compat as compat
+
+    seen_by_listeners: list[int] = []
+
+    def notify_asset_changed(cls, asset):
+        with create_session() as session:  # what any other process would read at that moment
+            seen_by_listeners.append(len(session.scalars(select(AssetEvent.id)).all()))
+
+    monkeypatch.setattr(type(asset_manager), "notify_asset_changed", classmethod(notify_asset_changed))
+    assert client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task)).status_code == 200
+    register = asset_manager.register_asset_change
+    # Airflow 3.3 takes a callback sink, so listeners are told after the commit; before, inside the transaction
+    assert seen_by_listeners == ([1] if compat._takes(register, "callback_sink") else [0])
+
+
 def test_the_same_task_delivered_twice_records_one_event(asset, signed_connection, client, finished_task):
     first = client.post(
         "/callback", json=callback_body(finished_task), headers=signed(finished_task, at=time.time() - 1)
     )
-    second = client.post("/callback", json=callback_body(finished_task), headers=signed(finished_task))
+    headers = signed(finished_task)
+    second = client.post("/callback", json=callback_body(finished_task), headers=headers)
     assert (first.json()["recorded"], second.json()["recorded"]) == (True, False)
     assert second.status_code == 200  # taken, so Apikley stops delivering it
+    replayed = client.post("/callback", json=callback_body(finished_task), headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")  # a taken delivery is spent too
+    assert len(asset()) == 1
+
+
+def test_a_delivery_that_finds_the_task_claimed_meanwhile_is_taken_and_spent(
+    asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow_provider_qwen.api_server import asset_events
+
+    body = callback_body(finished_task)
+    assert client.post("/callback", json=body, headers=signed(finished_task, at=time.time() - 1)).json()["recorded"]
+    task_claimed = asset_events.task_claimed
+
+    def missed_once(*args):  # as when another delivery claims the task between this one's look and its claim
+        monkeypatch.setattr(asset_events, "task_claimed", task_claimed)
+        return False
+
+    monkeypatch.setattr(asset_events, "task_claimed", missed_once)
+    headers = signed(finished_task)
+    second = client.post("/callback", json=body, headers=headers)
+    assert (second.status_code, second.json()["recorded"]) == (200, False)
+    replayed = client.post("/callback", json=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
     assert len(asset()) == 1
 
 
@@ -176,16 +237,95 @@ def test_a_deployment_may_opt_in_to_unsigned_callbacks_on_the_default_route(asse
     assert len(asset()) == 1
 
 
-def test_a_body_claiming_success_for_a_running_task_records_nothing(
+def test_an_early_delivery_is_answered_503_and_recorded_once_when_sent_again_after_the_task_ends(
     apikley, asset, signed_connection, client, source_image_url
 ):
-    apikley.configure(latency=(0.0, 0.0, 30.0))  # generating for the whole test
+    apikley.configure(latency=(0.0, 0.0, 1.5))  # generating for 1.5 s
     task_id = submit_edit(source_image_url)
-    response = client.post("/callback", json=callback_body(task_id, "success"), headers=signed(task_id))
-    assert response.status_code == 202
-    assert response.json()["recorded"] is False
-    assert response.json()["state"] == "generating"
+    body, headers = json.dumps(callback_body(task_id, "success")).encode(), signed(task_id)
+    early = client.post("/callback", content=body, headers=headers)
+    assert early.status_code == 503  # the body claims success; Apikley says otherwise
+    assert (early.json()["recorded"], early.json()["state"]) == (False, "generating")
+    assert "send again" in early.json()["detail"]
     assert asset() == []
+    apikley.wait_until_ended(task_id)
+    again = client.post("/callback", content=body, headers=headers)  # the same bytes, the same signature
+    assert again.status_code == 200, again.text
+    assert again.json() == {"apikley_task_id": task_id, "recorded": True, "state": "success"}
+    replayed = client.post("/callback", content=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
+    (extra,) = asset()
+    assert extra["apikley_task_id"] == task_id
+
+
+LATER_ASSET_URI = "apikley://edits/declared-later"
+
+
+@pytest.mark.parametrize("fault", ["re-read", "tables", "asset not declared yet"])
+def test_a_delivery_that_meets_a_fault_is_recorded_once_when_sent_again(
+    apikley, asset, signed_connection, client, finished_task, monkeypatch, fault
+):
+    from sqlalchemy.exc import OperationalError
+
+    from airflow_provider_qwen.api_server import asset_events
+    from airflow_provider_qwen.emulator.script import html_page
+
+    events, path = asset, "/callback"
+    if fault == "re-read":
+        apikley.script("recordInfo", html_page(502, times=2))  # the first read and its one retry
+    elif fault == "tables":
+        claim_task = asset_events.claim_task
+
+        def fails_once(*args):
+            monkeypatch.setattr(asset_events, "claim_task", claim_task)
+            raise OperationalError("INSERT INTO apikley_recorded_task", {}, Exception("database is locked"))
+
+        # after the signature was spent, in the same transaction
+        monkeypatch.setattr(asset_events, "claim_task", fails_once)
+    else:
+        path = route(LATER_ASSET_URI)
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    first = client.post(path, content=body, headers=headers)
+    assert first.status_code == (404 if fault == "asset not declared yet" else 503), first.text
+    if fault == "asset not declared yet":
+        events = declare_asset(LATER_ASSET_URI)  # a DAG using it is deployed
+    assert events() == []
+    again = client.post(path, content=body, headers=headers)
+    assert (again.status_code, again.json()["recorded"]) == (200, True)
+    replayed = client.post(path, content=body, headers=headers)
+    forged = client.post(path, content=body, headers=signed(finished_task, key="not-the-key"))
+    assert [(answer.status_code, answer.content) for answer in (replayed, forged)] == [(401, b""), (401, b"")]
+    assert len(events()) == 1
+
+
+def test_the_recording_transaction_refuses_a_replay_the_first_look_missed(asset, signed_connection, finished_task):
+    from airflow_provider_qwen.api_server.signing import SignatureChecker
+
+    # as when two copies of one delivery arrive together: both look before either is recorded
+    client = TestClient(create_provider_app(SignatureChecker(is_spent=lambda signature: False)))
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    assert client.post("/callback", content=body, headers=headers).json()["recorded"] is True
+    replayed = client.post("/callback", content=body, headers=headers)
+    assert (replayed.status_code, replayed.content) == (401, b"")
+    assert len(asset()) == 1
+
+
+def test_a_signature_from_a_clock_ahead_is_remembered_until_it_is_stale(
+    apikley, asset, signed_connection, client, finished_task, source_image_url, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from airflow_provider_qwen.api_server import signing
+
+    now = time.time()
+    body, ahead = json.dumps(callback_body(finished_task)).encode(), signed(finished_task, at=now + 290)  # skew
+    assert client.post("/callback", content=body, headers=ahead).json()["recorded"] is True
+    another = finished(apikley, submit_edit(source_image_url))
+    monkeypatch.setattr(signing, "time", SimpleNamespace(time=lambda: now + 400))  # the first is still fresh
+    later = client.post("/callback", json=callback_body(another), headers=signed(another, at=now + 400))
+    assert later.json()["recorded"] is True  # spending a signature forgets the stale ones
+    replayed = client.post("/callback", content=body, headers=ahead)
+    assert (replayed.status_code, replayed.content) == (401, b"")
 
 
 def test_a_failed_task_is_recorded_with_its_code_and_message(
@@ -310,6 +450,71 @@ def test_a_callback_naming_another_type_of_connection_sends_nothing_and_looks_li
     assert asset() == []
 
 
+@pytest.fixture
+def lookups(monkeypatch) -> list[str]:
+    """The id of every connection the receiver looks up (each may be a secrets-backend call)."""
+    looked_up: list[str] = []
+    real = ApikleyHook.get_connection
+
+    def counted(conn_id):
+        looked_up.append(conn_id)
+        return real(conn_id)
+
+    monkeypatch.setattr(ApikleyHook, "get_connection", staticmethod(counted))
+    return looked_up
+
+
+def refusal_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+
+
+def forge(client, conn_ids) -> set[int]:
+    """Send a signed-looking callback naming each of ``conn_ids``; return the statuses answered."""
+    path = "/callback?conn_id={}&token=forged"
+    return {client.post(path.format(conn_id), json=callback_body()).status_code for conn_id in conn_ids}
+
+
+def test_forged_callbacks_naming_unlisted_connections_cost_no_lookup_and_one_log_line(
+    signed_connection, client, lookups, caplog, monkeypatch
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__CALLBACK_CONNECTIONS", "apikley_team_a, apikley_team_b")
+    with caplog.at_level("WARNING", logger="airflow_provider_qwen.api_server.callbacks"):
+        assert forge(client, (f"forged_{n}" for n in range(300))) == {401}
+    assert lookups == []
+    assert refusal_lines(caplog) == [
+        "Apikley callback for task 3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e refused: connection 'forged_0' is not in "
+        "[apikley] callback_connections"
+    ]
+
+
+def test_forged_callbacks_log_one_line_a_minute_of_each_kind(signed_connection, client, lookups, caplog):
+    with caplog.at_level("WARNING", logger="airflow_provider_qwen.api_server.callbacks"):
+        assert forge(client, (f"forged_{n}" for n in range(300))) == {401}
+    assert len(lookups) == 300  # without [apikley] callback_connections, each well-formed name is looked up
+    assert len(refusal_lines(caplog)) == 1
+
+
+@pytest.mark.parametrize("conn_id", ["a%20b", "x" * 251, "caf%C3%A9", "a%0Ab", "a%00b"])
+def test_a_name_not_shaped_like_a_connection_id_is_never_looked_up(signed_connection, client, lookups, conn_id):
+    assert forge(client, [conn_id]) == {401}
+    assert lookups == []
+
+
+def test_a_listed_connection_takes_callbacks_and_callback_url_refuses_an_unlisted_one(
+    apikley, asset, signed_connection, client, finished_task, monkeypatch
+):
+    from airflow_provider_qwen.api_server.urls import callback_url
+    from airflow_provider_qwen.exceptions import ApikleyConfigurationError
+
+    monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_TEAM_A", os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW__APIKLEY__CALLBACK_CONNECTIONS", "apikley_team_a")
+    with pytest.raises(ApikleyConfigurationError, match=r"'apikley_team_b' is not in \[apikley\] callback_connections"):
+        callback_url(apikley_conn_id="apikley_team_b")
+    body, headers = callback_body(finished_task), signed(finished_task)
+    response = client.post(route(conn_id="apikley_team_a"), json=body, headers=headers)
+    assert response.status_code == 200 and len(asset()) == 1
+
+
 def test_a_broken_secrets_backend_is_an_outage_logged_and_answered_503_not_a_refusal(
     apikley, asset, signed_connection, client, monkeypatch, caplog
 ):
@@ -383,6 +588,29 @@ def test_recorded_tasks_older_than_the_retention_are_forgotten(
     with create_session() as session:
         remembered = set(session.scalars(select(recorded_tasks.c.apikley_task_id)))
     assert remembered == {"recorded-6-days-ago", finished_task}
+
+
+@pytest.mark.parametrize(
+    ("days", "shown"),
+    [
+        ("-1", "recorded_task_retention_days='-1'"),
+        ("0", "recorded_task_retention_days='0'"),
+        ("a week", "recorded_task_retention_days (a text, not shown)"),
+    ],
+)
+def test_a_retention_below_one_day_is_logged_as_an_error_and_the_default_used(
+    asset, signed_connection, client, finished_task, monkeypatch, caplog, days, shown
+):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RECORDED_TASK_RETENTION_DAYS", days)
+    body = callback_body(finished_task)
+    with caplog.at_level("ERROR", logger="airflow_provider_qwen.api_server.deliveries"):
+        first = client.post("/callback", json=body, headers=signed(finished_task, at=time.time() - 1))
+        second = client.post("/callback", json=body, headers=signed(finished_task))
+    assert [first.json()["recorded"], second.json()["recorded"]] == [True, False]
+    assert len(asset()) == 1  # the claim outlived the moment it was made
+    message = caplog.records[0].getMessage()
+    assert f"[apikley] {shown} is not" in message
+    assert "at least 1" in message and "the default, 30" in message
 
 
 def test_an_unsigned_callback_cannot_sidestep_the_key_by_naming_a_connection_without_one(
@@ -465,6 +693,17 @@ def test_a_replay_is_refused_by_another_api_server_process_or_after_a_restart(as
     first_process, second_process = TestClient(create_provider_app()), TestClient(create_provider_app())
     assert first_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 200
     assert second_process.post("/callback", json=callback_body(finished_task), headers=headers).status_code == 401
+    assert len(asset()) == 1
+
+
+def test_the_same_delivery_sent_concurrently_records_one_event(asset, signed_connection, finished_task):
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [TestClient(create_provider_app()) for _ in range(3)]
+    body, headers = json.dumps(callback_body(finished_task)).encode(), signed(finished_task)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda client: client.post("/callback", content=body, headers=headers), clients))
+    assert sorted(answer.status_code for answer in answers) == [200, 401, 401]
     assert len(asset()) == 1
 
 
@@ -557,12 +796,64 @@ ADMIN_CONSOLE = ScriptedAnswer(
 )
 
 
-def test_the_task_page_never_echoes_what_the_host_answered(apikley):
+def test_the_task_page_never_echoes_what_the_host_answered(apikley, caplog):
+    from airflow_provider_qwen.api_server.task_page import UNREACHABLE_DETAIL
+
     apikley.script("recordInfo", ADMIN_CONSOLE)
-    status, detail = open_task_page("apikley_default")
-    assert status == 502
-    assert "LEAKCANARY" not in detail
-    assert "ApikleyServerError" in detail
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_qwen.api_server.task_page"):
+        assert open_task_page("apikley_default") == (502, UNREACHABLE_DETAIL)
+    assert "(ApikleyServerError, HTTP 500)" in caplog.text  # the kind of failure is for the log
+    assert "LEAKCANARY" not in caplog.text
+
+
+class NotApikley(http.server.BaseHTTPRequestHandler):
+    """A live web service that is not Apikley: a 404 page for every path, as most servers have one."""
+
+    def do_GET(self) -> None:
+        page = b"<html><body><h1>404 Not Found</h1><hr>nginx</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def not_apikley() -> Iterator[str]:
+    """The address of a live service that is not Apikley, on 127.0.0.1."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotApikley)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_task_page_answers_one_502_whatever_is_at_the_connections_host(apikley, not_apikley, monkeypatch):
+    """Whoever can edit a connection's host learns nothing from the page about what listens there."""
+    from airflow_provider_qwen.api_server import task_page
+    from tests.system.ports import free_port
+
+    monkeypatch.setattr(task_page, "PAGE_TIMEOUT_SECONDS", 1.0)
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections and never answers
+    hosts = {
+        "closed port": f"http://127.0.0.1:{free_port()}",
+        "live service": f"http://{not_apikley}",
+        "TLS error": f"https://{not_apikley}",  # speaks plain HTTP
+        "timeout": f"http://127.0.0.1:{silent.getsockname()[1]}",
+    }
+    answers = {}
+    with silent:
+        for case, host in hosts.items():
+            connection = {"conn_type": "apikley", "host": host, "password": API_KEY}
+            monkeypatch.setenv("AIRFLOW_CONN_APIKLEY_DEFAULT", json.dumps(connection))
+            answers[case] = open_task_page("apikley_default")
+    assert answers == dict.fromkeys(hosts, (502, task_page.UNREACHABLE_DETAIL))
 
 
 def test_the_task_page_refuses_what_is_not_a_task_id(apikley):
@@ -618,7 +909,7 @@ def utc(milliseconds: int) -> str:
 
 
 @pytest.mark.api_server_app
-def test_a_browser_gets_a_page_with_the_state_images_times_and_credits(
+def test_a_browser_gets_a_page_with_the_state_links_times_and_credits(
     apikley, api_server, finished_task, source_image_url
 ):
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -627,13 +918,14 @@ def test_a_browser_gets_a_page_with_the_state_images_times_and_credits(
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
-    assert "default-src 'none'" in policy and "img-src http: https:" in policy and "script-src" not in policy
+    assert "default-src 'none'" in policy and "img-src" not in policy and "script-src" not in policy
     assert response.headers["x-content-type-options"] == "nosniff"
     assert varies_on_accept(response)
     record = ApikleyHook().get_task(finished_task)
     page = Page(response.text)
-    assert page.values("img", "src") == [source_image_url, *record.result_urls]
+    assert page.values("a", "href") == [source_image_url, *record.result_urls]
     assert record.result_urls
+    assert page.values("img", "src") == []  # nothing is fetched until the user clicks
     assert f"Apikley task {finished_task} success" in page.text
     assert f"Created {utc(record.create_time)} Completed {utc(record.complete_time)}" in page.text
     assert f"Duration {(record.complete_time - record.create_time) / 1000:.1f} s" in page.text
@@ -655,7 +947,7 @@ def test_a_failed_task_page_shows_the_code_and_message(apikley, api_server, sour
     message = apikley.state.tasks[task_id].fail_message
     assert f"Apikley task {task_id} fail" in page.text
     assert f"Failed (code 501) {message}" in page.text
-    assert page.values("img", "src") == [source_image_url]  # no result to show
+    assert page.values("a", "href") == [source_image_url]  # no result to show
     assert "Result None" in page.text
 
 
@@ -703,11 +995,34 @@ def test_what_apikley_sends_is_escaped_and_only_http_urls_are_linked(apikley, ap
     page = Page(response.text)
     assert [tag for tag, _ in page.elements if tag in ("script", "iframe", "object", "embed", "base")] == []
     assert all(not name.startswith("on") for _, attrs in page.elements for name in attrs)
-    assert page.values("img", "src") == HOSTILE_RESULTS[2:]  # the http(s) ones, the quote escaped
-    assert page.values("a", "href") == HOSTILE_RESULTS[2:]
-    assert page.values("img", "alt") == ["Result 3", "Result 4"]
+    assert page.values("a", "href") == HOSTILE_RESULTS[2:]  # the http(s) ones, the quote escaped
+    assert "Result 1" in page.text and "Result 2" in page.text and "Result 3" not in page.text
+    assert "alert('result')" not in response.text and "alert('data')" not in response.text  # dropped as results
     for text in ("<script>alert('prompt')</script>", "<script>alert('fail')</script>", "javascript:alert('source')"):
         assert text in page.text  # shown as text
     assert "<b>501</b>" in page.text
     assert "<img src=x onerror=alert('model')>" in page.text
     assert "<script" not in response.text.lower()
+
+
+#: Result URLs on hosts that downloads refuse (link-local metadata, a private network), beside one they allow.
+REFUSED_RESULTS = [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://10.0.0.5/admin/pixel.png",
+    "https://images.example.org/fine.png",
+]
+
+
+@pytest.mark.api_server_app
+def test_the_task_page_loads_no_image_from_any_host(apikley, api_server):
+    record = task_record(TASK_ID, "success", result_urls=REFUSED_RESULTS)
+    record["param"] = json.dumps({"model": MODEL, "input": {"prompt": "p", "image_url": "http://10.0.0.5/in.png"}})
+    apikley.script("recordInfo", envelope(record))
+    response = open_as(api_server, BROWSER, TASK_ID)
+    assert response.status_code == 200, response.text
+    assert "<img" not in response.text.lower()
+    assert "img-src" not in response.headers["content-security-policy"]
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    links = [attrs for tag, attrs in Page(response.text).elements if tag == "a"]
+    assert [link["href"] for link in links] == ["http://10.0.0.5/in.png", *REFUSED_RESULTS]
+    assert all("noreferrer" in (link["rel"] or "") for link in links)

@@ -47,11 +47,13 @@ def is_quickstart(snippet: Snippet) -> bool:
 #: Shell lines run by another test or by CI, and lines that need what tests cannot have.
 RUN_ELSEWHERE = {
     r"make demo\b.*": "tests/integration/test_catalog_demo.py runs the same DAG with `airflow dags test`",
-    r"make (test|system-test|cluster-test|test-compat|lint|docs)\b.*": "CI (.ci/run) runs these",
+    r"make (test|system-test|cluster-test|test-compat|canary|lint|docs)\b.*": "CI (.ci/run) runs these",
+    r"make lock\b.*": "re-resolves constraints/ from the package index, on purpose only",
     r"make bench\b.*": "tests/benchmarks run each benchmark briefly",
     r"airflow dags test qwen_catalog_edit -c .*s3://.*": "needs the real Apikley and an S3 bucket",
     r"apikley credits( --conn-id \w+)?": "tests/loopback/test_cli.py",
     r"apikley task \S+( --json)?": "tests/loopback/test_cli.py",
+    r"airflow db-manager downgrade \S+ --to-revision \w+": "tests/integration/test_db_manager.py",
 }
 #: Shell lines this module runs or checks, by the test that does.
 RUN_HERE = {

@@ -9,6 +9,7 @@ import pytest
 
 from airflow.providers.common.compat.sdk import DagRunState
 
+from airflow_provider_qwen.emulator.script import envelope
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from tests.emulator.conftest import png
 
@@ -77,16 +78,28 @@ def test_mapped_deferrable_edits_run_end_to_end(apikley, images):
     assert all(url.startswith(apikley.base_url) for url in summary.values())
 
 
-def test_submit_then_deferrable_sensor(apikley, images):
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "poked"])
+def test_submit_then_sensor_stores_the_results_where_the_submitting_task_handed_on(
+    apikley, images, tmp_path, deferrable
+):
+    apikley.script("recordInfo", envelope(code=500, msg="Server error"))  # the sensor's first check: it waits on
     dag = load_dag("qwen_submit_then_sense_example")
-    dag_run = dag.test(run_conf={"image": images[0]})
+    dag.get_task("wait").deferrable = deferrable
+    dag_run = dag.test(run_conf={"image": images[0], "output_uri": f"file://{tmp_path}/edits"})
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
     assert apikley.state.accepted_creates == 1
     (task_id,) = apikley.state.tasks
+    (handed_on,) = xcom_values(dag_run, "submit")
+    assert handed_on["output_path"] == f"file://{tmp_path}/edits"
     (sensed,) = xcom_values(dag_run, "wait")
     assert sensed["apikley_task_id"] == task_id
     assert sensed["state"] == "success"
-    assert sensed["input"]["image_url"] == images[0]  # the deferred sensor returns what the operator would
+    assert sensed["input"]["image_url"] == images[0]  # the sensor returns what the operator would
+    assert len(apikley.seen("recordInfo")) > 1  # it checked, then waited (poking, or deferred)
+    # ``dag.test()`` resumes a deferred sensor with the trigger's event alone: it carries output_path
+    (stored,) = sensed["stored"]
+    assert stored["uri"] == f"file://{tmp_path}/edits/{task_id}-0.png"
+    assert (tmp_path / "edits" / f"{task_id}-0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(apikley, images):

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import re
 import time
+import tracemalloc
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from unittest import mock
 
 import pytest
+import structlog
 
 from airflow.providers.common.compat.sdk import TaskDeferred
 
+from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, BatchLedger, LedgerEntry
+from airflow_provider_qwen.batch_manifest import MAX_RECORD_BYTES, read_batch_manifest
 from airflow_provider_qwen.emulator.script import envelope
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError
-from airflow_provider_qwen.operators.batch import (
-    LEDGER_PAGE,
-    BatchLedger,
-    CreateRateLimiter,
-    QwenImageToImageBatchOperator,
+from airflow_provider_qwen.exceptions import (
+    ApikleyConnectionError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyOrphanedIntentError,
+    ApikleyUnreadableStateError,
 )
+from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.models import QwenImageToImageInput
+from airflow_provider_qwen.operators.batch import CreateRateLimiter, QwenImageToImageBatchOperator
+from airflow_provider_qwen.resume import request_fingerprint
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 from tests.conftest import API_KEY, submit_edit
 
@@ -34,11 +49,26 @@ def make_batch(image_url: str, items: int = 3, **overrides) -> QwenImageToImageB
     return QwenImageToImageBatchOperator(**{**arguments, **overrides})
 
 
+def task_instance(map_index: int = -1, try_number: int = 1, **fields) -> mock.Mock:
+    return mock.Mock(
+        dag_id="catalog",
+        run_id="manual__2026-12-03T18:00:00+00:00",
+        task_id="batch",
+        map_index=map_index,
+        try_number=try_number,
+        **{"start_date": None, **fields},
+    )
+
+
+def context(store: FakeStateStore | None = None, try_number: int = 1, **ti_fields) -> dict:
+    return {"ti": task_instance(try_number=try_number, **ti_fields), "task_state_store": store}
+
+
 def deferred(
-    operator: QwenImageToImageBatchOperator, store: FakeStateStore | None = None, try_number: int = 1
+    operator: QwenImageToImageBatchOperator, store: FakeStateStore | None = None, try_number: int = 1, **ti_fields
 ) -> ApikleyBatchTrigger:
     with pytest.raises(TaskDeferred) as excinfo:
-        operator.execute({"ti": mock.Mock(try_number=try_number), "task_state_store": store})
+        operator.execute(context(store, try_number, **ti_fields))
     return excinfo.value.trigger
 
 
@@ -95,6 +125,21 @@ def test_the_limiter_allows_a_window_of_creates_then_waits_for_the_oldest_to_lea
     assert slept == [7.0, 4.0]
 
 
+def test_the_limiter_waits_until_a_whole_burst_fits_in_the_window():
+    now = [100.0]
+    limiter = CreateRateLimiter(
+        3, 10.0, clock=lambda: now[0], sleep=lambda seconds: now.__setitem__(0, now[0] + seconds)
+    )
+    for _ in range(3):
+        limiter.wait()
+        limiter.created()
+        now[0] += 1  # created at 100, 101 and 102
+    limiter.wait(2)  # the two oldest must leave: at 111
+    assert now[0] == 111.0
+    limiter.wait(5)  # never more than the window holds: all three must leave
+    assert now[0] == 112.0
+
+
 def test_a_batch_is_submitted_at_the_accounts_rate_without_a_single_429(apikley, source_image_url):
     apikley.configure(create_rate_limit=3, create_rate_window=0.5)
     started = time.monotonic()
@@ -115,21 +160,20 @@ def test_a_429_slows_the_batch_down_and_drops_no_item(apikley, source_image_url)
 def test_each_task_id_is_saved_as_soon_as_it_exists(apikley, source_image_url):
     store = FakeStateStore()
     trigger = deferred(make_batch(source_image_url, items=3), store)
-    assert BatchLedger(store).load() == {index: tuple(task) for index, task in enumerate(trigger.tasks)}
+    saved = BatchLedger(store).load(3)
+    assert {index: entry.apikley_task_id for index, entry in saved.items()} == dict(enumerate(apikley.state.tasks))
+    assert [[entry.apikley_task_id, entry.submitted_at] for entry in saved.values()] == trigger.tasks
 
 
 def test_a_retry_resumes_the_batch_and_pays_only_for_the_items_never_submitted(apikley, source_image_url):
-    earlier = [submit_edit(source_image_url, seed=n) for n in range(2)]
     store = FakeStateStore()
-    ledger = BatchLedger(store)
-    submitted = {0: (earlier[0], time.time()), 1: (earlier[1], time.time())}
-    ledger.record(1, submitted)
+    earlier = [task_id for task_id, *_ in deferred(make_batch(source_image_url, items=2), store).tasks]
 
     trigger = deferred(make_batch(source_image_url, items=4), store, try_number=2)
 
-    assert [task_id for task_id, _ in trigger.tasks][:2] == earlier
+    assert [task_id for task_id, *_ in trigger.tasks][:2] == earlier
     assert apikley.state.accepted_creates == 2 + 2
-    assert [request.json()["input"]["seed"] for request in apikley.seen("createTask")] == [0, 1, 2, 3]
+    assert sent_seeds(apikley) == [0, 1, 2, 3]
 
 
 def test_a_first_try_does_not_read_the_ledger(source_image_url):
@@ -140,14 +184,14 @@ def test_a_first_try_does_not_read_the_ledger(source_image_url):
 
 def test_the_ledger_keeps_pages_so_no_write_grows_with_the_batch():
     store = FakeStateStore()
-    ledger = BatchLedger(store)
-    submitted = {index: (f"task-{index}", 1.0) for index in range(LEDGER_PAGE + 5)}
-    for index in submitted:
-        ledger.record(index, submitted)
+    ledger = BatchLedger(store, generation=3)
+    entries = {index: LedgerEntry(f"{index:032x}", 1.0, "f" * 32) for index in range(LEDGER_PAGE + 5)}
+    ledger.save([0, LEDGER_PAGE + 4], entries)
     assert sorted(store) == ["apikley_batch/0", "apikley_batch/1"]
-    assert len(store["apikley_batch/1"]) == 5
-    assert ledger.load() == submitted
-    assert BatchLedger(None).load() == {}
+    assert len(store["apikley_batch/0"]) == LEDGER_PAGE and len(store["apikley_batch/1"]) == 5
+    assert {record["generation"] for page in store.values() for record in page.values()} == {3}
+    assert ledger.load(LEDGER_PAGE + 5) == entries
+    assert BatchLedger(None).load(LEDGER_PAGE + 5) == {}
 
 
 async def test_one_trigger_waits_for_all_asking_about_each_once_when_its_answer_is_due(apikley, source_image_url):
@@ -266,34 +310,32 @@ def large(monkeypatch):
     monkeypatch.setattr("airflow_provider_qwen.batch_manifest.PAGE_ITEMS", 2)
 
 
-def task_instance(map_index: int = -1) -> mock.Mock:
-    return mock.Mock(dag_id="catalog", run_id="manual__2026-12-03T18:00:00+00:00", task_id="batch", map_index=map_index)
-
-
-async def run_large(operator, tmp_path, store=None):
-    context = {"ti": task_instance(), "task_state_store": store}
-    with pytest.raises(TaskDeferred) as excinfo:
-        operator.execute(context)
-    trigger = excinfo.value.trigger
+async def run_large(operator, tmp_path, store=None, try_number=1):
+    trigger = deferred(operator, store, try_number)
     event = await fire(trigger)
-    return trigger, event, operator.execute_complete(context, event)
+    return trigger, event, operator.execute_complete(context(store, try_number), event)
 
 
 async def test_a_large_batch_carries_counts_not_items_and_returns_its_manifest(
     apikley, source_image_url, tmp_path, large
 ):
-    from airflow_provider_qwen.batch_manifest import read_batch_manifest
-
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
     trigger, event, summary = await run_large(operator, tmp_path)
 
-    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    folder = batch_folder(tmp_path)
     assert trigger.tasks == [] and (trigger.folder, trigger.count) == (f"file://{folder}", 5)
     assert "apikley_task_id" not in str(trigger.serialize()) and len(str(trigger.serialize())) < 1024
-    assert event == {"status": "done", "folder": f"file://{folder}", "count": 5, "states": {"success": 5}}
-    assert summary == {
-        "items": 5,
+    assert event == {
+        "status": "done",
+        "folder": f"file://{folder}",
+        "count": 5,
+        "generation": 1,
         "states": {"success": 5},
+    }
+    assert summary == {
+        "schema_version": 2,
+        "items": 5,
+        "states": {"success": 5, "failed": 0, "timeout": 0, "error": 0, "missing": 0},
         "credits_consumed": 5 * apikley.state.settings.cost_per_task,
         "manifest": f"file://{folder}/manifest.jsonl",
     }
@@ -315,7 +357,7 @@ async def test_a_restarted_trigger_asks_only_about_the_pages_it_had_not_finished
 ):
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
     trigger, first, _ = await run_large(operator, tmp_path)
-    folder = tmp_path / "_apikley_batch" / "catalog" / "manual__2026-12-03T18_00_00_00_00" / "batch"
+    folder = batch_folder(tmp_path)
     (folder / "ended-00002.jsonl").unlink()  # the triggerer stopped before the last page ended
     asked = len(apikley.seen("recordInfo"))
 
@@ -339,8 +381,382 @@ async def test_a_large_batch_past_its_failure_threshold_names_the_manifest(apikl
         await run_large(operator, tmp_path)
 
 
+#: The start of the SHA-256 of the run id of the tests' context, which names its batch folder.
+RUN_ID_HASH = "8ae281acbb32ef3b"
+
+
+def hashed(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def folder_of(operator, **ti) -> str:
+    """The URI of the folder ``operator`` keeps a large batch in, for a task instance with ``ti``'s ids."""
+    ids = {"dag_id": "catalog", "run_id": "manual__2026-12-03T18:00:00+00:00", "task_id": "batch", "map_index": -1}
+    return operator._batch_folder({"ti": mock.Mock(**{**ids, **ti})}).uri
+
+
 def test_a_batch_folder_name_cannot_climb_out_of_output_path(tmp_path, large, source_image_url):
     operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
-    ti = mock.Mock(dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
-    folder = operator._batch_folder({"ti": ti})
-    assert folder.uri == f"file://{tmp_path}/_apikley_batch/_/_.._etc/a_b/0"
+    folder = folder_of(operator, dag_id="..", run_id="../../etc", task_id="a/b", map_index=0)
+    assert folder == (
+        f"file://{tmp_path}/_apikley_batch/_-{hashed('..')}/_.._etc-{hashed('../../etc')}/a_b-{hashed('a/b')}/0"
+    )
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param(
+            [{"run_id": "manual__2026-01-01T00:00:00+00:00"}, {"run_id": "manual__2026-01-01T00_00_00_00_00"}],
+            id="run-ids-alike-once-cleaned",
+        ),
+        pytest.param([{"dag_id": "caf\u00e9"}, {"dag_id": "caf_"}], id="dag-ids-alike-once-cleaned"),
+        pytest.param([{"task_id": "\u00e9dit"}, {"task_id": "_dit"}], id="task-ids-alike-once-cleaned"),
+        pytest.param([{"run_id": "r" * 200 + "a"}, {"run_id": "r" * 200 + "b"}], id="long-run-ids"),
+    ],
+)
+def test_two_task_instances_never_share_a_batch_folder(tmp_path, large, source_image_url, ids):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    first, second = (folder_of(operator, **names) for names in ids)
+    assert first != second
+    assert all(len(part.encode()) <= 255 for part in first.split("/") + second.split("/"))
+
+
+def test_a_batch_folder_keeps_clean_dag_and_task_ids_as_they_are(tmp_path, large, source_image_url):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    assert folder_of(operator, map_index=3) == f"file://{batch_folder(tmp_path)}/3"
+    assert hashed("manual__2026-12-03T18:00:00+00:00") == RUN_ID_HASH
+
+
+# ---- retries: each item's latest task, paid for once ------------------------------------------------
+
+
+def batch_folder(tmp_path) -> Path:
+    return tmp_path / "_apikley_batch" / "catalog" / f"manual__2026-12-03T18_00_00_00_00-{RUN_ID_HASH}" / "batch"
+
+
+def success(task_id: str) -> dict:
+    """What the trigger reports of a task that succeeded."""
+    return {
+        "status": "success",
+        "apikley_task_id": task_id,
+        "result_urls": [f"https://files.example.org/{task_id}.png"],
+    }
+
+
+def fail_tasks(apikley, task_ids: list[str]) -> None:
+    """Make these running tasks end in ``fail``, as Apikley's generation sometimes does."""
+    for task_id in task_ids:
+        apikley.state.tasks[task_id].will_fail = True
+
+
+@contextmanager
+def answer_lost_for_create(number: int):
+    """The ``number``-th createTask (from 1) reaches Apikley, and its answer is lost on the way back."""
+    real = ApikleyHook.create_task
+    calls = itertools.count(1)
+
+    def create_task(self, model, input, callback_url=None):
+        task_id = real(self, model, input, callback_url)
+        if next(calls) == number:
+            raise ApikleyConnectionError("Connection reset by peer", request_not_sent=False)
+        return task_id
+
+    with mock.patch.object(ApikleyHook, "create_task", create_task):
+        yield
+
+
+@contextmanager
+def captured_logs():
+    """What the operator and the trigger log meanwhile, as ``(level, message)`` pairs."""
+    with structlog.testing.capture_logs() as captured:
+        logged: list[tuple[str, str]] = []
+        yield logged
+    logged.extend((entry["log_level"], entry["event"]) for entry in captured)
+
+
+def sent_seeds(apikley) -> list[int]:
+    return [request.json()["input"]["seed"] for request in apikley.seen("createTask")]
+
+
+async def test_a_retry_submits_anew_an_item_whose_input_changed_and_names_the_task_it_replaced(
+    apikley, source_image_url
+):
+    store = FakeStateStore()
+    earlier = [task_id for task_id, *_ in deferred(make_batch(source_image_url, items=3), store).tasks]
+    changed = make_batch(source_image_url, items=3)
+    changed.inputs[1]["prompt"] = "another variation"
+
+    retry = deferred(changed, store, try_number=2)
+
+    assert apikley.state.accepted_creates == 3 + 1
+    assert apikley.seen("createTask")[-1].json()["input"]["prompt"] == "another variation"
+    latest = [task_id for task_id, *_ in retry.tasks]
+    assert (latest[0], latest[2]) == (earlier[0], earlier[2]) and latest[1] not in earlier
+    results = changed.execute_complete(context(store, 2), await fire(retry))
+    assert [result["apikley_task_id"] for result in results] == latest
+    assert results[1]["replaced_apikley_task_id"] == earlier[1]
+    assert "replaced_apikley_task_id" not in results[0] and "replaced_apikley_task_id" not in results[2]
+
+
+async def test_a_retry_resubmits_only_the_items_that_failed_timed_out_or_errored(apikley, source_image_url):
+    store = FakeStateStore()
+    operator = make_batch(source_image_url, items=5)
+    earlier = [task_id for task_id, *_ in deferred(operator, store).tasks]
+    event = {
+        "status": "done",
+        "tasks": [
+            success(earlier[0]),
+            {"status": "failed", "apikley_task_id": earlier[1], "fail_code": "501", "fail_message": "flagged"},
+            {"status": "timeout", "apikley_task_id": earlier[2], "message": "did not finish"},
+            {"status": "error", "apikley_task_id": earlier[3], "message": "Apikley no longer knows it"},
+            success(earlier[4]),
+        ],
+    }
+    with pytest.raises(ApikleyError, match="3 of 5 edits did not succeed"):
+        operator.execute_complete(context(store), event)
+
+    retry = make_batch(source_image_url, items=5)
+    trigger = deferred(retry, store, try_number=2)
+
+    assert sent_seeds(apikley) == [0, 1, 2, 3, 4, 1, 2, 3]
+    latest = [task_id for task_id, *_ in trigger.tasks]
+    assert (latest[0], latest[4]) == (earlier[0], earlier[4])
+    results = retry.execute_complete(context(store, 2), await fire(trigger))
+    assert [result["state"] for result in results] == ["success"] * 5
+    assert [result["apikley_task_id"] for result in results] == latest
+    assert [result.get("replaced_apikley_task_id") for result in results] == [None, *earlier[1:4], None]
+
+
+def test_without_a_task_state_store_a_small_batch_retried_submits_every_item_anew(apikley, source_image_url):
+    deferred(make_batch(source_image_url, items=2))
+    deferred(make_batch(source_image_url, items=2), try_number=2)
+    assert sent_seeds(apikley) == [0, 1, 0, 1]
+
+
+def test_a_retry_waits_its_own_timeout_counted_from_its_own_start(apikley, source_image_url):
+    store = FakeStateStore()
+    deferred(make_batch(source_image_url, items=2, timeout=0.2), store)
+    time.sleep(0.3)  # the first try's deadline has passed: it timed out
+    started = time.time()
+    retry = deferred(make_batch(source_image_url, items=2, timeout=0.2), store, try_number=2)
+    assert apikley.state.accepted_creates == 2
+    assert retry.deadline >= started + 0.2
+
+
+def test_a_batch_waits_no_longer_than_its_execution_timeout_allows(apikley, source_image_url):
+    started = datetime.now(UTC) - timedelta(seconds=50)
+    operator = make_batch(source_image_url, items=2, execution_timeout=timedelta(seconds=60))
+    trigger = deferred(operator, start_date=started)
+    assert trigger.deadline == pytest.approx((started + timedelta(seconds=60)).timestamp())
+
+
+@pytest.mark.parametrize("with_store", [False, True], ids=["no task state store", "task state store"])
+async def test_a_large_batch_retried_after_failures_pays_only_for_them_and_reports_the_latest_tasks(
+    apikley, source_image_url, tmp_path, large, with_store
+):
+    store = FakeStateStore() if with_store else None
+    apikley.configure(latency=(0.3, 0.0, 0.02))  # time to mark two of them to fail before they generate
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    first = deferred(operator, store)
+    earlier = list(apikley.state.tasks)
+    fail_tasks(apikley, [earlier[1], earlier[4]])
+    with pytest.raises(ApikleyError, match="2 of 5 edits did not succeed"):
+        operator.execute_complete(context(store), await fire(first))
+    apikley.configure(latency=(0.0, 0.0, 0.02))
+
+    retry = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    _, event, summary = await run_large(retry, tmp_path, store, try_number=2)
+
+    assert sent_seeds(apikley) == [0, 1, 2, 3, 4, 1, 4]
+    assert event["states"] == {"success": 5}
+    assert summary["schema_version"] == 2
+    assert summary["states"] == {"success": 5, "failed": 0, "timeout": 0, "error": 0, "missing": 0}
+    records = list(read_batch_manifest(summary["manifest"]))
+    new = list(apikley.state.tasks)[5:]
+    assert [record["apikley_task_id"] for record in records] == [earlier[0], new[0], earlier[2], earlier[3], new[1]]
+    assert [record.get("replaced_apikley_task_id") for record in records] == [None, earlier[1], None, None, earlier[4]]
+    assert {record["state"] for record in records} == {"success"}
+    assert {record["schema_version"] for record in records} == {2}
+
+
+@pytest.mark.parametrize(
+    "items, with_store",
+    [(3, True), (5, False), (5, True)],
+    ids=["small, task state store", "large, no task state store", "large, task state store"],
+)
+def test_an_item_whose_create_may_have_been_paid_is_resubmitted_with_a_warning_naming_it(
+    apikley, source_image_url, tmp_path, large, items, with_store
+):
+    store = FakeStateStore() if with_store else None
+    arguments = {"items": items, "output_path": f"file://{tmp_path}"}
+    with answer_lost_for_create(3), pytest.raises(ApikleyConnectionError):
+        make_batch(source_image_url, **arguments).execute(context(store))
+    assert apikley.state.accepted_creates == 3  # the third was created, and its id never came back
+
+    with captured_logs() as logged:
+        deferred(make_batch(source_image_url, **arguments), store, try_number=2)
+
+    assert sent_seeds(apikley) == [0, 1, 2, *range(2, items)]
+    (warning,) = [(level, message) for level, message in logged if "inputs[2]" in message]
+    assert warning[0] == "warning" and "charged a second time" in warning[1]
+
+
+def test_on_orphaned_intent_fail_stops_a_retry_before_it_creates_anything(apikley, source_image_url, tmp_path):
+    store = FakeStateStore()
+    with answer_lost_for_create(2), pytest.raises(ApikleyConnectionError):
+        make_batch(source_image_url, items=3).execute(context(store))
+    with pytest.raises(ApikleyOrphanedIntentError, match=r"inputs\[1\].*on_orphaned_intent='fail'"):
+        make_batch(source_image_url, items=3, on_orphaned_intent="fail").execute(context(store, 2))
+    assert len(apikley.seen("createTask")) == 2
+
+
+def test_on_orphaned_intent_is_checked_before_any_request(apikley, source_image_url):
+    with pytest.raises(ApikleyInputError, match=r"on_orphaned_intent='ignore': must be one of resubmit, fail"):
+        make_batch(source_image_url, on_orphaned_intent="ignore").execute(context())
+    assert apikley.seen() == []
+
+
+def test_a_create_apikley_refused_leaves_no_intent_behind(apikley, source_image_url):
+    store = FakeStateStore()
+    apikley.script("createTask", envelope(code=200, data={"taskId": "a" * 32}), envelope(code=402, msg="Credits"))
+    with pytest.raises(ApikleyError, match="Credits"):
+        make_batch(source_image_url, items=3).execute(context(store))
+    deferred(make_batch(source_image_url, items=3, on_orphaned_intent="fail"), store, try_number=2)
+    assert sent_seeds(apikley) == [0, 1, 1, 2]
+
+
+def test_each_create_is_preceded_by_its_saved_intent_in_no_more_writes_than_items(apikley, source_image_url):
+    writes = []
+
+    class Journal(FakeStateStore):
+        def set(self, key, value):
+            writes.append((key, json.loads(json.dumps(value)), apikley.state.accepted_creates))
+            super().set(key, value)
+
+    operator = make_batch(source_image_url, items=6, creates_per_window=3, window_seconds=0.2)
+    trigger = deferred(operator, Journal())
+
+    assert 0 < len(writes) <= 6
+    fingerprints = [
+        request_fingerprint("qwen/image-to-image", QwenImageToImageInput.build(**item).to_api(), None)
+        for item in operator.inputs
+    ]
+    for index in range(6):  # the (index + 1)-th create was sent after a write that held its intent
+        assert any(
+            page.get(str(index), {}).get("apikley_task_id", "") is None
+            and page[str(index)]["fingerprint"] == fingerprints[index]
+            and creates <= index
+            for _, page, creates in writes
+        ), index
+    _, last, _ = writes[-1]
+    assert [last[str(index)]["apikley_task_id"] for index in range(6)] == [task_id for task_id, *_ in trigger.tasks]
+
+
+def test_a_ledger_page_in_the_task_state_store_that_cannot_be_parsed_is_an_error_naming_it(apikley, source_image_url):
+    store = FakeStateStore({"apikley_batch/0": {"0": "not an entry"}})
+    with pytest.raises(ApikleyUnreadableStateError, match=r"apikley_batch/0.*must be an object"):
+        make_batch(source_image_url).execute(context(store, try_number=2))
+    assert apikley.seen() == []
+
+
+def test_a_submitted_page_that_cannot_be_parsed_is_an_error_naming_it(apikley, source_image_url, tmp_path, large):
+    deferred(make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"))
+    page = batch_folder(tmp_path) / "submitted-00001.jsonl"
+    page.write_text('{"index": 2, "apikley_task_id": \n')
+    with pytest.raises(ApikleyError, match=re.escape(str(page))):
+        make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}").execute(context(try_number=2))
+    assert apikley.state.accepted_creates == 5
+
+
+async def test_a_malformed_ended_page_is_waited_for_again_not_trusted(apikley, source_image_url, tmp_path, large):
+    trigger, first, _ = await run_large(
+        make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"), tmp_path
+    )
+    (batch_folder(tmp_path) / "ended-00001.jsonl").write_text('{"index": 2, "status": "success"}\n')
+    asked = len(apikley.seen("recordInfo"))
+    with captured_logs() as logged:
+        assert await fire(ApikleyBatchTrigger(**trigger.serialize()[1])) == first
+    assert len(apikley.seen("recordInfo")) - asked == 2
+    assert [level for level, message in logged if "ended-00001.jsonl" in message] == ["warning"]
+
+
+async def test_an_ended_page_with_an_over_long_line_counts_as_not_written(apikley, source_image_url, tmp_path, large):
+    trigger, first, _ = await run_large(
+        make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"), tmp_path
+    )
+    page = batch_folder(tmp_path) / "ended-00001.jsonl"
+    with page.open("wb") as file:
+        file.truncate(100 * 1024 * 1024)  # one line of 100 MB (sparse on disk)
+    asked = len(apikley.seen("recordInfo"))
+    with captured_logs() as logged:
+        assert await fire(ApikleyBatchTrigger(**trigger.serialize()[1])) == first
+    assert len(apikley.seen("recordInfo")) - asked == 2  # its two items waited for again
+    assert [message for level, message in logged if level == "warning"] == [
+        f"The batch page file://{page} cannot be read: file://{page} line 1 is longer than 1048576 bytes, "
+        "the most a record may be; its items are waited for again"
+    ]
+
+
+def test_a_manifest_line_is_read_no_further_than_the_record_limit(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    with manifest.open("wb") as file:
+        file.write(b'{"index": 0}\n')
+        file.truncate(100 * 1024 * 1024)  # then a line of 100 MB, sparse on disk
+    records = read_batch_manifest(f"file://{tmp_path}")
+    tracemalloc.start()
+    try:
+        assert next(records) == {"index": 0}
+        with pytest.raises(ApikleyError, match=r"^file://.*/manifest\.jsonl line 2 is longer than 1048576 bytes"):
+            next(records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+
+
+def test_a_record_of_the_most_bytes_allowed_is_read(tmp_path):
+    record = {"input": {"prompt": "x" * (MAX_RECORD_BYTES - len('{"input":{"prompt":""}}'))}}
+    line = json.dumps(record, separators=(",", ":")).encode()
+    assert len(line) == MAX_RECORD_BYTES
+    (tmp_path / "manifest.jsonl").write_bytes(line + b"\n" + b'{"index": 1}')
+    assert list(read_batch_manifest(f"file://{tmp_path}/manifest.jsonl")) == [record, {"index": 1}]
+
+
+async def test_items_without_an_outcome_fail_the_task_naming_them_and_a_retry_waits_for_them_again(
+    apikley, source_image_url, tmp_path, large
+):
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}")
+    trigger = deferred(operator)
+    event = await fire(trigger)
+    (batch_folder(tmp_path) / "ended-00001.jsonl").write_text("garbage\n")
+    with pytest.raises(ApikleyError, match=r"2 of 5 items have no outcome: inputs\[2\], inputs\[3\]"):
+        operator.execute_complete(context(), event)
+    records = list(read_batch_manifest(batch_folder(tmp_path) / "manifest.jsonl"))
+    assert [record["state"] for record in records] == ["success", "success", "missing", "missing", "success"]
+
+    _, _, summary = await run_large(
+        make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"), tmp_path, try_number=2
+    )
+    assert summary["states"] == {"success": 5, "failed": 0, "timeout": 0, "error": 0, "missing": 0}
+    assert apikley.state.accepted_creates == 5
+
+
+async def test_an_earlier_trys_trigger_never_waits_for_the_pages_a_later_try_wrote(
+    apikley, source_image_url, tmp_path, large
+):
+    arguments = {"items": 5, "output_path": f"file://{tmp_path}"}
+    earlier = deferred(make_batch(source_image_url, **arguments))
+    deferred(make_batch(source_image_url, **arguments), try_number=2)
+    with pytest.raises(ApikleyError, match=r"submitted-00000\.jsonl was written by try 2, not by try 1"):
+        await fire(earlier)
+
+
+async def test_a_submitted_page_with_an_item_the_trigger_cannot_wait_for_fails_it_naming_the_page(
+    apikley, source_image_url, tmp_path, large
+):
+    trigger = deferred(make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}"))
+    page = batch_folder(tmp_path) / "submitted-00001.jsonl"
+    page.write_text('{"apikley_task_id": null, "submitted_at": 1.0, "generation": 1}\n')
+    with pytest.raises(ApikleyError, match=re.escape(f"{page} holds an item with no task to wait for")):
+        await fire(trigger)

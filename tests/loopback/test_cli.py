@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,15 +14,29 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_qwen.cli import main
+from airflow_provider_qwen.emulator.script import envelope, task_record
 from tests.conftest import submit_edit
 
 WRONG_KEY = "sk-wrong-0123456789abcdef"
+#: A task id no one created: the answers about it are scripted.
+TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
+#: What a hostile answer writes to a terminal: clear the screen, set the clipboard (OSC 52), a CSI
+#: in its one-byte C1 form, DEL, and a forged line of output.
+CLEAR_SCREEN, SET_CLIPBOARD = "\x1b[2J\x1b[H", "\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07"
+HOSTILE_TEXT = f"{CLEAR_SCREEN}{SET_CLIPBOARD}\x9b31mred\x7f\ncredits consumed: 0"
+#: Bytes that act on a terminal: C0 controls, DEL, and C1 controls as UTF-8 encodes them.
+CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def control_bytes(printed: bytes) -> list[bytes]:
+    """The bytes in ``printed`` that a terminal acts on, but the newline that ends each line."""
+    return CONTROL_BYTES.findall(printed.replace(b"\n", b""))
 
 
 def test_credits_prints_the_balance_and_follows_what_edits_cost(apikley, capsys, source_image_url):
@@ -54,6 +69,40 @@ def test_task_prints_state_results_and_cost(apikley, capsys, source_image_url):
     ]
     status, out, _ = run(capsys, "task", task_id, "--json")
     assert json.loads(out)["task_id"] == task_id and json.loads(out)["state"] == "success"
+
+
+def test_a_hostile_answer_prints_no_control_byte_and_forges_no_line(apikley, capsysbinary):
+    succeeded = task_record(TASK_ID, "success", model=f"qwen/image-to-image{HOSTILE_TEXT}")
+    succeeded["resultJson"] = json.dumps(
+        {"resultUrls": ["https://files.example.org/out.png", f"https://files.example.org/{CLEAR_SCREEN}.png"]}
+    )
+    failed = task_record(TASK_ID, "fail", fail_code=f"501{CLEAR_SCREEN}", fail_message=HOSTILE_TEXT)
+    apikley.script("recordInfo", envelope(succeeded), envelope(failed))
+    assert main(["task", TASK_ID]) == 0
+    out = capsysbinary.readouterr().out
+    assert control_bytes(out) == []
+    assert out.decode().splitlines() == [
+        f"task {TASK_ID}: success",
+        "model: qwen/image-to-image\\x1b[2J\\x1b[H\\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\\x07\\x9b31mred\\x7f"
+        "\\x0acredits consumed: 0",
+        "result: https://files.example.org/out.png",  # a URL with a control character is not one
+        "credits consumed: 1",
+    ]
+    assert main(["task", TASK_ID]) == 0
+    out = capsysbinary.readouterr().out
+    assert control_bytes(out) == []
+    lines = out.decode().splitlines()
+    assert lines[2].startswith("failed: 501\\x1b[2J\\x1b[H \\x1b[2J") and lines[2].endswith("\\x0acredits consumed: 0")
+    assert [line for line in lines if line.startswith("credits consumed")] == []  # a failed edit costs nothing
+
+
+def test_a_refusal_with_a_hostile_message_prints_one_line_without_control_bytes(apikley, capsysbinary):
+    apikley.script("credit", envelope(code=401, msg=f"Unauthorized{HOSTILE_TEXT}", status=401))
+    assert main(["credits"]) == 1
+    printed = capsysbinary.readouterr()
+    assert printed.out == b""
+    assert control_bytes(printed.err) == [] and printed.err.count(b"\n") == 1
+    assert printed.err.startswith(b"apikley credits: Apikley answered code 401 (HTTP 401): Unauthorized\\x1b[2J")
 
 
 def test_a_malformed_task_id_is_refused_before_any_request(apikley, capsys):

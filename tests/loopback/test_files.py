@@ -21,9 +21,9 @@ from airflow_provider_qwen.exceptions import (
     ApikleyResultExistsError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
+from airflow_provider_qwen.names import MAX_FILE_NAME_BYTES
 from airflow_provider_qwen.results import store_results
 from airflow_provider_qwen.storage import (
-    MAX_FILE_NAME_CHARS,
     MAX_UPLOAD_BYTES,
     sniff_image_type,
     write_atomically,
@@ -195,8 +195,24 @@ def test_overwrite_of_a_path_sends_no_name_of_its_own(apikley, hook, tmp_path):
 def test_a_long_name_is_shortened_to_stay_a_valid_file_name(apikley, hook):
     url = hook.upload_file(PNG, "catalog", file_name="a" * 251 + ".png")
     name = url.rsplit("/", 1)[-1]
-    assert len(name) == MAX_FILE_NAME_CHARS
+    assert len(name) == MAX_FILE_NAME_BYTES
     assert name.endswith(f"-{hashlib.sha256(PNG).hexdigest()[:16]}.png")
+
+
+def test_a_long_name_is_shortened_by_its_bytes_keeping_whole_characters(apikley, hook):
+    url = hook.upload_file(PNG, "catalog", file_name="é" * 124 + ".jpeg")  # 253 bytes in UTF-8
+    [sent] = apikley.seen("upload")
+    name = re.search(rb'name="fileName"\r\n\r\n([^\r]*)', sent.body)[1].decode()
+    assert len(name.encode()) == MAX_FILE_NAME_BYTES - 1  # one more byte would split a character
+    assert name == "é" * 116 + f"-{hashlib.sha256(PNG).hexdigest()[:16]}.jpeg"
+    assert url.endswith(".jpeg")
+
+
+def test_a_name_is_sent_nfkc_normalised(apikley, hook):
+    hook.upload_file(PNG, "\uff43atalog", file_name="\ufb01le.png", overwrite=True)  # fullwidth c, fi ligature
+    [sent] = apikley.seen("upload")
+    assert b'name="fileName"\r\n\r\nfile.png\r\n' in sent.body
+    assert b'name="uploadPath"\r\n\r\ncatalog\r\n' in sent.body
 
 
 @pytest.mark.parametrize("upload", ["upload_file", "upload_base64", "upload_from_url"])

@@ -7,6 +7,7 @@ input (checked against the model's published schema), except those marked ``qwen
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from datetime import UTC, datetime
@@ -130,6 +131,7 @@ def test_defers_to_the_trigger_after_pushing_the_task_id(apikley, edit, sent_inp
     assert trigger.poll_interval == 4
     assert excinfo.value.method_name == "execute_complete"
     assert apikley.seen("createTask")[0].json()["input"] == sent_input
+    assert before <= trigger.deferred_at <= time.time()  # the settle time counts from here
 
 
 def test_defers_right_after_submitting_without_asking_first(apikley, edit, context):
@@ -190,6 +192,47 @@ def test_a_task_the_trigger_could_not_tell_mapping_for_resumes_on_a_worker(apikl
     with pytest.raises(TaskDeferred) as excinfo:
         edit(deferrable=True).execute(context)
     assert excinfo.value.trigger.end_task_on_success is False
+
+
+async def fire(trigger: ApikleyTaskTrigger) -> dict:
+    """The one event ``trigger`` fires, rebuilt from its serialized arguments as a triggerer would."""
+    kwargs = trigger.serialize()[1]
+    (event,) = [event.payload async for event in ApikleyTaskTrigger(**json.loads(json.dumps(kwargs))).run()]
+    return event
+
+
+async def test_a_subclass_overriding_execute_complete_resumes_on_a_worker_that_runs_it(apikley, edit, context):
+    published = []
+
+    class Publishing:
+        """A team's override: publish each edit once the provider has stored it."""
+
+        def execute_complete(self, context, event=None):
+            result = super().execute_complete(context, event)
+            published.append(result["apikley_task_id"])
+            return result
+
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, mixin=Publishing).execute(context)
+    assert excinfo.value.trigger.serialize()[1]["end_task_on_success"] is False
+    event = await fire(excinfo.value.trigger)
+
+    result = edit(deferrable=True, mixin=Publishing).execute_complete(context, event)  # a fresh instance resumes
+    assert result["state"] == "success"
+    assert published == [result["apikley_task_id"]]
+
+
+async def test_the_resumed_worker_stores_in_the_folder_execute_checked(apikley, edit, context, tmp_path):
+    checked, rendered_again = tmp_path / "checked", tmp_path / "rendered-again"
+    with pytest.raises(TaskDeferred) as excinfo:
+        edit(deferrable=True, end_in_triggerer=False, output_path=f"file://{checked}").execute(context)
+    event = await fire(excinfo.value.trigger)
+
+    # a template that renders differently on resuming (a timestamp) must not move the results
+    result = edit(deferrable=True, output_path=f"file://{rendered_again}").execute_complete(context, event)
+    (stored,) = result["stored"]
+    assert stored["uri"] == f"file://{checked}/{event['apikley_task_id']}-0.png"
+    assert not rendered_again.exists()
 
 
 def test_a_resumed_instance_marks_the_id_its_link_shows(apikley, edit, sent_input, context):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import re
+import time
 from unittest import mock
 
 import pytest
@@ -17,6 +19,7 @@ from airflow_provider_qwen.emulator.script import envelope, html_page, task_reco
 from airflow_provider_qwen.exceptions import ApikleyAuthError, ApikleyInputError, ApikleyServerError
 from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 from airflow_provider_qwen.sensors.apikley import ApikleyTaskSensor
+from airflow_provider_qwen.triggers.apikley import ApikleyTaskTrigger
 from tests.conftest import submit_edit
 
 #: An id for the tests that never reach Apikley.
@@ -259,6 +262,24 @@ def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
 
     # a worker resumes on a fresh instance: nothing execute() set on the first one is there
     result = make_sensor(submitted, deferrable=True).execute_complete(context, event, **next_kwargs)
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/{task_id}-0.png"]
+    assert (tmp_path / "handed-on" / f"{task_id}-0.png").stat().st_size == result["stored"][0]["size"] > 0
+
+
+async def test_the_output_path_handed_on_comes_back_in_the_triggers_event(apikley, source_image_url, context, tmp_path):
+    apikley.configure(latency=(0.0, 0.5, 0.0))  # still queuing at the sensor's first check: it defers
+    submitted = submit_handing_on(source_image_url, f"file://{tmp_path}/handed-on")
+    before = time.time()
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_sensor(submitted, deferrable=True).execute(context)
+    kwargs = excinfo.value.trigger.serialize()[1]
+    assert before <= kwargs["deferred_at"] <= time.time()
+    trigger = ApikleyTaskTrigger(**json.loads(json.dumps(kwargs)))  # as the triggerer rebuilds it
+    (event,) = [event.payload async for event in trigger.run()]
+
+    # ``airflow dags test`` resumes a fresh instance with the event alone, and no other kwargs
+    result = make_sensor(submitted, deferrable=True).execute_complete(context, event)
+    task_id = submitted["apikley_task_id"]
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/{task_id}-0.png"]
     assert (tmp_path / "handed-on" / f"{task_id}-0.png").stat().st_size == result["stored"][0]["size"] > 0
 

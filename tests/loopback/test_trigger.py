@@ -14,6 +14,7 @@ from airflow.triggers.base import TaskSuccessEvent
 
 from airflow_provider_qwen.api_server.urls import task_page_url
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, dropped, envelope, html_page, task_record
+from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from airflow_provider_qwen.hooks.retries import RetryPolicy
 from airflow_provider_qwen.hooks.sessions import shared_sessions
@@ -88,6 +89,7 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "maps_over_result",
         "output_path",
         "replaced_apikley_task_id",
+        "deferred_at",
     }
 
 
@@ -346,21 +348,53 @@ async def test_a_restarted_trigger_does_not_wait_for_the_expected_duration_again
     assert slept[0] == 0  # asked at once: the expected 30 s had passed before the restart
 
 
-@pytest.mark.parametrize("deferred_seconds_ago", [0, 60])
+@pytest.mark.parametrize(
+    ("submitted_seconds_ago", "deferred_seconds_ago"),
+    [(0, 0), (60, 60), (3600, 0), (0, None)],
+    ids=["just-deferred", "taken-over-later", "a-retry-resuming-an-old-task", "deferred-by-an-older-provider"],
+)
 async def test_an_event_that_resumes_a_worker_waits_for_the_scheduler_to_see_the_deferral(
-    finished_task, monkeypatch, deferred_seconds_ago
+    finished_task, monkeypatch, submitted_seconds_ago, deferred_seconds_ago
 ):
     slept = recorded_sleeps(monkeypatch, really=False)
-    deferred_at = time.time() - deferred_seconds_ago
-    trigger = make_trigger(apikley_task_id=finished_task, submitted_at=deferred_at, expected_duration=0)
+    now = time.time()
+    trigger = make_trigger(
+        apikley_task_id=finished_task,
+        submitted_at=now - submitted_seconds_ago,
+        deferred_at=None if deferred_seconds_ago is None else now - deferred_seconds_ago,
+        expected_duration=0,
+    )
     trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="manual__1", map_index=-1)
     (event,) = await run_to_events(trigger)
     assert event["status"] == "success"
     settle = [seconds for seconds in slept if seconds > 0]
     if deferred_seconds_ago:  # a trigger that took over long after the deferral sends at once
         assert settle == []
-    else:  # sent no sooner than RESUME_SETTLE_SECONDS after the deferral
+    else:  # sent no sooner than RESUME_SETTLE_SECONDS after the deferral, however old the task
         assert len(settle) == 1 and RESUME_SETTLE_SECONDS - 2 < settle[0] <= RESUME_SETTLE_SECONDS
+
+
+async def test_the_settle_time_is_configurable(finished_task, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RESUME_SETTLE_SECONDS", "0")
+    slept = recorded_sleeps(monkeypatch, really=False)
+    trigger = make_trigger(apikley_task_id=finished_task, deferred_at=time.time(), expected_duration=0)
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="manual__1", map_index=-1)
+    (event,) = await run_to_events(trigger)
+    assert event["status"] == "success"
+    assert [seconds for seconds in slept if seconds > 0] == []
+
+
+async def test_a_bad_settle_time_fails_the_trigger_before_it_waits(apikley, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__APIKLEY__RESUME_SETTLE_SECONDS", "ten")
+    with pytest.raises(ApikleyConfigurationError, match=r"\[apikley\] resume_settle_seconds \(a text, not shown\)"):
+        await run_to_events(make_trigger(deferred_at=time.time()))
+    assert polls_seen(apikley) == 0
+
+
+async def test_an_event_that_resumes_a_worker_carries_the_output_path_back(apikley, finished_task):
+    trigger = make_trigger(apikley_task_id=finished_task, output_path="file:///data/edits")
+    (event,) = await run_to_events(trigger)
+    assert (event["status"], event["output_path"]) == ("success", "file:///data/edits")
 
 
 async def test_the_trigger_learns_how_long_tasks_take(apikley, finished_task, monkeypatch):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
 import socket
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
@@ -18,6 +22,7 @@ import requests
 from airflow_provider_qwen.emulator import RunningEmulator
 from airflow_provider_qwen.emulator.script import ScriptedAnswer, created, envelope, task_record
 from airflow_provider_qwen.exceptions import (
+    ApikleyAuthError,
     ApikleyBadResponseError,
     ApikleyConfigurationError,
     ApikleyConnectionError,
@@ -264,6 +269,125 @@ def test_an_upload_file_name_is_checked_like_its_folder(apikley, tmp_path):
     assert apikley.seen() == []
 
 
+def upload_within(seconds: float, *args, **kwargs) -> BaseException | None:
+    """Upload in a thread and return what it raised; fail the test if it is still running after ``seconds``."""
+    raised: list[BaseException | None] = [None]
+
+    def upload() -> None:
+        try:
+            ApikleyHook().upload_file(*args, **kwargs)
+        except BaseException as err:  # handed to the test
+            raised[0] = err
+
+    thread = threading.Thread(target=upload, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"upload_file({args[0]!r}) still running after {seconds} s"
+    return raised[0]
+
+
+def test_a_sparse_file_over_the_limit_is_refused_without_being_read(apikley, tmp_path):
+    image = tmp_path / "huge.png"
+    with image.open("wb") as file:
+        file.write(PNG)
+        file.truncate(400 * 1024 * 1024)  # 400 MB on disk in name only
+    tracemalloc.start()
+    try:
+        with pytest.raises(ApikleyInputError, match=r"huge\.png' \(419430400 bytes\): must be at most 10485760 bytes"):
+            ApikleyHook().upload_file(image, "catalog")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 11 * 1024 * 1024  # never more than the limit in memory, whatever the file's size
+    assert apikley.seen() == []
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        pytest.param(lambda tmp_path: os.mkfifo(tmp_path / "pipe.png") or tmp_path / "pipe.png", "FIFO", id="fifo"),
+        pytest.param(lambda tmp_path: "/dev/null", "character device", id="device"),
+        pytest.param(lambda tmp_path: tmp_path, "folder", id="folder"),
+    ],
+)
+def test_only_a_regular_file_is_read_for_an_upload(apikley, tmp_path, make, kind):
+    path = make(tmp_path)
+    try:
+        raised = upload_within(10, path, "catalog", file_name="shoe.png")
+    finally:
+        if kind == "FIFO":  # let an upload stuck opening it go
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert isinstance(raised, ApikleyInputError)
+    assert str(raised) == f"file={str(path)!r}: must be a regular file, not a {kind}; nothing was sent"
+    assert apikley.seen() == []
+
+
+HOSTILE_FILE_NAMES = {
+    "division-slash": ("a\u2215b.png", "it holds a path separator, U+2215 DIVISION SLASH"),
+    "fullwidth-solidus": ("a\uff0fb.png", "it holds a path separator, U+002F SOLIDUS"),
+    "big-solidus": ("a\u29f8b.png", "it holds a path separator, U+29F8 BIG SOLIDUS"),
+    "fullwidth-backslash": ("a\uff3cb.png", "it holds a path separator, U+005C REVERSE SOLIDUS"),
+    "right-to-left-override": (
+        "shoe\u202egnp.exe",
+        "it holds a control or format character, U+202E RIGHT-TO-LEFT OVERRIDE",
+    ),
+    "zero-width-space": ("sh\u200boe.png", "it holds a control or format character, U+200B ZERO WIDTH SPACE"),
+    "nul": ("a\x00b.png", "it holds a control or format character, U+0000 (unnamed)"),
+    "newline": ("a\nb.png", "it holds a control or format character, U+000A (unnamed)"),
+    "line-separator": ("a\u2028b.png", "it holds a control or format character, U+2028 LINE SEPARATOR"),
+    "1020-bytes": ("\u540d" * 340, "it is 1020 bytes"),
+    "dot-dot": ("..", "it is '..'"),
+}
+
+
+@pytest.mark.parametrize(("name", "problem"), HOSTILE_FILE_NAMES.values(), ids=HOSTILE_FILE_NAMES)
+@pytest.mark.parametrize("upload", ["upload_file", "upload_base64", "upload_from_url"])
+def test_a_hostile_file_name_is_refused_naming_the_rule(apikley, name, problem, upload):
+    source = PNG if upload != "upload_from_url" else "https://cdn.example.org/shoe.png"
+    with pytest.raises(ApikleyInputError) as refused:
+        getattr(ApikleyHook(), upload)(source, "catalog", file_name=name, overwrite=True)
+    assert str(refused.value).startswith(f"file_name={name[:80]!r}")
+    assert "must be a plain file name of 1 to 255 bytes" in str(refused.value)
+    assert str(refused.value).endswith(f"({problem})")
+    assert apikley.seen() == []
+
+
+def test_the_name_of_a_file_is_held_to_the_same_rule(apikley, tmp_path):
+    image = tmp_path / "shoe\u202egnp.png"
+    image.write_bytes(PNG)
+    with pytest.raises(ApikleyInputError) as refused:
+        ApikleyHook().upload_file(image, "catalog", overwrite=True)
+    assert str(refused.value).startswith("file_name (the file's name)='shoe\\u202egnp.png': must be a plain file name")
+    assert str(refused.value).endswith("(it holds a control or format character, U+202E RIGHT-TO-LEFT OVERRIDE)")
+    assert apikley.seen() == []
+
+
+HOSTILE_UPLOAD_PATHS = {
+    "nul": ("catalog/a\x00b", "part 2: it holds a control or format character, U+0000 (unnamed)"),
+    "newline": ("catalog\n2026", "part 1: it holds a control or format character, U+000A (unnamed)"),
+    "100000-characters": ("a" * 100_000, "it is 100000 bytes"),
+    "division-slash": ("catalog/..\u2215etc", "part 2: it holds a path separator, U+2215 DIVISION SLASH"),
+    "backslash": ("catalog\\..", "part 1: it holds a path separator, U+005C REVERSE SOLIDUS"),
+    "empty-part": ("catalog//2026", "part 2: it is empty"),
+    "dot": ("catalog/./2026", "part 2: it is '.'"),
+    "fullwidth-leading-slash": ("\uff0fetc", "it starts or ends with '/'"),
+    "long-part": ("catalog/" + "b" * 256, "part 2: it is 256 bytes"),
+}
+
+
+@pytest.mark.parametrize(("upload_path", "problem"), HOSTILE_UPLOAD_PATHS.values(), ids=HOSTILE_UPLOAD_PATHS)
+def test_a_hostile_upload_path_is_refused_naming_the_rule(apikley, upload_path, problem):
+    with pytest.raises(ApikleyInputError) as refused:
+        ApikleyHook().upload_file(PNG, upload_path)
+    message = str(refused.value)
+    assert message.startswith(f"upload_path={upload_path[:80]!r}")
+    assert "must be a relative folder of at most 1024 bytes" in message
+    assert message.endswith(f"({problem})")
+    assert len(message) < 1000  # the value is shortened, not repeated whole
+    assert apikley.seen() == []
+
+
 # ---- answers that are not what they claim --------------------------------------------------------
 
 
@@ -321,6 +445,22 @@ def test_a_huge_message_is_shortened_in_the_error(apikley):
     with pytest.raises(ApikleyError) as excinfo:
         ApikleyHook(retry_policy=RetryPolicy(attempts=1)).get_task(TASK_ID)
     assert len(str(excinfo.value)) < 1000
+
+
+async def test_a_message_with_control_characters_is_quoted_with_them_escaped_in_both_clients(apikley):
+    hostile = "Unauthorized\x1b[2J\x1b]52;c;cHduZWQ=\x07\x9b31m\x7f"
+    apikley.script("recordInfo", *[envelope(code=401, msg=hostile, status=401)] * 2)
+    with pytest.raises(ApikleyAuthError) as blocking:
+        ApikleyHook().get_task(TASK_ID)
+    hook = ApikleyHook()
+    try:
+        with pytest.raises(ApikleyAuthError) as non_blocking:
+            await hook.aget_task(TASK_ID)
+    finally:
+        await hook.aclose()
+    for error in (blocking.value, non_blocking.value):
+        assert "Unauthorized\\x1b[2J\\x1b]52;c;cHduZWQ=\\x07\\x9b31m\\x7f" in str(error)
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", str(error))
 
 
 # ---- wall-clock limits ---------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def batch_ids_saved(deployment: AirflowDeployment, run_id: str) -> int:
         "AND key LIKE 'apikley_batch/%%'",
         (BATCH_DAG_ID, run_id),
     )
-    return sum(len(json.loads(value)) for (value,) in pages)
+    # an entry without a task id is an intent: a create begun, not yet answered
+    return sum(1 for (value,) in pages for entry in json.loads(value).values() if entry["apikley_task_id"])
 
 
 def stop_between_creates(worker: psutil.Process, saved: Callable[[], int], accepted: Callable[[], int]) -> None:

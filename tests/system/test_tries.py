@@ -73,22 +73,8 @@ def expected(case: str, variant: str) -> Expected:
     """What ``case`` must do in the ``variant`` run, on the Airflow installed."""
     if not has_task_state_store():
         return Expected(creates=2, resumed=False, names_replaced=False)  # nothing survives a try
-    if case == BATCH:
-        return expected_of_the_batch(variant)
     if variant == "changed":
         return Expected(creates=2, resumed=False, names_replaced=True)
-    return Expected(creates=1, resumed=True, names_replaced=False)
-
-
-def expected_of_the_batch(variant: str) -> Expected:
-    """
-    The batch operator's retry, with a task state store.
-
-    Its ledger keeps each item's task id without the request's fingerprint, so a retry resumes every
-    item an earlier try submitted, whatever the retry renders: the ``changed`` run's result answers
-    the first try's prompt. When the batch resumes only the same request, this becomes the single
-    edits' expectation.
-    """
     return Expected(creates=1, resumed=True, names_replaced=False)
 
 

@@ -77,3 +77,16 @@ def test_an_event_naming_a_replaced_task_of_the_wrong_shape_is_refused():
     payload = {**TaskEvent.ended(ended("success")).to_payload(), "replaced_apikley_task_id": "../x"}
     with pytest.raises(ApikleyError, match=r"replaced_apikley_task_id='../x' in its event is not a task id"):
         TaskEvent.from_payload(payload)
+
+
+def test_the_output_path_travels_back_only_when_set():
+    event = TaskEvent.ended(ended("success"))
+    assert "output_path" not in event.to_payload()
+    carried = replace(event, output_path="s3://bucket/edits")
+    assert TaskEvent.from_payload(json.loads(json.dumps(carried.to_payload()))).output_path == "s3://bucket/edits"
+
+
+def test_an_output_path_that_is_not_a_uri_string_is_refused():
+    payload = {**TaskEvent.ended(ended("success")).to_payload(), "output_path": ["s3://bucket"]}
+    with pytest.raises(ApikleyError, match=r"output_path=\['s3://bucket'\] in its event is not a URI string"):
+        TaskEvent.from_payload(payload)

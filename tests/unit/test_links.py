@@ -4,7 +4,6 @@ import json
 import logging
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, ApikleyTaskLink
@@ -95,6 +94,13 @@ def test_route_keys_that_could_be_guessed_or_are_not_keys_are_refused(monkeypatc
 # ---- the link in a task process, where XCom reads go through the worker's supervisor ---------------
 
 
+def sdk_http():
+    """The HTTP library Airflow's execution API client is built on: httpx, or its fork httpx2 from Airflow 3.4."""
+    import airflow.sdk.api.client as client
+
+    return getattr(client, "httpx2", None) or client.httpx
+
+
 class ExecutionApi:
     """The XCom routes of Airflow's execution API: values by (dag, run, task, key, map index)."""
 
@@ -102,19 +108,19 @@ class ExecutionApi:
         self.values: dict[tuple[str, str, str, str, int], str] = {}
         self.requests: list[str] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request):
         _, _, dag_id, run_id, task_id, key = request.url.path.split("/", 5)  # /xcoms/<dag>/<run>/<task>/<key>
         self.requests.append(request.method)
         rows = {index: value for (*row, index), value in self.values.items() if row == [dag_id, run_id, task_id, key]}
         if request.method == "HEAD":  # how many map indexes have one; never a 404
-            return httpx.Response(200, headers={"Content-Range": f"map_indexes {len(rows)}"})
+            return sdk_http().Response(200, headers={"Content-Range": f"map_indexes {len(rows)}"})
         map_index = int(request.url.params.get("map_index", -1))
         if map_index not in rows:
             message = (
                 f"XCom with {key=} {map_index=} not found for task {task_id!r} in DAG run {run_id!r} of {dag_id!r}"
             )
-            return httpx.Response(404, json={"detail": {"reason": "not_found", "message": message}})
-        return httpx.Response(200, json={"key": key, "value": rows[map_index]})
+            return sdk_http().Response(404, json={"detail": {"reason": "not_found", "message": message}})
+        return sdk_http().Response(200, json={"key": key, "value": rows[map_index]})
 
 
 class Supervisor:
@@ -123,7 +129,7 @@ class Supervisor:
     def __init__(self, api: ExecutionApi) -> None:
         from airflow.sdk.api.client import Client
 
-        self.client = Client(base_url="http://execution-api.test/", token="", transport=httpx.MockTransport(api))
+        self.client = Client(base_url="http://execution-api.test/", token="", transport=sdk_http().MockTransport(api))
 
     def send(self, msg):
         from airflow.sdk.execution_time.comms import GetXCom, GetXComCount, XComResult

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 
 from airflow_provider_qwen.emulator.script import task_record
-from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError
-from airflow_provider_qwen.models import QwenImageToImageInput, TaskRecord, TaskState
+from airflow_provider_qwen.exceptions import ApikleyBadResponseError, ApikleyInputError, ApikleyTaskFailedError
+from airflow_provider_qwen.models import MAX_RESULT_URLS, QwenImageToImageInput, TaskRecord, TaskState
 
 TASK_ID = "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e"
 IMAGE_URL = "https://files.example.org/in/shoe.png"
@@ -134,6 +136,51 @@ def test_record_fail_keeps_code_and_message():
     data["failCode"] = 501  # some answers send it as a number
     parsed = TaskRecord.from_api(data)
     assert (parsed.state, parsed.fail_code, parsed.fail_message) == (TaskState.FAIL, "501", "content flagged")
+
+
+#: C0 controls (newline and tab too), DEL and C1 controls.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def test_apikleys_texts_arrive_with_their_control_characters_escaped():
+    data = task_record(TASK_ID, "fail", fail_code="501\x1b[2J", fail_message="flagged\ncredits consumed: 0\x9b\x7f")
+    data["model"] = "qwen/image-to-image\x1b]52;c;cHduZWQ=\x07"
+    record = TaskRecord.from_api(data)
+    assert record.fail_code == "501\\x1b[2J"
+    assert record.fail_message == "flagged\\x0acredits consumed: 0\\x9b\\x7f"
+    assert record.model == "qwen/image-to-image\\x1b]52;c;cHduZWQ=\\x07"
+    failure = str(ApikleyTaskFailedError(record.task_id, record.fail_code, record.fail_message))
+    assert not CONTROL_CHARACTERS.search(failure) and not CONTROL_CHARACTERS.search(json.dumps(record.describe()))
+
+
+def test_result_urls_that_are_not_http_urls_are_dropped_and_named_in_a_warning(caplog):
+    junk = [
+        "javascript:alert(document.cookie)",
+        "file:///etc/passwd",
+        {"url": "https://files.example.org/in-an-object.png"},
+        "https://files.example.org/\x1b[2J.png",
+    ]
+    data = task_record(TASK_ID, "success")
+    data["resultJson"] = json.dumps({"resultUrls": [junk[0], RESULT_URL, *junk[1:]]})
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_qwen.models"):
+        record = TaskRecord.from_api(data)
+    assert record.result_urls == [RESULT_URL]
+    assert record.describe()["result_urls"] == [RESULT_URL]
+    assert record.result_beyond_urls is None  # nothing dropped lingers in resultJson
+    assert "passwd" not in record.model_dump_json()
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = warning.getMessage()
+    assert f"Apikley task {TASK_ID}: dropped 4 of its 5 resultUrls entries" in message
+    assert "'javascript:alert(document.cookie)', 'file:///etc/passwd', {'url': " in message
+    assert message.endswith(", ...")  # a sample, not the whole flood
+    assert not CONTROL_CHARACTERS.search(message)
+
+
+def test_result_urls_entries_that_are_not_urls_count_toward_the_cap():
+    data = task_record(TASK_ID, "success")
+    data["resultJson"] = json.dumps({"resultUrls": [RESULT_URL, *["javascript:void(0)"] * MAX_RESULT_URLS]})
+    with pytest.raises(ApikleyBadResponseError, match=f"holds {MAX_RESULT_URLS + 1} URLs"):
+        TaskRecord.from_api(data)
 
 
 def test_record_tolerates_absent_optional_fields_and_task_id_spelling():

@@ -46,6 +46,16 @@ def test_the_connection_form_relabels_and_hides_fields(providers_manager):
     assert "https://api.apikley.ru" in behaviour["placeholders"].values()
 
 
+def test_the_resume_settle_setting_is_declared_with_the_triggers_default(providers_manager):
+    from airflow.configuration import conf
+
+    from airflow_provider_qwen.triggers.apikley import RESUME_SETTLE_SECONDS
+
+    providers_manager.initialize_providers_configuration()
+    conf.load_providers_configuration()
+    assert conf.getfloat("apikley", "resume_settle_seconds") == RESUME_SETTLE_SECONDS
+
+
 @pytest.mark.skipif(not FORM_FROM_PROVIDER_INFO, reason="extra fields in the form need Airflow 3.2+")
 def test_the_connection_form_has_the_extras(providers_manager):
     widgets = providers_manager.connection_form_widgets
@@ -131,3 +141,18 @@ def test_extras_the_form_saves_empty_read_as_their_defaults():
     saved = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8, extra=empty)
     unset = Connection(conn_id="apikley_form", conn_type="apikley", password="k" * 8)
     assert ApikleySettings.from_connection(saved) == ApikleySettings.from_connection(unset)
+
+
+def test_a_connection_owned_by_a_team_says_so_and_one_without_says_nothing():
+    from types import SimpleNamespace
+
+    from airflow.models.connection import Connection
+
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
+
+    plain = Connection(conn_id="apikley_plain", conn_type="apikley", password="k" * 8)
+    assert ApikleySettings.from_connection(plain).team is None
+    # Airflow 3.3's connections carry team_name under [core] multi_team; older ones have no such attribute
+    owned = SimpleNamespace(**{name: getattr(plain, name) for name in ("conn_id", "conn_type", "password", "host")})
+    owned.extra_dejson, owned.team_name, owned.login, owned.schema, owned.port = {}, "editors", None, None, None
+    assert ApikleySettings.from_connection(owned, extra={}).team == "editors"

@@ -146,8 +146,8 @@ with DAG(
     waits = {"deferrable": True, "poll_interval": 0.5, "output_path": OUTPUT_PATH}
     submit = FailingSubmit(task_id="submit_raise", wait_for_completion=False, **edit, **waits)
     prepare() >> [
-        # end_in_triggerer=False: a worker runs the override of execute_complete
-        FailingQwen(task_id="qwen_raise", outlets=[EDITED], end_in_triggerer=False, **edit, **waits),
+        # the override of execute_complete makes a worker finish the task, as the provider's default
+        FailingQwen(task_id="qwen_raise", outlets=[EDITED], **edit, **waits),
         TimingOutQwen(task_id="qwen_timeout", **edit, **waits),
         TimingOutGeneric(task_id="generic_timeout", model=QWEN_IMAGE_TO_IMAGE, input=edit, **waits),
         FailingBatch(
