@@ -38,6 +38,10 @@ def admin_router(state: EmulatorState) -> APIRouter:
     async def stats() -> dict[str, Any]:
         return state.summary()
 
+    @router.get("/tasks")
+    async def tasks() -> list[dict[str, Any]]:
+        return state.task_list()
+
     @router.post("/reset")
     async def reset() -> dict[str, Any]:
         state.reset()

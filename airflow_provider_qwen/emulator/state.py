@@ -100,6 +100,25 @@ class EmulatorState:
             counts[key.split(" ", 1)[0]] += count
         return counts
 
+    def task_list(self) -> list[dict[str, Any]]:
+        """
+        Return what ``GET /_emulator/tasks`` answers: every accepted task, oldest first.
+
+        Each is ``{"taskId", "request", "createTime", "state"}``: the createTask body as it was sent
+        (``model``, ``input`` and ``callBackUrl`` if given), and when it was created (Unix ms), so a
+        test can count the tasks a caller paid for and tell which request each one answered.
+        """
+        now = time.time()
+        return [
+            {
+                "taskId": task.task_id,
+                "request": task.request,
+                "createTime": int(task.created * 1000),
+                "state": task.state(now),
+            }
+            for task in sorted(self.tasks.values(), key=lambda task: task.created)
+        ]
+
     def summary(self) -> dict[str, Any]:
         """
         Return what ``GET /_emulator/stats`` answers.

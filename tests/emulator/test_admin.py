@@ -35,6 +35,21 @@ def test_stats_count_requests_tasks_and_credits(client):
     assert stats["files"] == 2  # the upload and the result
 
 
+def test_tasks_lists_each_accepted_task_with_the_request_it_was_sent(client):
+    url = client.image_url()
+    first = client.task_id(image_url=url, prompt="sepia first")
+    client.configure(faults={"createTask": {"server_error": 1}})
+    assert client.create(image_url=url, prompt="refused").json()["code"] == 500
+    client.configure(faults={})
+    second = client.task_id(image_url=url, prompt="blur second")
+    tasks = client.http.get(f"{client.url}/_emulator/tasks").json()
+    assert [task["taskId"] for task in tasks] == [first, second]
+    assert [task["request"]["input"]["prompt"] for task in tasks] == ["sepia first", "blur second"]
+    assert {task["request"]["model"] for task in tasks} == {"qwen/image-to-image"}
+    assert tasks[0]["createTime"] <= tasks[1]["createTime"]
+    assert json.loads(client.record(first)["data"]["param"]) == tasks[0]["request"]
+
+
 def test_stats_tell_the_body_code_of_a_refused_key_from_its_http_status(client):
     """Apikley refuses a key with HTTP 200 and code 401 in the body: the stats name each for what it is."""
     client.credit(headers={"Authorization": "Bearer not-a-key"})

@@ -145,6 +145,10 @@ class EmulatorProcess:
         """``GET /_emulator/stats``: requests, statuses, ``accepted_create_tasks``, ``slowed``, tasks by state."""
         return self._admin("GET", "stats")
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """``GET /_emulator/tasks``: every accepted task, oldest first, with the createTask body it was sent."""
+        return self._admin("GET", "tasks")
+
     def configure(self, **changes: Any) -> dict[str, Any]:
         """``POST /_emulator/config``: the fields given replace the current settings (``faults`` as a whole)."""
         return self._admin("POST", "config", json=changes)
