@@ -420,7 +420,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return None
         try:
             record = self.hook.get_task(takeover.resume)
-        except ApikleyNotFoundError:
+        except ApikleyNotFoundError as err:
+            # a 404 page from a proxy or gateway says nothing of the task: never pay again on its say-so
+            if not err.from_envelope:
+                raise
             self.log.warning("Apikley no longer knows task %s; submitting anew", takeover.resume)
             return None
         if record.state is TaskState.FAIL and self.resubmit_failed_task:

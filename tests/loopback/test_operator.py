@@ -27,6 +27,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyError,
     ApikleyInputError,
     ApikleyInsufficientCreditsError,
+    ApikleyNotFoundError,
     ApikleyOrphanedIntentError,
     ApikleyServerError,
     ApikleyTaskFailedError,
@@ -515,6 +516,16 @@ def test_a_task_apikley_forgot_is_submitted_anew(apikley, edit, sent_input):
     (new_task_id,) = task_ids(apikley)
     assert result["apikley_task_id"] == new_task_id != TASK_ID
     assert apikley.seen("recordInfo")[0].query == f"taskId={TASK_ID}"
+
+
+def test_a_404_page_that_is_not_apikleys_answer_is_never_taken_for_a_forgotten_task(apikley, edit, sent_input):
+    from airflow_provider_qwen.emulator.script import html_page
+
+    store = FakeStateStore(apikley_task=saved_task(TASK_ID, sent_input, 1.0))
+    apikley.script("recordInfo", html_page(status=404))
+    with pytest.raises(ApikleyNotFoundError):
+        edit().execute({"ti": mock.Mock(try_number=2), "task_state_store": store})
+    assert apikley.seen("createTask") == []  # nothing paid on a gateway's say-so
 
 
 # ---- a retry takes over only the same request -----------------------------------------------------
