@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import secrets
@@ -61,6 +60,7 @@ from airflow_provider_qwen.storage import (
     read_upload,
     write_atomically,
 )
+from airflow_provider_qwen.threads import in_thread
 from airflow_provider_qwen.validation import check_task_id, is_task_id
 
 CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
@@ -471,9 +471,9 @@ class ApikleyHook(HttpHook):
     async def _open_aio(self) -> aiohttp.ClientSession:
         conn = await get_async_connection(self.apikley_conn_id, self)
         extra = await get_async_extra_dejson(conn)
-        # Off the event loop: reading the settings masks the webhook secret, which in a triggerer tells
-        # its supervisor with a blocking send, and Airflow 3.2's blocks the loop it waits on for good.
-        settings = await asyncio.to_thread(ApikleySettings.from_connection, conn, extra)
+        # Off the event loop: reading the settings masks the secrets, which in a triggerer tells its
+        # supervisor with a blocking send, and Airflow 3.2's blocks the loop it waits on for good.
+        settings = await in_thread(ApikleySettings.from_connection, conn, extra)
         # The key alone authenticates, as in the blocking client (whose bearer auth overrides a
         # user:password in the host); aiohttp would refuse a request that carries both.
         self._aio_base_url = str(yarl.URL(settings.base_url, encoded=True).with_user(None))

@@ -29,6 +29,7 @@ from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import ApikleyTaskLink
 from airflow_provider_qwen.redaction import shown_setting, without_credentials
 from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.threads import in_thread
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
 
 if TYPE_CHECKING:
@@ -237,16 +238,12 @@ class ApikleyTaskTrigger(BaseTrigger):
         xcom_set = compat.trigger_xcom_set()
         if ti is None or not hasattr(ti, "run_id") or xcom_set is None:
             return False
-        from asgiref.sync import sync_to_async
-
         value = event.summary()
         if self.output_path:
             from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
             try:  # blocking file writes, in a thread of their own
-                value = await sync_to_async(with_stored_results, thread_sensitive=False)(
-                    ApikleyHook(self.apikley_conn_id), value, self.output_path
-                )
+                value = await in_thread(with_stored_results, ApikleyHook(self.apikley_conn_id), value, self.output_path)
             except Exception:
                 self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
                 return False
@@ -259,8 +256,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         link = task_page_url(self.apikley_conn_id, self.apikley_task_id)
         try:
             mapped_length = len(value) if self.maps_over_result else None
-            await sync_to_async(xcom_set)(key="return_value", value=value, mapped_length=mapped_length, **where)
-            await sync_to_async(xcom_set)(key=ApikleyTaskLink().xcom_key, value=link, **where)
+            await in_thread(xcom_set, key="return_value", value=value, mapped_length=mapped_length, **where)
+            await in_thread(xcom_set, key=ApikleyTaskLink().xcom_key, value=link, **where)
         except Exception:
             self.log.exception(
                 "Could not push the result of Apikley task %s; a worker resumes it", self.apikley_task_id

@@ -17,6 +17,7 @@ from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.redaction import without_credentials
+from airflow_provider_qwen.threads import in_thread
 from airflow_provider_qwen.triggers.apikley import settle_before_resuming
 from airflow_provider_qwen.validation import is_task_id
 from airflow_provider_qwen.waits import Done, TaskWait, TimedOut, aquery, wait_settings
@@ -134,9 +135,9 @@ class ApikleyBatchTrigger(BaseTrigger):
         states: Counter[str] = Counter()
         last_submit = 0.0
         for page in folder.pages(self.count):
-            ended = await asyncio.to_thread(folder.read_ended, page, self.count, self.generation, self.log)
+            ended = await in_thread(folder.read_ended, page, self.count, self.generation, self.log)
             if ended is None:  # not waited for by this generation yet, or by a triggerer that stopped before its end
-                submitted = await asyncio.to_thread(self._submitted_page, folder, page)
+                submitted = await in_thread(self._submitted_page, folder, page)
                 tasks = [
                     [item["apikley_task_id"], item["submitted_at"], item.get("replaced_apikley_task_id")]
                     for item in submitted
@@ -145,7 +146,7 @@ class ApikleyBatchTrigger(BaseTrigger):
                     {"index": item["index"], "generation": self.generation, **outcome}
                     for item, outcome in zip(submitted, await self._outcomes(hook, tasks), strict=True)
                 ]
-                await asyncio.to_thread(write_records, folder.ended(page), ended)
+                await in_thread(write_records, folder.ended(page), ended)
                 last_submit = max(last_submit, *(float(item["submitted_at"]) for item in submitted))
             states.update(str(item["status"]) for item in ended)
         self.log.info("All %d Apikley tasks of the batch have ended: %s", self.count, dict(states))
