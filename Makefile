@@ -64,34 +64,28 @@ test-loopback: $(STAMP)
 	@$(call pytest_strict,$(BIN)/pytest -q $(XDIST) tests/loopback)
 
 # Each older supported Airflow, in its own venv (.venv-airflow-X.Y), on the tests that touch
-# Airflow's APIs (the emulator's and the benchmarks' own tests do not; the quickstart's installs
-# the newest Airflow whatever the venv). Each installs from its lock, constraints/airflow-X.Y.txt.
-# Airflow 3.2 does not run on the cadwyn, FastAPI and Starlette releases an unconstrained install
-# resolves (its execution API fails to build, then loses its service registry under Starlette 1),
-# so its lock is resolved with compat_pins, which hold that line at 3.2.1. Airflow 3.1 sets an attribute
-# on cryptography's MultiFernet, which cryptography 51 (written in Rust) refuses: every connection
-# read with a Fernet key configured fails there, so its lock holds cryptography below 51.
-# tests/system runs on these lines too (.venv-airflow-X.Y/bin/pytest tests/system), but not here yet:
-# Airflow 3.2.1's trigger runner dies ("Response read out of order") when a trigger's thread and its
-# event loop talk to the supervisor at once, and on 3.1 the UI's form test and three runs that
-# outlasted their timeouts are still open (docs/development.md).
-COMPAT_TESTS ?= tests/unit tests/loopback tests/integration -m "not fault_matrix and not fresh_venv"
+# Airflow's APIs, its deployment tier included (the emulator's and the benchmarks' own tests do not;
+# the quickstart's installs the newest Airflow whatever the venv). Each installs from its lock,
+# constraints/airflow-X.Y.txt. Airflow 3.2 does not run on the cadwyn, FastAPI and Starlette releases
+# an unconstrained install resolves (its execution API fails to build, then loses its service
+# registry under Starlette 1), so its lock is resolved with compat_pins, which hold that line at
+# 3.2.1. Airflow 3.1 sets an attribute on cryptography's MultiFernet, which cryptography 51 (written
+# in Rust) refuses: every connection read with a Fernet key configured fails there, so its lock holds
+# cryptography below 51. The lines run one after the other, each on two workers ($(XDIST)): one
+# runs the line's deployment tests, the other everything else.
+COMPAT_TESTS ?= tests/unit tests/loopback tests/integration tests/system -m "not fault_matrix and not fresh_venv"
 compat_pins = $$(case $(1) in 3.1) echo 'cryptography<51';; 3.2) echo 'cadwyn<8' 'fastapi<0.137' 'starlette<1';; esac)
 
-test-compat: | $(BIN)/uv
+test-compat: system-deps | $(BIN)/uv
 	@set -e; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
 		venv=.venv-airflow-$$version; \
 		[ -x $$venv/bin/python ] || $(PYTHON) -m venv $$venv; \
 		$(BIN)/uv pip install --python $$venv/bin/python --quiet -c $(LOCK_DIR)/airflow-$$version.txt -e '.[dev]'; \
 	done
-	@# The lines run side by side, one pytest each (they share nothing: ports and homes are per test),
-	@# which halves the step's wall time on two cores; each line's output is printed whole, in turn.
-	@for version in $(COMPAT_AIRFLOW_VERSIONS); do \
-		( .venv-airflow-$$version/bin/pytest -q -p no:cacheprovider --durations=10 $(COMPAT_TESTS) \
-			> .compat-$$version.log 2>&1; echo $$? > .compat-$$version.status ) & \
-	done; wait; failed=0; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
-		echo "== Airflow $$version ($(LOCK_DIR)/airflow-$$version.txt)"; cat .compat-$$version.log; \
-		status=$$(cat .compat-$$version.status); \
+	@failed=0; for version in $(COMPAT_AIRFLOW_VERSIONS); do \
+		echo "== Airflow $$version ($(LOCK_DIR)/airflow-$$version.txt)"; started=$$SECONDS; \
+		.venv-airflow-$$version/bin/pytest -q -p no:cacheprovider $(XDIST) --durations=10 $(COMPAT_TESTS); \
+		status=$$?; echo "== Airflow $$version: pytest exited $$status in $$((SECONDS - started)) s"; \
 		[ $$status -ne 5 ] || echo "pytest collected no tests on Airflow $$version" >&2; \
 		[ $$status -eq 0 ] || failed=1; \
 	done; exit $$failed
