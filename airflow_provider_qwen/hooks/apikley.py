@@ -103,7 +103,8 @@ class ApikleyHook(HttpHook):
     The connection must be of type ``apikley``; it holds the API key in its password and, optionally,
     the base URL in its host (default https://api.apikley.ru). Its extra may set ``timeout`` (seconds
     one call may take in all), ``upload_base_url``, ``webhook_secret``, ``proxies``, ``verify`` and
-    ``private_result_hosts``; other extras are ignored, never sent (see :class:`ApikleySettings`).
+    ``private_result_hosts``; other extras are never sent, and are ignored with a warning, or refused
+    when the extra ``strict_extras`` is true (see :class:`ApikleySettings`).
 
     Status queries are retried on 429, 455, 5xx, malformed answers and network errors, with
     exponential backoff, jitter and ``Retry-After``. ``createTask`` is retried only where the service
