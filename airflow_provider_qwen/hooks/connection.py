@@ -49,14 +49,20 @@ def connection_source(conn_id: str) -> str:
     Airflow looks in a configured secrets backend first, then ``AIRFLOW_CONN_<ID>``, then its
     metadata database; the first that has the connection wins.
     """
-    from airflow.configuration import conf
-
     variable = f"AIRFLOW_CONN_{conn_id.upper()}"
     fallback = (
         f"environment variable {variable}" if variable in os.environ else "the metadata database (Admin → Connections)"
     )
+    backend = secrets_backend_name()
+    return f"the secrets backend {backend}, else {fallback}" if backend else fallback
+
+
+def secrets_backend_name() -> str | None:
+    """Return the class name of the secrets backend Airflow's ``[secrets] backend`` configures, if any."""
+    from airflow.configuration import conf
+
     backend = conf.get("secrets", "backend", fallback="")
-    return f"the secrets backend {backend.rsplit('.', 1)[-1]}, else {fallback}" if backend else fallback
+    return backend.rsplit(".", 1)[-1] if backend else None
 
 
 #: The shortest route key accepted: a key signs callback URLs, so it must not be guessable.
