@@ -211,12 +211,24 @@ def test_airflow_lists_the_provider():
 
 # ---- the quickstart, verbatim -----------------------------------------------------------------------
 
-#: What the quickstart writes under /tmp and the emulator's port, made this run's own.
-QUICKSTART_FILES = "/tmp/qwen-quickstart"
+#: The emulator's port in the quickstart, made this run's own.
 QUICKSTART_PORT = "8089"
+#: The one folder the quickstart keeps everything in: its venv, AIRFLOW_HOME, photos and results.
+QUICKSTART_FOLDER = "~/qwen-quickstart"
+#: A path in the quickstart's text or DAG: absolute, or under the home folder.
+PATH_IN_TEXT = re.compile(r"(?<![\w.:/$}])~?/[\w.-]+(?:/[\w.-]+)*")
 
 
-def quickstart_script(files: Path, port: int) -> tuple[str, Path]:
+def test_the_quickstart_keeps_everything_under_one_folder():
+    text, _ = quickstart_text()
+    paths = PATH_IN_TEXT.findall(text)
+    assert "~/qwen-quickstart/venv" in paths
+    assert [path for path in paths if not path.startswith(QUICKSTART_FOLDER)] == []
+    (dag,) = [block.code for block in quickstart_blocks() if block.language == "python"]
+    assert 'Path.home() / "qwen-quickstart"' in dag and "/tmp" not in dag
+
+
+def quickstart_script(port: int) -> tuple[str, Path]:
     """The quickstart's commands as one bash script, and where the text tells the user to save the DAG."""
     text, _ = quickstart_text()
     (dag_path,) = re.findall(r"Save this DAG as `([^`]+)`", text)
@@ -233,7 +245,7 @@ def quickstart_script(files: Path, port: int) -> tuple[str, Path]:
             parts.append(f"cat > \"{dag_path}\" <<'QUICKSTART_DAG'\n{block.code}QUICKSTART_DAG")
         else:
             raise AssertionError(f"{block}: a quickstart block this test cannot run ({block.language!r})")
-    script = "\n".join(parts).replace(QUICKSTART_FILES, str(files)).replace(QUICKSTART_PORT, str(port))
+    script = "\n".join(parts).replace(QUICKSTART_PORT, str(port))
     return script, Path(dag_path)
 
 
@@ -252,9 +264,10 @@ def mean_difference(first: Path, second: Path) -> float:
 @pytest.mark.fresh_venv
 def test_the_quickstart_runs_verbatim_in_a_fresh_venv(tmp_path):
     """A new user's first session: README's commands in order, nothing installed or configured before."""
-    home, files = tmp_path / "home", tmp_path / "files"
+    home = tmp_path / "home"
     home.mkdir()
-    script, _ = quickstart_script(files, free_port())
+    files = home / "qwen-quickstart"  # the quickstart's one folder, under this run's own home
+    script, _ = quickstart_script(free_port())
     uv = BIN / "uv"
     uv_cache = subprocess.run([str(uv), "cache", "dir"], capture_output=True, text=True, check=True).stdout.strip()
     venv_bin = str(BIN)
