@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 
@@ -104,6 +105,61 @@ def test_every_python_snippet_runs(snippet, apikley, tmp_path, monkeypatch):
     code = compile(snippet.code, str(snippet), "exec")
     with DAG(f"docs_line_{snippet.line}", schedule=None):
         exec(code, {"__name__": f"docs_line_{snippet.line}"})
+
+
+#: What Airflow 3 leaves out of a run's context, or sets to None, when the run has no logical date
+#: (one triggered by hand or by an asset).
+LOGICAL_DATE_NAMES = re.compile(
+    r"\b(ds|ds_nodash|ts|ts_nodash|ts_nodash_with_tz|logical_date|execution_date|data_interval_start|"
+    r"data_interval_end|prev_ds|next_ds|yesterday_ds|tomorrow_ds|prev_data_interval_start_success)\b"
+)
+DOCS_AND_DAGS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "dags").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", DOCS_AND_DAGS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_no_template_shown_needs_a_logical_date(path):
+    for template in re.findall(r"\{\{(.*?)\}\}", path.read_text()):
+        without_filters = re.sub(r"\|\s*\w+", "", template)  # `| ds` formats a date; it is not the run's
+        assert not LOGICAL_DATE_NAMES.search(without_filters), f"{path}: {{{{{template}}}}}"
+
+
+@pytest.mark.dagrun
+@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.parametrize("logical_date", [None, datetime(2026, 3, 1, tzinfo=UTC)], ids=["manual", "scheduled"])
+def test_the_batch_guides_output_path_renders_on_every_run(logical_date, tmp_path, monkeypatch):
+    """A run triggered by hand or by an asset has no logical date; a scheduled one has one."""
+    from tests.integration.test_example_dags import load_dag, xcom_values
+
+    bundles = [{"name": "docs-render", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(tmp_path)}}]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+
+    (snippet,) = [s for s in snippets("python") if "QwenImageToImageBatchOperator(" in s.code]
+    (output_path,) = re.findall(r'output_path="([^"]+)"', snippet.code)
+    (tmp_path / "render_output_path.py").write_text(RENDER_DAG.format(template=output_path))
+    dag = load_dag("render_output_path", tmp_path)
+    dag_run = dag.test(run_after=datetime(2026, 3, 1, 6, tzinfo=UTC), logical_date=logical_date)
+    assert xcom_values(dag_run, "render") == ["s3://my-bucket/edits/2026-03-01"]
+
+
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+#: A DAG whose one task returns a template, rendered.
+RENDER_DAG = """
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=datetime(2026, 1, 1))
+def render_output_path():
+    @task
+    def render(path: str) -> str:
+        return path
+
+    render("{template}")
+
+
+render_output_path()
+"""
 
 
 def test_the_result_snippet_has_the_keys_an_edit_returns(apikley, source_image_url):
