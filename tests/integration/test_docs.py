@@ -162,6 +162,17 @@ render_output_path()
 """
 
 
+def test_the_callback_events_documented_extra_is_the_one_recorded():
+    from airflow_provider_qwen.api_server.callbacks import EVENT_EXTRA_FIELDS
+
+    text = (ROOT / "docs" / "guides" / "callbacks.md").read_text()
+    table = text[text.index("**From a callback**") : text.index("**From an edit task's `outlets`**")]
+    documented = [
+        key for row in re.findall(r"^\| (`.+?) \|", table, re.MULTILINE) for key in re.findall(r"`(\w+)`", row)
+    ]
+    assert documented == list(EVENT_EXTRA_FIELDS)
+
+
 def test_the_result_snippet_has_the_keys_an_edit_returns(apikley, source_image_url):
     (shown,) = [s for s in snippets("python") if s.code.startswith("{") and '"apikley_task_id"' in s.code]
     result = QwenImageToImageOperator(task_id="edit", prompt="sepia", image_url=source_image_url).execute(
