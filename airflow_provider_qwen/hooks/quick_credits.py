@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import requests
-
 from airflow_provider_qwen.connection_form import CONN_TYPE, DEFAULT_BASE_URL, DEFAULT_TIMEOUT_SECONDS
 from airflow_provider_qwen.hooks import CREDIT_ENDPOINT, USER_AGENT
 
@@ -53,6 +51,8 @@ def ask_credits(conn_id: str) -> float | CreditAnswer | None:
     request = _plain_request(conn_id)
     if request is None:
         return None
+    import requests  # a third of a second: not for --help
+
     url, api_key, timeout = request
     headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT, "Accept": "application/json"}
     try:
