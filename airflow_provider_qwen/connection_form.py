@@ -107,6 +107,14 @@ EXTRA_FIELDS = (
         "none",
         {"type": ["string", "null"]},
     ),
+    ConnectionField(
+        "strict_extras",
+        "Refuse unknown extras",
+        "When true, an extra the provider does not read (a mistyped timeout, say) fails the task before "
+        "any request; when false, it is ignored with one warning per process that suggests the closest name.",
+        "`false`",
+        {"type": ["boolean", "null"], "default": False},
+    ),
 )
 
 #: The extras' widgets in Airflow's connection form (the provider info's ``conn-fields``).

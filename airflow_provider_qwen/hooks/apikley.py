@@ -22,7 +22,7 @@ from airflow.providers.common.compat.connection import get_async_connection, get
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
 
-from airflow_provider_qwen import __version__, results
+from airflow_provider_qwen import results
 from airflow_provider_qwen.connection_form import DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
 from airflow_provider_qwen.exceptions import (
     ApikleyAuthError,
@@ -32,7 +32,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyNotFoundError,
     error_class_for_code,
 )
-from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.hooks import CREDIT_ENDPOINT, DEFAULT_CONN_ID, USER_AGENT
 from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth, connection_source
 from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, wall_clock_limit
 from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
@@ -65,8 +65,6 @@ from airflow_provider_qwen.validation import check_task_id, is_task_id
 
 CREATE_TASK_ENDPOINT = "/api/v1/jobs/createTask"
 RECORD_INFO_ENDPOINT = "/api/v1/jobs/recordInfo"
-CREDIT_ENDPOINT = "/api/v1/chat/credit"
-USER_AGENT = f"airflow-provider-qwen/{__version__}"
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
 
 
@@ -103,7 +101,8 @@ class ApikleyHook(HttpHook):
     The connection must be of type ``apikley``; it holds the API key in its password and, optionally,
     the base URL in its host (default https://api.apikley.ru). Its extra may set ``timeout`` (seconds
     one call may take in all), ``upload_base_url``, ``webhook_secret``, ``proxies``, ``verify`` and
-    ``private_result_hosts``; other extras are ignored, never sent (see :class:`ApikleySettings`).
+    ``private_result_hosts``; other extras are never sent, and are ignored with a warning, or refused
+    when the extra ``strict_extras`` is true (see :class:`ApikleySettings`).
 
     Status queries are retried on 429, 455, 5xx, malformed answers and network errors, with
     exponential backoff, jitter and ``Retry-After``. ``createTask`` is retried only where the service
@@ -267,11 +266,18 @@ class ApikleyHook(HttpHook):
 
     def get_credits(self) -> float:
         """Return the account's remaining credits."""
-        data = self._call("GET", CREDIT_ENDPOINT, is_transient)
-        try:
-            return float(data)
-        except (TypeError, ValueError):
-            raise ApikleyBadResponseError(f"Apikley sent credits that are not a number: {data!r}") from None
+        return _credits_in(self._call("GET", CREDIT_ENDPOINT, is_transient))
+
+    def read_credits(
+        self, http_status: int, body: bytes, charset: str | None = None, retry_after: str | None = None
+    ) -> float:
+        """
+        Return the credits in an answer of Apikley's credit endpoint received elsewhere, as :meth:`get_credits` would.
+
+        :raises ApikleyError: the error the answer describes, as :meth:`get_credits` raises it (a
+            refused key names this hook's connection and where it is read from).
+        """
+        return _credits_in(self._read_answer(http_status, body, charset, retry_after))
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -535,6 +541,13 @@ class ApikleyHook(HttpHook):
         if self._aio_session is not None:
             self._aio_session = None
             await shared_sessions.release(self.apikley_conn_id)
+
+
+def _credits_in(data: Any) -> float:
+    try:
+        return float(data)
+    except (TypeError, ValueError):
+        raise ApikleyBadResponseError(f"Apikley sent credits that are not a number: {data!r}") from None
 
 
 def _until_expired(chunks: Iterable[bytes], deadline: CallDeadline) -> Iterator[bytes]:

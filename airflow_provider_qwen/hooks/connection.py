@@ -9,9 +9,11 @@ connection the same way: only connections of type ``apikley``, and only the extr
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -47,14 +49,20 @@ def connection_source(conn_id: str) -> str:
     Airflow looks in a configured secrets backend first, then ``AIRFLOW_CONN_<ID>``, then its
     metadata database; the first that has the connection wins.
     """
-    from airflow.configuration import conf
-
     variable = f"AIRFLOW_CONN_{conn_id.upper()}"
     fallback = (
         f"environment variable {variable}" if variable in os.environ else "the metadata database (Admin → Connections)"
     )
+    backend = secrets_backend_name()
+    return f"the secrets backend {backend}, else {fallback}" if backend else fallback
+
+
+def secrets_backend_name() -> str | None:
+    """Return the class name of the secrets backend Airflow's ``[secrets] backend`` configures, if any."""
+    from airflow.configuration import conf
+
     backend = conf.get("secrets", "backend", fallback="")
-    return f"the secrets backend {backend.rsplit('.', 1)[-1]}, else {fallback}" if backend else fallback
+    return backend.rsplit(".", 1)[-1] if backend else None
 
 
 #: The shortest route key accepted: a key signs callback URLs, so it must not be guessable.
@@ -152,9 +160,7 @@ class ApikleySettings:
         extra = conn.extra_dejson if extra is None else extra
         if not isinstance(extra, dict):
             raise ApikleyConfigurationError(f"Connection {conn.conn_id!r}: its extra must be a JSON object")
-        ignored = sorted(set(extra) - KNOWN_EXTRAS)
-        if ignored:
-            log.warning("Connection %r: extras %s are not Apikley settings and are ignored", conn.conn_id, ignored)
+        check_unknown_extras(conn.conn_id, extra)
         secret = extra.get("webhook_secret") or None
         if secret is not None:
             mask_secret(str(secret))
@@ -176,6 +182,58 @@ class ApikleySettings:
             for password in url_passwords(url):
                 mask_secret(password)
         return settings
+
+
+#: The unknown extras already warned about in this process, per connection: a warning each, not one per hook.
+_warned_extras: set[tuple[str, tuple[str, ...]]] = set()
+_warned_extras_lock = threading.Lock()
+
+
+def check_unknown_extras(conn_id: str, extra: dict[str, Any]) -> None:
+    """
+    Refuse, or warn once about, the extras of connection ``conn_id`` that are not Apikley settings.
+
+    Each unknown extra is named with the closest known one (``timout``: did you mean ``timeout``?).
+    Without ``strict_extras`` they are ignored, with one warning per connection and set of unknown
+    extras in the process, however many hooks read the connection.
+
+    :raises ApikleyConfigurationError: when the extra ``strict_extras`` is true and an extra is unknown,
+        or ``strict_extras`` is neither true nor false.
+    """
+    strict = _strict_extras_from_extra(conn_id, extra)
+    unknown = sorted(set(extra) - KNOWN_EXTRAS)
+    if not unknown:
+        return
+    if strict:
+        named = ", ".join(f"{shown_setting(name, extra[name])}{_closest_extra(name)}" for name in unknown)
+        raise ApikleyConfigurationError(
+            f"Connection {conn_id!r} extra {named}: not an Apikley setting, and strict_extras refuses "
+            f"extras the provider does not read (it reads {', '.join(sorted(KNOWN_EXTRAS))})"
+        )
+    with _warned_extras_lock:
+        if (conn_id, tuple(unknown)) in _warned_extras:
+            return
+        _warned_extras.add((conn_id, tuple(unknown)))
+    named = ", ".join(f"{name!r}{_closest_extra(name)}" for name in unknown)
+    log.warning("Connection %r: extras %s are not Apikley settings and are ignored", conn_id, named)
+
+
+def _closest_extra(name: str) -> str:
+    close = difflib.get_close_matches(name.lower(), KNOWN_EXTRAS, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _strict_extras_from_extra(conn_id: str, extra: dict[str, Any]) -> bool:
+    strict = extra.get("strict_extras")
+    if strict in (None, ""):
+        return False
+    if isinstance(strict, str) and strict.lower() in ("true", "false"):
+        return strict.lower() == "true"
+    if not isinstance(strict, bool):
+        raise ApikleyConfigurationError(
+            f"Connection {conn_id!r} extra {shown_setting('strict_extras', strict)}: must be true or false"
+        )
+    return strict
 
 
 def require_apikley_type(conn: Connection) -> None:

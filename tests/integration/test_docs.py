@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from unittest import mock
 
@@ -104,6 +105,72 @@ def test_every_python_snippet_runs(snippet, apikley, tmp_path, monkeypatch):
     code = compile(snippet.code, str(snippet), "exec")
     with DAG(f"docs_line_{snippet.line}", schedule=None):
         exec(code, {"__name__": f"docs_line_{snippet.line}"})
+
+
+#: What Airflow 3 leaves out of a run's context, or sets to None, when the run has no logical date
+#: (one triggered by hand or by an asset).
+LOGICAL_DATE_NAMES = re.compile(
+    r"\b(ds|ds_nodash|ts|ts_nodash|ts_nodash_with_tz|logical_date|execution_date|data_interval_start|"
+    r"data_interval_end|prev_ds|next_ds|yesterday_ds|tomorrow_ds|prev_data_interval_start_success)\b"
+)
+DOCS_AND_DAGS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "dags").glob("*.py"))]
+
+
+@pytest.mark.parametrize("path", DOCS_AND_DAGS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_no_template_shown_needs_a_logical_date(path):
+    for template in re.findall(r"\{\{(.*?)\}\}", path.read_text()):
+        without_filters = re.sub(r"\|\s*\w+", "", template)  # `| ds` formats a date; it is not the run's
+        assert not LOGICAL_DATE_NAMES.search(without_filters), f"{path}: {{{{{template}}}}}"
+
+
+@pytest.mark.dagrun
+@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.parametrize("logical_date", [None, datetime(2026, 3, 1, tzinfo=UTC)], ids=["manual", "scheduled"])
+def test_the_batch_guides_output_path_renders_on_every_run(logical_date, tmp_path, monkeypatch):
+    """A run triggered by hand or by an asset has no logical date; a scheduled one has one."""
+    from tests.integration.test_example_dags import load_dag, xcom_values
+
+    bundles = [{"name": "docs-render", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(tmp_path)}}]
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
+
+    (snippet,) = [s for s in snippets("python") if "QwenImageToImageBatchOperator(" in s.code]
+    (output_path,) = re.findall(r'output_path="([^"]+)"', snippet.code)
+    (tmp_path / "render_output_path.py").write_text(RENDER_DAG.format(template=output_path))
+    dag = load_dag("render_output_path", tmp_path)
+    dag_run = dag.test(run_after=datetime(2026, 3, 1, 6, tzinfo=UTC), logical_date=logical_date)
+    assert xcom_values(dag_run, "render") == ["s3://my-bucket/edits/2026-03-01"]
+
+
+LOCAL_BUNDLE = "airflow.dag_processing.bundles.local.LocalDagBundle"
+#: A DAG whose one task returns a template, rendered.
+RENDER_DAG = """
+from datetime import datetime
+
+from airflow.sdk import dag, task
+
+
+@dag(schedule=None, start_date=datetime(2026, 1, 1))
+def render_output_path():
+    @task
+    def render(path: str) -> str:
+        return path
+
+    render("{template}")
+
+
+render_output_path()
+"""
+
+
+def test_the_callback_events_documented_extra_is_the_one_recorded():
+    from airflow_provider_qwen.api_server.callbacks import EVENT_EXTRA_FIELDS
+
+    text = (ROOT / "docs" / "guides" / "callbacks.md").read_text()
+    table = text[text.index("**From a callback**") : text.index("**From an edit task's `outlets`**")]
+    documented = [
+        key for row in re.findall(r"^\| (`.+?) \|", table, re.MULTILINE) for key in re.findall(r"`(\w+)`", row)
+    ]
+    assert documented == list(EVENT_EXTRA_FIELDS)
 
 
 def test_the_result_snippet_has_the_keys_an_edit_returns(apikley, source_image_url):
@@ -211,12 +278,24 @@ def test_airflow_lists_the_provider():
 
 # ---- the quickstart, verbatim -----------------------------------------------------------------------
 
-#: What the quickstart writes under /tmp and the emulator's port, made this run's own.
-QUICKSTART_FILES = "/tmp/qwen-quickstart"
+#: The emulator's port in the quickstart, made this run's own.
 QUICKSTART_PORT = "8089"
+#: The one folder the quickstart keeps everything in: its venv, AIRFLOW_HOME, photos and results.
+QUICKSTART_FOLDER = "~/qwen-quickstart"
+#: A path in the quickstart's text or DAG: absolute, or under the home folder.
+PATH_IN_TEXT = re.compile(r"(?<![\w.:/$}])~?/[\w.-]+(?:/[\w.-]+)*")
 
 
-def quickstart_script(files: Path, port: int) -> tuple[str, Path]:
+def test_the_quickstart_keeps_everything_under_one_folder():
+    text, _ = quickstart_text()
+    paths = PATH_IN_TEXT.findall(text)
+    assert "~/qwen-quickstart/venv" in paths
+    assert [path for path in paths if not path.startswith(QUICKSTART_FOLDER)] == []
+    (dag,) = [block.code for block in quickstart_blocks() if block.language == "python"]
+    assert 'Path.home() / "qwen-quickstart"' in dag and "/tmp" not in dag
+
+
+def quickstart_script(port: int) -> tuple[str, Path]:
     """The quickstart's commands as one bash script, and where the text tells the user to save the DAG."""
     text, _ = quickstart_text()
     (dag_path,) = re.findall(r"Save this DAG as `([^`]+)`", text)
@@ -233,7 +312,7 @@ def quickstart_script(files: Path, port: int) -> tuple[str, Path]:
             parts.append(f"cat > \"{dag_path}\" <<'QUICKSTART_DAG'\n{block.code}QUICKSTART_DAG")
         else:
             raise AssertionError(f"{block}: a quickstart block this test cannot run ({block.language!r})")
-    script = "\n".join(parts).replace(QUICKSTART_FILES, str(files)).replace(QUICKSTART_PORT, str(port))
+    script = "\n".join(parts).replace(QUICKSTART_PORT, str(port))
     return script, Path(dag_path)
 
 
@@ -252,9 +331,10 @@ def mean_difference(first: Path, second: Path) -> float:
 @pytest.mark.fresh_venv
 def test_the_quickstart_runs_verbatim_in_a_fresh_venv(tmp_path):
     """A new user's first session: README's commands in order, nothing installed or configured before."""
-    home, files = tmp_path / "home", tmp_path / "files"
+    home = tmp_path / "home"
     home.mkdir()
-    script, _ = quickstart_script(files, free_port())
+    files = home / "qwen-quickstart"  # the quickstart's one folder, under this run's own home
+    script, _ = quickstart_script(free_port())
     uv = BIN / "uv"
     uv_cache = subprocess.run([str(uv), "cache", "dir"], capture_output=True, text=True, check=True).stdout.strip()
     venv_bin = str(BIN)
