@@ -167,3 +167,64 @@ def test_a_settlement_with_negative_or_nan_credits_is_refused(client, run_id):
 
 def test_a_settlement_of_a_budget_never_reserved_in_is_404(client, run_id):
     assert post(client, "/budgets/settle", settlement(run_id)).status_code == 404
+
+
+@pytest.fixture
+def ledger_url(airflow_db, monkeypatch):
+    """The provider's app on loopback under ``/apikley``, as the api-server mounts it, and ``[api] base_url`` on it."""
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    server_app = FastAPI()
+    server_app.mount("/apikley", create_app())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_mapped_edits_share_the_runs_budget_and_the_one_over_it_is_refused_before_paying(
+    apikley, ledger_url, source_image_url, client, run_id
+):
+    from unittest import mock
+
+    from airflow_provider_qwen.exceptions import ApikleyBudgetExceededError
+    from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
+
+    before = apikley.state.credits
+
+    def run(map_index: int) -> dict:
+        ti = mock.Mock(dag_id="budgeted", run_id=run_id, task_id="edit", map_index=map_index, try_number=1)
+        operator = QwenImageToImageOperator(
+            task_id="edit", prompt="sepia", image_url=source_image_url, run_max_credits=2, poll_interval=0.01
+        )
+        return operator.execute({"ti": ti})
+
+    assert [run(0)["state"], run(1)["state"]] == ["success", "success"]
+    with pytest.raises(ApikleyBudgetExceededError) as excinfo:
+        run(2)
+    assert str(excinfo.value).startswith(
+        f"Over budget: the run's budget 'default' (run_max_credits of run {run_id} of DAG budgeted) is 2 credits, "
+        "2 spent and 0 in flight, so an edit expected to cost 1 would go past it; nothing was submitted"
+    )
+    assert len(apikley.seen("createTask")) == 2
+    assert apikley.state.credits == before - 2
+    # what the ledger holds: the two edits' cost, settled, nothing in flight
+    standing = post(
+        client,
+        "/budgets/reserve",
+        reservation(run_id, owner="probe", limit=0.0, model="qwen/image-to-image")
+        | {"dag_id": "budgeted", "budget": "default"},
+    ).json()
+    assert (standing["spent"], standing["in_flight"]) == (2.0, 0.0)
