@@ -194,6 +194,25 @@ class ApikleyOrphanedIntentError(ApikleyError):
     """
 
 
+class ApikleyBudgetExceededError(ApikleyError):
+    """
+    An edit was refused before it was paid for: it would take a spend budget past its limit.
+
+    The message names the budget (the task's ``max_credits`` or the run's ``run_max_credits``), its
+    limit, what was spent, what is in flight (reserved by edits not yet ended) and what the edit is
+    expected to cost.
+    """
+
+
+class ApikleyBudgetUnavailableError(ApikleyError):
+    """
+    A run budget is set and its ledger on the api-server could not be reached, or refused the request.
+
+    The edit is refused before it is paid for (a budget that cannot be checked does not hold); the
+    message says what failed and where the ledger was looked for.
+    """
+
+
 ERROR_BY_CODE: dict[int, type[ApikleyError]] = {
     401: ApikleyAuthError,
     402: ApikleyInsufficientCreditsError,

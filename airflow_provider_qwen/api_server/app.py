@@ -1,9 +1,10 @@
-"""The FastAPI app the provider adds to the Airflow api-server: callbacks and task pages."""
+"""The FastAPI app the provider adds to the Airflow api-server: callbacks, task pages and run budgets."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from airflow_provider_qwen.api_server.budgets import budgets_router
 from airflow_provider_qwen.api_server.callbacks import callback_router
 from airflow_provider_qwen.api_server.signing import SignatureChecker
 from airflow_provider_qwen.api_server.task_page import router as task_page_router
@@ -18,4 +19,5 @@ def create_app(checker: SignatureChecker | None = None) -> FastAPI:
     app = FastAPI(title="Apikley", openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(callback_router(checker))
     app.include_router(task_page_router)
+    app.include_router(budgets_router())
     return app

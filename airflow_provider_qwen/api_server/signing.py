@@ -40,6 +40,18 @@ def callback_signature(key: str, task_id: str, timestamp: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def budget_signature(api_key: str, path: str, timestamp: str, body: bytes) -> str:
+    """
+    Return the signature of a request to the run budgets' ledger: HMAC-SHA256 under the connection's API key.
+
+    It covers the endpoint's path, the time and the whole body (which names the connection), so
+    only a holder of that connection's API key, who can spend its credits anyway, can reserve or
+    settle for it, and a request cannot be moved to another endpoint or connection.
+    """
+    message = b"apikley-budget\n" + path.encode() + b"\n" + timestamp.encode() + b"\n" + body
+    return base64.b64encode(hmac.new(api_key.encode(), message, hashlib.sha256).digest()).decode()
+
+
 def route_token(key: str, conn_id: str, asset_uri: str) -> str:
     """
     Return the deployment's own signature over a callback URL's ``conn_id`` and ``asset``.

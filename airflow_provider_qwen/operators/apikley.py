@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
 from airflow_provider_qwen import _compat as compat
+from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
 from airflow_provider_qwen.events import (
     EventStatus,
     ResumeEvent,
@@ -43,9 +44,11 @@ from airflow_provider_qwen.resume import (
     read_saved_task,
     request_fingerprint,
     saving_to,
+    surely_not_created,
     take_over,
     try_deadline,
 )
+from airflow_provider_qwen.run_budget import Ended, RunBudget, reserve_edits
 from airflow_provider_qwen.storage import check_writable
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 from airflow_provider_qwen.validation import check_callback_url, check_input, check_model, load_input_schema
@@ -145,6 +148,23 @@ class ApikleyCreateTaskOperator(BaseOperator):
     :param min_credits: refuse to submit when the account has fewer credits than this (one extra
         request per task); ``None`` (the default) does not check, and Apikley refuses a task the
         account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
+    :param max_credits: the credits one try of this task may commit to its edit: the edit is refused
+        before it is paid for, with :class:`~airflow_provider_qwen.exceptions.ApikleyBudgetExceededError`,
+        when its expected cost (what Apikley last charged for an edit of the model, as the run's
+        ledger knows it, else :data:`~airflow_provider_qwen.budget.DEFAULT_EDIT_CREDITS`) is more.
+        Checked in the task, with no server.
+    :param run_max_credits: the credits the run's edits may spend together: every task of the run
+        that sets it (typically once, in ``default_args``) and names the same ``run_budget_name``
+        shares one budget, kept by the provider's ledger on the api-server (``[api] base_url``).
+        Before paying, the edit reserves its expected cost there, and is refused with
+        :class:`~airflow_provider_qwen.exceptions.ApikleyBudgetExceededError` when what the run spent,
+        what its edits in flight reserved and this edit would exceed it; reservations are decided one
+        at a time, so mapped edits started together never overshoot together. Once the edit ended,
+        its reservation is settled with what Apikley charged (a failed edit too, when Apikley says).
+        A ledger that cannot be reached, or that refuses, refuses the edit too (fails closed, with
+        :class:`~airflow_provider_qwen.exceptions.ApikleyBudgetUnavailableError`). The task then ends
+        on a worker, which settles.
+    :param run_budget_name: which of the run's budgets ``run_max_credits`` is: tasks naming the same one share it.
     """
 
     template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path")
@@ -171,6 +191,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
         expected_duration: float | None = None,
         end_in_triggerer: bool | None = None,
         min_credits: float | None = None,
+        max_credits: float | None = None,
+        run_max_credits: float | None = None,
+        run_budget_name: str = DEFAULT_RUN_BUDGET,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -190,6 +213,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.expected_duration = expected_duration
         self.end_in_triggerer = end_in_triggerer
         self.min_credits = min_credits
+        self.max_credits = max_credits
+        self.run_max_credits = run_max_credits
+        self.run_budget_name = run_budget_name
         self._result: dict[str, Any] | None = None
         if end_in_triggerer and (reasons := self._work_for_a_worker()):
             raise ApikleyInputError(
@@ -240,10 +266,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
         else:
             known = None
             self._check_before_paying()
+            budget = self._run_budget(context)
+            granted = reserve_edits(budget, self.max_credits, 0.0, 1, "0", self.log)
+            if granted.limiting is not None:
+                raise granted.limiting.refusal(granted.expected)
             create = partial(self.hook.create_task, model, request, self.callback_url)
-            apikley_task_id, submitted_at = create_recorded(
-                create, fingerprint, saved, saving_to(state_store, RESUME_KEY)
-            )
+            try:
+                apikley_task_id, submitted_at = create_recorded(
+                    create, fingerprint, saved, saving_to(state_store, RESUME_KEY)
+                )
+            except Exception as err:
+                if budget is not None and surely_not_created(err):
+                    budget.settle([], self.log, part=f"{budget.try_number}.0")
+                raise
             self.log.info("Created Apikley task %s", apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=apikley_task_id)
         setattr(self, PUSHED_ID_ATTRIBUTE, apikley_task_id)
@@ -268,6 +303,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 record = wait_until_done(self.hook, wait)
             except ApikleyError as err:
                 raise _after_paying(err, apikley_task_id, state_store) from None
+        self._settle(context, (record.task_id, record.credits_consumed, record.state is TaskState.SUCCESS))
         summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
         return self._finish(self._copy_results(summary, state_store))
 
@@ -283,6 +319,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
         setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
         if parsed.output_path and not isinstance(self.output_path, ObjectStoragePath):
             self.output_path = parsed.output_path  # as execute had it when it deferred
+        if parsed.status in (EventStatus.SUCCESS, EventStatus.FAILED):
+            succeeded = parsed.status is EventStatus.SUCCESS
+            self._settle(context, (parsed.apikley_task_id, parsed.credits_consumed, succeeded))
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
@@ -307,6 +346,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
     def _check_arguments(self) -> None:
         """Refuse, before any request, arguments that would fail (or lose results) only after paying."""
         check_callback_url(self.callback_url)
+        check_credits("max_credits", self.max_credits)
+        check_credits("run_max_credits", self.run_max_credits)
+        if not isinstance(self.run_budget_name, str) or not 1 <= len(self.run_budget_name) <= 100:
+            raise ApikleyInputError(f"run_budget_name={self.run_budget_name!r}: must be text of 1 to 100 characters")
         if self.min_credits is not None and (
             isinstance(self.min_credits, bool) or not isinstance(self.min_credits, (int, float)) or self.min_credits < 0
         ):
@@ -329,6 +372,17 @@ class ApikleyCreateTaskOperator(BaseOperator):
                     f"min_credits={self.min_credits:g}: the account has {left:g} credits left, fewer than this "
                     "task requires; nothing was submitted"
                 )
+
+    def _run_budget(self, context: Context) -> RunBudget | None:
+        """Return the run's budget this task shares, when ``run_max_credits`` is set."""
+        if self.run_max_credits is None:
+            return None
+        return RunBudget(self.hook, context, self.run_max_credits, self.run_budget_name, self.task_model())
+
+    def _settle(self, context: Context, ended: Ended) -> None:
+        """Settle what the ended edit cost with the run's budget (every reservation of this task instance)."""
+        if (budget := self._run_budget(context)) is not None:
+            budget.settle([ended], self.log)
 
     def _handed_on(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Return the value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
@@ -384,6 +438,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
             for name in RUN_AFTER_RESUMING
             if (owner := _user_override(type(self), name)) is not None
         ]
+        if self.run_max_credits is not None:
+            reasons.append(
+                f"run_max_credits={self.run_max_credits!r}: a worker settles what the edit cost with the run's budget"
+            )
         if self.outlets:
             reasons.append(f"outlets={self.outlets!r}: Airflow records asset events only when a worker ends a task")
         if self.on_success_callback:

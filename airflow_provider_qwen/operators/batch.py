@@ -26,8 +26,14 @@ from airflow_provider_qwen.batch_ledger import (
     plan_retry,
 )
 from airflow_provider_qwen.batch_manifest import SCHEMA_VERSION, BatchFolder, write_records
+from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
 from airflow_provider_qwen.events import EventStatus, TaskEvent
-from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
+from airflow_provider_qwen.exceptions import (
+    ApikleyBudgetExceededError,
+    ApikleyError,
+    ApikleyInputError,
+    ApikleyRateLimitError,
+)
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
 from airflow_provider_qwen.results import store_results
@@ -40,6 +46,7 @@ from airflow_provider_qwen.resume import (
     surely_not_created,
     try_deadline,
 )
+from airflow_provider_qwen.run_budget import Ended, RunBudget, reserve_edits
 from airflow_provider_qwen.storage import as_folder, check_writable, result_extension
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
@@ -61,7 +68,10 @@ __all__ = [
 
 #: The state of an item whose outcome could not be read when the batch finished.
 MISSING = "missing"
-#: Every state an item can end in, as a large batch's summary counts them.
+#: The state of an item never submitted, because it would have gone past a budget: nothing was paid for it.
+UNSUBMITTED = "unsubmitted"
+#: Every state an item of a large batch can end in, as its summary counts them (a budget takes a
+#: large batch whole or not at all, so none of its items is left ``unsubmitted``).
 OUTCOMES = (*(status.value for status in EventStatus), MISSING)
 #: Batches of up to this many items return the per-item list in XCom and carry it in their trigger;
 #: larger ones keep their items in a manifest under ``output_path`` and return a summary.
@@ -155,6 +165,16 @@ class QwenImageToImageBatchOperator(BaseOperator):
     A failed item does not stop the others; the task fails when more than ``max_failed_fraction`` of
     the items did not succeed, naming the first ten.
 
+    With ``max_credits`` (this try's edits) or ``run_max_credits`` (the run's, shared with its
+    other tasks; see :class:`~airflow_provider_qwen.operators.apikley.ApikleyCreateTaskOperator`),
+    each burst of creates is reserved first, and the batch stops submitting at the first item that
+    would go past a budget: it waits for the items it submitted, reports every other one as
+    ``unsubmitted`` (``result_urls`` empty, no task id, nothing paid), then fails with
+    :class:`~airflow_provider_qwen.exceptions.ApikleyBudgetExceededError` naming how many were left and
+    the budget. A batch of more than :data:`INLINE_RESULTS_LIMIT` items is reserved whole: when the
+    budget cannot take all of its items to submit, none is submitted. Once the batch ended, the run's
+    budget is settled with what Apikley charged for each item.
+
     Mapped single edits (``QwenImageToImageOperator.partial(...).expand(...)``) stay the way to go for
     per-item retries and a task instance per edit in the UI; this operator is for catalogs of
     hundreds or thousands, where one task and one trigger cost far less than that many.
@@ -176,6 +196,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
     :param on_orphaned_intent: what a retry does with an item whose create an earlier try began and
         saved no task id for: ``resubmit`` (the default) submits it again with a warning naming the
         items and the possible second charge; ``fail`` fails before creating anything.
+    :param max_credits: the credits this try may commit to new edits, each expected to cost what
+        Apikley last charged for one (as the run's ledger knows it), else
+        :data:`~airflow_provider_qwen.budget.DEFAULT_EDIT_CREDITS`.
+    :param run_max_credits: the credits the run's edits may spend together, kept by the ledger on the api-server.
+    :param run_budget_name: which of the run's budgets ``run_max_credits`` is.
     """
 
     template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path")
@@ -196,6 +221,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
         max_failed_fraction: float = 0.0,
         max_consecutive_poll_errors: int = 10,
         on_orphaned_intent: OrphanedIntentPolicy = "resubmit",
+        max_credits: float | None = None,
+        run_max_credits: float | None = None,
+        run_budget_name: str = DEFAULT_RUN_BUDGET,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -211,6 +239,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
         self.max_failed_fraction = max_failed_fraction
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.on_orphaned_intent = on_orphaned_intent
+        self.max_credits = max_credits
+        self.run_max_credits = run_max_credits
+        self.run_budget_name = run_budget_name
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -229,6 +260,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
             raise ApikleyInputError(f"inputs={self.inputs!r}: must be a non-empty list of dicts")
         if not 0 <= self.max_failed_fraction <= 1:
             raise ApikleyInputError(f"max_failed_fraction={self.max_failed_fraction!r}: must be between 0 and 1")
+        check_credits("max_credits", self.max_credits)
+        check_credits("run_max_credits", self.run_max_credits)
         built, problems = [], []
         for index, item in enumerate(self.inputs):
             try:
@@ -255,13 +288,23 @@ class QwenImageToImageBatchOperator(BaseOperator):
         plan = self._plan(context, ledger, folder, fingerprints, policy)
         if self.output_path and plan.submit:
             check_writable(self.output_path)
+        budget = self._run_budget(context)
+        if folder and plan.submit:
+            self._reserve_whole(budget, len(plan.submit))
         entries = plan.entries
-        self._submit_all(plan, requests, fingerprints, entries, ledger)
+        unsubmitted, over_budget = self._submit_all(plan, requests, fingerprints, entries, ledger, budget, not folder)
+        left = set(unsubmitted)
+        waited = [index for index in range(len(requests)) if index in entries and index not in left]
+        if unsubmitted and not waited:
+            raise ApikleyBudgetExceededError(over_budget)
         if folder:  # every page again, with this try's generation: the trigger waits for these, and no earlier ones
             PageLedger(folder, generation).save(range(len(requests)), entries)
             tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": len(requests)}
         else:
-            tasks = {"tasks": [_trigger_task(entries[index]) for index in range(len(requests))]}
+            tasks = {"tasks": [_trigger_task(entries[index]) for index in waited]}
+            if unsubmitted:
+                self.log.warning("%s", over_budget)
+                tasks.update(unsubmitted=unsubmitted, over_budget=over_budget)
         self.defer(
             trigger=ApikleyBatchTrigger(
                 **tasks,
@@ -286,16 +329,32 @@ class QwenImageToImageBatchOperator(BaseOperator):
             return self._complete_from_folder(context, event)
         if not isinstance(event, dict) or event.get("status") != "done" or not isinstance(event.get("tasks"), list):
             raise ApikleyError(f"Expected the event of an Apikley batch trigger, got {str(event)[:200]!r}")
-        if len(event["tasks"]) != len(self.inputs):
-            raise ApikleyError(f"The batch trigger reported {len(event['tasks'])} tasks for {len(self.inputs)} inputs")
-        outcomes = [(TaskEvent.from_payload(payload), _replaced(payload)) for payload in event["tasks"]]
-        ended = {index: (outcome.apikley_task_id, outcome.status.value) for index, (outcome, _) in enumerate(outcomes)}
-        BatchLedger(context.get("task_state_store"), _generation(context)).settle(len(outcomes), ended)
-        results = [self._result(index, outcome, replaced) for index, (outcome, replaced) in enumerate(outcomes)]
+        unsubmitted = _unsubmitted(event, len(self.inputs))
+        waited = [index for index in range(len(self.inputs)) if index not in unsubmitted]
+        if len(event["tasks"]) != len(waited):
+            left = f" ({len(unsubmitted)} more left unsubmitted)" if unsubmitted else ""
+            raise ApikleyError(f"The batch trigger reported {len(event['tasks'])} tasks for {len(waited)} inputs{left}")
+        outcomes = {
+            index: (TaskEvent.from_payload(payload), _replaced(payload))
+            for index, payload in zip(waited, event["tasks"], strict=True)
+        }
+        ended = {index: (outcome.apikley_task_id, outcome.status.value) for index, (outcome, _) in outcomes.items()}
+        BatchLedger(context.get("task_state_store"), _generation(context)).settle(len(self.inputs), ended)
+        self._settle(context, [_ended(outcome) for outcome, _ in outcomes.values()])
+        results = [
+            self._result(index, *outcomes[index]) if index in outcomes else _unsubmitted_result(index)
+            for index in range(len(self.inputs))
+        ]
         tally = Tally()
         for result in results:
             tally.add(result)
         self._check_failures(tally)
+        if unsubmitted:
+            raise ApikleyBudgetExceededError(
+                f"{len(unsubmitted)} of {len(self.inputs)} items were left unsubmitted, nothing paid for them "
+                f"({items_named(sorted(unsubmitted))}); the {len(waited)} submitted have ended. "
+                f"{event.get('over_budget') or ''}"
+            )
         return results
 
     def _plan(
@@ -337,42 +396,73 @@ class QwenImageToImageBatchOperator(BaseOperator):
         fingerprints: list[str],
         entries: dict[int, LedgerEntry],
         ledger: Ledger,
-    ) -> None:
+        budget: RunBudget | None,
+        per_burst: bool,
+    ) -> tuple[list[int], str]:
         """
         Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
 
         Each burst costs two writes of the ledger: the intents before its first create, the task ids
         after its last (or after the create that raised, whose intent stays unless Apikley surely
-        created nothing).
+        created nothing). With ``per_burst`` and a budget, each burst is reserved first, and the
+        submission stops at the first item that does not fit.
+
+        :return: the items left unsubmitted, and the budget's refusal that left them.
         """
         limiter = CreateRateLimiter(self.creates_per_window, self.window_seconds)
         pending = plan.submit
+        committed = 0.0
+        budgeted = per_burst and (budget is not None or self.max_credits is not None)
         for start in range(0, len(pending), self.creates_per_window):
             burst = pending[start : start + self.creates_per_window]
-            limiter.wait(len(burst))
-            before = {index: entries.get(index) for index in burst}
-            intended_at = time.time()
-            for index in burst:
-                entries[index] = LedgerEntry(None, intended_at, fingerprints[index], plan.replaced.get(index))
-            ledger.save(burst, entries)
-            created = 0
-            try:
-                for index in burst:
-                    task_id = self._submit(requests[index], limiter)
-                    entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=time.time())
-                    created += 1
-            except BaseException as err:
-                for index in burst[created + (0 if surely_not_created(err) else 1) :]:
-                    if (earlier := before[index]) is None:
-                        entries.pop(index)
-                    else:
-                        entries[index] = earlier
-                raise
-            finally:
-                ledger.save(burst, entries)
+            if budgeted:
+                granted = reserve_edits(budget, self.max_credits, committed, len(burst), str(start), self.log)
+                committed += granted.count * granted.expected
+                if granted.limiting is not None:
+                    left = pending[start + granted.count :]
+                    self._submit_burst(burst[: granted.count], plan, requests, fingerprints, entries, ledger, limiter)
+                    submitted = f"{start + granted.count} of {len(pending)} items were submitted"
+                    return sorted(left), str(granted.limiting.refusal(granted.expected, submitted))
+            self._submit_burst(burst, plan, requests, fingerprints, entries, ledger, limiter)
             done = start + len(burst)
             if done // 50 > start // 50 or done == len(pending):
                 self.log.info("Submitted %d of %d edits", done, len(pending))
+        return [], ""
+
+    def _submit_burst(
+        self,
+        burst: list[int],
+        plan: RetryPlan,
+        requests: list[dict[str, Any]],
+        fingerprints: list[str],
+        entries: dict[int, LedgerEntry],
+        ledger: Ledger,
+        limiter: CreateRateLimiter,
+    ) -> None:
+        """Submit one burst: its intents saved before the first create, its task ids after the last."""
+        if not burst:
+            return
+        limiter.wait(len(burst))
+        before = {index: entries.get(index) for index in burst}
+        intended_at = time.time()
+        for index in burst:
+            entries[index] = LedgerEntry(None, intended_at, fingerprints[index], plan.replaced.get(index))
+        ledger.save(burst, entries)
+        created = 0
+        try:
+            for index in burst:
+                task_id = self._submit(requests[index], limiter)
+                entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=time.time())
+                created += 1
+        except BaseException as err:
+            for index in burst[created + (0 if surely_not_created(err) else 1) :]:
+                if (earlier := before[index]) is None:
+                    entries.pop(index)
+                else:
+                    entries[index] = earlier
+            raise
+        finally:
+            ledger.save(burst, entries)
 
     def _batch_folder(self, context: Context) -> BatchFolder:
         """
@@ -402,6 +492,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         if event.get("folder") != folder.uri or event.get("count") != count or event.get("generation") != generation:
             raise ApikleyError(f"The batch trigger's event is not this try's batch: {str(event)[:200]!r}")
         tally = Tally()
+        charged: list[Ended | None] = []
 
         def records() -> Iterator[dict[str, Any]]:
             for page in folder.pages(count):
@@ -413,9 +504,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
                         for index in folder.items(page, count)
                     )
                 else:
+                    events = [(payload, TaskEvent.from_payload(payload)) for payload in ended]
+                    charged.extend(_ended(event) for _, event in events)
                     outcomes = (
-                        self._result(payload["index"], TaskEvent.from_payload(payload), _replaced(payload))
-                        for payload in sorted(ended, key=lambda payload: payload["index"])
+                        self._result(payload["index"], event, _replaced(payload))
+                        for payload, event in sorted(events, key=lambda pair: pair[0]["index"])
                     )
                 for result in outcomes:
                     tally.add(result)
@@ -423,6 +516,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
 
         write_records(folder.manifest, records())
         self.log.info("Wrote the manifest of %d items to %s", count, folder.manifest)
+        self._settle(context, charged)
         where = f"; every item is in {folder.manifest}"
         if tally.missing:
             raise ApikleyError(
@@ -438,9 +532,39 @@ class QwenImageToImageBatchOperator(BaseOperator):
             "manifest": str(folder.manifest),
         }
 
+    def _run_budget(self, context: Context) -> RunBudget | None:
+        """Return the run's budget this task shares, when ``run_max_credits`` is set."""
+        if self.run_max_credits is None:
+            return None
+        return RunBudget(self.hook, context, self.run_max_credits, self.run_budget_name, QWEN_IMAGE_TO_IMAGE)
+
+    def _reserve_whole(self, budget: RunBudget | None, count: int) -> None:
+        """
+        Reserve all ``count`` items of a large batch at once, or refuse the batch before anything is submitted.
+
+        :raises ApikleyBudgetExceededError: when a budget cannot take them all.
+        """
+        if budget is None and self.max_credits is None:
+            return
+        granted = reserve_edits(budget, self.max_credits, 0.0, count, "all", self.log)
+        if granted.limiting is None:
+            return
+        if budget is not None:
+            budget.settle([], self.log, part=f"{budget.try_number}.all")
+        raise granted.limiting.refusal(
+            granted.expected,
+            f"a batch of more than {INLINE_RESULTS_LIMIT} items is submitted whole or not at all under a budget, "
+            f"and only {granted.count} of its {count} items would fit: none was submitted",
+        )
+
+    def _settle(self, context: Context, ended: Sequence[Ended | None]) -> None:
+        """Settle what the batch's ended edits cost with the run's budget, closing every reservation of the task."""
+        if (budget := self._run_budget(context)) is not None:
+            budget.settle([item for item in ended if item is not None], self.log)
+
     def _check_failures(self, tally: Tally, where: str = "") -> None:
-        failed = tally.items - tally.states[EventStatus.SUCCESS.value]
-        self.log.info("%d of %d edits succeeded", tally.items - failed, tally.items)
+        failed = tally.items - tally.states[EventStatus.SUCCESS.value] - tally.states[UNSUBMITTED]
+        self.log.info("%d of %d edits succeeded", tally.states[EventStatus.SUCCESS.value], tally.items)
         if failed > self.max_failed_fraction * tally.items:
             more = f" (and {failed - len(tally.first_failures)} more)" if failed > len(tally.first_failures) else ""
             raise ApikleyError(
@@ -498,7 +622,7 @@ class Tally:
         self.credits += result.get("credits_consumed") or 0.0
         if result["state"] == MISSING:
             self.missing.append(result["index"])
-        elif result["state"] != EventStatus.SUCCESS.value and len(self.first_failures) < 10:
+        elif result["state"] not in (EventStatus.SUCCESS.value, UNSUBMITTED) and len(self.first_failures) < 10:
             self.first_failures.append(_failure_line(result))
 
 
@@ -506,6 +630,37 @@ def _generation(context: Context) -> int:
     """Return the generation of what this try writes: its try number (1 for a context that has none)."""
     try_number = getattr(context["ti"], "try_number", None)
     return try_number if type(try_number) is int else 1
+
+
+def _ended(outcome: TaskEvent) -> Ended | None:
+    """Return an edit Apikley ended, as the run's budget settles it; ``None`` for a wait that ended otherwise."""
+    if outcome.status not in (EventStatus.SUCCESS, EventStatus.FAILED):
+        return None  # timed out or errored: it may still run, and its reservation stays in flight
+    return (outcome.apikley_task_id, outcome.credits_consumed, outcome.status is EventStatus.SUCCESS)
+
+
+def _unsubmitted(event: dict[str, Any], count: int) -> set[int]:
+    """
+    Return the items a small batch's event says its budget left unsubmitted.
+
+    :raises ApikleyError: when they are not indexes of the batch's items.
+    """
+    unsubmitted = event.get("unsubmitted") or []
+    if not isinstance(unsubmitted, list) or not all(type(index) is int and 0 <= index < count for index in unsubmitted):
+        raise ApikleyError(f"unsubmitted={str(unsubmitted)[:200]!r} in the batch trigger's event are not item indexes")
+    return set(unsubmitted)
+
+
+def _unsubmitted_result(index: int) -> dict[str, Any]:
+    """Return the result of an item a budget left unsubmitted: no task, nothing paid."""
+    return {
+        "index": index,
+        "apikley_task_id": None,
+        "state": UNSUBMITTED,
+        "result_urls": [],
+        "credits_consumed": None,
+        "message": "not submitted: it would have gone past a budget",
+    }
 
 
 def _trigger_task(entry: LedgerEntry) -> list[str | float]:

@@ -62,6 +62,9 @@ class ApikleyBatchTrigger(BaseTrigger):
         ``ended`` pages of the same generation count as done.
     :param deferred_at: epoch seconds when the operator deferred, from which the settle delay before
         resuming its worker is counted (``[apikley] resume_settle_seconds``).
+    :param unsubmitted: the indexes of a small batch's items its budget left unsubmitted, which
+        ``tasks`` leaves out; handed back in the event, with ``over_budget``, the budget's refusal.
+    :param over_budget: why those items were left unsubmitted.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         count: int = 0,
         generation: int | None = None,
         deferred_at: float | None = None,
+        unsubmitted: list[int] | None = None,
+        over_budget: str | None = None,
     ) -> None:
         super().__init__()
         self.tasks: list[list[str | float]] = [
@@ -93,6 +98,8 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.count = count
         self.generation = generation
         self.deferred_at = deferred_at
+        self.unsubmitted = [int(index) for index in unsubmitted or []]
+        self.over_budget = over_budget
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -110,6 +117,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                 "count": self.count,
                 "generation": self.generation,
                 "deferred_at": self.deferred_at,
+                "unsubmitted": self.unsubmitted,
+                "over_budget": self.over_budget,
             },
         )
 
@@ -123,6 +132,8 @@ class ApikleyBatchTrigger(BaseTrigger):
                 payload, last_submit = await self._wait_for_pages(hook, BatchFolder(self.folder))
             else:
                 payload = {"status": "done", "tasks": await self._outcomes(hook, self.tasks)}
+                if self.unsubmitted:
+                    payload.update(unsubmitted=self.unsubmitted, over_budget=self.over_budget)
                 last_submit = max((float(at) for _, at, *_ in self.tasks), default=0.0)
         finally:
             await hook.aclose()
