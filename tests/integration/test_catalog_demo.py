@@ -57,6 +57,7 @@ def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
 
 
+@pytest.mark.on_deployment  # test_deployment.py's worker killed right after submitting
 def test_a_worker_that_dies_right_after_submitting_is_resumed_not_resubmitted(emulator, tmp_path, monkeypatch):
     from airflow_provider_qwen.operators.qwen import QwenImageToImageOperator
 

@@ -132,12 +132,25 @@ AIRFLOW_INDEPENDENT = {
 }
 
 
+#: Kinds that tests/system asserts on a real deployment of every line: each edit paid once, with no
+#: fault and through a triggerer restart (test_deployment.py's deferred edits through a triggerer crash).
+ON_DEPLOYMENT = {"none", "triggerer restarted mid-wait"}
+
+
+def kind_marks(name: str) -> list[pytest.MarkDecorator]:
+    """The markers that keep a kind out of `make test-compat`, and why (see pyproject.toml's markers)."""
+    return [
+        mark
+        for mark, applies in (
+            (pytest.mark.fault_matrix, name in AIRFLOW_INDEPENDENT),
+            (pytest.mark.on_deployment, name in ON_DEPLOYMENT),
+        )
+        if applies
+    ]
+
+
 @pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(kind, id=kind.name, marks=[pytest.mark.fault_matrix] if kind.name in AIRFLOW_INDEPENDENT else [])
-        for kind in FAULT_KINDS
-    ],
+    "kind", [pytest.param(kind, id=kind.name, marks=kind_marks(kind.name)) for kind in FAULT_KINDS]
 )
 def test_every_edit_completes_and_is_paid_once(kind, monkeypatch, tmp_path, measurement):
     if kind.patch is worker_dies_after_each_submit and not has_task_state_store():
