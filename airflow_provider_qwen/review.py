@@ -177,7 +177,7 @@ def review_body(edit: Mapping[str, Any], task_page: str, details_page: str, *, t
 def _picture(url: str, label: str, thumbnails: bool) -> str:
     url = _url(url)
     link = f"[{label}](<{url}>)"
-    return f"[![{label}](<{url}>)](<{url}>)<br>{link}" if thumbnails else link
+    return f"[![{label}](<{url}>)](<{url}>) {link}" if thumbnails else link
 
 
 def _url(url: str) -> str:

@@ -164,7 +164,9 @@ class ApikleyReviewOperator(HITLOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any] | None:
         """Act on the reviewer's answer: return the approved edit, record a rejection, or re-edit and ask again."""
         response = super().execute_complete(context, event)
-        state = context["ti"].xcom_pull(key=STATE_XCOM_KEY)
+        ti = context["ti"]
+        # without map_indexes, Airflow returns the XComs of every map index of the task
+        state = ti.xcom_pull(task_ids=ti.task_id, key=STATE_XCOM_KEY, map_indexes=ti.map_index)
         if not isinstance(state, dict) or "edit" not in state:
             raise ApikleyError(f"The review's state (XCom {STATE_XCOM_KEY!r}) is missing: {state!r}; clear the task")
         edit, round_number, history = state["edit"], int(state["round"]), list(state["history"])

@@ -46,7 +46,10 @@ class FakeTaskInstance:
     def xcom_push(self, key, value):
         self.xcom[key] = value
 
-    def xcom_pull(self, key):
+    def xcom_pull(self, task_ids=None, key="return_value", map_indexes=None):
+        """As Airflow's: only with this task and map index given is it this task instance's value alone."""
+        if (task_ids, map_indexes) != (self.task_id, self.map_index):
+            return [self.xcom.get(key), {"another map index's": "value"}]
         return self.xcom.get(key)
 
 
@@ -189,3 +192,14 @@ def test_a_retry_resumes_the_same_re_edit_instead_of_paying_again(apikley, edite
 def test_max_review_rounds_must_be_a_whole_number_of_one_or_more(value):
     with pytest.raises(ApikleyInputError, match=rf"max_review_rounds={value!r}"):
         ApikleyReviewOperator(task_id="review", edit={}, max_review_rounds=value)
+
+
+def test_no_answer_in_time_rejects_the_item_with_no_responder(apikley, edited, asked):
+    ti = FakeTaskInstance()
+    context = {"ti": ti, "task_instance": ti}
+    ask(ApikleyReviewOperator(task_id="review", edit=edited), context)
+    assert asked.call_args.kwargs["defaults"] == [REJECT]
+    timed_out = {**answer(REJECT), "responded_by_user": None}  # what Airflow records at the timeout
+    assert respond(ApikleyReviewOperator(task_id="review", edit=edited), context, timed_out) is None
+    assert ti.xcom[REJECTED_XCOM_KEY]["responded_by"] is None
+    assert "no response within response_timeout" in ti.xcom[REJECTED_XCOM_KEY]["note"]
