@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath, Param, conf
@@ -154,7 +154,7 @@ class ApikleyReviewOperator(HITLOperator):
 
         return ApikleyHook(self.apikley_conn_id)
 
-    def execute(self, context: Context) -> None:
+    def execute(self, context: Context) -> NoReturn:
         """Check the edit, then ask about it."""
         edit = check_edit(self.edit)
         if self.output_path:
@@ -174,7 +174,7 @@ class ApikleyReviewOperator(HITLOperator):
         if decision.action == "re-edit":
             history.append(_round_record(edit, decision, round_number))
             edited = self._re_edit(context, edit, decision, round_number)
-            self._ask(context, {"round": round_number + 1, "edit": edited, "history": history})  # raises: waits
+            self._ask(context, {"round": round_number + 1, "edit": edited, "history": history})
         result = outcome(edit, decision, round_number, history)
         context["ti"].xcom_push(key=REVIEW_XCOM_KEY, value=result)
         if decision.action == "approve":
@@ -189,8 +189,8 @@ class ApikleyReviewOperator(HITLOperator):
         )
         return None
 
-    def _ask(self, context: Context, state: dict[str, Any]) -> None:
-        """Save the item under review, write the question, and wait for its answer (never returns)."""
+    def _ask(self, context: Context, state: dict[str, Any]) -> NoReturn:
+        """Save the item under review, write the question, and wait for its answer (:meth:`execute_complete`)."""
         edit = state["edit"]
         context["ti"].xcom_push(key=STATE_XCOM_KEY, value=state)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=edit["apikley_task_id"])
@@ -211,7 +211,8 @@ class ApikleyReviewOperator(HITLOperator):
                 edit["apikley_task_id"],
                 ", ".join(edit["result_urls"]),
             )
-        super().execute(context)
+        super().execute(context)  # writes the question (a later round's clears the answer) and waits
+        raise AssertionError("HITLOperator.execute returned without waiting")
 
     def _re_edit(self, context: Context, edit: dict[str, Any], decision: Decision, round_number: int) -> dict:
         """Submit the edit again with the reviewer's prompt and strength, wait for it, return its result."""
@@ -250,7 +251,11 @@ class ApikleyReviewOperator(HITLOperator):
         summary = {**summary_from_record(wait_until_done(self.hook, wait)), "input": request}
         if self.output_path:
             summary = with_stored_results(self.hook, summary, self.output_path)
-        return {**{key: value for key, value in edit.items() if key not in summary and key != "stored"}, **summary}
+        # what the edit carried besides (a batch item's index, say) stays; what told of the old task goes
+        kept = {
+            key: value for key, value in edit.items() if key not in (*summary, "stored", "replaced_apikley_task_id")
+        }
+        return {**kept, **summary}
 
 
 def _review_params(prompt: str | None, strength: float | None) -> ParamsDict:
