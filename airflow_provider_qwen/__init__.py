@@ -31,6 +31,7 @@ def get_provider_info() -> dict:
                     "airflow_provider_qwen.operators.apikley",
                     "airflow_provider_qwen.operators.qwen",
                     "airflow_provider_qwen.operators.batch",
+                    "airflow_provider_qwen.operators.review",
                 ],
             }
         ],

@@ -1,1 +1,1 @@
-"""Operators: an Apikley edit with Qwen, any Apikley model, and a whole catalog in one task."""
+"""Operators: an edit with Qwen, any Apikley model, a whole catalog in one task, and a review in the UI."""
