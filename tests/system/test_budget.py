@@ -19,7 +19,7 @@ import pytest
 from tests.system.conftest import MEASUREMENTS_SECTION
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.newest_line]
 
 DAG_ID = "qwen_system_budget"
 EDITS = 20

@@ -26,7 +26,7 @@ from tests.system.conftest import MEASUREMENTS_SECTION
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 from tests.system.waiting import wait_for
 
-pytestmark = [pytest.mark.system, pytest.mark.slow]
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.newest_line]
 
 DAG_ID = "qwen_system_review"
 RUN_TIMEOUT_SECONDS = 300.0
