@@ -23,7 +23,16 @@ pytestmark = [
     pytest.mark.system,
 ]
 
-TABLES = {"apikley_callback_signature", "apikley_recorded_task", ApikleyDBManager.version_table_name}
+#: The callback receiver's tables, the run budgets' ledger, and the provider's Alembic version table.
+TABLES = {
+    "apikley_callback_signature",
+    "apikley_recorded_task",
+    "apikley_budget",
+    "apikley_budget_reservation",
+    "apikley_budget_task",
+    "apikley_model_cost",
+    ApikleyDBManager.version_table_name,
+}
 FRESH_DATABASE = "fresh_metadata"
 COMMAND_TIMEOUT_SECONDS = 180
 
