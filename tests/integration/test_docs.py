@@ -133,9 +133,8 @@ def test_the_batch_guides_output_path_renders_on_every_run(logical_date, tmp_pat
     bundles = [{"name": "docs-render", "classpath": LOCAL_BUNDLE, "kwargs": {"path": str(tmp_path)}}]
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(bundles))
 
-    (snippet,) = [
-        s for s in snippets("python") if s.path.name == "batch-operator.md" and "QwenImageToImageBatchOperator(" in s.code
-    ]
+    guide = [s for s in snippets("python") if s.path.name == "batch-operator.md"]
+    (snippet,) = [s for s in guide if "QwenImageToImageBatchOperator(" in s.code]
     (output_path,) = re.findall(r'output_path="([^"]+)"', snippet.code)
     (tmp_path / "render_output_path.py").write_text(RENDER_DAG.format(template=output_path))
     dag = load_dag("render_output_path", tmp_path)
