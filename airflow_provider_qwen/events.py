@@ -152,7 +152,7 @@ class TaskEvent:
         :raises ApikleyError: for ``error``.
         """
         if self.status is EventStatus.FAILED:
-            raise ApikleyTaskFailedError(self.apikley_task_id, self.fail_code, self.fail_message)
+            raise ApikleyTaskFailedError(self.apikley_task_id, self.fail_code, self.fail_message, self.credits_consumed)
         if self.status is EventStatus.TIMEOUT:
             raise ApikleyTaskTimeoutError(self.message or f"Apikley task {self.apikley_task_id} timed out")
         if self.status is EventStatus.ERROR:

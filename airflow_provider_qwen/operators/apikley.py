@@ -268,7 +268,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 record = wait_until_done(self.hook, wait)
             except ApikleyError as err:
                 raise _after_paying(err, apikley_task_id, state_store) from None
-        summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
+        try:
+            summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
+        except ApikleyTaskFailedError as err:
+            raise self._logged_failure(err) from None
         return self._finish(self._copy_results(summary, state_store))
 
     def execute_complete(self, context: Context, event: ResumeEvent = None) -> dict[str, Any]:
@@ -286,7 +289,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
-            raise _after_paying(err, parsed.apikley_task_id, state_store) from None
+            raise _after_paying(self._logged_failure(err), parsed.apikley_task_id, state_store) from None
         return self._finish(self._copy_results(summary, state_store))
 
     def get_openlineage_facets_on_complete(self, task_instance: RuntimeTaskInstanceProtocol) -> OperatorLineage | None:
@@ -303,6 +306,12 @@ class ApikleyCreateTaskOperator(BaseOperator):
         if result["state"] == TaskState.SUCCESS.value:
             self.log.info("%s", outcome_line(result))
         return result
+
+    def _logged_failure(self, err: ApikleyError) -> ApikleyError:
+        """Log a failed edit's line (with the credits charged for it, when Apikley said); return ``err``."""
+        if isinstance(err, ApikleyTaskFailedError):
+            self.log.error("%s", err)
+        return err
 
     def _check_arguments(self) -> None:
         """Refuse, before any request, arguments that would fail (or lose results) only after paying."""

@@ -440,12 +440,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
 
     def _check_failures(self, tally: Tally, where: str = "") -> None:
         failed = tally.items - tally.states[EventStatus.SUCCESS.value]
-        self.log.info("%d of %d edits succeeded", tally.items - failed, tally.items)
+        charged = f"; the {failed} that did not succeed were charged {tally.failed_credits:g} credits" if failed else ""
+        self.log.info("%d of %d edits succeeded%s", tally.items - failed, tally.items, charged)
         if failed > self.max_failed_fraction * tally.items:
             more = f" (and {failed - len(tally.first_failures)} more)" if failed > len(tally.first_failures) else ""
             raise ApikleyError(
                 f"{failed} of {tally.items} edits did not succeed, more than max_failed_fraction="
-                f"{self.max_failed_fraction:g} allows: {'; '.join(tally.first_failures)}{more}{where}"
+                f"{self.max_failed_fraction:g} allows{charged}: {'; '.join(tally.first_failures)}{more}{where}"
             )
 
     def _submit(self, request: dict[str, Any], limiter: CreateRateLimiter) -> str:
@@ -488,6 +489,7 @@ class Tally:
         self.items = 0
         self.states: Counter[str] = Counter()
         self.credits = 0.0
+        self.failed_credits = 0.0
         self.first_failures: list[str] = []
         self.missing: list[int] = []
 
@@ -496,6 +498,8 @@ class Tally:
         self.items += 1
         self.states[result["state"]] += 1
         self.credits += result.get("credits_consumed") or 0.0
+        if result["state"] != EventStatus.SUCCESS.value:
+            self.failed_credits += result.get("credits_consumed") or 0.0
         if result["state"] == MISSING:
             self.missing.append(result["index"])
         elif result["state"] != EventStatus.SUCCESS.value and len(self.first_failures) < 10:
@@ -543,4 +547,7 @@ def _folder_name(name: object, *, always_hashed: bool = False) -> str:
 def _failure_line(result: dict[str, Any]) -> str:
     detail = result.get("fail_message") or result.get("message") or ""
     code = f" {result['fail_code']}" if result.get("fail_code") else ""
-    return f"inputs[{result['index']}] (Apikley task {result['apikley_task_id']}) {result['state']}{code}: {detail}"
+    credits = result.get("credits_consumed")
+    charged = f" ({credits:g} credits charged)" if credits is not None else ""
+    line = f"inputs[{result['index']}] (Apikley task {result['apikley_task_id']}) {result['state']}{code}{charged}"
+    return f"{line}: {detail}"

@@ -760,3 +760,23 @@ async def test_a_submitted_page_with_an_item_the_trigger_cannot_wait_for_fails_i
     page.write_text('{"apikley_task_id": null, "submitted_at": 1.0, "generation": 1}\n')
     with pytest.raises(ApikleyError, match=re.escape(f"{page} holds an item with no task to wait for")):
         await fire(trigger)
+
+
+async def test_a_failed_item_apikley_charged_for_reports_what_it_cost(apikley, source_image_url):
+    missing = source_image_url.replace("shoe.png", "no-such-shoe.png")
+    operator = QwenImageToImageBatchOperator(
+        task_id="batch",
+        inputs=[{"prompt": "sepia", "image_url": source_image_url}, {"prompt": "sepia", "image_url": missing}],
+        poll_interval=0.01,
+        expected_duration=0.0,
+    )
+    before = apikley.state.credits
+    event = await fire(deferred(operator))
+    with pytest.raises(ApikleyError, match=r"the 1 that did not succeed were charged 1 credits") as excinfo:
+        operator.execute_complete(context(), event)
+    assert before - apikley.state.credits == 2
+    assert re.search(r"inputs\[1\] \(Apikley task \w+\) failed \w+ \(1 credits charged\)", str(excinfo.value))
+
+    operator.max_failed_fraction = 1.0
+    results = operator.execute_complete(context(), event)
+    assert [(result["state"], result["credits_consumed"]) for result in results] == [("success", 1), ("failed", 1)]

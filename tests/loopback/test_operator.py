@@ -828,3 +828,39 @@ def test_an_output_path_nothing_would_receive_is_refused_before_paying(apikley, 
     with pytest.raises(ApikleyInputError, match=r"output_path=.*do_xcom_push=False pushes none"):
         edit(wait_for_completion=False, do_xcom_push=False, output_path=f"file://{tmp_path}").execute(context)
     assert apikley.seen() == []
+
+
+@pytest.fixture
+def missing_image_url(source_image_url) -> str:
+    """An image the emulator does not have, on its own host: Apikley accepts the task, charges it, and fails it."""
+    return source_image_url.replace("shoe.png", "no-such-shoe.png")
+
+
+def test_a_failed_edit_apikley_charged_for_says_what_it_cost_when_waiting_on_the_worker(
+    apikley, missing_image_url, context, logged
+):
+    before = apikley.state.credits
+    with pytest.raises(ApikleyTaskFailedError) as excinfo:
+        make_operator(image_url=missing_image_url).execute(context)
+    charged = before - apikley.state.credits
+    assert charged == apikley.state.settings.cost_per_task == 1
+    assert excinfo.value.credits_consumed == charged
+    assert str(excinfo.value).endswith("; 1 credits charged")
+    errors = [entry["event"] for entry in logged if entry["log_level"] == "error"]
+    assert any("failed" in line and "1 credits charged" in line for line in errors)
+
+
+async def test_a_failed_edit_apikley_charged_for_says_what_it_cost_when_deferred(
+    apikley, missing_image_url, context, logged
+):
+    before = apikley.state.credits
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_operator(image_url=missing_image_url, deferrable=True).execute(context)
+    event = await fire(excinfo.value.trigger)
+    assert event["status"] == "failed"
+    assert event["credits_consumed"] == before - apikley.state.credits == 1
+
+    with pytest.raises(ApikleyTaskFailedError, match=r"; 1 credits charged$") as excinfo:
+        make_operator(image_url=missing_image_url, deferrable=True).execute_complete(context, event)
+    assert excinfo.value.credits_consumed == 1
+    assert any("1 credits charged" in entry["event"] for entry in logged if entry["log_level"] == "error")
