@@ -253,6 +253,34 @@ class _Checked:
         return StoredFile(str(dest), self.source_url, self.size, content_type, self.digest.hexdigest())
 
 
+def current_umask() -> int:
+    """
+    Return the process's umask without changing it, where the system says it (Linux's ``/proc``).
+
+    Elsewhere it is read the only way there is, by setting it and putting it back at once.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # the strictest value in the instant between the two calls
+    os.umask(mask)
+    return mask
+
+
+def with_default_mode(descriptor: int) -> None:
+    """
+    Give the open file ``descriptor`` the mode a newly created file gets: ``0o666`` less the umask.
+
+    A temporary file is created ``0o600``; one linked or renamed into place keeps that mode, so
+    results and pages would be readable by their owner only, whatever the umask asks.
+    """
+    os.fchmod(descriptor, 0o666 & ~current_umask())
+
+
 def _write_local(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int) -> StoredFile:
     folder = Path(dest.parent.path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,6 +290,7 @@ def _write_local(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url
             partial.write(checked.add(chunk))
         partial.flush()
         stored = checked.stored_as(dest)
+        with_default_mode(partial.fileno())
         try:
             os.link(partial.name, dest.path)  # atomic, and never replaces a file already there
         except FileExistsError:
