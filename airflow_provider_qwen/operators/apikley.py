@@ -145,6 +145,13 @@ class ApikleyCreateTaskOperator(BaseOperator):
     :param min_credits: refuse to submit when the account has fewer credits than this (one extra
         request per task); ``None`` (the default) does not check, and Apikley refuses a task the
         account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
+    :param check_image_urls: before submitting, ask each image URL of the input (see
+        :meth:`image_urls`) whether it answers (``HEAD``, or a one-byte ``GET`` where ``HEAD`` is
+        refused; within 10 s, with the same host rules as result downloads), and refuse a dead one
+        (an HTTP error, or no answer in time) with :class:`~airflow_provider_qwen.exceptions.ApikleyInputError`
+        naming the field, the URL and its answer, before anything is paid for. URLs on Apikley's own
+        hosts (what the hook's uploads return) are not asked. ``False`` skips the check, for image
+        hosts Apikley reaches and the workers cannot.
     """
 
     template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path")
@@ -171,6 +178,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         expected_duration: float | None = None,
         end_in_triggerer: bool | None = None,
         min_credits: float | None = None,
+        check_image_urls: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -190,6 +198,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.expected_duration = expected_duration
         self.end_in_triggerer = end_in_triggerer
         self.min_credits = min_credits
+        self.check_image_urls = check_image_urls
         self._result: dict[str, Any] | None = None
         if end_in_triggerer and (reasons := self._work_for_a_worker()):
             raise ApikleyInputError(
@@ -239,7 +248,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             self.log.info("Resuming Apikley task %s submitted by an earlier try for the same request", apikley_task_id)
         else:
             known = None
-            self._check_before_paying()
+            self._check_before_paying(request)
             create = partial(self.hook.create_task, model, request, self.callback_url)
             apikley_task_id, submitted_at = create_recorded(
                 create, fingerprint, saved, saving_to(state_store, RESUME_KEY)
@@ -327,10 +336,28 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 "give output_path to that sensor instead"
             )
 
-    def _check_before_paying(self) -> None:
-        """Return what can only be checked by trying: the folder for the results, and the balance."""
+    def image_urls(self, request: dict[str, Any]) -> dict[str, str]:
+        """
+        Return the image URLs ``request`` (the ``input`` to send) names, by the field that names each.
+
+        Those are the top-level fields called ``image_url`` or ending in ``_image_url`` (a URL each),
+        and ``image_urls`` or ending in ``_image_urls`` (a list of URLs), as Apikley's image models
+        name them; :attr:`check_image_urls` asks each before paying.
+        """
+        urls: dict[str, str] = {}
+        for name, value in request.items():
+            if (name == "image_url" or name.endswith("_image_url")) and isinstance(value, str):
+                urls[f"input.{name}"] = value
+            elif (name == "image_urls" or name.endswith("_image_urls")) and isinstance(value, list):
+                urls.update((f"input.{name}[{n}]", url) for n, url in enumerate(value) if isinstance(url, str))
+        return urls
+
+    def _check_before_paying(self, request: dict[str, Any]) -> None:
+        """Return what can only be checked by trying: the folder for the results, the image URLs, and the balance."""
         if self.output_path:
             check_writable(self.output_path)
+        if self.check_image_urls and (urls := self.image_urls(request)):
+            self.hook.check_image_urls(urls)
         if self.min_credits is not None:
             left = self.hook.get_credits()
             if left < self.min_credits:

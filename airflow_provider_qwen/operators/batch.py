@@ -176,6 +176,10 @@ class QwenImageToImageBatchOperator(BaseOperator):
     :param on_orphaned_intent: what a retry does with an item whose create an earlier try began and
         saved no task id for: ``resubmit`` (the default) submits it again with a warning naming the
         items and the possible second charge; ``fail`` fails before creating anything.
+    :param check_image_urls: before creating anything, ask the ``image_url`` of every item to be
+        submitted whether it answers (each distinct URL once, eight at a time, as the single
+        operator's ``check_image_urls`` does), and refuse the whole batch when any is dead, naming
+        the first ten such items, their URLs and answers (then how many more). ``False`` skips it.
     """
 
     template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path")
@@ -196,6 +200,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         max_failed_fraction: float = 0.0,
         max_consecutive_poll_errors: int = 10,
         on_orphaned_intent: OrphanedIntentPolicy = "resubmit",
+        check_image_urls: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -211,6 +216,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         self.max_failed_fraction = max_failed_fraction
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.on_orphaned_intent = on_orphaned_intent
+        self.check_image_urls = check_image_urls
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -255,6 +261,10 @@ class QwenImageToImageBatchOperator(BaseOperator):
         plan = self._plan(context, ledger, folder, fingerprints, policy)
         if self.output_path and plan.submit:
             check_writable(self.output_path)
+        if self.check_image_urls and plan.submit:
+            self.hook.check_image_urls(
+                {f"inputs[{index}].image_url": requests[index]["image_url"] for index in plan.submit}
+            )
         entries = plan.entries
         self._submit_all(plan, requests, fingerprints, entries, ledger)
         if folder:  # every page again, with this try's generation: the trigger waits for these, and no earlier ones

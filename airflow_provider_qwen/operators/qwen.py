@@ -70,6 +70,10 @@ class QwenImageToImageOperator(ApikleyCreateTaskOperator):
         """
         return QwenImageToImageInput.build(**{field: getattr(self, field) for field in INPUT_FIELDS})
 
+    def image_urls(self, request: dict[str, Any]) -> dict[str, str]:
+        """Return the one image URL an edit names, by its argument: ``{"image_url": ...}``."""
+        return {"image_url": request["image_url"]}
+
     def task_input(self) -> dict[str, Any]:
         """Return the ``input`` to send: :meth:`build_input` as Apikley takes it."""
         return self.build_input().to_api()

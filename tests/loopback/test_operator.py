@@ -334,7 +334,10 @@ def test_failed_generation_fails_with_task_id_code_and_message(apikley, edit, co
         edit().execute(context)
     (task_id,) = task_ids(apikley)
     fail_code, fail_message = EMULATED_FAILURE
-    assert str(excinfo.value) == f"Apikley task {task_id} failed: failCode={fail_code}, failMsg={fail_message}"
+    assert (
+        str(excinfo.value)
+        == f"Apikley task {task_id} failed: failCode={fail_code}, failMsg={fail_message}; 1 credits charged"
+    )
 
 
 def test_without_waiting_returns_right_after_submitting(apikley, edit, sent_input, context):
