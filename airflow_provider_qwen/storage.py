@@ -27,6 +27,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
     ApikleyResultExistsError,
 )
+from airflow_provider_qwen.names import check_file_name
 from airflow_provider_qwen.redaction import shown_url
 from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
@@ -115,6 +116,23 @@ def result_destination(
     if not is_task_id(apikley_task_id):
         raise ApikleyBadResponseError(f"Refusing to name a file after task id {apikley_task_id!r}: {TASK_ID_RULE}")
     dest = folder / f"{apikley_task_id}-{int(index)}.{extension}"
+    if dest.parent != folder:
+        raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
+    return dest
+
+
+def named_destination(
+    folder: ObjectStoragePath, name: str, index: int, count: int, extension: str
+) -> ObjectStoragePath:
+    """
+    Where result ``index`` of ``count`` is copied under ``name``: ``<name>.<ext>``, or ``<name>-<index>.<ext>``.
+
+    :param name: a file name checked by :func:`~airflow_provider_qwen.names.render_result_name`;
+        the path is proven to stay inside ``folder`` all the same.
+    :raises ApikleyBadResponseError: when it would not.
+    """
+    file_name = f"{name}.{extension}" if count == 1 else f"{name}-{int(index)}.{extension}"
+    dest = folder / check_file_name(file_name, field="result_name")
     if dest.parent != folder:
         raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
     return dest

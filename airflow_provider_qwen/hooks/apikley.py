@@ -426,7 +426,8 @@ class ApikleyHook(HttpHook):
         :param urls: each URL by the field that names it.
         :raises ApikleyInputError: naming each dead URL's field, the URL and what it answered.
         """
-        preflight.check_image_urls(self, urls)
+        own_hosts = (self.settings.base_url, self.upload_base_url)
+        preflight.check_image_urls(self.download_session, self.result_host_policy, urls, own_hosts)
 
     @cached_property
     def result_host_policy(self) -> ResultHostPolicy:

@@ -12,20 +12,16 @@ API's: what an upload through the connection returns) are not asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError
 from airflow_provider_qwen.hooks.deadline import wall_clock_limit
-from airflow_provider_qwen.hooks.downloads import open_result
+from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, open_result
 from airflow_provider_qwen.redaction import shown_url, without_credentials
-
-if TYPE_CHECKING:
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
 #: Seconds a URL has to answer, redirects included.
 PREFLIGHT_SECONDS = 10.0
@@ -48,12 +44,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
-def on_apikleys_hosts(hook: ApikleyHook, url: str) -> bool:
-    """Whether ``url`` is on the API's or the upload API's host, where uploads through the connection are."""
-    return _origin(url) in {_origin(hook.settings.base_url), _origin(hook.upload_base_url)}
-
-
-def image_url_problem(hook: ApikleyHook, url: str) -> str | None:
+def image_url_problem(session: requests.Session, policy: ResultHostPolicy, url: str) -> str | None:
     """
     Return why ``url`` does not serve an image to fetch (its status, no answer in time, a refused host), or ``None``.
 
@@ -62,9 +53,9 @@ def image_url_problem(hook: ApikleyHook, url: str) -> str | None:
     try:
         with wall_clock_limit(PREFLIGHT_SECONDS) as deadline:
             try:
-                status = _status(hook, url, "HEAD")
+                status = _status(session, policy, url, "HEAD")
                 if status in HEAD_REFUSED:
-                    status = _status(hook, url, "GET", {"Range": "bytes=0-0"})
+                    status = _status(session, policy, url, "GET", {"Range": "bytes=0-0"})
             except requests.RequestException as err:
                 if deadline.expired or isinstance(err, requests.Timeout):
                     return f"no answer within {PREFLIGHT_SECONDS:g} s"
@@ -74,26 +65,34 @@ def image_url_problem(hook: ApikleyHook, url: str) -> str | None:
     return f"answered HTTP {status}" if status >= 400 else None
 
 
-def _status(hook: ApikleyHook, url: str, method: str, headers: dict[str, str] | None = None) -> int:
-    session, policy = hook.download_session, hook.result_host_policy
+def _status(
+    session: requests.Session, policy: ResultHostPolicy, url: str, method: str, headers: dict[str, str] | None = None
+) -> int:
     with open_result(session, url, policy, PREFLIGHT_SECONDS, method=method, headers=headers) as response:
         return response.status_code
 
 
-def check_image_urls(hook: ApikleyHook, urls: Mapping[str, str]) -> None:
+def check_image_urls(
+    session: requests.Session, policy: ResultHostPolicy, urls: Mapping[str, str], own_hosts: Sequence[str]
+) -> None:
     """
     Refuse the task unless every image URL answers, asking :data:`CONCURRENT_CHECKS` at a time.
 
+    :param session: sends the requests (the hook's download session: no key, the connection's proxies).
+    :param policy: where the requests may go, as for result downloads.
     :param urls: each URL by the field that names it (``image_url``, ``inputs[3].image_url``...);
-        one on Apikley's own hosts is not asked, and a URL named twice is asked once.
+        a URL named twice is asked once.
+    :param own_hosts: base URLs of Apikley's own hosts (the API's, the upload API's): URLs on them
+        (what an upload through the connection returns) are not asked.
     :raises ApikleyInputError: naming each dead URL's field (the first :data:`LISTED_DEAD`, then how
         many more), the URL without credentials and what it answered; nothing was submitted.
     """
-    asked = sorted({url for url in urls.values() if not on_apikleys_hosts(hook, url)})
+    own = {_origin(base_url) for base_url in own_hosts}
+    asked = sorted({url for url in urls.values() if _origin(url) not in own})
     if not asked:
         return
     with ThreadPoolExecutor(max_workers=min(CONCURRENT_CHECKS, len(asked)), thread_name_prefix="preflight") as pool:
-        problems = dict(zip(asked, pool.map(lambda url: image_url_problem(hook, url), asked), strict=True))
+        problems = dict(zip(asked, pool.map(lambda url: image_url_problem(session, policy, url), asked), strict=True))
     dead = [f"{field}={shown_url(url)}: {problems[url]}" for field, url in urls.items() if problems.get(url)]
     if not dead:
         return

@@ -30,10 +30,11 @@ from airflow_provider_qwen.exceptions import (
     ApikleyTaskFailedError,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
+from airflow_provider_qwen.lineage import add_outlet_extra, edit_lineage, lineage_expected, outlet_extra, result_uris
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState
-from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.names import check_result_name
+from airflow_provider_qwen.results import result_name, with_stored_results
 from airflow_provider_qwen.resume import (
     OrphanedIntentPolicy,
     Takeover,
@@ -139,9 +140,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
         :class:`~airflow_provider_qwen.exceptions.ApikleyOrphanedIntentError`, which says how to go on.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
         ``s3://bucket/edits``) to copy the results into as soon as the task succeeds, before the
-        result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
+        result URLs expire. Each is written atomically, named by ``result_name``, and the
         XCom value gains ``stored``: one ``{"uri", "source_url", "size", "content_type", "sha256"}``
-        per result. It is checked writable before the task is submitted.
+        per result (the Apikley task id stays in ``apikley_task_id``). It is checked writable before
+        the task is submitted.
+    :param result_name: what the results are called in ``output_path`` (templated): a file name
+        without extension, with the placeholders ``{source_stem}`` (the source image's file name
+        without its extension, from ``image_url``; the Apikley task id when there is none),
+        ``{index}`` (the map index of a mapped task, else 0) and ``{apikley_task_id}``. By default
+        ``{source_stem}-{index}`` for a mapped task and ``{source_stem}`` otherwise, and, for a model
+        whose input names no image, ``<apikley_task_id>-<n>`` as before. A task's one result is
+        ``<name>.<ext>``, several are ``<name>-<n>.<ext>``. The name follows the file name rule of
+        :mod:`~airflow_provider_qwen.names` (checked before submitting); a file of that name with
+        other bytes (another edit's) is never replaced: the result goes to ``<name>-<apikley_task_id>``.
     :param min_credits: refuse to submit when the account has fewer credits than this (one extra
         request per task); ``None`` (the default) does not check, and Apikley refuses a task the
         account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
@@ -154,7 +165,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         hosts Apikley reaches and the workers cannot.
     """
 
-    template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path", "result_name")
     template_fields_renderers = {"input": "json"}
     ui_color = "#e8def8"
     operator_extra_links = (ApikleyTaskLink(),)
@@ -179,6 +190,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         end_in_triggerer: bool | None = None,
         min_credits: float | None = None,
         check_image_urls: bool = True,
+        result_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -199,6 +211,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.end_in_triggerer = end_in_triggerer
         self.min_credits = min_credits
         self.check_image_urls = check_image_urls
+        self.result_name = result_name
         self._result: dict[str, Any] | None = None
         if end_in_triggerer and (reasons := self._work_for_a_worker()):
             raise ApikleyInputError(
@@ -236,6 +249,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
         model, request = self.task_model(), self.task_input()
         self._check_arguments()
+        if self.output_path:  # a name that cannot be a file's fails now, for free
+            self._results_named(context, request, "0" * 32)
         fingerprint = request_fingerprint(model, request, self.callback_url or None)
         state_store = context.get("task_state_store")
         saved = read_saved_task(state_store, RESUME_KEY) if may_have_run_before(context) else None
@@ -272,7 +287,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 logger=self.log,
             )
             if self.deferrable:
-                self._defer_to_trigger(wait, context, replaced)
+                self._defer_to_trigger(wait, context, replaced, self._results_named(context, request, apikley_task_id))
             try:
                 record = wait_until_done(self.hook, wait)
             except ApikleyError as err:
@@ -281,7 +296,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
             summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
         except ApikleyTaskFailedError as err:
             raise self._logged_failure(err) from None
-        return self._finish(self._copy_results(summary, state_store))
+        name = self._results_named(context, request, apikley_task_id)
+        return self._finish(self._copy_results(summary, state_store, name), context)
 
     def execute_complete(self, context: Context, event: ResumeEvent = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
@@ -299,7 +315,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
             raise _after_paying(self._logged_failure(err), parsed.apikley_task_id, state_store) from None
-        return self._finish(self._copy_results(summary, state_store))
+        name = parsed.result_name or self._results_named(context, summary["input"], parsed.apikley_task_id)
+        return self._finish(self._copy_results(summary, state_store, name), context)
 
     def get_openlineage_facets_on_complete(self, task_instance: RuntimeTaskInstanceProtocol) -> OperatorLineage | None:
         """
@@ -310,10 +327,12 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """
         return edit_lineage(self._result) if self._result else None
 
-    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, result: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
         self._result = result
         if result["state"] == TaskState.SUCCESS.value:
             self.log.info("%s", outcome_line(result))
+            extra = outlet_extra(uris=result_uris(result), apikley_task_id=result["apikley_task_id"])
+            add_outlet_extra(context, self.outlets, extra)
         return result
 
     def _logged_failure(self, err: ApikleyError) -> ApikleyError:
@@ -325,6 +344,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
     def _check_arguments(self) -> None:
         """Refuse, before any request, arguments that would fail (or lose results) only after paying."""
         check_callback_url(self.callback_url)
+        if self.result_name is not None:
+            check_result_name(self.result_name)
         if self.min_credits is not None and (
             isinstance(self.min_credits, bool) or not isinstance(self.min_credits, (int, float)) or self.min_credits < 0
         ):
@@ -376,7 +397,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
             )
         return summary
 
-    def _defer_to_trigger(self, wait: TaskWait, context: Context, replaced_apikley_task_id: str | None) -> None:
+    def _defer_to_trigger(
+        self, wait: TaskWait, context: Context, replaced_apikley_task_id: str | None, result_name: str | None
+    ) -> None:
         deadline = wait.deadline or time.time() + self.timeout
         self.defer(
             trigger=ApikleyTaskTrigger(
@@ -390,6 +413,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 expected_duration=self.expected_duration,
                 **self._how_to_end(context, replaced_apikley_task_id),
                 output_path=str(self.output_path) if self.output_path else None,
+                result_name=result_name if self.output_path else None,
                 replaced_apikley_task_id=replaced_apikley_task_id,
                 deferred_at=time.time(),
             ),
@@ -467,11 +491,24 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return None
         return record, takeover.submitted_at or time.time()
 
-    def _copy_results(self, summary: dict[str, Any], state_store: compat.TaskStateStore | None) -> dict[str, Any]:
+    def _results_named(self, context: Context, request: dict[str, Any], apikley_task_id: str) -> str | None:
+        """Return what this edit's results are called in ``output_path`` (see :func:`~.results.result_name`)."""
+        sources = list(self.image_urls(request).values())
+        map_index = getattr(context["ti"], "map_index", None)
+        return result_name(
+            self.result_name,
+            image_url=sources[0] if sources else None,
+            index=map_index if type(map_index) is int and map_index >= 0 else None,
+            apikley_task_id=apikley_task_id,
+        )
+
+    def _copy_results(
+        self, summary: dict[str, Any], state_store: compat.TaskStateStore | None, name: str | None
+    ) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:
             return summary
         try:
-            return with_stored_results(self.hook, summary, self.output_path)
+            return with_stored_results(self.hook, summary, self.output_path, name)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
 

@@ -29,8 +29,10 @@ from airflow_provider_qwen.batch_manifest import SCHEMA_VERSION, BatchFolder, wr
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyInputError, ApikleyRateLimitError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.lineage import add_outlet_extra, outlet_extra, result_uris
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
-from airflow_provider_qwen.results import store_results
+from airflow_provider_qwen.names import check_result_name
+from airflow_provider_qwen.results import DistinctNames, result_name, store_results
 from airflow_provider_qwen.resume import (
     OrphanedIntentPolicy,
     check_orphaned_intent_policy,
@@ -169,8 +171,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
         ``execution_timeout`` ends sooner; tasks still running then count as ``timeout``.
     :param expected_duration: seconds an edit is expected to take; by default learned by the triggerer.
     :param poll_interval: a fixed interval between queries of one task instead of Apikley's advised cadence.
-    :param output_path: a folder (``ObjectStoragePath`` or URI) to copy each result into, as
-        ``<apikley_task_id>-<n>.<ext>``.
+    :param output_path: a folder (``ObjectStoragePath`` or URI) to copy each result into, named by
+        ``result_name``.
+    :param result_name: what each item's results are called in ``output_path`` (templated), as the
+        single operator's ``result_name`` says, with ``{index}`` the item's index; by default
+        ``{source_stem}-{index}``. Two items whose names come out the same get ``-2``, ``-3``... in
+        input order, so no item's file is written over another's. Each record keeps its
+        ``apikley_task_id``, and ``stored`` says where each result went.
     :param max_failed_fraction: the share of items (0 to 1) that may fail without failing the task.
     :param max_consecutive_poll_errors: failed status queries in a row that end one item's wait.
     :param on_orphaned_intent: what a retry does with an item whose create an earlier try began and
@@ -182,7 +189,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         the first ten such items, their URLs and answers (then how many more). ``False`` skips it.
     """
 
-    template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path", "result_name")
     ui_color = "#e8def8"
 
     def __init__(
@@ -201,6 +208,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         max_consecutive_poll_errors: int = 10,
         on_orphaned_intent: OrphanedIntentPolicy = "resubmit",
         check_image_urls: bool = True,
+        result_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -217,6 +225,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.on_orphaned_intent = on_orphaned_intent
         self.check_image_urls = check_image_urls
+        self.result_name = result_name
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -251,6 +260,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """Validate every item, resume what earlier tries left running, submit the rest, then wait in one trigger."""
         requests = self.build_inputs()
         check_callback_url(self.callback_url)
+        if self.result_name is not None:
+            check_result_name(self.result_name)
+        if self.output_path:  # a name that cannot be a file's fails now, for free
+            for index, request in enumerate(requests):
+                self._name(DistinctNames(), index, request, "0" * 32)
         policy = check_orphaned_intent_policy(self.on_orphaned_intent)
         deadline = try_deadline(context, self.timeout, self.execution_timeout)
         folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
@@ -301,12 +315,23 @@ class QwenImageToImageBatchOperator(BaseOperator):
         outcomes = [(TaskEvent.from_payload(payload), _replaced(payload)) for payload in event["tasks"]]
         ended = {index: (outcome.apikley_task_id, outcome.status.value) for index, (outcome, _) in enumerate(outcomes)}
         BatchLedger(context.get("task_state_store"), _generation(context)).settle(len(outcomes), ended)
-        results = [self._result(index, outcome, replaced) for index, (outcome, replaced) in enumerate(outcomes)]
+        names = DistinctNames()
+        results = [self._result(index, outcome, replaced, names) for index, (outcome, replaced) in enumerate(outcomes)]
         tally = Tally()
         for result in results:
             tally.add(result)
         self._check_failures(tally)
+        uris = [
+            uri for result in results if result["state"] == EventStatus.SUCCESS.value for uri in result_uris(result)
+        ]
+        add_outlet_extra(context, self.outlets, outlet_extra(uris=uris))
         return results
+
+    def _name(self, names: DistinctNames, index: int, item: dict[str, Any], apikley_task_id: str) -> str | None:
+        """Return what item ``index``'s results are called, claimed from ``names`` (see ``result_name``)."""
+        image_url = item.get("image_url")
+        named = result_name(self.result_name, image_url=image_url, index=index, apikley_task_id=apikley_task_id)
+        return names.claim(named)
 
     def _plan(
         self,
@@ -412,6 +437,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         if event.get("folder") != folder.uri or event.get("count") != count or event.get("generation") != generation:
             raise ApikleyError(f"The batch trigger's event is not this try's batch: {str(event)[:200]!r}")
         tally = Tally()
+        names = DistinctNames()
 
         def records() -> Iterator[dict[str, Any]]:
             for page in folder.pages(count):
@@ -424,7 +450,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                     )
                 else:
                     outcomes = (
-                        self._result(payload["index"], TaskEvent.from_payload(payload), _replaced(payload))
+                        self._result(payload["index"], TaskEvent.from_payload(payload), _replaced(payload), names)
                         for payload in sorted(ended, key=lambda payload: payload["index"])
                     )
                 for result in outcomes:
@@ -440,6 +466,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 "A retry waits for them again, without paying for them again"
             )
         self._check_failures(tally, where)
+        add_outlet_extra(context, self.outlets, outlet_extra(manifest_uri=str(folder.manifest)))
         return {
             "schema_version": SCHEMA_VERSION,
             "items": tally.items,
@@ -473,18 +500,20 @@ class QwenImageToImageBatchOperator(BaseOperator):
             limiter.created()
             return task_id
 
-    def _result(self, index: int, outcome: TaskEvent, replaced: str | None) -> dict[str, Any]:
+    def _result(self, index: int, outcome: TaskEvent, replaced: str | None, names: DistinctNames) -> dict[str, Any]:
         result: dict[str, Any] = {"index": index, **outcome.to_payload(), "state": outcome.status.value}
         result.pop("status")
         result.setdefault("result_urls", [])
         result.setdefault("credits_consumed", None)
         if replaced:
             result["replaced_apikley_task_id"] = replaced
+        # every item claims its name, whatever its state, so the names do not depend on which items failed
+        name = self._name(names, index, self.inputs[index], outcome.apikley_task_id) if self.output_path else None
         if self.output_path and outcome.status is EventStatus.SUCCESS:
             extension = result_extension(self.inputs[index])
             try:
                 stored = store_results(
-                    self.hook, outcome.apikley_task_id, outcome.result_urls, self.output_path, extension
+                    self.hook, outcome.apikley_task_id, outcome.result_urls, self.output_path, extension, name
                 )
                 result["stored"] = [item.to_dict() for item in stored]
             except ApikleyError as err:  # the others are still stored

@@ -33,7 +33,7 @@ class QwenImageToImageOperator(ApikleyCreateTaskOperator):
     ``None`` are left out of the request, so Apikley applies its defaults.
     """
 
-    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path", "result_name")
 
     def __init__(
         self,

@@ -253,8 +253,10 @@ def test_results_come_back_in_input_order_and_are_stored(apikley, source_image_u
     results = operator.execute_complete({"ti": mock.Mock()}, event)
     assert [(result["index"], result["state"]) for result in results] == [(0, "success"), (1, "failed"), (2, "success")]
     assert results[1]["fail_code"] == "501" and results[1]["result_urls"] == []
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{task_id}-0.png" for task_id in task_ids)
-    assert results[0]["stored"][0]["uri"].endswith(f"{task_ids[0]}-0.png")
+    # each named after its source and index; the Apikley task id stays in the result
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shoe-0.png", "shoe-2.png"]
+    assert results[0]["stored"][0]["uri"] == f"file://{tmp_path}/shoe-0.png"
+    assert [result["apikley_task_id"] for result in results] == [task_ids[0], "t-failed", task_ids[1]]
     assert [result["credits_consumed"] for result in results] == [1.5, None, None]
 
 

@@ -232,7 +232,7 @@ async def test_the_resumed_worker_stores_in_the_folder_execute_checked(apikley, 
     # a template that renders differently on resuming (a timestamp) must not move the results
     result = edit(deferrable=True, output_path=f"file://{rendered_again}").execute_complete(context, event)
     (stored,) = result["stored"]
-    assert stored["uri"] == f"file://{checked}/{event['apikley_task_id']}-0.png"
+    assert stored["uri"] == f"file://{checked}/shoe.png"  # named after the source, tests/shoe.png
     assert not rendered_again.exists()
 
 
@@ -414,7 +414,7 @@ def test_execute_complete_fails_on_every_other_event(context, event, error, mess
 def test_every_input_field_and_the_callback_are_templated():
     fields = set(QwenImageToImageOperator.template_fields)
     assert {"prompt", "image_url", "strength", "seed", "guidance_scale", "callback_url", "apikley_conn_id"} <= fields
-    assert len(fields) == 13
+    assert len(fields) == 14  # and result_name
 
 
 def test_output_path_copies_each_result_and_reports_it(apikley, context, tmp_path):
@@ -423,8 +423,8 @@ def test_output_path_copies_each_result_and_reports_it(apikley, context, tmp_pat
     event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [result_url], "input": {}}
     result = make_operator(output_path=f"file://{tmp_path}/edits").execute_complete(context, event)
     (stored,) = result["stored"]
-    assert stored["uri"] == f"file://{tmp_path}/edits/{TASK_ID}-0.png"
-    assert (tmp_path / "edits" / f"{TASK_ID}-0.png").read_bytes() == png
+    assert stored["uri"] == f"file://{tmp_path}/edits/shoe.png"  # named after IMAGE_URL's file
+    assert (tmp_path / "edits" / "shoe.png").read_bytes() == png
     assert (stored["size"], stored["content_type"]) == (len(png), "image/png")
 
 
@@ -797,7 +797,7 @@ def test_a_failed_copy_names_the_paid_task_its_results_and_what_a_retry_does(api
         {"ti": mock.Mock(try_number=2), "task_state_store": store}
     )
     assert (result["apikley_task_id"], len(apikley.seen("createTask"))) == (task_id, 1)
-    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/{task_id}-0.png"]
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/shoe.png"]
 
 
 def test_a_wait_ended_by_connection_errors_says_what_to_check_and_what_a_retry_does(apikley, edit):
