@@ -782,3 +782,65 @@ async def test_a_failed_item_apikley_charged_for_reports_what_it_cost(apikley, s
     operator.max_failed_fraction = 1.0
     results = operator.execute_complete(context(), event)
     assert [(result["state"], result["credits_consumed"]) for result in results] == [("success", 1), ("failed", 1)]
+
+
+def outlet_events():
+    """What a worker's context holds under ``outlet_events``: an accessor per outlet, with its ``extra``."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    return defaultdict(lambda: SimpleNamespace(extra={}))
+
+
+async def test_items_are_named_after_their_source_and_index_and_repeats_never_share_a_file(
+    apikley, source_image_url, tmp_path
+):
+    from airflow.providers.common.compat.sdk import Asset
+
+    asset = Asset("file:///edits")
+    inputs = [{"prompt": "sepia", "image_url": source_image_url, "seed": n} for n in range(3)]
+    operator = QwenImageToImageBatchOperator(
+        task_id="batch",
+        inputs=inputs,
+        output_path=f"file://{tmp_path}/edits",
+        result_name="{source_stem}",
+        poll_interval=0.01,
+        expected_duration=0.0,
+        outlets=[asset],
+    )
+    event = await fire(deferred(operator))
+    events = outlet_events()
+    results = operator.execute_complete({**context(), "outlet_events": events}, event)
+    names = [result["stored"][0]["uri"].rsplit("/", 1)[-1] for result in results]
+    assert names == ["shoe.png", "shoe-2.png", "shoe-3.png"]  # in input order, the same every time
+    assert len({result["apikley_task_id"] for result in results}) == 3
+    assert events[asset].extra == {"result_uris": [f"file://{tmp_path}/edits/{name}" for name in names]}
+
+
+async def test_by_default_each_item_is_named_after_its_source_and_its_index(apikley, source_image_url, tmp_path):
+    operator = make_batch(source_image_url, items=2, output_path=f"file://{tmp_path}")
+    results = operator.execute_complete(context(), await fire(deferred(operator)))
+    assert [result["stored"][0]["uri"] for result in results] == [
+        f"file://{tmp_path}/shoe-0.png",
+        f"file://{tmp_path}/shoe-1.png",
+    ]
+
+
+def test_a_batch_result_name_that_cannot_name_a_file_is_refused_before_paying(apikley, source_image_url, tmp_path):
+    operator = make_batch(source_image_url, output_path=f"file://{tmp_path}", result_name="{item}")
+    with pytest.raises(ApikleyInputError, match=r"result_name='\{item\}': must be a template .*\(it uses \{item\}\)"):
+        operator.execute(context())
+    assert apikley.seen("createTask") == []
+
+
+async def test_a_large_batchs_asset_event_carries_its_manifest(apikley, source_image_url, tmp_path, large):
+    from airflow.providers.common.compat.sdk import Asset
+
+    asset = Asset("file:///edits")
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}", outlets=[asset])
+    event = await fire(deferred(operator))
+    events = outlet_events()
+    summary = operator.execute_complete({**context(), "outlet_events": events}, event)
+    assert events[asset].extra == {"manifest_uri": summary["manifest"]}
+    names = sorted(item["stored"][0]["uri"].rsplit("/", 1)[-1] for item in read_batch_manifest(summary["manifest"]))
+    assert names == [f"shoe-{n}.png" for n in range(5)]
