@@ -1,5 +1,5 @@
 """
-One character policy for the names an upload is stored under on Apikley: its folder and its file name.
+One character policy for file names: an upload's folder and name on Apikley, and a result's name in ``output_path``.
 
 A name is NFKC-normalised first, so a compatibility look-alike such as U+FF0F FULLWIDTH SOLIDUS
 becomes the ``/`` it stands for, and the normalised name is what is sent. It must then hold no path
