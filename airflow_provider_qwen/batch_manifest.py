@@ -51,7 +51,7 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_qwen.events import TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
-from airflow_provider_qwen.storage import LOCAL_PROTOCOLS, as_folder
+from airflow_provider_qwen.storage import LOCAL_PROTOCOLS, as_folder, with_default_mode
 from airflow_provider_qwen.validation import is_task_id
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ def write_records(dest: ObjectStoragePath, records: Iterable[dict[str, Any]]) ->
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("wb", dir=folder, prefix=f".{dest.name}.", delete=False) as partial:
             written = _write_lines(partial, records)
+            with_default_mode(partial.fileno())
         os.replace(partial.name, dest.path)
         return written
     with tempfile.TemporaryFile() as spool:  # one PUT: an object store then never shows half a page

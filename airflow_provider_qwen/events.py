@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.models import TaskRecord, TaskState
+from airflow_provider_qwen.names import check_file_name
 from airflow_provider_qwen.validation import is_task_id
 
 
@@ -53,6 +54,8 @@ class TaskEvent:
         try that deferred abandoned (see :func:`with_replaced`).
     :param output_path: the folder URI the resuming side copies the results into, as the deferring
         side worked it out; carried here because ``airflow dags test`` resumes with the event alone.
+    :param result_name: what the results are called there (see
+        :func:`~airflow_provider_qwen.results.result_name`), as the deferring side worked it out.
     """
 
     status: EventStatus
@@ -66,6 +69,7 @@ class TaskEvent:
     result: dict[str, Any] | None = field(default=None, compare=False)
     replaced_apikley_task_id: str | None = None
     output_path: str | None = None
+    result_name: str | None = None
 
     @classmethod
     def ended(cls, record: TaskRecord, *, with_input: bool = False) -> TaskEvent:
@@ -87,7 +91,16 @@ class TaskEvent:
         payload: dict[str, Any] = {"status": self.status.value, "apikley_task_id": self.apikley_task_id}
         if self.status is EventStatus.SUCCESS:
             payload["result_urls"] = list(self.result_urls)
-        optional = ("fail_code", "fail_message", "message", "input", "credits_consumed", "result", "output_path")
+        optional = (
+            "fail_code",
+            "fail_message",
+            "message",
+            "input",
+            "credits_consumed",
+            "result",
+            "output_path",
+            "result_name",
+        )
         for name in (*optional, REPLACED_KEY):
             if getattr(self, name) is not None:
                 payload[name] = getattr(self, name)
@@ -128,6 +141,12 @@ class TaskEvent:
         output_path = payload.get("output_path")
         if output_path is not None and not isinstance(output_path, str):
             raise ApikleyError(f"Apikley task {task_id}: output_path={output_path!r} in its event is not a URI string")
+        result_name = payload.get("result_name")
+        if result_name is not None:
+            try:
+                check_file_name(result_name, field="result_name")
+            except ApikleyError as err:
+                raise ApikleyError(f"Apikley task {task_id}: in its event, {err}") from None
         return cls(
             status=status,
             apikley_task_id=task_id,
@@ -140,6 +159,7 @@ class TaskEvent:
             result=result,
             replaced_apikley_task_id=replaced,
             output_path=output_path,
+            result_name=result_name,
         )
 
     def summary(self, input: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -152,7 +172,7 @@ class TaskEvent:
         :raises ApikleyError: for ``error``.
         """
         if self.status is EventStatus.FAILED:
-            raise ApikleyTaskFailedError(self.apikley_task_id, self.fail_code, self.fail_message)
+            raise ApikleyTaskFailedError(self.apikley_task_id, self.fail_code, self.fail_message, self.credits_consumed)
         if self.status is EventStatus.TIMEOUT:
             raise ApikleyTaskTimeoutError(self.message or f"Apikley task {self.apikley_task_id} timed out")
         if self.status is EventStatus.ERROR:

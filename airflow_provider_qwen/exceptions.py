@@ -160,15 +160,25 @@ class ApikleyTaskFailedError(ApikleyError):
     :param apikley_task_id: the id of the failed task.
     :param fail_code: Apikley's ``failCode``.
     :param fail_message: Apikley's ``failMsg``.
+    :param credits_consumed: what Apikley charged for the failed task, when it said (a failed edit
+        may still cost credits); the message then ends with ``N credits charged``.
     """
 
-    def __init__(self, apikley_task_id: str, fail_code: str | None, fail_message: str | None) -> None:
-        super().__init__(
-            f"Apikley task {apikley_task_id} failed: failCode={fail_code or '-'}, failMsg={fail_message or '-'}"
-        )
+    def __init__(
+        self,
+        apikley_task_id: str,
+        fail_code: str | None,
+        fail_message: str | None,
+        credits_consumed: float | None = None,
+    ) -> None:
+        message = f"Apikley task {apikley_task_id} failed: failCode={fail_code or '-'}, failMsg={fail_message or '-'}"
+        if credits_consumed is not None:
+            message += f"; {credits_consumed:g} credits charged"
+        super().__init__(message)
         self.apikley_task_id = apikley_task_id
         self.fail_code = fail_code
         self.fail_message = fail_message
+        self.credits_consumed = credits_consumed
 
 
 class ApikleyTaskTimeoutError(ApikleyError):

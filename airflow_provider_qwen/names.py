@@ -1,5 +1,5 @@
 """
-One character policy for the names an upload is stored under on Apikley: its folder and its file name.
+One character policy for file names: an upload's folder and name on Apikley, and a result's name in ``output_path``.
 
 A name is NFKC-normalised first, so a compatibility look-alike such as U+FF0F FULLWIDTH SOLIDUS
 becomes the ``/`` it stands for, and the normalised name is what is sent. It must then hold no path
@@ -11,12 +11,15 @@ UTF-8 bytes. A refusal names the field, the value (escaped and shortened) and th
 
 from __future__ import annotations
 
+import string
 import unicodedata
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
 
 #: The most UTF-8 bytes of a file name, and of each folder in an upload path (most file systems' limit).
 MAX_FILE_NAME_BYTES = 255
+#: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
+UNIQUE_SUFFIX_CHARS = 16
 #: The most UTF-8 bytes of a whole upload path.
 MAX_UPLOAD_PATH_BYTES = 1024
 #: Characters that separate folders, or read as if they did, and that NFKC does not turn into ``/`` or ``\``.
@@ -106,3 +109,71 @@ def _refused(field: str, value: object, rule: str, problem: str) -> ApikleyInput
     else:
         shown = repr(value)
     return ApikleyInputError(f"{field}={shown}: {rule} ({problem})")
+
+
+#: The placeholders a ``result_name`` template may use.
+RESULT_NAME_FIELDS = ("source_stem", "index", "apikley_task_id")
+#: The most UTF-8 bytes of a rendered result name, leaving room for ``-<n>``, ``-<task id>`` and the extension.
+MAX_RESULT_NAME_BYTES = 110
+#: The most UTF-8 bytes of a source's stem kept in a result name.
+MAX_STEM_BYTES = 80
+RESULT_NAME_RULE = (
+    "must be a template of a plain file name using only the placeholders "
+    + ", ".join(f"{{{field}}}" for field in RESULT_NAME_FIELDS)
+    + f" (no conversion or format spec), rendering to at most {MAX_RESULT_NAME_BYTES} bytes in UTF-8 once "
+    "NFKC-normalised, without '/', '\\' or a look-alike of either, without control or format characters, "
+    "and not '.' or '..'"
+)
+
+
+def name_part(text: str, fallback: str) -> str:
+    """
+    Return ``text`` made into part of a file name, or ``fallback`` when nothing of it is left.
+
+    NFKC-normalised; every separator, look-alike, control or format character and white space
+    becomes ``_``; leading dots go (no hidden file, no ``..``); at most :data:`MAX_STEM_BYTES`
+    bytes of whole characters are kept.
+    """
+    cleaned = "".join(
+        "_" if char in SEPARATORS or char.isspace() or unicodedata.category(char) in FORBIDDEN_CATEGORIES else char
+        for char in unicodedata.normalize("NFKC", text)
+    ).lstrip(".")
+    kept = cleaned.encode()[:MAX_STEM_BYTES].decode(errors="ignore")
+    return kept or fallback
+
+
+def check_result_name(template: object) -> str:
+    """
+    Return ``template``, a ``result_name``, once its placeholders are known ones.
+
+    :raises ApikleyInputError: naming ``result_name``, the value and :data:`RESULT_NAME_RULE`.
+    """
+    if not isinstance(template, str):
+        raise _refused("result_name", template, RESULT_NAME_RULE, f"it is a {type(template).__name__}, not a string")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise _refused("result_name", template, RESULT_NAME_RULE, str(err)) from None
+    for _, field, spec, conversion in parts:
+        if field is not None and (field not in RESULT_NAME_FIELDS or spec or conversion):
+            raise _refused("result_name", template, RESULT_NAME_RULE, f"it uses {{{field}}}")
+    render_result_name(template, source_stem="source", index=0, apikley_task_id="0" * 32)
+    return template
+
+
+def render_result_name(template: str, *, source_stem: str, index: int, apikley_task_id: str) -> str:
+    """
+    Return the name ``template`` gives an edit's results (without ``-<n>`` or the extension), NFKC-normalised.
+
+    :param source_stem: the source image's name without its extension, made into a name part.
+    :param index: the map index of a mapped edit, or the item's index in a batch (0 otherwise).
+    :raises ApikleyInputError: naming ``result_name``, the value and :data:`RESULT_NAME_RULE`.
+    """
+    rendered = template.format(source_stem=source_stem, index=index, apikley_task_id=apikley_task_id)
+    name = unicodedata.normalize("NFKC", rendered)
+    problem = _part_problem(name)
+    if problem is None and len(name.encode()) > MAX_RESULT_NAME_BYTES:
+        problem = f"it renders to {len(name.encode())} bytes"
+    if problem:
+        raise _refused("result_name", template, RESULT_NAME_RULE, f"{problem}, rendered as {rendered!r}")
+    return name

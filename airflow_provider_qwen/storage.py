@@ -27,6 +27,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
     ApikleyResultExistsError,
 )
+from airflow_provider_qwen.names import check_file_name
 from airflow_provider_qwen.redaction import shown_url
 from airflow_provider_qwen.validation import TASK_ID_RULE, is_http_url, is_task_id
 
@@ -115,6 +116,23 @@ def result_destination(
     if not is_task_id(apikley_task_id):
         raise ApikleyBadResponseError(f"Refusing to name a file after task id {apikley_task_id!r}: {TASK_ID_RULE}")
     dest = folder / f"{apikley_task_id}-{int(index)}.{extension}"
+    if dest.parent != folder:
+        raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
+    return dest
+
+
+def named_destination(
+    folder: ObjectStoragePath, name: str, index: int, count: int, extension: str
+) -> ObjectStoragePath:
+    """
+    Where result ``index`` of ``count`` is copied under ``name``: ``<name>.<ext>``, or ``<name>-<index>.<ext>``.
+
+    :param name: a file name checked by :func:`~airflow_provider_qwen.names.render_result_name`;
+        the path is proven to stay inside ``folder`` all the same.
+    :raises ApikleyBadResponseError: when it would not.
+    """
+    file_name = f"{name}.{extension}" if count == 1 else f"{name}-{int(index)}.{extension}"
+    dest = folder / check_file_name(file_name, field="result_name")
     if dest.parent != folder:
         raise ApikleyBadResponseError(f"Refusing to write {dest}: it is not inside {folder}")
     return dest
@@ -253,6 +271,34 @@ class _Checked:
         return StoredFile(str(dest), self.source_url, self.size, content_type, self.digest.hexdigest())
 
 
+def current_umask() -> int:
+    """
+    Return the process's umask without changing it, where the system says it (Linux's ``/proc``).
+
+    Elsewhere it is read the only way there is, by setting it and putting it back at once.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # the strictest value in the instant between the two calls
+    os.umask(mask)
+    return mask
+
+
+def with_default_mode(descriptor: int) -> None:
+    """
+    Give the open file ``descriptor`` the mode a newly created file gets: ``0o666`` less the umask.
+
+    A temporary file is created ``0o600``; one linked or renamed into place keeps that mode, so
+    results and pages would be readable by their owner only, whatever the umask asks.
+    """
+    os.fchmod(descriptor, 0o666 & ~current_umask())
+
+
 def _write_local(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url: str, max_bytes: int) -> StoredFile:
     folder = Path(dest.parent.path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,6 +308,7 @@ def _write_local(chunks: Iterable[bytes], dest: ObjectStoragePath, *, source_url
             partial.write(checked.add(chunk))
         partial.flush()
         stored = checked.stored_as(dest)
+        with_default_mode(partial.fileno())
         try:
             os.link(partial.name, dest.path)  # atomic, and never replaces a file already there
         except FileExistsError:

@@ -74,8 +74,8 @@ class Task:
             "updateTime": int(updated * 1000),
             "completeTime": int(self.completed * 1000) if self.completed is not None else None,
         }
-        if state == "success":
-            record["creditsConsumed"] = self.credits
+        if state in ("success", "fail") and self.credits:
+            record["creditsConsumed"] = self.credits  # a failed task was charged when it was created
         return record
 
 

@@ -7,7 +7,7 @@ import os
 import secrets
 import ssl
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyNotFoundError,
     error_class_for_code,
 )
-from airflow_provider_qwen.hooks import CREDIT_ENDPOINT, DEFAULT_CONN_ID, USER_AGENT
+from airflow_provider_qwen.hooks import CREDIT_ENDPOINT, DEFAULT_CONN_ID, USER_AGENT, preflight
 from airflow_provider_qwen.hooks.connection import ApikleySettings, BearerAuth, connection_source
 from airflow_provider_qwen.hooks.deadline import CallDeadline, DeadlineAdapter, wall_clock_limit
 from airflow_provider_qwen.hooks.downloads import ResultHostPolicy, download_session, open_result
@@ -419,8 +419,21 @@ class ApikleyHook(HttpHook):
         return self.retry_policy.call(is_transient, self.log, self._download, url, dest, max_bytes)
 
     @cached_property
-    def _download_session(self) -> requests.Session:
+    def download_session(self) -> requests.Session:
+        """The session for URLs outside Apikley's API (results, image checks): no key, the connection's proxies."""
         return download_session(USER_AGENT, self.settings.proxies, self.settings.client_verify())
+
+    def check_image_urls(self, urls: Mapping[str, str]) -> None:
+        """
+        Refuse a task whose image URLs do not answer, before it is paid for.
+
+        See :func:`~airflow_provider_qwen.hooks.preflight.check_image_urls`.
+
+        :param urls: each URL by the field that names it.
+        :raises ApikleyInputError: naming each dead URL's field, the URL and what it answered.
+        """
+        own_hosts = (self.settings.base_url, self.upload_base_url)
+        preflight.check_image_urls(self.download_session, self.result_host_policy, urls, own_hosts)
 
     @cached_property
     def result_host_policy(self) -> ResultHostPolicy:
@@ -447,7 +460,7 @@ class ApikleyHook(HttpHook):
     def _download(self, url: str, dest: ObjectStoragePath, max_bytes: int) -> StoredFile:
         with wall_clock_limit(self.timeout) as deadline:
             try:
-                with open_result(self._download_session, url, self.result_host_policy, self.timeout) as response:
+                with open_result(self.download_session, url, self.result_host_policy, self.timeout) as response:
                     if response.status_code != 200:
                         raise error_class_for_code(response.status_code)(
                             f"Downloading result {url} answered HTTP {response.status_code}",

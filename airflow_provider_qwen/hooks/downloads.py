@@ -184,7 +184,13 @@ def download_session(
 
 @contextmanager
 def open_result(
-    session: requests.Session, url: str, policy: ResultHostPolicy, timeout: float
+    session: requests.Session,
+    url: str,
+    policy: ResultHostPolicy,
+    timeout: float,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
 ) -> Iterator[requests.Response]:
     """
     ``GET`` a result URL, following at most :data:`MAX_REDIRECTS` redirects, each hop checked.
@@ -192,6 +198,8 @@ def open_result(
     Without a proxy each hop connects to an address its check allowed; through the connection's
     proxy, the check applies to the URL the proxy is asked to fetch.
 
+    :param method: ``HEAD`` to ask only whether the URL answers (see :mod:`~.preflight`).
+    :param headers: sent with each hop (a ``Range``, say).
     :raises ApikleyURLRefusedError: when a hop breaks the policy, or there are too many.
     """
     for _ in range(MAX_REDIRECTS + 1):
@@ -201,7 +209,9 @@ def open_result(
             adapter.pinned(urlsplit(url).hostname or "", address) if isinstance(adapter, PinnedAddressAdapter) else None
         )
         with pin or nullcontext():
-            response = session.get(url, stream=True, timeout=timeout, allow_redirects=False)
+            response = session.request(
+                method, url, headers=headers, stream=True, timeout=timeout, allow_redirects=False
+            )
         location = response.headers.get("Location")
         if response.status_code not in REDIRECT_STATUSES or not location:
             with response:

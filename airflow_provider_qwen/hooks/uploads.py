@@ -13,10 +13,18 @@ import os
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
-from airflow_provider_qwen.names import MAX_FILE_NAME_BYTES, check_file_name, check_upload_path
+from airflow_provider_qwen.names import MAX_FILE_NAME_BYTES, UNIQUE_SUFFIX_CHARS, check_file_name, check_upload_path
 
-#: Hex digits of the suffix that makes an upload's stored name unique (64 bits of sha256, or random).
-UNIQUE_SUFFIX_CHARS = 16
+__all__ = [
+    "DEFAULT_UPLOAD_STEM",
+    "EXTENSIONS",
+    "MAX_EXTENSION_CHARS",
+    "UNIQUE_SUFFIX_CHARS",
+    "content_suffix",
+    "name_in_url",
+    "unique_name",
+    "upload_fields",
+]
 #: A longer "extension" (``a.b`` where ``b`` is a long word) is kept as part of the name.
 MAX_EXTENSION_CHARS = 10
 #: The name an upload gets when none is given nor derived, with the extension of its type.

@@ -31,10 +31,11 @@ from airflow_provider_qwen.exceptions import (
     ApikleyTaskFailedError,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
-from airflow_provider_qwen.lineage import edit_lineage, lineage_expected
+from airflow_provider_qwen.lineage import add_outlet_extra, edit_lineage, lineage_expected, outlet_extra, result_uris
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState
-from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.names import check_result_name
+from airflow_provider_qwen.results import result_name, with_stored_results
 from airflow_provider_qwen.resume import (
     OrphanedIntentPolicy,
     Takeover,
@@ -142,9 +143,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
         :class:`~airflow_provider_qwen.exceptions.ApikleyOrphanedIntentError`, which says how to go on.
     :param output_path: a folder (``ObjectStoragePath`` or URI such as ``file:///data/edits`` or
         ``s3://bucket/edits``) to copy the results into as soon as the task succeeds, before the
-        result URLs expire. Each is written atomically as ``<apikley_task_id>-<n>.<ext>``, and the
+        result URLs expire. Each is written atomically, named by ``result_name``, and the
         XCom value gains ``stored``: one ``{"uri", "source_url", "size", "content_type", "sha256"}``
-        per result. It is checked writable before the task is submitted.
+        per result (the Apikley task id stays in ``apikley_task_id``). It is checked writable before
+        the task is submitted.
+    :param result_name: what the results are called in ``output_path`` (templated): a file name
+        without extension, with the placeholders ``{source_stem}`` (the source image's file name
+        without its extension, from ``image_url``; the Apikley task id when there is none),
+        ``{index}`` (the map index of a mapped task, else 0) and ``{apikley_task_id}``. By default
+        ``{source_stem}-{index}`` for a mapped task and ``{source_stem}`` otherwise, and, for a model
+        whose input names no image, ``<apikley_task_id>-<n>`` as before. A task's one result is
+        ``<name>.<ext>``, several are ``<name>-<n>.<ext>``. The name follows the file name rule of
+        :mod:`~airflow_provider_qwen.names` (checked before submitting); a file of that name with
+        other bytes (another edit's) is never replaced: the result goes to ``<name>-<apikley_task_id>``.
     :param min_credits: refuse to submit when the account has fewer credits than this (one extra
         request per task); ``None`` (the default) does not check, and Apikley refuses a task the
         account cannot pay for with :class:`~airflow_provider_qwen.exceptions.ApikleyInsufficientCreditsError`.
@@ -165,9 +176,16 @@ class ApikleyCreateTaskOperator(BaseOperator):
         :class:`~airflow_provider_qwen.exceptions.ApikleyBudgetUnavailableError`). The task then ends
         on a worker, which settles.
     :param run_budget_name: which of the run's budgets ``run_max_credits`` is: tasks naming the same one share it.
+    :param check_image_urls: before submitting, ask each image URL of the input (see
+        :meth:`image_urls`) whether it answers (``HEAD``, or a one-byte ``GET`` where ``HEAD`` is
+        refused; within 10 s, with the same host rules as result downloads), and refuse a dead one
+        (an HTTP error, or no answer in time) with :class:`~airflow_provider_qwen.exceptions.ApikleyInputError`
+        naming the field, the URL and its answer, before anything is paid for. URLs on Apikley's own
+        hosts (what the hook's uploads return) are not asked. ``False`` skips the check, for image
+        hosts Apikley reaches and the workers cannot.
     """
 
-    template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = ("model", "input", "callback_url", "apikley_conn_id", "output_path", "result_name")
     template_fields_renderers = {"input": "json"}
     ui_color = "#e8def8"
     operator_extra_links = (ApikleyTaskLink(),)
@@ -194,6 +212,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         max_credits: float | None = None,
         run_max_credits: float | None = None,
         run_budget_name: str = DEFAULT_RUN_BUDGET,
+        check_image_urls: bool = True,
+        result_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -216,6 +236,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         self.max_credits = max_credits
         self.run_max_credits = run_max_credits
         self.run_budget_name = run_budget_name
+        self.check_image_urls = check_image_urls
+        self.result_name = result_name
         self._result: dict[str, Any] | None = None
         if end_in_triggerer and (reasons := self._work_for_a_worker()):
             raise ApikleyInputError(
@@ -253,6 +275,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
         model, request = self.task_model(), self.task_input()
         self._check_arguments()
+        if self.output_path:  # a name that cannot be a file's fails now, for free
+            self._results_named(context, request, "0" * 32)
         fingerprint = request_fingerprint(model, request, self.callback_url or None)
         state_store = context.get("task_state_store")
         saved = read_saved_task(state_store, RESUME_KEY) if may_have_run_before(context) else None
@@ -265,7 +289,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
             self.log.info("Resuming Apikley task %s submitted by an earlier try for the same request", apikley_task_id)
         else:
             known = None
-            self._check_before_paying()
+            self._check_before_paying(request)
             budget = self._run_budget(context)
             granted = reserve_edits(budget, self.max_credits, 0.0, 1, "0", self.log)
             if granted.limiting is not None:
@@ -298,14 +322,18 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 logger=self.log,
             )
             if self.deferrable:
-                self._defer_to_trigger(wait, context, replaced)
+                self._defer_to_trigger(wait, context, replaced, self._results_named(context, request, apikley_task_id))
             try:
                 record = wait_until_done(self.hook, wait)
             except ApikleyError as err:
                 raise _after_paying(err, apikley_task_id, state_store) from None
         self._settle(context, (record.task_id, record.credits_consumed, record.state is TaskState.SUCCESS))
-        summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
-        return self._finish(self._copy_results(summary, state_store))
+        try:
+            summary = with_replaced({**summary_from_record(record), "input": request}, replaced)
+        except ApikleyTaskFailedError as err:
+            raise self._logged_failure(err) from None
+        name = self._results_named(context, request, apikley_task_id)
+        return self._finish(self._copy_results(summary, state_store, name), context)
 
     def execute_complete(self, context: Context, event: ResumeEvent = None) -> dict[str, Any]:
         """Resume after the trigger: check its event, store the results, return them or fail."""
@@ -325,8 +353,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
         try:
             summary = parsed.summary(input=self.task_input())
         except ApikleyError as err:
-            raise _after_paying(err, parsed.apikley_task_id, state_store) from None
-        return self._finish(self._copy_results(summary, state_store))
+            raise _after_paying(self._logged_failure(err), parsed.apikley_task_id, state_store) from None
+        name = parsed.result_name or self._results_named(context, summary["input"], parsed.apikley_task_id)
+        return self._finish(self._copy_results(summary, state_store, name), context)
 
     def get_openlineage_facets_on_complete(self, task_instance: RuntimeTaskInstanceProtocol) -> OperatorLineage | None:
         """
@@ -337,11 +366,19 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """
         return edit_lineage(self._result) if self._result else None
 
-    def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, result: dict[str, Any], context: Context | None = None) -> dict[str, Any]:
         self._result = result
         if result["state"] == TaskState.SUCCESS.value:
             self.log.info("%s", outcome_line(result))
+            extra = outlet_extra(uris=result_uris(result), apikley_task_id=result["apikley_task_id"])
+            add_outlet_extra(context, self.outlets, extra)
         return result
+
+    def _logged_failure(self, err: ApikleyError) -> ApikleyError:
+        """Log a failed edit's line (with the credits charged for it, when Apikley said); return ``err``."""
+        if isinstance(err, ApikleyTaskFailedError):
+            self.log.error("%s", err)
+        return err
 
     def _check_arguments(self) -> None:
         """Refuse, before any request, arguments that would fail (or lose results) only after paying."""
@@ -350,6 +387,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         check_credits("run_max_credits", self.run_max_credits)
         if not isinstance(self.run_budget_name, str) or not 1 <= len(self.run_budget_name) <= 100:
             raise ApikleyInputError(f"run_budget_name={self.run_budget_name!r}: must be text of 1 to 100 characters")
+        if self.result_name is not None:
+            check_result_name(self.result_name)
         if self.min_credits is not None and (
             isinstance(self.min_credits, bool) or not isinstance(self.min_credits, (int, float)) or self.min_credits < 0
         ):
@@ -361,10 +400,28 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 "give output_path to that sensor instead"
             )
 
-    def _check_before_paying(self) -> None:
-        """Return what can only be checked by trying: the folder for the results, and the balance."""
+    def image_urls(self, request: dict[str, Any]) -> dict[str, str]:
+        """
+        Return the image URLs ``request`` (the ``input`` to send) names, by the field that names each.
+
+        Those are the top-level fields called ``image_url`` or ending in ``_image_url`` (a URL each),
+        and ``image_urls`` or ending in ``_image_urls`` (a list of URLs), as Apikley's image models
+        name them; :attr:`check_image_urls` asks each before paying.
+        """
+        urls: dict[str, str] = {}
+        for name, value in request.items():
+            if (name == "image_url" or name.endswith("_image_url")) and isinstance(value, str):
+                urls[f"input.{name}"] = value
+            elif (name == "image_urls" or name.endswith("_image_urls")) and isinstance(value, list):
+                urls.update((f"input.{name}[{n}]", url) for n, url in enumerate(value) if isinstance(url, str))
+        return urls
+
+    def _check_before_paying(self, request: dict[str, Any]) -> None:
+        """Return what can only be checked by trying: the folder for the results, the image URLs, and the balance."""
         if self.output_path:
             check_writable(self.output_path)
+        if self.check_image_urls and (urls := self.image_urls(request)):
+            self.hook.check_image_urls(urls)
         if self.min_credits is not None:
             left = self.hook.get_credits()
             if left < self.min_credits:
@@ -394,7 +451,9 @@ class ApikleyCreateTaskOperator(BaseOperator):
             )
         return summary
 
-    def _defer_to_trigger(self, wait: TaskWait, context: Context, replaced_apikley_task_id: str | None) -> None:
+    def _defer_to_trigger(
+        self, wait: TaskWait, context: Context, replaced_apikley_task_id: str | None, result_name: str | None
+    ) -> None:
         deadline = wait.deadline or time.time() + self.timeout
         self.defer(
             trigger=ApikleyTaskTrigger(
@@ -408,6 +467,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 expected_duration=self.expected_duration,
                 **self._how_to_end(context, replaced_apikley_task_id),
                 output_path=str(self.output_path) if self.output_path else None,
+                result_name=result_name if self.output_path else None,
                 replaced_apikley_task_id=replaced_apikley_task_id,
                 deferred_at=time.time(),
             ),
@@ -489,11 +549,24 @@ class ApikleyCreateTaskOperator(BaseOperator):
             return None
         return record, takeover.submitted_at or time.time()
 
-    def _copy_results(self, summary: dict[str, Any], state_store: compat.TaskStateStore | None) -> dict[str, Any]:
+    def _results_named(self, context: Context, request: dict[str, Any], apikley_task_id: str) -> str | None:
+        """Return what this edit's results are called in ``output_path`` (see :func:`~.results.result_name`)."""
+        sources = list(self.image_urls(request).values())
+        map_index = getattr(context["ti"], "map_index", None)
+        return result_name(
+            self.result_name,
+            image_url=sources[0] if sources else None,
+            index=map_index if type(map_index) is int and map_index >= 0 else None,
+            apikley_task_id=apikley_task_id,
+        )
+
+    def _copy_results(
+        self, summary: dict[str, Any], state_store: compat.TaskStateStore | None, name: str | None
+    ) -> dict[str, Any]:
         if not self.output_path or "stored" in summary:
             return summary
         try:
-            return with_stored_results(self.hook, summary, self.output_path)
+            return with_stored_results(self.hook, summary, self.output_path, name)
         except ApikleyError as err:
             raise _after_paying(err, summary["apikley_task_id"], state_store, copying=True) from None
 

@@ -35,8 +35,10 @@ from airflow_provider_qwen.exceptions import (
     ApikleyRateLimitError,
 )
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
+from airflow_provider_qwen.lineage import add_outlet_extra, outlet_extra, result_uris
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE, QwenImageToImageInput
-from airflow_provider_qwen.results import store_results
+from airflow_provider_qwen.names import check_result_name
+from airflow_provider_qwen.results import DistinctNames, result_name, store_results
 from airflow_provider_qwen.resume import (
     OrphanedIntentPolicy,
     check_orphaned_intent_policy,
@@ -189,8 +191,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
         ``execution_timeout`` ends sooner; tasks still running then count as ``timeout``.
     :param expected_duration: seconds an edit is expected to take; by default learned by the triggerer.
     :param poll_interval: a fixed interval between queries of one task instead of Apikley's advised cadence.
-    :param output_path: a folder (``ObjectStoragePath`` or URI) to copy each result into, as
-        ``<apikley_task_id>-<n>.<ext>``.
+    :param output_path: a folder (``ObjectStoragePath`` or URI) to copy each result into, named by
+        ``result_name``.
+    :param result_name: what each item's results are called in ``output_path`` (templated), as the
+        single operator's ``result_name`` says, with ``{index}`` the item's index; by default
+        ``{source_stem}-{index}``. Two items whose names come out the same get ``-2``, ``-3``... in
+        input order, so no item's file is written over another's. Each record keeps its
+        ``apikley_task_id``, and ``stored`` says where each result went.
     :param max_failed_fraction: the share of items (0 to 1) that may fail without failing the task.
     :param max_consecutive_poll_errors: failed status queries in a row that end one item's wait.
     :param on_orphaned_intent: what a retry does with an item whose create an earlier try began and
@@ -201,9 +208,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
         :data:`~airflow_provider_qwen.budget.DEFAULT_EDIT_CREDITS`.
     :param run_max_credits: the credits the run's edits may spend together, kept by the ledger on the api-server.
     :param run_budget_name: which of the run's budgets ``run_max_credits`` is.
+    :param check_image_urls: before creating anything, ask the ``image_url`` of every item to be
+        submitted whether it answers (each distinct URL once, eight at a time, as the single
+        operator's ``check_image_urls`` does), and refuse the whole batch when any is dead, naming
+        the first ten such items, their URLs and answers (then how many more). ``False`` skips it.
     """
 
-    template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = ("inputs", "callback_url", "apikley_conn_id", "output_path", "result_name")
     ui_color = "#e8def8"
 
     def __init__(
@@ -224,6 +235,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         max_credits: float | None = None,
         run_max_credits: float | None = None,
         run_budget_name: str = DEFAULT_RUN_BUDGET,
+        check_image_urls: bool = True,
+        result_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -242,6 +255,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         self.max_credits = max_credits
         self.run_max_credits = run_max_credits
         self.run_budget_name = run_budget_name
+        self.check_image_urls = check_image_urls
+        self.result_name = result_name
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -278,6 +293,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """Validate every item, resume what earlier tries left running, submit the rest, then wait in one trigger."""
         requests = self.build_inputs()
         check_callback_url(self.callback_url)
+        if self.result_name is not None:
+            check_result_name(self.result_name)
+        if self.output_path:  # a name that cannot be a file's fails now, for free
+            for index, request in enumerate(requests):
+                self._name(DistinctNames(), index, request, "0" * 32)
         policy = check_orphaned_intent_policy(self.on_orphaned_intent)
         deadline = try_deadline(context, self.timeout, self.execution_timeout)
         folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
@@ -288,6 +308,10 @@ class QwenImageToImageBatchOperator(BaseOperator):
         plan = self._plan(context, ledger, folder, fingerprints, policy)
         if self.output_path and plan.submit:
             check_writable(self.output_path)
+        if self.check_image_urls and plan.submit:
+            self.hook.check_image_urls(
+                {f"inputs[{index}].image_url": requests[index]["image_url"] for index in plan.submit}
+            )
         budget = self._run_budget(context)
         if folder and plan.submit:
             self._reserve_whole(budget, len(plan.submit))
@@ -341,8 +365,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
         ended = {index: (outcome.apikley_task_id, outcome.status.value) for index, (outcome, _) in outcomes.items()}
         BatchLedger(context.get("task_state_store"), _generation(context)).settle(len(self.inputs), ended)
         self._settle(context, [_ended(outcome) for outcome, _ in outcomes.values()])
+        names = DistinctNames()
         results = [
-            self._result(index, *outcomes[index]) if index in outcomes else _unsubmitted_result(index)
+            self._result(index, *outcomes[index], names) if index in outcomes else self._unsubmitted(index, names)
             for index in range(len(self.inputs))
         ]
         tally = Tally()
@@ -355,7 +380,17 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 f"({items_named(sorted(unsubmitted))}); the {len(waited)} submitted have ended. "
                 f"{event.get('over_budget') or ''}"
             )
+        uris = [
+            uri for result in results if result["state"] == EventStatus.SUCCESS.value for uri in result_uris(result)
+        ]
+        add_outlet_extra(context, self.outlets, outlet_extra(uris=uris))
         return results
+
+    def _name(self, names: DistinctNames, index: int, item: dict[str, Any], apikley_task_id: str) -> str | None:
+        """Return what item ``index``'s results are called, claimed from ``names`` (see ``result_name``)."""
+        image_url = item.get("image_url")
+        named = result_name(self.result_name, image_url=image_url, index=index, apikley_task_id=apikley_task_id)
+        return names.claim(named)
 
     def _plan(
         self,
@@ -493,6 +528,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
             raise ApikleyError(f"The batch trigger's event is not this try's batch: {str(event)[:200]!r}")
         tally = Tally()
         charged: list[Ended | None] = []
+        names = DistinctNames()
 
         def records() -> Iterator[dict[str, Any]]:
             for page in folder.pages(count):
@@ -507,7 +543,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                     events = [(payload, TaskEvent.from_payload(payload)) for payload in ended]
                     charged.extend(_ended(event) for _, event in events)
                     outcomes = (
-                        self._result(payload["index"], event, _replaced(payload))
+                        self._result(payload["index"], event, _replaced(payload), names)
                         for payload, event in sorted(events, key=lambda pair: pair[0]["index"])
                     )
                 for result in outcomes:
@@ -524,6 +560,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 "A retry waits for them again, without paying for them again"
             )
         self._check_failures(tally, where)
+        add_outlet_extra(context, self.outlets, outlet_extra(manifest_uri=str(folder.manifest)))
         return {
             "schema_version": SCHEMA_VERSION,
             "items": tally.items,
@@ -564,12 +601,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
 
     def _check_failures(self, tally: Tally, where: str = "") -> None:
         failed = tally.items - tally.states[EventStatus.SUCCESS.value] - tally.states[UNSUBMITTED]
-        self.log.info("%d of %d edits succeeded", tally.states[EventStatus.SUCCESS.value], tally.items)
+        charged = f"; the {failed} that did not succeed were charged {tally.failed_credits:g} credits" if failed else ""
+        self.log.info("%d of %d edits succeeded%s", tally.states[EventStatus.SUCCESS.value], tally.items, charged)
         if failed > self.max_failed_fraction * tally.items:
             more = f" (and {failed - len(tally.first_failures)} more)" if failed > len(tally.first_failures) else ""
             raise ApikleyError(
                 f"{failed} of {tally.items} edits did not succeed, more than max_failed_fraction="
-                f"{self.max_failed_fraction:g} allows: {'; '.join(tally.first_failures)}{more}{where}"
+                f"{self.max_failed_fraction:g} allows{charged}: {'; '.join(tally.first_failures)}{more}{where}"
             )
 
     def _submit(self, request: dict[str, Any], limiter: CreateRateLimiter) -> str:
@@ -586,18 +624,26 @@ class QwenImageToImageBatchOperator(BaseOperator):
             limiter.created()
             return task_id
 
-    def _result(self, index: int, outcome: TaskEvent, replaced: str | None) -> dict[str, Any]:
+    def _unsubmitted(self, index: int, names: DistinctNames) -> dict[str, Any]:
+        """Return the result of an item a budget left unsubmitted, claiming its name as a submitted item would."""
+        if self.output_path:  # so a retry that submits it names every item as this try did
+            self._name(names, index, self.inputs[index], "0" * 32)
+        return _unsubmitted_result(index)
+
+    def _result(self, index: int, outcome: TaskEvent, replaced: str | None, names: DistinctNames) -> dict[str, Any]:
         result: dict[str, Any] = {"index": index, **outcome.to_payload(), "state": outcome.status.value}
         result.pop("status")
         result.setdefault("result_urls", [])
         result.setdefault("credits_consumed", None)
         if replaced:
             result["replaced_apikley_task_id"] = replaced
+        # every item claims its name, whatever its state, so the names do not depend on which items failed
+        name = self._name(names, index, self.inputs[index], outcome.apikley_task_id) if self.output_path else None
         if self.output_path and outcome.status is EventStatus.SUCCESS:
             extension = result_extension(self.inputs[index])
             try:
                 stored = store_results(
-                    self.hook, outcome.apikley_task_id, outcome.result_urls, self.output_path, extension
+                    self.hook, outcome.apikley_task_id, outcome.result_urls, self.output_path, extension, name
                 )
                 result["stored"] = [item.to_dict() for item in stored]
             except ApikleyError as err:  # the others are still stored
@@ -612,6 +658,7 @@ class Tally:
         self.items = 0
         self.states: Counter[str] = Counter()
         self.credits = 0.0
+        self.failed_credits = 0.0
         self.first_failures: list[str] = []
         self.missing: list[int] = []
 
@@ -620,6 +667,8 @@ class Tally:
         self.items += 1
         self.states[result["state"]] += 1
         self.credits += result.get("credits_consumed") or 0.0
+        if result["state"] != EventStatus.SUCCESS.value:
+            self.failed_credits += result.get("credits_consumed") or 0.0
         if result["state"] == MISSING:
             self.missing.append(result["index"])
         elif result["state"] not in (EventStatus.SUCCESS.value, UNSUBMITTED) and len(self.first_failures) < 10:
@@ -698,4 +747,7 @@ def _folder_name(name: object, *, always_hashed: bool = False) -> str:
 def _failure_line(result: dict[str, Any]) -> str:
     detail = result.get("fail_message") or result.get("message") or ""
     code = f" {result['fail_code']}" if result.get("fail_code") else ""
-    return f"inputs[{result['index']}] (Apikley task {result['apikley_task_id']}) {result['state']}{code}: {detail}"
+    credits = result.get("credits_consumed")
+    charged = f" ({credits:g} credits charged)" if credits is not None else ""
+    line = f"inputs[{result['index']}] (Apikley task {result['apikley_task_id']}) {result['state']}{code}{charged}"
+    return f"{line}: {detail}"

@@ -33,7 +33,7 @@ class QwenImageToImageOperator(ApikleyCreateTaskOperator):
     ``None`` are left out of the request, so Apikley applies its defaults.
     """
 
-    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = (*INPUT_FIELDS, "callback_url", "apikley_conn_id", "output_path", "result_name")
 
     def __init__(
         self,
@@ -69,6 +69,10 @@ class QwenImageToImageOperator(ApikleyCreateTaskOperator):
         :raises ApikleyInputError: naming each field that breaks a rule, its value and the rule.
         """
         return QwenImageToImageInput.build(**{field: getattr(self, field) for field in INPUT_FIELDS})
+
+    def image_urls(self, request: dict[str, Any]) -> dict[str, str]:
+        """Return the one image URL an edit names, by its argument: ``{"image_url": ...}``."""
+        return {"image_url": request["image_url"]}
 
     def task_input(self) -> dict[str, Any]:
         """Return the ``input`` to send: :meth:`build_input` as Apikley takes it."""

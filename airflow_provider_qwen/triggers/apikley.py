@@ -131,6 +131,9 @@ class ApikleyTaskTrigger(BaseTrigger):
         ``end_task_on_success`` they are copied here first, as the operator's ``output_path`` does
         (in a thread, so the triggerer's loop goes on); otherwise it travels back in the event, for
         the worker that resumes (``airflow dags test`` resumes with the event alone).
+    :param result_name: what the results are called in ``output_path`` (see
+        :func:`~airflow_provider_qwen.results.result_name`; ``None``: ``<apikley_task_id>-<n>``), as
+        the deferring side worked it out; it travels back in the event likewise.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         output_path: str | None = None,
         replaced_apikley_task_id: str | None = None,
         deferred_at: float | None = None,
+        result_name: str | None = None,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -165,6 +169,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.output_path = output_path
         self.replaced_apikley_task_id = replaced_apikley_task_id
         self.deferred_at = deferred_at
+        self.result_name = result_name
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -185,6 +190,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "output_path": self.output_path,
                 "replaced_apikley_task_id": self.replaced_apikley_task_id,
                 "deferred_at": self.deferred_at,
+                "result_name": self.result_name,
             },
         )
 
@@ -203,7 +209,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         else:
             deferred_at = self.deferred_at if self.deferred_at is not None else self.submitted_at
             await settle_before_resuming(self, deferred_at=deferred_at)
-            yield TriggerEvent(dataclasses.replace(event, output_path=self.output_path).to_payload())
+            carried = dataclasses.replace(event, output_path=self.output_path, result_name=self.result_name)
+            yield TriggerEvent(carried.to_payload())
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))
@@ -243,7 +250,9 @@ class ApikleyTaskTrigger(BaseTrigger):
             from airflow_provider_qwen.hooks.apikley import ApikleyHook
 
             try:  # blocking file writes, in a thread of their own
-                value = await in_thread(with_stored_results, ApikleyHook(self.apikley_conn_id), value, self.output_path)
+                value = await in_thread(
+                    with_stored_results, ApikleyHook(self.apikley_conn_id), value, self.output_path, self.result_name
+                )
             except Exception:
                 self.log.exception("Could not store the results of task %s; a worker resumes it", self.apikley_task_id)
                 return False

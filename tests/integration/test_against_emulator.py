@@ -76,12 +76,12 @@ def test_submit_wait_and_store_a_real_edit(hook, image_url, tmp_path):
 def test_both_in_memory_upload_kinds_give_a_url_the_emulator_serves(hook, upload):
     content = png("#f1c40f")
     url = getattr(hook, upload)(content, "tests", file_name=f"{upload}.png")
-    assert hook._download_session.get(url).content == content
+    assert hook.download_session.get(url).content == content
 
 
 def test_upload_from_url(hook, image_url):
     url = hook.upload_from_url(image_url, "tests", file_name="copy.png")
-    assert hook._download_session.get(url).content == hook._download_session.get(image_url).content
+    assert hook.download_session.get(url).content == hook.download_session.get(image_url).content
 
 
 def test_wrong_key(emulator, monkeypatch):

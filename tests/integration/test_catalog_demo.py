@@ -37,8 +37,8 @@ def test_catalog_is_edited_stored_and_published(emulator, tmp_path):
     assert [item["credits_consumed"] for item in items] == [cost] * 6
     assert manifest["credits_consumed"] == 6 * cost == emulator.state.settings.credits - emulator.state.credits
     assert {item["apikley_task_id"] for item in items} == set(emulator.state.tasks)
-    for item in items:
-        stored = tmp_path / "edited" / f"{item['apikley_task_id']}-0.png"
+    for index, item in enumerate(items):  # each named after its product photo and map index
+        stored = tmp_path / "edited" / f"{item['sku']}-{index}.png"
         assert item["stored_uri"] == f"file://{stored}"
         content = stored.read_bytes()
         assert hashlib.sha256(content).hexdigest() == item["sha256"]
@@ -90,8 +90,8 @@ def test_the_catalog_is_stored_and_published_on_s3(emulator, s3):
     objects = s3.objects()
     items = json.loads(objects["catalog/manifest.json"])["items"]
     assert len(items) == 6
-    for item in items:
-        key = f"catalog/edited/{item['apikley_task_id']}-0.png"
+    for index, item in enumerate(items):
+        key = f"catalog/edited/{item['sku']}-{index}.png"
         assert item["stored_uri"] == s3.uri(key)
         assert hashlib.sha256(objects[key]).hexdigest() == item["sha256"]
     assert not [key for key in objects if key.endswith(".partial") or "write-check" in key]

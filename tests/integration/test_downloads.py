@@ -116,7 +116,7 @@ def test_downloads_use_the_connections_verify_and_nothing_from_the_environment(a
     with_extra(monkeypatch, verify=str(bundle), proxies={"https": "http://proxy.internal.test:3128"})
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere/ca.pem")
     monkeypatch.setenv("HTTPS_PROXY", "http://environment-proxy.test:8080")
-    session = ApikleyHook()._download_session
+    session = ApikleyHook().download_session
     assert session.verify == str(bundle)
     assert session.proxies == {"https": "http://proxy.internal.test:3128"} and session.trust_env is False
     assert "Authorization" not in session.headers

@@ -253,8 +253,10 @@ def test_results_come_back_in_input_order_and_are_stored(apikley, source_image_u
     results = operator.execute_complete({"ti": mock.Mock()}, event)
     assert [(result["index"], result["state"]) for result in results] == [(0, "success"), (1, "failed"), (2, "success")]
     assert results[1]["fail_code"] == "501" and results[1]["result_urls"] == []
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(f"{task_id}-0.png" for task_id in task_ids)
-    assert results[0]["stored"][0]["uri"].endswith(f"{task_ids[0]}-0.png")
+    # each named after its source and index; the Apikley task id stays in the result
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shoe-0.png", "shoe-2.png"]
+    assert results[0]["stored"][0]["uri"] == f"file://{tmp_path}/shoe-0.png"
+    assert [result["apikley_task_id"] for result in results] == [task_ids[0], "t-failed", task_ids[1]]
     assert [result["credits_consumed"] for result in results] == [1.5, None, None]
 
 
@@ -760,3 +762,85 @@ async def test_a_submitted_page_with_an_item_the_trigger_cannot_wait_for_fails_i
     page.write_text('{"apikley_task_id": null, "submitted_at": 1.0, "generation": 1}\n')
     with pytest.raises(ApikleyError, match=re.escape(f"{page} holds an item with no task to wait for")):
         await fire(trigger)
+
+
+async def test_a_failed_item_apikley_charged_for_reports_what_it_cost(apikley, source_image_url):
+    missing = source_image_url.replace("shoe.png", "no-such-shoe.png")
+    operator = QwenImageToImageBatchOperator(
+        task_id="batch",
+        inputs=[{"prompt": "sepia", "image_url": source_image_url}, {"prompt": "sepia", "image_url": missing}],
+        poll_interval=0.01,
+        expected_duration=0.0,
+    )
+    before = apikley.state.credits
+    event = await fire(deferred(operator))
+    with pytest.raises(ApikleyError, match=r"the 1 that did not succeed were charged 1 credits") as excinfo:
+        operator.execute_complete(context(), event)
+    assert before - apikley.state.credits == 2
+    assert re.search(r"inputs\[1\] \(Apikley task \w+\) failed \w+ \(1 credits charged\)", str(excinfo.value))
+
+    operator.max_failed_fraction = 1.0
+    results = operator.execute_complete(context(), event)
+    assert [(result["state"], result["credits_consumed"]) for result in results] == [("success", 1), ("failed", 1)]
+
+
+def outlet_events():
+    """What a worker's context holds under ``outlet_events``: an accessor per outlet, with its ``extra``."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    return defaultdict(lambda: SimpleNamespace(extra={}))
+
+
+async def test_items_are_named_after_their_source_and_index_and_repeats_never_share_a_file(
+    apikley, source_image_url, tmp_path
+):
+    from airflow.providers.common.compat.sdk import Asset
+
+    asset = Asset("file:///edits")
+    inputs = [{"prompt": "sepia", "image_url": source_image_url, "seed": n} for n in range(3)]
+    operator = QwenImageToImageBatchOperator(
+        task_id="batch",
+        inputs=inputs,
+        output_path=f"file://{tmp_path}/edits",
+        result_name="{source_stem}",
+        poll_interval=0.01,
+        expected_duration=0.0,
+        outlets=[asset],
+    )
+    event = await fire(deferred(operator))
+    events = outlet_events()
+    results = operator.execute_complete({**context(), "outlet_events": events}, event)
+    names = [result["stored"][0]["uri"].rsplit("/", 1)[-1] for result in results]
+    assert names == ["shoe.png", "shoe-2.png", "shoe-3.png"]  # in input order, the same every time
+    assert len({result["apikley_task_id"] for result in results}) == 3
+    assert events[asset].extra == {"result_uris": [f"file://{tmp_path}/edits/{name}" for name in names]}
+
+
+async def test_by_default_each_item_is_named_after_its_source_and_its_index(apikley, source_image_url, tmp_path):
+    operator = make_batch(source_image_url, items=2, output_path=f"file://{tmp_path}")
+    results = operator.execute_complete(context(), await fire(deferred(operator)))
+    assert [result["stored"][0]["uri"] for result in results] == [
+        f"file://{tmp_path}/shoe-0.png",
+        f"file://{tmp_path}/shoe-1.png",
+    ]
+
+
+def test_a_batch_result_name_that_cannot_name_a_file_is_refused_before_paying(apikley, source_image_url, tmp_path):
+    operator = make_batch(source_image_url, output_path=f"file://{tmp_path}", result_name="{item}")
+    with pytest.raises(ApikleyInputError, match=r"result_name='\{item\}': must be a template .*\(it uses \{item\}\)"):
+        operator.execute(context())
+    assert apikley.seen("createTask") == []
+
+
+async def test_a_large_batchs_asset_event_carries_its_manifest(apikley, source_image_url, tmp_path, large):
+    from airflow.providers.common.compat.sdk import Asset
+
+    asset = Asset("file:///edits")
+    operator = make_batch(source_image_url, items=5, output_path=f"file://{tmp_path}", outlets=[asset])
+    event = await fire(deferred(operator))
+    events = outlet_events()
+    summary = operator.execute_complete({**context(), "outlet_events": events}, event)
+    assert events[asset].extra == {"manifest_uri": summary["manifest"]}
+    names = sorted(item["stored"][0]["uri"].rsplit("/", 1)[-1] for item in read_batch_manifest(summary["manifest"]))
+    assert names == [f"shoe-{n}.png" for n in range(5)]

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import defaultdict
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 
-from airflow.providers.common.compat.sdk import TaskDeferred
+from airflow.providers.common.compat.sdk import Asset, TaskDeferred
 
-from airflow_provider_qwen.exceptions import ApikleyBudgetExceededError, ApikleyBudgetUnavailableError
+from airflow_provider_qwen.exceptions import (
+    ApikleyBudgetExceededError,
+    ApikleyBudgetUnavailableError,
+    ApikleyInputError,
+)
 from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
 from tests.conftest import OPERATOR_KINDS, edit_operator
+from tests.loopback.test_batch import FakeStateStore
 
 
 @pytest.fixture(params=OPERATOR_KINDS)
@@ -46,10 +53,14 @@ def test_an_edit_within_the_tasks_budget_is_submitted(apikley, edit):
     assert len(apikley.seen("createTask")) == 1
 
 
-def test_a_run_budget_whose_ledger_cannot_be_reached_refuses_the_edit_before_paying(apikley, edit, monkeypatch):
+def closed_port() -> int:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nothing listens there once the socket is closed
+        return closed.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_a_run_budget_whose_ledger_cannot_be_reached_refuses_the_edit_before_paying(apikley, edit, monkeypatch):
+    port = closed_port()
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
     before = apikley.state.credits
@@ -96,6 +107,56 @@ def test_a_batch_whose_first_item_is_over_budget_submits_nothing(apikley, source
     with pytest.raises(ApikleyBudgetExceededError, match=r"0 of 2 items were submitted"):
         batch.execute(context())
     assert apikley.seen("createTask") == []
+
+
+@pytest.mark.parametrize("kind", OPERATOR_KINDS)
+def test_a_dead_image_url_is_refused_before_the_run_budget_is_asked(apikley, kind, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{closed_port()}")  # a ledger asked would fail
+    monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
+    image_url = f"http://127.0.0.1:{closed_port()}/gone.png"
+    operator = edit_operator(kind, task_id="edit", prompt="sepia", image_url=image_url, run_max_credits=10)
+    with pytest.raises(ApikleyInputError, match=r"image_url='http://127\.0\.0\.1:\d+/gone\.png': could not be"):
+        operator.execute(context())
+    assert apikley.seen("createTask") == []
+
+
+async def test_a_batch_left_short_by_its_budget_names_its_items_in_input_order_on_every_try(
+    apikley, source_image_url, tmp_path
+):
+    store, asset = FakeStateStore(), Asset("file:///edits")
+    inputs = [{"prompt": f"variation {n}", "image_url": source_image_url, "seed": n} for n in range(5)]
+
+    async def tried(try_number: int) -> tuple[QwenImageToImageBatchOperator, dict, dict]:
+        batch = QwenImageToImageBatchOperator(
+            task_id="batch",
+            inputs=inputs,
+            max_credits=3,
+            creates_per_window=2,
+            poll_interval=0.01,
+            expected_duration=0.0,
+            output_path=f"file://{tmp_path}",
+            result_name="{source_stem}",
+            outlets=[asset],
+        )
+        ti = mock.Mock(dag_id="budgeted", run_id="manual__1", task_id="batch", map_index=-1, try_number=try_number)
+        events = defaultdict(lambda: SimpleNamespace(extra={}))
+        run_context = {"ti": ti, "task_state_store": store, "outlet_events": events}
+        with pytest.raises(TaskDeferred) as excinfo:
+            batch.execute(run_context)
+        (event,) = await _events(excinfo.value.trigger)
+        return batch, run_context, event
+
+    batch, run_context, event = await tried(1)
+    with pytest.raises(ApikleyBudgetExceededError, match=r"^2 of 5 items were left unsubmitted"):
+        batch.execute_complete(run_context, event)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shoe-2.png", "shoe-3.png", "shoe.png"]
+
+    batch, run_context, event = await tried(2)  # the retry submits the two left, and names them after the others
+    results = batch.execute_complete(run_context, event)
+    names = [result["stored"][0]["uri"].rsplit("/", 1)[-1] for result in results]
+    assert names == ["shoe.png", "shoe-2.png", "shoe-3.png", "shoe-4.png", "shoe-5.png"]
+    assert run_context["outlet_events"][asset].extra == {"result_uris": [f"file://{tmp_path}/{name}" for name in names]}
+    assert len(apikley.seen("createTask")) == 5
 
 
 async def _events(trigger) -> list[dict]:

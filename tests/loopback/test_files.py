@@ -361,3 +361,31 @@ def test_a_retry_copying_the_same_bytes_again_keeps_the_file(tmp_path):
     again = write_atomically(iter([PNG]), ObjectStoragePath(f"file://{target}"), source_url=RESULT_URL)
     assert again == first and target.read_bytes() == PNG
     assert [path.name for path in tmp_path.iterdir()] == ["a.png"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask for the test, and put the one before back."""
+    import os
+
+    before = os.umask(0o022)
+    os.umask(before)
+
+    def set_umask(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_umask
+    os.umask(before)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_a_stored_result_and_a_batch_page_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mask, mode):
+    from airflow_provider_qwen.batch_manifest import write_records
+
+    umask(mask)
+    write_atomically(iter([PNG]), ObjectStoragePath(f"file://{tmp_path}/a.png"), source_url=RESULT_URL)
+    write_records(ObjectStoragePath(f"file://{tmp_path}/manifest.jsonl"), [{"index": 0}])
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {
+        "a.png": mode,
+        "manifest.jsonl": mode,
+    }

@@ -42,7 +42,7 @@ def test_a_finished_edit_has_the_source_in_the_copies_out_and_the_task_as_run_fa
     (task_id,) = apikley.state.tasks
     lineage = operator.get_openlineage_facets_on_complete(task_instance=None)
     assert [(d.namespace, d.name) for d in lineage.inputs] == [(apikley.base_url, "files/tests/shoe.png")]
-    assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(tmp_path / f"{task_id}-0.png"))]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", str(tmp_path / "shoe.png"))]
     facet = lineage.run_facets["externalQuery"]
     assert (facet.externalQueryId, facet.source) == (task_id, "apikley")
 

@@ -232,7 +232,7 @@ async def test_the_resumed_worker_stores_in_the_folder_execute_checked(apikley, 
     # a template that renders differently on resuming (a timestamp) must not move the results
     result = edit(deferrable=True, output_path=f"file://{rendered_again}").execute_complete(context, event)
     (stored,) = result["stored"]
-    assert stored["uri"] == f"file://{checked}/{event['apikley_task_id']}-0.png"
+    assert stored["uri"] == f"file://{checked}/shoe.png"  # named after the source, tests/shoe.png
     assert not rendered_again.exists()
 
 
@@ -334,7 +334,10 @@ def test_failed_generation_fails_with_task_id_code_and_message(apikley, edit, co
         edit().execute(context)
     (task_id,) = task_ids(apikley)
     fail_code, fail_message = EMULATED_FAILURE
-    assert str(excinfo.value) == f"Apikley task {task_id} failed: failCode={fail_code}, failMsg={fail_message}"
+    assert (
+        str(excinfo.value)
+        == f"Apikley task {task_id} failed: failCode={fail_code}, failMsg={fail_message}; 1 credits charged"
+    )
 
 
 def test_without_waiting_returns_right_after_submitting(apikley, edit, sent_input, context):
@@ -411,7 +414,7 @@ def test_execute_complete_fails_on_every_other_event(context, event, error, mess
 def test_every_input_field_and_the_callback_are_templated():
     fields = set(QwenImageToImageOperator.template_fields)
     assert {"prompt", "image_url", "strength", "seed", "guidance_scale", "callback_url", "apikley_conn_id"} <= fields
-    assert len(fields) == 13
+    assert len(fields) == 14  # and result_name
 
 
 def test_output_path_copies_each_result_and_reports_it(apikley, context, tmp_path):
@@ -420,8 +423,8 @@ def test_output_path_copies_each_result_and_reports_it(apikley, context, tmp_pat
     event = {"status": "success", "apikley_task_id": TASK_ID, "result_urls": [result_url], "input": {}}
     result = make_operator(output_path=f"file://{tmp_path}/edits").execute_complete(context, event)
     (stored,) = result["stored"]
-    assert stored["uri"] == f"file://{tmp_path}/edits/{TASK_ID}-0.png"
-    assert (tmp_path / "edits" / f"{TASK_ID}-0.png").read_bytes() == png
+    assert stored["uri"] == f"file://{tmp_path}/edits/shoe.png"  # named after IMAGE_URL's file
+    assert (tmp_path / "edits" / "shoe.png").read_bytes() == png
     assert (stored["size"], stored["content_type"]) == (len(png), "image/png")
 
 
@@ -795,7 +798,7 @@ def test_a_failed_copy_names_the_paid_task_its_results_and_what_a_retry_does(api
         {"ti": mock.Mock(try_number=2), "task_state_store": store}
     )
     assert (result["apikley_task_id"], len(apikley.seen("createTask"))) == (task_id, 1)
-    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/{task_id}-0.png"]
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/edits/shoe.png"]
 
 
 def test_a_wait_ended_by_connection_errors_says_what_to_check_and_what_a_retry_does(apikley, edit):
@@ -829,3 +832,39 @@ def test_an_output_path_nothing_would_receive_is_refused_before_paying(apikley, 
     with pytest.raises(ApikleyInputError, match=r"output_path=.*do_xcom_push=False pushes none"):
         edit(wait_for_completion=False, do_xcom_push=False, output_path=f"file://{tmp_path}").execute(context)
     assert apikley.seen() == []
+
+
+@pytest.fixture
+def missing_image_url(source_image_url) -> str:
+    """An image the emulator does not have, on its own host: Apikley accepts the task, charges it, and fails it."""
+    return source_image_url.replace("shoe.png", "no-such-shoe.png")
+
+
+def test_a_failed_edit_apikley_charged_for_says_what_it_cost_when_waiting_on_the_worker(
+    apikley, missing_image_url, context, logged
+):
+    before = apikley.state.credits
+    with pytest.raises(ApikleyTaskFailedError) as excinfo:
+        make_operator(image_url=missing_image_url).execute(context)
+    charged = before - apikley.state.credits
+    assert charged == apikley.state.settings.cost_per_task == 1
+    assert excinfo.value.credits_consumed == charged
+    assert str(excinfo.value).endswith("; 1 credits charged")
+    errors = [entry["event"] for entry in logged if entry["log_level"] == "error"]
+    assert any("failed" in line and "1 credits charged" in line for line in errors)
+
+
+async def test_a_failed_edit_apikley_charged_for_says_what_it_cost_when_deferred(
+    apikley, missing_image_url, context, logged
+):
+    before = apikley.state.credits
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_operator(image_url=missing_image_url, deferrable=True).execute(context)
+    event = await fire(excinfo.value.trigger)
+    assert event["status"] == "failed"
+    assert event["credits_consumed"] == before - apikley.state.credits == 1
+
+    with pytest.raises(ApikleyTaskFailedError, match=r"; 1 credits charged$") as excinfo:
+        make_operator(image_url=missing_image_url, deferrable=True).execute_complete(context, event)
+    assert excinfo.value.credits_consumed == 1
+    assert any("1 credits charged" in entry["event"] for entry in logged if entry["log_level"] == "error")

@@ -90,6 +90,7 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "output_path",
         "replaced_apikley_task_id",
         "deferred_at",
+        "result_name",
     }
 
 
