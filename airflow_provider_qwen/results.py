@@ -9,7 +9,7 @@ call it alike, so every path stores the same files.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -82,6 +82,41 @@ def result_name(template: str | None, *, image_url: str | None, index: int | Non
         template = DEFAULT_RESULT_NAME if index is None else DEFAULT_ITEM_RESULT_NAME
     stem = source_stem(image_url, apikley_task_id)
     return render_result_name(template, source_stem=stem, index=index or 0, apikley_task_id=apikley_task_id)
+
+
+def request_image_urls(request: dict[str, Any]) -> dict[str, str]:
+    """
+    Return the image URLs an Apikley ``input`` names, by the field that names each.
+
+    Those are the top-level fields called ``image_url`` or ending in ``_image_url`` (a URL each),
+    and ``image_urls`` or ending in ``_image_urls`` (a list of URLs), as Apikley's image models name
+    them: ``{"input.image_url": ..., "input.image_urls[1]": ...}``.
+    """
+    urls: dict[str, str] = {}
+    for name, value in request.items():
+        if (name == "image_url" or name.endswith("_image_url")) and isinstance(value, str):
+            urls[f"input.{name}"] = value
+        elif (name == "image_urls" or name.endswith("_image_urls")) and isinstance(value, list):
+            urls.update((f"input.{name}[{n}]", url) for n, url in enumerate(value) if isinstance(url, str))
+    return urls
+
+
+def edit_result_name(
+    template: str | None, image_urls: Iterable[str], map_index: object, apikley_task_id: str
+) -> str | None:
+    """
+    Return what one edit's results are called (see :func:`result_name`).
+
+    :param image_urls: the edit's source images (see :func:`request_image_urls`); the first names it.
+    :param map_index: the task instance's; an unmapped task's (``-1`` or ``None``) gives no index.
+    """
+    source = next(iter(image_urls), None)
+    return result_name(
+        template,
+        image_url=source,
+        index=map_index if type(map_index) is int and map_index >= 0 else None,
+        apikley_task_id=apikley_task_id,
+    )
 
 
 class DistinctNames:

@@ -35,7 +35,7 @@ from airflow_provider_qwen.lineage import add_outlet_extra, edit_lineage, lineag
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
 from airflow_provider_qwen.models import TaskRecord, TaskState
 from airflow_provider_qwen.names import check_result_name
-from airflow_provider_qwen.results import result_name, with_stored_results
+from airflow_provider_qwen.results import edit_result_name, request_image_urls, with_stored_results
 from airflow_provider_qwen.resume import (
     OrphanedIntentPolicy,
     Takeover,
@@ -309,7 +309,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
         if not self.wait_for_completion:
             summary = task_summary(apikley_task_id, TaskState.WAITING.value, [], request)
-            return self._finish(self._handed_on(with_replaced(summary, replaced)))
+            return self._finish(self._handed_on(with_replaced(summary, replaced), context))
         record = known if known is not None and known.state.is_terminal else None
         if record is None:
             wait = TaskWait(
@@ -404,17 +404,10 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """
         Return the image URLs ``request`` (the ``input`` to send) names, by the field that names each.
 
-        Those are the top-level fields called ``image_url`` or ending in ``_image_url`` (a URL each),
-        and ``image_urls`` or ending in ``_image_urls`` (a list of URLs), as Apikley's image models
-        name them; :attr:`check_image_urls` asks each before paying.
+        See :func:`~airflow_provider_qwen.results.request_image_urls`; :attr:`check_image_urls` asks
+        each before paying. A subclass for a model that names its images otherwise overrides this.
         """
-        urls: dict[str, str] = {}
-        for name, value in request.items():
-            if (name == "image_url" or name.endswith("_image_url")) and isinstance(value, str):
-                urls[f"input.{name}"] = value
-            elif (name == "image_urls" or name.endswith("_image_urls")) and isinstance(value, list):
-                urls.update((f"input.{name}[{n}]", url) for n, url in enumerate(value) if isinstance(url, str))
-        return urls
+        return request_image_urls(request)
 
     def _check_before_paying(self, request: dict[str, Any]) -> None:
         """Return what can only be checked by trying: the folder for the results, the image URLs, and the balance."""
@@ -441,10 +434,15 @@ class ApikleyCreateTaskOperator(BaseOperator):
         if (budget := self._run_budget(context)) is not None:
             budget.settle([ended], self.log)
 
-    def _handed_on(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Return the value of a task that does not wait: ``output_path`` goes with it to the sensor that does."""
+    def _handed_on(self, summary: dict[str, Any], context: Context) -> dict[str, Any]:
+        """
+        Return the value of a task that does not wait.
+
+        ``output_path``, and what the results are called there, go with it to the sensor that waits.
+        """
         if self.output_path:
             summary["output_path"] = str(self.output_path)
+            summary["result_name"] = self._results_named(context, summary["input"], summary["apikley_task_id"])
             self.log.info(
                 "Not waiting: the ApikleyTaskSensor given this task's XCom value copies the results to %s",
                 self.output_path,
@@ -551,14 +549,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
 
     def _results_named(self, context: Context, request: dict[str, Any], apikley_task_id: str) -> str | None:
         """Return what this edit's results are called in ``output_path`` (see :func:`~.results.result_name`)."""
-        sources = list(self.image_urls(request).values())
         map_index = getattr(context["ti"], "map_index", None)
-        return result_name(
-            self.result_name,
-            image_url=sources[0] if sources else None,
-            index=map_index if type(map_index) is int and map_index >= 0 else None,
-            apikley_task_id=apikley_task_id,
-        )
+        return edit_result_name(self.result_name, self.image_urls(request).values(), map_index, apikley_task_id)
 
     def _copy_results(
         self, summary: dict[str, Any], state_store: compat.TaskStateStore | None, name: str | None

@@ -21,7 +21,8 @@ from airflow_provider_qwen.events import TaskEvent, outcome_line, summary_from_r
 from airflow_provider_qwen.exceptions import ApikleyTaskFailedError, ApikleyTaskTimeoutError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
 from airflow_provider_qwen.links import APIKLEY_TASK_ID_XCOM_KEY, PUSHED_ID_ATTRIBUTE, ApikleyTaskLink
-from airflow_provider_qwen.results import with_stored_results
+from airflow_provider_qwen.names import check_result_name
+from airflow_provider_qwen.results import edit_result_name, request_image_urls, with_stored_results
 from airflow_provider_qwen.triggers.apikley import TRIGGER_GRACE, ApikleyTaskTrigger
 from airflow_provider_qwen.validation import check_task_id
 from airflow_provider_qwen.waits import Done, TaskWait, query
@@ -64,6 +65,9 @@ class ApikleyTaskSensor(BaseSensorOperator):
     :param output_path: a folder (``ObjectStoragePath`` or URI, templated) to copy the results into
         once the task succeeds, as the operator does; by default the ``output_path`` that the
         operator's returned dict hands on, if any.
+    :param result_name: what the results are called in ``output_path`` (templated), as the
+        operator's ``result_name``; by default the name the operator's returned dict hands on, else
+        the name of the task's source image (with the sensor's map index when it is mapped).
     :param apikley_conn_id: the Airflow connection to Apikley.
     :param max_consecutive_poll_errors: how many status queries in a row may fail transiently (429,
         455, 5xx, network errors) before the task fails with the last error. A failed poke is
@@ -76,7 +80,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
     """
 
-    template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id", "output_path")
+    template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id", "output_path", "result_name")
     operator_extra_links = (ApikleyTaskLink(),)
 
     def __init__(
@@ -89,6 +93,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         timeout: float = 3600.0,
         max_consecutive_poll_errors: int = 10,
         output_path: str | ObjectStoragePath | None = None,
+        result_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -100,6 +105,9 @@ class ApikleyTaskSensor(BaseSensorOperator):
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.deferrable = deferrable
         self.output_path = output_path
+        self.result_name = result_name
+        #: The name an operator's returned dict handed on with ``output_path``.
+        self._handed_on_name: str | None = None
 
     @cached_property
     def hook(self) -> ApikleyHook:
@@ -126,15 +134,18 @@ class ApikleyTaskSensor(BaseSensorOperator):
             self.log.info("Apikley task %s is %s", self.apikley_task_id, self._wait.last_state or "not known yet")
             return False
         try:
-            return PokeReturnValue(is_done=True, xcom_value=self._stored(summary_from_record(step.record)))
+            return PokeReturnValue(is_done=True, xcom_value=self._stored(summary_from_record(step.record), context))
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         """Poke, or check once and then defer to :class:`ApikleyTaskTrigger`."""
         setattr(self, PUSHED_ID_ATTRIBUTE, False)  # until an id exists: see ApikleyTaskLink
-        if isinstance(self.apikley_task_id, dict) and not self.output_path:
-            self.output_path = self.apikley_task_id.get("output_path")
+        if self.result_name is not None:
+            check_result_name(self.result_name)
+        if not self.output_path:
+            self.output_path = self._from_operator("output_path")
+            self._handed_on_name = self._from_operator("result_name")
         self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         setattr(self, PUSHED_ID_ATTRIBUTE, self.apikley_task_id)
@@ -158,6 +169,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 # what execute worked out comes back in the event: a fresh instance resumes, and
                 # ``airflow dags test`` resumes it with the event alone
                 output_path=output_path,
+                result_name=self._handed_on_name,
                 deferred_at=time.time(),
             ),
             method_name="execute_complete",
@@ -180,14 +192,30 @@ class ApikleyTaskSensor(BaseSensorOperator):
             setattr(self, PUSHED_ID_ATTRIBUTE, parsed.apikley_task_id)  # a fresh instance: the link's mark again
             if (carried := parsed.output_path or output_path) and not isinstance(self.output_path, ObjectStoragePath):
                 self.output_path = carried
-            return self._stored(parsed.summary())
+            self._handed_on_name = parsed.result_name or self._handed_on_name or self._from_operator("result_name")
+            return self._stored(parsed.summary(), context)
         except ApikleyTaskTimeoutError as err:
             raise AirflowSensorTimeout(str(err)) from err
         except ApikleyTaskFailedError as err:
             raise AirflowFailException(str(err)) from err
 
-    def _stored(self, summary: dict[str, Any]) -> dict[str, Any]:
+    def _stored(self, summary: dict[str, Any], context: Context) -> dict[str, Any]:
         if self.output_path:
-            summary = with_stored_results(self.hook, summary, self.output_path)
+            summary = with_stored_results(self.hook, summary, self.output_path, self._results_named(summary, context))
         self.log.info("%s", outcome_line(summary))
         return summary
+
+    def _from_operator(self, key: str) -> Any:
+        """Return what the operator's dict given as ``apikley_task_id`` hands on under ``key``, if anything."""
+        return self.apikley_task_id.get(key) if isinstance(self.apikley_task_id, dict) else None
+
+    def _results_named(self, summary: dict[str, Any], context: Context) -> str | None:
+        """Return what the results are called in ``output_path`` (see the ``result_name`` parameter)."""
+        if self.result_name is None and self._handed_on_name:
+            return self._handed_on_name
+        return edit_result_name(
+            self.result_name,
+            request_image_urls(summary.get("input") or {}).values(),
+            getattr(context["ti"], "map_index", None),
+            summary["apikley_task_id"],
+        )

@@ -123,8 +123,6 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param end_task_on_success: end the deferred task from the triggerer when the edit succeeds.
     :param maps_over_result: downstream tasks map over the task's XCom value, so its length is
         recorded with it, as a worker records it.
-    :param output_path: with ``end_task_on_success``, a folder URI to copy the results into first,
-        as the operator's ``output_path`` does (in a thread, so the triggerer's loop goes on).
     :param replaced_apikley_task_id: a task an earlier try created for another request, which the
         deferring try abandoned: the event (and the value pushed from here) names it.
     :param output_path: the folder URI the results are to be copied into. With

@@ -231,8 +231,8 @@ def test_output_path_copies_the_results_as_the_operator_would(apikley, source_im
     task_id = finished(apikley, submit_edit(source_image_url))
     result = make_sensor(task_id, deferrable=deferrable, output_path=f"file://{tmp_path}/edits").execute(context)
     (stored,) = result["stored"]
-    assert stored["uri"] == f"file://{tmp_path}/edits/{task_id}-0.png"
-    assert (tmp_path / "edits" / f"{task_id}-0.png").stat().st_size == stored["size"] > 0
+    assert stored["uri"] == f"file://{tmp_path}/edits/shoe.png"  # named after the task's source image
+    assert (tmp_path / "edits" / "shoe.png").stat().st_size == stored["size"] > 0
 
 
 def test_a_deferred_wait_copies_the_results_when_it_resumes(apikley, source_image_url, context, tmp_path):
@@ -242,10 +242,19 @@ def test_a_deferred_wait_copies_the_results_when_it_resumes(apikley, source_imag
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/{task_id}-0.png"]
 
 
+#: What the operator that hands its output_path on calls the results: the sensor keeps the name.
+HANDED_ON_NAME = "{source_stem}-retouched"
+
+
 def submit_handing_on(image_url: str, output_path: str) -> dict:
-    """The dict of an operator that submits without waiting and hands ``output_path`` on."""
+    """The dict of an operator that submits without waiting and hands ``output_path`` and its result name on."""
     return QwenImageToImageOperator(
-        task_id="submit", prompt="sepia", image_url=image_url, wait_for_completion=False, output_path=output_path
+        task_id="submit",
+        prompt="sepia",
+        image_url=image_url,
+        wait_for_completion=False,
+        output_path=output_path,
+        result_name=HANDED_ON_NAME,
     ).execute({"ti": mock.Mock()})
 
 
@@ -262,8 +271,8 @@ def test_the_output_path_handed_on_survives_a_deferral_to_a_fresh_instance(
 
     # a worker resumes on a fresh instance: nothing execute() set on the first one is there
     result = make_sensor(submitted, deferrable=True).execute_complete(context, event, **next_kwargs)
-    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/{task_id}-0.png"]
-    assert (tmp_path / "handed-on" / f"{task_id}-0.png").stat().st_size == result["stored"][0]["size"] > 0
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/shoe-retouched.png"]
+    assert (tmp_path / "handed-on" / "shoe-retouched.png").stat().st_size == result["stored"][0]["size"] > 0
 
 
 async def test_the_output_path_handed_on_comes_back_in_the_triggers_event(apikley, source_image_url, context, tmp_path):
@@ -280,14 +289,31 @@ async def test_the_output_path_handed_on_comes_back_in_the_triggers_event(apikle
     # ``airflow dags test`` resumes a fresh instance with the event alone, and no other kwargs
     result = make_sensor(submitted, deferrable=True).execute_complete(context, event)
     task_id = submitted["apikley_task_id"]
-    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/{task_id}-0.png"]
-    assert (tmp_path / "handed-on" / f"{task_id}-0.png").stat().st_size == result["stored"][0]["size"] > 0
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/shoe-retouched.png"]
+    assert (tmp_path / "handed-on" / "shoe-retouched.png").stat().st_size == result["stored"][0]["size"] > 0
 
 
 def test_the_output_path_the_operator_hands_on_is_used(apikley, source_image_url, context, tmp_path):
     submitted = submit_handing_on(source_image_url, f"file://{tmp_path}/handed-on")
     apikley.wait_until_ended(submitted["apikley_task_id"])
     result = make_sensor(submitted).execute(context)
-    assert [item["uri"] for item in result["stored"]] == [
-        f"file://{tmp_path}/handed-on/{submitted['apikley_task_id']}-0.png"
-    ]
+    assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/shoe-retouched.png"]
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poking", "deferred"])
+def test_a_sensors_own_result_name_and_map_index_name_its_copies(apikley, source_image_url, tmp_path, deferrable):
+    task_id = finished(apikley, submit_edit(source_image_url))
+    mapped = {"ti": mock.Mock(map_index=2)}
+    default = make_sensor(task_id, deferrable=deferrable, output_path=f"file://{tmp_path}/a").execute(mapped)
+    named = make_sensor(
+        task_id, deferrable=deferrable, output_path=f"file://{tmp_path}/b", result_name="{source_stem}-{index}-final"
+    ).execute(mapped)
+    assert [item["uri"] for item in default["stored"]] == [f"file://{tmp_path}/a/shoe-2.png"]
+    assert [item["uri"] for item in named["stored"]] == [f"file://{tmp_path}/b/shoe-2-final.png"]
+
+
+def test_a_result_name_that_is_not_a_file_name_is_refused_before_any_query(apikley, context):
+    sensor = make_sensor(TASK_ID, output_path="file:///tmp/x", result_name="../{source_stem}")
+    with pytest.raises(ApikleyInputError, match=r"result_name='\.\./\{source_stem\}'"):
+        sensor.execute(context)
+    assert apikley.seen("recordInfo") == []

@@ -104,12 +104,16 @@ def edit_results(deployment: AirflowDeployment, run_id: str) -> list[dict[str, A
     return [value for (value,) in rows]
 
 
-def assert_results_stored(results: list[dict[str, Any]]) -> None:
-    """Each result names one stored file, which exists and has the size and sha256 the result says."""
+def assert_results_stored(results: list[dict[str, Any]], names: list[str]) -> None:
+    """
+    Each result names one stored file, which exists and has the size and sha256 the result says.
+
+    :param names: each result's file name, in order: the source's, with the map or batch index.
+    """
+    assert [Path(urlsplit(stored["uri"]).path).name for result in results for stored in result["stored"]] == names
     for result in results:
         (stored,) = result["stored"]
         path = Path(urlsplit(stored["uri"]).path)
-        assert path.name == f"{result['apikley_task_id']}-0.png"
         content = path.read_bytes()
         assert len(content) == stored["size"] > 0
         assert hashlib.sha256(content).hexdigest() == stored["sha256"]
@@ -196,7 +200,7 @@ def test_deferred_edits_survive_a_triggerer_crash_and_are_each_paid_once(
     results = edit_results(deployment, run_id)
     assert len(results) == EDITS
     assert len({result["apikley_task_id"] for result in results}) == EDITS
-    assert_results_stored(results)
+    assert_results_stored(results, [f"source-{index}.png" for index in range(EDITS)])
     assert len(list(output.glob("*.png"))) == EDITS
     creates = accepted_creates(emulator) - creates_before
     retries = sum(ti["try_number"] - 1 for ti in edits)
@@ -269,7 +273,7 @@ def test_a_worker_killed_right_after_submitting_is_retried_and_resumes_where_air
         assert resubmitted != created and "Resuming" not in retry
         assert result["apikley_task_id"] == resubmitted
         retried = f"try 2 submitted Apikley task {resubmitted} anew (no task state store before Airflow 3.3)"
-    assert_results_stored([result])
+    assert_results_stored([result], ["source-0.png"])
     measurement(
         MEASUREMENTS_SECTION,
         f"worker killed right after submitting: SIGKILLed the task process {worker_title!r} "
@@ -476,7 +480,7 @@ def test_a_batch_whose_worker_is_killed_midway_is_retried_and_resumes_where_airf
     )
     assert [result["index"] for result in results] == list(range(BATCH_EDITS))
     assert {result["state"] for result in results} == {"success"}
-    assert_results_stored(results)
+    assert_results_stored(results, [f"source-{index}.png" for index in range(BATCH_EDITS)])
     (retry_log,) = (deployment.airflow_home / "logs").glob(
         f"dag_id={BATCH_DAG_ID}/run_id={run_id}/task_id=batch/attempt=2.log"
     )

@@ -221,9 +221,17 @@ def check_case(
         assert item["state"] == ("waiting" if case == SUBMIT else "success"), where
     if case == SUBMIT:
         return
+    # Named after the source (a batch item with its index). A first try that raised had stored its
+    # edit under that name: a retry with the same request stores the same bytes there, and one whose
+    # request changed stores its edit beside it, named after its own task, never over it.
+    names = [f"source-{index}" for index in range(edits)] if case == BATCH else ["source"]
+    left_by_first_try = {f"{name}.png" for name in names} if SUBMITTING[case] == "raise" else set()
+    beside = SUBMITTING[case] == "raise" and asked != first_prompt(variant, case)
     stored = stored_files(items)
-    assert stored == {f"{item['apikley_task_id']}-0.png" for item in items}, where
-    left_by_first_try = {f"{task['taskId']}-0.png" for task in first} if SUBMITTING[case] == "raise" else set()
+    assert stored == {
+        f"{name}-{item['apikley_task_id']}.png" if beside else f"{name}.png"
+        for name, item in zip(names, items, strict=True)
+    }, where
     assert {path.name for path in (output / case).iterdir()} == stored | left_by_first_try, f"{where}'s folder"
 
 
@@ -232,7 +240,7 @@ def check_sensor(variant: str, value: dict[str, Any], submitted: dict[str, Any],
     assert value["apikley_task_id"] == submitted["apikley_task_id"], variant
     assert value["input"] == submitted["input"] and value["state"] == "success", variant
     assert "replaced_apikley_task_id" not in value, variant
-    assert stored_files([value]) == {f"{value['apikley_task_id']}-0.png"}, variant
+    assert stored_files([value]) == {"source.png"}, variant
     assert {path.name for path in (output / SUBMIT).iterdir()} == stored_files([value]), f"{variant}: sensor's folder"
 
 
