@@ -10,7 +10,8 @@ the signature, reads the task's state from Apikley and records an event of the a
 ``qwen_callback_consumer`` is scheduled on that asset, partitioned by Apikley task id: it runs once
 per finished edit, copies its results into ``QWEN_EDITS_OUTPUT_URI`` and updates the outlet asset
 there. (Airflow 3.1 has no partitioned schedules: events that arrive close together share a run,
-and each edit is still copied once.)
+and each edit is still copied once; one that arrives while the scheduler creates a run waits for
+the next event, apache/airflow#62501, fixed in 3.2.)
 
 Apikley must reach the api-server: set ``[api] base_url`` to its public URL, and the connection's
 ``webhook_secret`` extra to the webhook HMAC key: the receiver refuses unsigned callbacks unless

@@ -91,15 +91,16 @@ def test_submit_then_sensor_stores_the_results_where_the_submitting_task_handed_
     (task_id,) = apikley.state.tasks
     (handed_on,) = xcom_values(dag_run, "submit")
     assert handed_on["output_path"] == f"file://{tmp_path}/edits"
+    assert handed_on["result_name"] == "item-0"  # after the source image
     (sensed,) = xcom_values(dag_run, "wait")
     assert sensed["apikley_task_id"] == task_id
     assert sensed["state"] == "success"
     assert sensed["input"]["image_url"] == images[0]  # the sensor returns what the operator would
     assert len(apikley.seen("recordInfo")) > 1  # it checked, then waited (poking, or deferred)
-    # ``dag.test()`` resumes a deferred sensor with the trigger's event alone: it carries output_path
+    # ``dag.test()`` resumes a deferred sensor with the trigger's event alone: it carries output_path and the name
     (stored,) = sensed["stored"]
-    assert stored["uri"] == f"file://{tmp_path}/edits/{task_id}-0.png"
-    assert (tmp_path / "edits" / f"{task_id}-0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stored["uri"] == f"file://{tmp_path}/edits/item-0.png"
+    assert (tmp_path / "edits" / "item-0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_failed_generation_is_submitted_anew_by_each_retry_then_fails_the_task(apikley, images):

@@ -71,12 +71,12 @@ def test_the_sensor_stores_the_results_it_waited_for_in_s3(apikley, source_image
     task_id = apikley.wait_until_ended(submit_edit(source_image_url)).task_id
     sensor = ApikleyTaskSensor(task_id="wait", apikley_task_id=task_id, output_path=s3.uri("waited"), poke_interval=0)
     if deferred:
-        urls = apikley.state.tasks[task_id].result_urls
-        event = {"status": "success", "apikley_task_id": task_id, "result_urls": urls}
-        result = sensor.execute_complete({"ti": mock.Mock()}, event)
+        task = apikley.state.tasks[task_id]  # the sensor's trigger sends the task's input with its results
+        event = {"status": "success", "apikley_task_id": task_id, "result_urls": task.result_urls}
+        result = sensor.execute_complete({"ti": mock.Mock()}, {**event, "input": task.request["input"]})
     else:
         result = sensor.execute({"ti": mock.Mock()})
-    assert list(stored_as_read_back(s3, result["stored"])) == [f"waited/{task_id}-0.png"]
+    assert list(stored_as_read_back(s3, result["stored"])) == ["waited/shoe.png"]  # after its source
 
 
 def test_a_batch_stores_every_result_in_s3(apikley, source_image_url, s3):

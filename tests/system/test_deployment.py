@@ -343,6 +343,24 @@ def partitions_run(deployment: AirflowDeployment, partition_keys: set[str]) -> C
     return Counter(state for (state,) in rows)
 
 
+def left_for_the_next_event(deployment: AirflowDeployment, edits: set[str]) -> set[str]:
+    """
+    The edits whose event no run of the consumer took, nor will until another event comes (Airflow 3.1).
+
+    Airflow 3.1's scheduler deletes every queued event of the consumer once it has created a run,
+    also one recorded while it was creating it: that event waits for the next one
+    (apache/airflow#62501, fixed in 3.2). Such an event came after the consumer's last run was
+    triggered, and nothing is queued for the consumer.
+    """
+    rows = deployment.sql(
+        "SELECT e.extra->>'apikley_task_id' FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = %s "
+        "AND e.timestamp > (SELECT max(run_after) FROM dag_run WHERE dag_id = %s) "
+        "AND NOT EXISTS (SELECT 1 FROM asset_dag_run_queue q WHERE q.target_dag_id = %s)",
+        (FINISHED_EDITS_ASSET, CONSUMER_DAG_ID, CONSUMER_DAG_ID),
+    )
+    return {apikley_task_id for (apikley_task_id,) in rows} & edits
+
+
 def submitted_task_ids(deployment: AirflowDeployment, dag_id: str, run_id: str) -> set[str]:
     """The Apikley task ids the run's ``submit`` tasks returned."""
     rows = deployment.sql(
@@ -396,7 +414,10 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(
         runs = consumer_runs(deployment, since=earlier_runs)
         if "failed" in runs.values():
             raise StopWaiting(f"{CONSUMER_DAG_ID} failed: {failed_consumer_tasks(deployment)}")
-        return len(copies()) >= CALLBACK_EDITS and set(runs.values()) == {"success"}
+        if set(runs.values()) != {"success"}:
+            return False
+        expected = edits if has_partitioned_schedules() else edits - left_for_the_next_event(deployment, edits)
+        return {path.name.split("-")[0] for path in copies()} >= expected
 
     try:
         wait_for(
@@ -431,7 +452,8 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(
     ]
     assert sorted(event["apikley_task_id"] for event in events) == sorted(edits), "an edit was recorded twice, or not"
     assert {event["state"] for event in events} == {"success"}
-    assert len(copies()) == CALLBACK_EDITS
+    left = set() if has_partitioned_schedules() else left_for_the_next_event(deployment, edits)
+    assert len(copies()) == CALLBACK_EDITS - len(left)
     runs = Counter(consumer_runs(deployment, since=earlier_runs).values())
     if has_partitioned_schedules():
         assert partitions_run(deployment, edits) == {"success": CALLBACK_EDITS}, "partitioned by edit: one run each"
@@ -441,7 +463,12 @@ def test_signed_callbacks_start_the_consumer_with_no_status_polling(
         MEASUREMENTS_SECTION,
         f"{CALLBACK_EDITS} edits by callback (each delivered twice, signed): all persisted {seconds:.0f} s after "
         f"the producer started; {taken} deliveries taken, {len(events)} asset events, {runs['success']} consumer "
-        f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer",
+        f"runs; recordInfo calls {requests['recordInfo 200']} (the receiver's), none by the producer"
+        + (
+            f"; {len(left)} event(s) left for the consumer's next event (Airflow 3.1, apache/airflow#62501)"
+            if left
+            else ""
+        ),
     )
 
 

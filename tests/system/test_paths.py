@@ -125,7 +125,9 @@ def test_every_path_gives_the_same_outcome(
         for case in MAPPED_OVER:
             assert seen[case]["mapped_length"] == len(reference["value"]), f"{runner}: mapping over {case}"
         for case in [*ETL_CASES, "batch"]:
-            assert seen[case]["asset_events"] == [{"source_task_id": case, "extra": {}}], f"{runner}: {case}"
+            assert seen[case]["asset_events"] == [{"source_task_id": case, "extra": outlet_extra(seen[case]["raw"])}], (
+                f"{runner}: {case}"
+            )
             assert seen[case]["callbacks"] == 1, f"{runner}: {case}'s on_success_callback"
         for case in [*OPERATOR_CASES, *SENSOR_CASES, "lineage_qwen_deferred"]:
             assert seen[case]["asset_events"] == [] and seen[case]["callbacks"] == 0, f"{runner}: {case}"
@@ -180,6 +182,13 @@ def test_every_path_gives_the_same_outcome(
         f"one outcome on every path; the deployed run took {deployed_seconds:.0f} s. Apikley completeTime -> task "
         "end: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in noticed.items()),
     )
+
+
+def outlet_extra(value: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    """What an edit's (or a small batch's) asset event must say: where its stored results are."""
+    if isinstance(value, list):  # a batch: every item's
+        return {"result_uris": [stored["uri"] for item in value for stored in item["stored"]]}
+    return {"apikley_task_id": value["apikley_task_id"], "result_uris": [stored["uri"] for stored in value["stored"]]}
 
 
 def airflow_line() -> str:
