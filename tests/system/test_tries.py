@@ -84,9 +84,9 @@ def first_prompt(variant: str, task_id: str) -> str:
 
 
 def retry_prompt(variant: str, task_id: str) -> str:
-    """The prompt the retry renders: the one the test sets in the ``changed`` run."""
+    """The prompt the retry renders: the one the test sets in the ``changed`` run, whose edit looks different."""
     return (
-        f"{variant} {task_id}: sepia studio light, warmer" if variant == "changed" else first_prompt(variant, task_id)
+        f"{variant} {task_id}: golden studio light, warmer" if variant == "changed" else first_prompt(variant, task_id)
     )
 
 
