@@ -15,9 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import tenacity
+
 from airflow.providers.common.compat.sdk import conf
 
 from airflow_provider_qwen.budget import DEFAULT_EDIT_CREDITS, BudgetState
+from airflow_provider_qwen.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -34,6 +37,8 @@ SETTLED_PER_REQUEST = 1000
 Ended = tuple[str, float | None, bool]
 #: Requests sent for one reservation or settlement, when the ledger cannot be reached or answers 503.
 LEDGER_ATTEMPTS = 3
+#: The most of a ledger's answer read: a budget's is well under a kilobyte.
+MAX_LEDGER_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,9 +128,14 @@ class RunBudget:
         )
 
     def _post(self, path: str, fields: dict[str, Any]) -> dict[str, Any]:
-        import requests
+        """
+        Send ``fields`` to the ledger's ``path``, signed; return its answer, a JSON object.
 
-        from airflow_provider_qwen.api_server.signing import budget_signature
+        Sent again (:data:`LEDGER_ATTEMPTS` in all) while the ledger cannot be reached or answers
+        503; the ledger answers a repeated request as it did the first.
+
+        :raises ApikleyBudgetUnavailableError: when the ledger cannot be used, naming why.
+        """
         from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
         from airflow_provider_qwen.exceptions import ApikleyBudgetUnavailableError
 
@@ -136,35 +146,67 @@ class RunBudget:
             )
         url = base + API_SERVER_PREFIX + path
         body = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
-        problem = ""
-        for attempt in range(LEDGER_ATTEMPTS):
-            if attempt:
-                time.sleep(attempt)
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-Apikley-Timestamp": timestamp,
-                "X-Apikley-Signature": budget_signature(self.hook.settings.api_key, path, timestamp, body),
-            }
-            try:
-                answer = requests.post(url, data=body, headers=headers, timeout=LEDGER_TIMEOUT_SECONDS)
-            except requests.RequestException as err:
-                problem = f"it could not be reached ({type(err).__name__})"
-                continue
-            if answer.status_code == 503:
-                problem = "its database cannot be used right now (503)"
-                continue
-            if answer.status_code == 200:
-                return dict(answer.json())
-            problem = f"it answered {answer.status_code}" + (
-                ": the request's signature was refused: is this connection's API key the one the api-server reads?"
-                if answer.status_code == 401
-                else f": {answer.text[:300]}"
-            )
-            break
+        try:
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(LEDGER_ATTEMPTS),
+                wait=tenacity.wait_incrementing(start=1, increment=1),
+                retry=tenacity.retry_if_exception_type(_LedgerBusy),
+                reraise=True,
+            ):
+                with attempt:
+                    return self._ask(url, path, body)
+        except (_LedgerBusy, _LedgerRefused) as err:
+            problem = str(err)
         raise ApikleyBudgetUnavailableError(
             f"{self.which}: the budget ledger at {url} cannot be used, so nothing was submitted: {problem}"
         )
+
+    def _ask(self, url: str, path: str, body: bytes) -> dict[str, Any]:
+        """Send one signed request; return the ledger's answer, read up to :data:`MAX_LEDGER_ANSWER_BYTES`."""
+        import requests
+
+        from airflow_provider_qwen.api_server.signing import budget_signature
+
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Apikley-Timestamp": timestamp,
+            "X-Apikley-Signature": budget_signature(self.hook.settings.api_key, path, timestamp, body),
+        }
+        try:
+            with requests.post(
+                url, data=body, headers=headers, timeout=LEDGER_TIMEOUT_SECONDS, allow_redirects=False, stream=True
+            ) as answer:
+                status = answer.status_code
+                text = answer.raw.read(MAX_LEDGER_ANSWER_BYTES + 1, decode_content=True)
+        except requests.RequestException as err:
+            raise _LedgerBusy(f"it could not be reached ({type(err).__name__})") from None
+        if status == 503:
+            raise _LedgerBusy("its database cannot be used right now (503)")
+        if status == 401:
+            raise _LedgerRefused(
+                "it answered 401: the request's signature was refused: is this connection's API key the one the "
+                "api-server reads?"
+            )
+        if status != 200:
+            raise _LedgerRefused(f"it answered {status}: {escape_controls(text[:300].decode(errors='replace'))}")
+        if len(text) > MAX_LEDGER_ANSWER_BYTES:
+            raise _LedgerRefused(f"its answer is larger than {MAX_LEDGER_ANSWER_BYTES} bytes")
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise _LedgerRefused("its answer is not a JSON object")
+        return parsed
+
+
+class _LedgerBusy(Exception):
+    """The ledger could not answer this time: the request is worth sending again."""
+
+
+class _LedgerRefused(Exception):
+    """The ledger answered, and not with a budget: sending again would not help."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections import defaultdict
 from types import SimpleNamespace
 from unittest import mock
@@ -18,6 +19,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyInputError,
 )
 from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
+from airflow_provider_qwen.run_budget import LEDGER_ATTEMPTS, MAX_LEDGER_ANSWER_BYTES
 from tests.conftest import OPERATOR_KINDS, edit_operator
 from tests.loopback.test_batch import FakeStateStore
 
@@ -161,3 +163,57 @@ async def test_a_batch_left_short_by_its_budget_names_its_items_in_input_order_o
 
 async def _events(trigger) -> list[dict]:
     return [event.payload async for event in trigger.run()]
+
+
+@pytest.fixture
+def ledger():
+    """A stand-in for the api-server's ledger on loopback: answers ``ledger.answer`` and counts requests."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Ledger(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.server.requests += 1
+            self.rfile.read(int(self.headers["Content-Length"]))
+            status, body = self.server.answer
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ledger)
+    server.requests, server.answer = 0, (200, b"{}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "requests", "problem"),
+    [
+        ((503, b"busy"), LEDGER_ATTEMPTS, "its database cannot be used right now (503)"),
+        ((200, b"[1, 2]"), 1, "its answer is not a JSON object"),
+        (
+            (200, b"{" + b" " * MAX_LEDGER_ANSWER_BYTES + b"}"),
+            1,
+            f"its answer is larger than {MAX_LEDGER_ANSWER_BYTES}",
+        ),
+        ((500, b"\x1b[31mboom"), 1, "it answered 500: \\x1b[31mboom"),
+    ],
+    ids=["busy", "not an object", "too large", "an error"],
+)
+def test_a_ledger_that_answers_no_budget_refuses_the_edit_before_paying(
+    apikley, edit, monkeypatch, ledger, answer, requests, problem
+):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{ledger.server_address[1]}")
+    monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
+    ledger.answer = answer
+    with pytest.raises(ApikleyBudgetUnavailableError) as excinfo:
+        edit(run_max_credits=10).execute(context())
+    assert f"cannot be used, so nothing was submitted: {problem}" in str(excinfo.value)
+    assert ledger.requests == requests  # asked again only while it could not answer
+    assert apikley.seen("createTask") == []
