@@ -340,7 +340,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
         if event == EventStatus.SUCCESS.value:
             # The trigger ended the task itself, and a runner that ignores that (``dag.test()``)
             # resumes it here: read the task again so the result is the same either way.
-            apikley_task_id = context["ti"].xcom_pull(key=APIKLEY_TASK_ID_XCOM_KEY)
+            ti = context["ti"]  # this map index's own id: without map_indexes Airflow may hand back every one's
+            apikley_task_id = ti.xcom_pull(task_ids=ti.task_id, key=APIKLEY_TASK_ID_XCOM_KEY, map_indexes=ti.map_index)
             event = TaskEvent.ended(self.hook.get_task(apikley_task_id)).to_payload()
         state_store = context.get("task_state_store")
         parsed = TaskEvent.from_payload(event)

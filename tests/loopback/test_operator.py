@@ -286,7 +286,8 @@ def test_a_success_the_trigger_ended_reads_the_same_result_when_resumed_anyway(a
         "input": sent_input,
         "credits_consumed": 1.0,
     }
-    context["ti"].xcom_pull.assert_called_once_with(key="apikley_task_id")
+    ti = context["ti"]  # a mapped edit reads its own map index's id, not every map index's
+    ti.xcom_pull.assert_called_once_with(task_ids=ti.task_id, key="apikley_task_id", map_indexes=ti.map_index)
 
 
 def test_waits_in_the_worker_when_not_deferrable(apikley, edit, context):
