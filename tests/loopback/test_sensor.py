@@ -286,9 +286,9 @@ async def test_the_output_path_handed_on_comes_back_in_the_triggers_event(apikle
     trigger = ApikleyTaskTrigger(**json.loads(json.dumps(kwargs)))  # as the triggerer rebuilds it
     (event,) = [event.payload async for event in trigger.run()]
 
-    # ``airflow dags test`` resumes a fresh instance with the event alone, and no other kwargs
-    result = make_sensor(submitted, deferrable=True).execute_complete(context, event)
-    task_id = submitted["apikley_task_id"]
+    # ``airflow dags test`` resumes a fresh instance with the event alone, and no other kwargs: even
+    # one that knows only the task id stores where, and as, the operator handed on
+    result = make_sensor(submitted["apikley_task_id"], deferrable=True).execute_complete(context, event)
     assert [item["uri"] for item in result["stored"]] == [f"file://{tmp_path}/handed-on/shoe-retouched.png"]
     assert (tmp_path / "handed-on" / "shoe-retouched.png").stat().st_size == result["stored"][0]["size"] > 0
 
