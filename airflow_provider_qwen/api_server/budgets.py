@@ -25,7 +25,6 @@ nothing more; a task settled again is counted once. A fault of the database answ
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -48,7 +47,7 @@ from airflow_provider_qwen.api_server.budget_ledger import (
 )
 from airflow_provider_qwen.api_server.callbacks import BodyTooLarge, read_bounded
 from airflow_provider_qwen.api_server.refusals import RefusalLog, connection_refusal
-from airflow_provider_qwen.api_server.signing import budget_signature
+from airflow_provider_qwen.api_server.signing import budget_signature, same_signature, timestamp_problem
 from airflow_provider_qwen.budget import MAX_BUDGET_CREDITS, check_credits
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyInputError
 from airflow_provider_qwen.validation import check_model, is_task_id
@@ -153,20 +152,16 @@ def authenticate(conn_id: object, path: str, body: bytes, timestamp: str | None,
         raise Refused(refusal, "connection not allowed")
     if not timestamp or not signature:
         raise Refused(f"unsigned request for connection {conn_id!r}", "unsigned")
-    try:
-        sent_at = int(timestamp)
-    except ValueError:
-        raise Refused(f"timestamp {timestamp[:40]!r} is not Unix seconds", "timestamp") from None
-    if abs(time.time() - sent_at) > MAX_AGE_SECONDS:
-        raise Refused(f"stale request for connection {conn_id!r}", "stale")
+    if problem := timestamp_problem(timestamp, MAX_AGE_SECONDS, time.time()):
+        what, reason = problem
+        raise Refused(f"request for connection {conn_id!r} refused: {what}", reason)
     try:
         api_key = ApikleyHook(conn_id).settings.api_key
     except (AirflowNotFoundException, ApikleyConfigurationError) as err:
         raise Refused(f"connection {conn_id!r} is not a usable Apikley connection", "connection unusable") from err
     except Exception as err:
         raise ConnectionUnreadable(f"connection {conn_id!r} could not be read") from err
-    expected = budget_signature(api_key, path, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
+    if not same_signature(budget_signature(api_key, path, timestamp, body), signature):
         raise Refused(f"bad signature for connection {conn_id!r}", "signature")
 
 

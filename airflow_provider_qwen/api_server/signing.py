@@ -98,6 +98,27 @@ class CheckedSignature:
     forget_before: float
 
 
+def timestamp_problem(timestamp: str, max_age: float, now: float) -> tuple[str, str] | None:
+    """
+    Return why ``timestamp`` cannot date a signature at ``now``, or ``None`` when it is fresh.
+
+    :param max_age: seconds it may lie in the past (or in the future, for clock skew).
+    :return: what is wrong (for the log) and the refusal's reason: ``"timestamp"`` or ``"stale"``.
+    """
+    try:
+        sent_at = int(timestamp)
+    except ValueError:
+        return f"timestamp {timestamp[:40]!r} is not Unix seconds", "timestamp"
+    if abs(now - sent_at) > max_age:
+        return f"signed {now - sent_at:.0f} s ago", "stale"
+    return None
+
+
+def same_signature(expected: str, given: str) -> bool:
+    """Whether ``given`` is the ``expected`` signature, compared in constant time."""
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
 class SignatureChecker:
     """
     Accept each correctly signed, fresh callback until a delivery with it is taken.
@@ -124,15 +145,12 @@ class SignatureChecker:
         if not timestamp or not signature:
             raise CallbackRejected("unsigned callback, but the connection has a webhook HMAC key", "unsigned")
         expected = callback_signature(key, task_id, timestamp)
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
+        if not same_signature(expected, signature):
             raise CallbackRejected(f"bad signature for task {task_id}", "signature")
-        try:
-            sent_at = int(timestamp)
-        except ValueError:
-            raise CallbackRejected(f"timestamp {timestamp!r} is not Unix seconds", "timestamp") from None
         now = time.time()
-        if abs(now - sent_at) > self.max_age:
-            raise CallbackRejected(f"stale callback for task {task_id}: signed {now - sent_at:.0f} s ago", "stale")
+        if problem := timestamp_problem(timestamp, self.max_age, now):
+            what, reason = problem
+            raise CallbackRejected(f"callback for task {task_id} refused: {what}", reason)
         is_spent = self._is_spent or _spent_in_database
         if is_spent(expected):
             raise CallbackRejected(f"replayed callback for task {task_id}", "replayed")
