@@ -3,7 +3,7 @@ Three mapped Qwen edits of one uploaded image, each reviewed in the Airflow UI: 
 
 ``edit`` maps three deferrable ``QwenImageToImageOperator`` over three prompts; ``review`` maps one
 ``ApikleyReviewOperator`` over their results; ``collect`` gets what the reviewers let through.
-``qwen_system_review_timeout`` does the same with two edits and a ``response_timeout`` of 45 s.
+``qwen_system_review_timeout`` does the same with two edits and a ``response_timeout`` of 25 s.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ with DAG(dag_id="qwen_system_review", **ARGUMENTS):
 
 
 with DAG(dag_id="qwen_system_review_timeout", **ARGUMENTS):
-    # Two edits, each asked about for 45 s at most: one answered through the REST API, one left unanswered.
+    # Two edits, each asked about for 25 s at most: one answered through the REST API, one left unanswered.
     timed_edits = QwenImageToImageOperator.partial(
         task_id="edit", output_format="png", deferrable=True, poll_interval=1
     ).expand_kwargs(prepare(2))
-    timed_review = ApikleyReviewOperator.partial(task_id="review", response_timeout=timedelta(seconds=45)).expand(
+    timed_review = ApikleyReviewOperator.partial(task_id="review", response_timeout=timedelta(seconds=25)).expand(
         edit=timed_edits.output
     )
     collect(timed_review.output)
