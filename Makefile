@@ -164,9 +164,10 @@ system-deps:
 # deployment, then the triggerer's capacity; each prints a table docs/benchmarks.md quotes.
 bench: bench-waits bench-floor bench-triggerer bench-triggerer-copies bench-task-start bench-batch
 
-# 200 provider edits beside 200 mapped no-op PythonOperator tasks on the same deployment: Airflow's floor.
+# 200 provider edits beside Airflow's two floors on the same deployment: 200 mapped no-op PythonOperator
+# tasks, and 200 mapped tasks deferring to DateTimeTrigger for as long as an edit.
 bench-floor: $(STAMP) system-deps
-	$(BIN)/python -m benchmarks.compare_waits --edits 200 --edit-seconds 6 --workloads a e --warmup-edits 10
+	$(BIN)/python -m benchmarks.compare_waits --edits 200 --edit-seconds 6 --workloads a e f --warmup-edits 10
 
 bench-waits: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks.compare_waits

@@ -16,8 +16,11 @@ dag-processor, triggerer, api-server; see ``tests/system/deployment.py``) run th
 (d) ``bench_http_task_group``: (b)'s two operators in a mapped task group, so each sensor starts
     right after its own create: the shape a user writes for per-item waits.
 (e) ``bench_noop``: as many mapped ``PythonOperator`` tasks returning at once, no edit: Airflow's own
-    floor for N task instances on this deployment (``--workloads a e --edits 200``, as ``make
-    bench-floor`` runs it, sets the provider against it).
+    floor for N task instances on this deployment.
+(f) ``bench_deferral_floor``: as many mapped tasks, each deferring to Airflow's ``DateTimeTrigger``
+    for as long as an edit takes and ended by it in the triggerer, as (a) is: Airflow's price for
+    deferring at all. ``make bench-floor`` (``--workloads a e f --edits 200``) sets the provider
+    against both floors.
 
 (b), (c) and (d) poll every ``POLL_SECONDS`` (2 s) of their DAG files. Before each duration the
 triggerer is restarted and every DAG warmed up, so (a)'s triggerer has learned that duration as a
@@ -67,6 +70,8 @@ from benchmarks.compare_sampling import (
 )
 from benchmarks.compare_workloads import (
     DAGS_FOLDER,
+    DEFERRAL_FLOOR,
+    FLOORS,
     NOOP,
     PROVIDER,
     WORKLOADS,
@@ -146,9 +151,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads",
         nargs="+",
-        choices=[workload.key for workload in (*WORKLOADS, NOOP)],
+        choices=[workload.key for workload in (*WORKLOADS, *FLOORS)],
         default=[workload.key for workload in WORKLOADS],
-        help="which ways to run (default: a b c d; e is Airflow's floor)",
+        help="which ways to run (default: a b c d; e and f are Airflow's floors, with no deferral and with one)",
     )
     parser.add_argument("--workdir", type=Path, help="where logs and Airflow's home go (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -219,20 +224,21 @@ def run_workload(
     edits: int,
     image_url: str,
     args: argparse.Namespace,
+    edit_seconds: float,
 ) -> Measurement:
-    """Run one DAG with ``edits`` edits, sample it until it ends, and check what it produced."""
+    """Run one DAG with ``edits`` edits of ``edit_seconds``, sample it until it ends, and check what it produced."""
     before = emulator.stats()
     groups = process_groups(deployment)
     for group in groups.values():
         group.sample()  # the CPU baseline, before the run exists
-    run_id = deployment.trigger(workload.dag_id, conf=dag_conf(edits, image_url))
+    run_id = deployment.trigger(workload.dag_id, conf=dag_conf(edits, image_url, wait_seconds=edit_seconds))
     sampler = RunSampler(
         lambda: metadata_connection(deployment), workload.dag_id, run_id, groups, interval=args.sample_interval
     )
     state = sampler.start().wait(args.run_timeout)
     after = emulator.stats()
 
-    measurement = Measurement(workload, edits, run_id)
+    measurement = Measurement(workload, edits, run_id, edit_seconds)
     measurement.wall_seconds = run_wall_seconds(deployment, workload.dag_id, run_id)
     measurement.slot_seconds = sampler.slots.slot_seconds
     measurement.peak_running = sampler.slots.peak_running
@@ -434,6 +440,28 @@ def floor_lines(args: argparse.Namespace, measurements: list[Measurement]) -> li
             f"(create limit {create_floor:.1f} s, (e) no-op tasks {noop.wall_seconds:.1f} s): "
             f"{m.wall_seconds / floor:.2f}x; worker-slot-s {m.slot_seconds:.1f} against {noop.slot_seconds:.1f}"
         )
+    return lines + deferral_floor_lines(measurements)
+
+
+def deferral_floor_lines(measurements: list[Measurement]) -> list[str]:
+    """The provider against Airflow's own deferral of as many tasks for as long: wall, slots and CPU by component."""
+    lines = []
+    for m in measurements:
+        floor = next(
+            (f for f in measurements if f.workload == DEFERRAL_FLOOR and f.edit_seconds == m.edit_seconds), None
+        )
+        if m.workload != PROVIDER or floor is None:
+            continue
+        cpu = ", ".join(
+            f"{group} {m.cpu_seconds[group]:.1f} s / {floor.cpu_seconds[group]:.1f} s = "
+            f"{ratio(m.cpu_seconds[group], floor.cpu_seconds[group])}"
+            for group in (*COMPONENT_GROUPS, WORKERS)
+        )
+        lines.append(
+            f"{m.edit_seconds:g} s edits: (a) against (f) Airflow's deferral: wall {m.wall_seconds:.1f} s / "
+            f"{floor.wall_seconds:.1f} s = {ratio(m.wall_seconds, floor.wall_seconds)}, worker-slot-s "
+            f"{m.slot_seconds:.1f} / {floor.slot_seconds:.1f} = {ratio(m.slot_seconds, floor.slot_seconds)}; CPU {cpu}"
+        )
     return lines
 
 
@@ -452,7 +480,7 @@ def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
 
 def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
     """Start the emulator and the deployment, warm each DAG up, then measure each in turn."""
-    workloads = [workload for workload in (*WORKLOADS, NOOP) if workload.key in args.workloads]
+    workloads = [workload for workload in (*WORKLOADS, *FLOORS) if workload.key in args.workloads]
     with EmulatorProcess(
         workdir,
         latency=stage_latencies(args.edit_seconds[0]),
@@ -473,14 +501,17 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
                 deployment.start("triggerer")
                 for workload in workloads if args.warmup_edits else ():
                     print(f"Warming up {workload.dag_id} ({args.warmup_edits} {edit_seconds:g} s edits)...", flush=True)
-                    warmup = run_workload(deployment, emulator, workload, args.warmup_edits, image_url, args)
+                    warmup = run_workload(
+                        deployment, emulator, workload, args.warmup_edits, image_url, args, edit_seconds
+                    )
                     if warmup.problems:
                         raise RuntimeError(f"the warm-up run of {workload.dag_id} failed: {warmup.problems}")
                     time.sleep(SETTLE_SECONDS)
                 for workload in workloads:
                     print(f"Measuring ({workload.key}) {workload.dag_id}, {args.edits} {edit_seconds:g} s edits...")
-                    measurement = run_workload(deployment, emulator, workload, args.edits, image_url, args)
-                    measurement.edit_seconds = edit_seconds
+                    measurement = run_workload(
+                        deployment, emulator, workload, args.edits, image_url, args, edit_seconds
+                    )
                     print(f"  {measurement.wall_seconds:.1f} s, {measurement.slot_seconds:.1f} slot-s", flush=True)
                     measurements.append(measurement)
                     time.sleep(SETTLE_SECONDS)

@@ -42,6 +42,12 @@ HTTP_TASK_GROUP = Workload(
 WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP, HTTP_TASK_GROUP)
 #: Airflow's own floor: as many mapped tasks, each returning at once.
 NOOP = Workload("e", "bench_noop", "PythonOperator returning at once (the floor)", "noop", "noop", edits=False)
+#: Airflow's price for deferring: as many mapped tasks, each deferring for as long as an edit, ended in the triggerer.
+DEFERRAL_FLOOR = Workload(
+    "f", "bench_deferral_floor", "DateTimeTrigger as long as an edit (deferral floor)", "wait", "wait", edits=False
+)
+#: The workloads that edit nothing: what Airflow itself costs.
+FLOORS: tuple[Workload, ...] = (NOOP, DEFERRAL_FLOOR)
 
 
 def result_urls(value: Any) -> list[str]:
@@ -60,6 +66,11 @@ def apikley_task_id(value: Any) -> str:
     return value["apikley_task_id"] if isinstance(value, dict) else str(value)
 
 
-def dag_conf(edits: int, image_url: str) -> dict[str, Any]:
-    """The run configuration every benchmark DAG takes."""
-    return {"edits": edits, "image_url": image_url}
+def dag_conf(edits: int, image_url: str, wait_seconds: float | None = None) -> dict[str, Any]:
+    """
+    The run configuration every benchmark DAG takes.
+
+    :param wait_seconds: how long an edit takes, for the deferral floor, which waits that long instead.
+    """
+    conf: dict[str, Any] = {"edits": edits, "image_url": image_url}
+    return conf if wait_seconds is None else {**conf, "wait_seconds": wait_seconds}

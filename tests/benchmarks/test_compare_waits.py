@@ -70,3 +70,16 @@ def test_the_floor_dag_runs_as_many_tasks_and_calls_nothing(emulator: RunningEmu
     assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
     assert sorted(value["seed"] for value in xcom_values(dag_run, NOOP.result_task_id)) == list(range(EDITS))
     assert emulator.stats()["requests"] == {}
+
+
+def test_the_deferral_floor_dag_defers_each_task_for_as_long_as_an_edit_and_calls_nothing(emulator: RunningEmulator):
+    from benchmarks.compare_workloads import DEFERRAL_FLOOR
+
+    conf = dag_conf(EDITS, "https://files.example.org/a.png", wait_seconds=1.0)
+    dag_run = load_bench_dag(DEFERRAL_FLOOR.dag_id).test(run_conf=conf)
+
+    assert dag_run.state == DagRunState.SUCCESS, task_states(dag_run)
+    waits = [ti for ti in dag_run.get_task_instances() if ti.task_id == DEFERRAL_FLOOR.result_task_id]
+    assert len(waits) == EDITS
+    assert all((ti.end_date - ti.start_date).total_seconds() >= 1.0 for ti in waits), "a task did not wait"
+    assert emulator.stats()["requests"] == {}
