@@ -390,11 +390,19 @@ def results_of(cluster: AirflowCluster, run_id: str) -> dict[tuple[str, int], An
     return {(task_id, map_index): value for task_id, map_index, value in rows}
 
 
-def edit_results(cluster: AirflowCluster, run_id: str) -> list[dict[str, Any]]:
-    """One result dict per edit: the singles', each catalog's items', the straggler's."""
+def edit_results(cluster: AirflowCluster, run_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """
+    One result dict per edit (each catalog's items', the singles', the straggler's), with the name of its file.
+
+    The single edits are named after their source and map index, each catalog's items after their
+    source, catalog and index (the DAG's ``result_name``), the straggler after its source.
+    """
     found = []
-    for (task_id, _), value in sorted(results_of(cluster, run_id).items()):
-        found += value if task_id == "catalog" else [value]
+    for (task_id, map_index), value in sorted(results_of(cluster, run_id).items()):
+        if task_id == "catalog":
+            found += [(f"source-catalog{map_index}-{item['index']}.png", item) for item in value]
+        else:
+            found.append((f"source-{map_index}.png" if task_id == "edit" else "source.png", value))
     return found
 
 
@@ -410,14 +418,14 @@ def test_the_run_succeeds_with_every_edit_stored_once_and_paid_once(cluster, emu
     }
     assert {ti["state"] for ti in tis} == {"success"}
 
-    results = edit_results(cluster, fault_run.run_id)
+    names, results = zip(*edit_results(cluster, fault_run.run_id), strict=True)
     assert len(results) == EDITS
     assert {result["state"] for result in results} == {"success"}
     task_ids = [result["apikley_task_id"] for result in results]
     assert len(set(task_ids)) == EDITS
-    assert_results_stored(results)
+    assert_results_stored(list(results), list(names))
     # one file per edit in the shared folder, whichever worker or triggerer wrote it, and nothing else
-    assert sorted(path.name for path in fault_run.output.iterdir()) == sorted(f"{task}-0.png" for task in task_ids)
+    assert sorted(path.name for path in fault_run.output.iterdir()) == sorted(names)
     assert fault_run.creates == EDITS, f"{fault_run.creates} createTask calls accepted for {EDITS} edits"
 
 
@@ -509,7 +517,7 @@ def test_an_api_server_restarted_while_callbacks_arrive_loses_no_event_and_doubl
         interval=1.0,
     )
     events = recorded_events(cluster)
-    task_ids = {result["apikley_task_id"] for result in edit_results(cluster, fault_run.run_id)}
+    task_ids = {result["apikley_task_id"] for _, result in edit_results(cluster, fault_run.run_id)}
     assert len(events) == len(set(events)), "an edit was recorded twice"
     assert set(events) == task_ids, "an edit's event is missing, or one is not of this run"
     answered = callbacks_by_backend(cluster.balancer_log)

@@ -101,6 +101,8 @@ with DAG(
         creates_per_window=10,
         window_seconds=2.0,
         output_path="{{ params.output_uri }}",
+        # the single edits are source-<map index>.png in the same folder: each catalog's items are named apart
+        result_name="{source_stem}-catalog{{ ti.map_index }}-{index}",
         callback_url=callbacks,
     ).expand(inputs=catalogs(prepared))
 
