@@ -1,8 +1,9 @@
 """
 The callback receiver's tables on PostgreSQL, managed by Airflow's own database commands.
 
-The deployment's ``airflow db migrate`` created them in its database; a second, fresh database on
-the same server takes ``airflow db migrate`` then ``airflow db reset``.
+The deployment's ``airflow db migrate`` created them in its database. Migrating and resetting a
+fresh database on a PostgreSQL of its own is the integration tier's (``test_db_commands.py``), so
+it runs beside the deployment's tests rather than after them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from airflow_provider_qwen.api_server.db_manager import ApikleyDBManager
-from tests.system.airflow_env import component_environment
+from tests.system.airflow_env import DeploymentSettings, component_environment
 from tests.system.deployment import AirflowDeployment
 
 pytestmark = [
@@ -33,7 +34,6 @@ TABLES = {
     "apikley_model_cost",
     ApikleyDBManager.version_table_name,
 }
-FRESH_DATABASE = "fresh_metadata"
 COMMAND_TIMEOUT_SECONDS = 180
 
 
@@ -55,10 +55,11 @@ def provider_tables(connect_kwargs: dict[str, object]) -> tuple[set[str], str | 
     return tables, revision
 
 
-def airflow_db(deployment: AirflowDeployment, url: str, *arguments: str) -> None:
-    environment = component_environment(
-        deployment.settings, {**deployment.extra_env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url}
-    )
+def airflow_db(
+    settings: DeploymentSettings, url: str, *arguments: str, extra_env: dict[str, str] | None = None
+) -> None:
+    """Run ``airflow db <arguments>`` on the database at ``url``, as a deployment's components would."""
+    environment = component_environment(settings, {**(extra_env or {}), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "db", *arguments],
         env=environment,
@@ -71,19 +72,6 @@ def airflow_db(deployment: AirflowDeployment, url: str, *arguments: str) -> None
     assert result.returncode == 0, f"airflow db {' '.join(arguments)}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
 
 
-def test_airflow_db_migrate_creates_the_receivers_tables_and_db_reset_drops_them(deployment: AirflowDeployment):
-    postgres = deployment.postgres
-    assert provider_tables(postgres.connect_kwargs()) == (TABLES, head_revision())
-
-    with contextlib.closing(psycopg2.connect(**postgres.connect_kwargs(), connect_timeout=10)) as connection:
-        connection.autocommit = True  # CREATE DATABASE runs outside a transaction
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {FRESH_DATABASE}")
-            cursor.execute(f"CREATE DATABASE {FRESH_DATABASE}")
-    fresh = {**postgres.connect_kwargs(), "dbname": FRESH_DATABASE}
-    fresh_url = postgres.sqlalchemy_url.rsplit("/", 1)[0] + f"/{FRESH_DATABASE}"
-
-    airflow_db(deployment, fresh_url, "migrate")
-    assert provider_tables(fresh) == (TABLES, head_revision())
-    airflow_db(deployment, fresh_url, "reset", "--yes", "--skip-init")
-    assert provider_tables(fresh) == (set(), None)
+def test_the_deployments_airflow_db_migrate_created_the_providers_tables(deployment: AirflowDeployment):
+    """``airflow db reset`` on a fresh database of its own is in tests/integration/test_db_commands.py."""
+    assert provider_tables(deployment.postgres.connect_kwargs()) == (TABLES, head_revision())
