@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from airflow.providers.common.compat.sdk import TaskDeferred
+from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, BatchLedger, LedgerEntry
 from airflow_provider_qwen.batch_manifest import MAX_RECORD_BYTES, read_batch_manifest
@@ -784,12 +785,9 @@ async def test_a_failed_item_apikley_charged_for_reports_what_it_cost(apikley, s
     assert [(result["state"], result["credits_consumed"]) for result in results] == [("success", 1), ("failed", 1)]
 
 
-def outlet_events():
-    """What a worker's context holds under ``outlet_events``: an accessor per outlet, with its ``extra``."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    return defaultdict(lambda: SimpleNamespace(extra={}))
+def outlet_events() -> OutletEventAccessors:
+    """What a worker's context holds under ``outlet_events``: Airflow's accessor per outlet, with its ``extra``."""
+    return OutletEventAccessors()
 
 
 async def test_items_are_named_after_their_source_and_index_and_repeats_never_share_a_file(

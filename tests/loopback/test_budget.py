@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections import defaultdict
-from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -21,7 +19,7 @@ from airflow_provider_qwen.exceptions import (
 from airflow_provider_qwen.operators.batch import QwenImageToImageBatchOperator
 from airflow_provider_qwen.run_budget import LEDGER_ATTEMPTS, MAX_LEDGER_ANSWER_BYTES
 from tests.conftest import OPERATOR_KINDS, edit_operator
-from tests.loopback.test_batch import FakeStateStore
+from tests.loopback.test_batch import FakeStateStore, outlet_events
 
 
 @pytest.fixture(params=OPERATOR_KINDS)
@@ -141,7 +139,7 @@ async def test_a_batch_left_short_by_its_budget_names_its_items_in_input_order_o
             outlets=[asset],
         )
         ti = mock.Mock(dag_id="budgeted", run_id="manual__1", task_id="batch", map_index=-1, try_number=try_number)
-        events = defaultdict(lambda: SimpleNamespace(extra={}))
+        events = outlet_events()
         run_context = {"ti": ti, "task_state_store": store, "outlet_events": events}
         with pytest.raises(TaskDeferred) as excinfo:
             batch.execute(run_context)

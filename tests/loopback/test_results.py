@@ -7,13 +7,13 @@ over another edit's file; each ``Asset`` outlet's event carries the stored URIs.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from types import SimpleNamespace
 from unittest import mock
 
 import pytest
 
 from airflow.providers.common.compat.sdk import Asset, AssetAlias, TaskDeferred
+from airflow.sdk.execution_time.context import OutletEventAccessors
 from airflow.triggers.base import TaskSuccessEvent
 
 from airflow_provider_qwen.exceptions import ApikleyInputError
@@ -143,9 +143,9 @@ def test_a_source_uploaded_through_the_hook_is_named_without_its_upload_suffix(a
     assert stored_names(result) == ["Red_Mug.png"]
 
 
-def outlet_events() -> defaultdict:
-    """What a worker's context holds under ``outlet_events``: an accessor per outlet, with its ``extra``."""
-    return defaultdict(lambda: SimpleNamespace(extra={}))
+def outlet_events() -> OutletEventAccessors:
+    """What a worker's context holds under ``outlet_events``: Airflow's accessor per outlet, with its ``extra``."""
+    return OutletEventAccessors()
 
 
 @pytest.mark.parametrize("path", ["blocking", "resumed"])
@@ -167,7 +167,7 @@ async def test_an_asset_outlet_event_carries_where_the_results_are_stored(
         "apikley_task_id": result["apikley_task_id"],
         "result_uris": [f"file://{tmp_path}/edits/shoe.png"],
     }
-    assert alias not in events  # an alias's events name their asset, which only the DAG's author knows
+    assert events[alias].extra == {}  # an alias's events name their asset, which only the DAG's author knows
 
 
 def test_without_output_path_the_event_carries_apikleys_result_urls(apikley, source_image_url):
