@@ -59,7 +59,7 @@ def airflow_db(
     settings: DeploymentSettings, url: str, *arguments: str, extra_env: dict[str, str] | None = None
 ) -> None:
     """Run ``airflow db <arguments>`` on the database at ``url``, as a deployment's components would."""
-    environment = component_environment(settings, {**(extra_env or {}), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
+    environment = component_environment(settings, {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "db", *arguments],
         env=environment,
