@@ -55,9 +55,7 @@ def provider_tables(connect_kwargs: dict[str, object]) -> tuple[set[str], str | 
     return tables, revision
 
 
-def airflow_db(
-    settings: DeploymentSettings, url: str, *arguments: str, extra_env: dict[str, str] | None = None
-) -> None:
+def airflow_db(settings: DeploymentSettings, url: str, *arguments: str) -> None:
     """Run ``airflow db <arguments>`` on the database at ``url``, as a deployment's components would."""
     environment = component_environment(settings, {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": url})
     result = subprocess.run(
