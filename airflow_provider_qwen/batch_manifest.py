@@ -12,8 +12,11 @@ changed, so two task instances never share a folder:
 - ``submitted-NNNNN.jsonl``: pages of :data:`PAGE_ITEMS` items as submitted, ``{"index",
   "apikley_task_id", "submitted_at", "fingerprint", "generation"}`` and
   ``replaced_apikley_task_id`` when the item's task replaced an earlier try's, written by the
-  worker. Without a task state store (Airflow 3.1, 3.2) they are also the batch's ledger: a record
-  whose ``apikley_task_id`` is ``null`` is an intent, a create begun and not yet answered;
+  worker once it has submitted every item. Without a task state store (Airflow 3.1, 3.2) they are
+  also the batch's ledger, and while the worker submits they hold it in the compact layout of
+  :mod:`~airflow_provider_qwen.batch_ledger` (one record, ``{"generation", "v", "t", "e"...}``), its
+  continuations in ``submitted-NNNNN.<n>.jsonl``; an entry without a task id is an intent, a
+  create begun and not yet answered;
 - ``ended-NNNNN.jsonl``: the same pages once every item has ended, one :class:`~.events.TaskEvent`
   payload each with its ``index``, ``generation`` and ``replaced_apikley_task_id``, written by the
   trigger; a page there is done, so a restarted trigger resumes after it;
@@ -23,8 +26,10 @@ changed, so two task instances never share a folder:
   was submitted anew by a retry, and ``stored`` when the results were copied.
 
 ``generation`` is the try number of the try that wrote the record. A try that submits writes every
-``submitted`` page again with its own generation, and an ``ended`` page counts only for the
-``submitted`` page of the same generation: an earlier try's is waited for again and overwritten.
+``submitted`` page again with its own generation
+(:func:`~airflow_provider_qwen.batch_ledger.write_submitted_pages`), and an ``ended`` page counts
+only for the ``submitted`` page of the same generation: an earlier try's is waited for again and
+overwritten.
 An ``ended`` page that cannot be read counts as not written, so a retry waits for its items again.
 
 Schema version 2 (this one) added ``schema_version``, ``generation``, ``fingerprint``,
@@ -91,6 +96,10 @@ class BatchFolder:
     def submitted(self, page: int) -> ObjectStoragePath:
         """Return the file of page ``page`` as submitted."""
         return self.folder / f"submitted-{page:05d}.jsonl"
+
+    def continuation(self, page: int, part: int) -> ObjectStoragePath:
+        """Return the file of continuation ``part`` (1, 2...) of page ``page`` of the ledger (see ``PageLedger``)."""
+        return self.folder / f"submitted-{page:05d}.{part}.jsonl"
 
     def ended(self, page: int) -> ObjectStoragePath:
         """Return the file of page ``page`` once every item on it has ended."""

@@ -24,6 +24,7 @@ from airflow_provider_qwen.batch_ledger import (
     ended_outcomes,
     items_named,
     plan_retry,
+    write_submitted_pages,
 )
 from airflow_provider_qwen.batch_manifest import SCHEMA_VERSION, BatchFolder, write_records
 from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
@@ -303,7 +304,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
         folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
         generation = _generation(context)
         store = context.get("task_state_store")
-        ledger: Ledger = PageLedger(folder, generation) if folder and store is None else BatchLedger(store, generation)
+        ledger: Ledger = (
+            PageLedger(folder, generation, len(requests))
+            if folder and store is None
+            else BatchLedger(store, generation, len(requests))
+        )
         fingerprints = [request_fingerprint(QWEN_IMAGE_TO_IMAGE, request, self.callback_url) for request in requests]
         plan = self._plan(context, ledger, folder, fingerprints, policy)
         if self.output_path and plan.submit:
@@ -322,7 +327,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         if unsubmitted and not waited:
             raise ApikleyBudgetExceededError(over_budget)
         if folder:  # every page again, with this try's generation: the trigger waits for these, and no earlier ones
-            PageLedger(folder, generation).save(range(len(requests)), entries)
+            write_submitted_pages(folder, generation, len(requests), entries)
             tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": len(requests)}
         else:
             tasks = {"tasks": [_trigger_task(entries[index]) for index in waited]}
@@ -437,7 +442,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """
         Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
 
-        Each burst costs two writes of the ledger: the intents before its first create, the task ids
+        Each burst costs two saves of the ledger: the intents before its first create, the task ids
         after its last (or after the create that raised, whose intent stays unless Apikley surely
         created nothing). With ``per_burst`` and a budget, each burst is reserved first, and the
         submission stops at the first item that does not fit.
@@ -479,7 +484,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
             return
         limiter.wait(len(burst))
         before = {index: entries.get(index) for index in burst}
-        intended_at = time.time()
+        intended_at = round(time.time(), 3)  # the ledger keeps milliseconds
         for index in burst:
             entries[index] = LedgerEntry(None, intended_at, fingerprints[index], plan.replaced.get(index))
         ledger.save(burst, entries)
@@ -487,7 +492,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         try:
             for index in burst:
                 task_id = self._submit(requests[index], limiter)
-                entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=time.time())
+                entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=round(time.time(), 3))
                 created += 1
         except BaseException as err:
             for index in burst[created + (0 if surely_not_created(err) else 1) :]:

@@ -30,9 +30,7 @@ from airflow_provider_qwen.exceptions import (
     ApikleyUnreadableStateError,
 )
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
-from airflow_provider_qwen.models import QwenImageToImageInput
 from airflow_provider_qwen.operators.batch import CreateRateLimiter, QwenImageToImageBatchOperator
-from airflow_provider_qwen.resume import request_fingerprint
 from airflow_provider_qwen.triggers.batch import ApikleyBatchTrigger
 from tests.conftest import API_KEY, submit_edit
 
@@ -42,6 +40,18 @@ class FakeStateStore(dict):
 
     def set(self, key, value):
         self[key] = value
+
+
+class Journal(FakeStateStore):
+    """A task state store that keeps the key and size (as JSON, the way Airflow measures a value) of each write."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.writes: list[tuple[str, int]] = []
+
+    def set(self, key, value):
+        self.writes.append((key, len(json.dumps(value))))
+        super().set(key, value)
 
 
 def make_batch(image_url: str, items: int = 3, **overrides) -> QwenImageToImageBatchOperator:
@@ -183,15 +193,15 @@ def test_a_first_try_does_not_read_the_ledger(source_image_url):
     assert [call.args[0] for call in store.set.call_args_list] == ["apikley_batch/0", "apikley_batch/0"]
 
 
-def test_the_ledger_keeps_pages_so_no_write_grows_with_the_batch():
-    store = FakeStateStore()
-    ledger = BatchLedger(store, generation=3)
-    entries = {index: LedgerEntry(f"{index:032x}", 1.0, "f" * 32) for index in range(LEDGER_PAGE + 5)}
-    ledger.save([0, LEDGER_PAGE + 4], entries)
-    assert sorted(store) == ["apikley_batch/0", "apikley_batch/1"]
-    assert len(store["apikley_batch/0"]) == LEDGER_PAGE and len(store["apikley_batch/1"]) == 5
-    assert {record["generation"] for page in store.values() for record in page.values()} == {3}
-    assert ledger.load(LEDGER_PAGE + 5) == entries
+def test_the_ledger_reads_back_each_page_as_saved_and_no_write_grows_with_the_batch():
+    store = Journal()
+    ledger = BatchLedger(store, generation=3, count=3 * LEDGER_PAGE)
+    entries = {index: LedgerEntry(f"{index:032x}", 1.0, "f" * 32) for index in range(3 * LEDGER_PAGE)}
+    for start in range(0, 3 * LEDGER_PAGE, 20):
+        ledger.save(range(start, start + 20), entries)
+    assert BatchLedger(store).load(3 * LEDGER_PAGE) == entries
+    assert max(size for _, size in store.writes) < LEDGER_PAGE * 100  # one page at most, whatever the batch's size
+    assert {key.split("/")[1] for key, _ in store.writes} == {"0", "1", "2"}
     assert BatchLedger(None).load(LEDGER_PAGE + 5) == {}
 
 
@@ -630,30 +640,28 @@ def test_a_create_apikley_refused_leaves_no_intent_behind(apikley, source_image_
 
 
 def test_each_create_is_preceded_by_its_saved_intent_in_no_more_writes_than_items(apikley, source_image_url):
-    writes = []
+    saved_before_create: list[tuple[dict, int]] = []
 
-    class Journal(FakeStateStore):
+    class Snapshots(FakeStateStore):
         def set(self, key, value):
-            writes.append((key, json.loads(json.dumps(value)), apikley.state.accepted_creates))
-            super().set(key, value)
+            super().set(key, json.loads(json.dumps(value)))
+            saved_before_create.append((dict(self), apikley.state.accepted_creates))
 
     operator = make_batch(source_image_url, items=6, creates_per_window=3, window_seconds=0.2)
-    trigger = deferred(operator, Journal())
+    trigger = deferred(operator, Snapshots())
 
-    assert 0 < len(writes) <= 6
-    fingerprints = [
-        request_fingerprint("qwen/image-to-image", QwenImageToImageInput.build(**item).to_api(), None)
-        for item in operator.inputs
-    ]
+    assert 0 < len(saved_before_create) <= 6
     for index in range(6):  # the (index + 1)-th create was sent after a write that held its intent
-        assert any(
-            page.get(str(index), {}).get("apikley_task_id", "") is None
-            and page[str(index)]["fingerprint"] == fingerprints[index]
-            and creates <= index
-            for _, page, creates in writes
-        ), index
-    _, last, _ = writes[-1]
-    assert [last[str(index)]["apikley_task_id"] for index in range(6)] == [task_id for task_id, *_ in trigger.tasks]
+        intents_at = [
+            creates
+            for saved, creates in saved_before_create
+            if (entry := BatchLedger(FakeStateStore(saved)).load(6).get(index)) and entry.apikley_task_id is None
+        ]
+        assert intents_at and min(intents_at) <= index, index
+    last, _ = saved_before_create[-1]
+    assert [entry.apikley_task_id for entry in BatchLedger(FakeStateStore(last)).load(6).values()] == [
+        task_id for task_id, *_ in trigger.tasks
+    ]
 
 
 def test_a_ledger_page_in_the_task_state_store_that_cannot_be_parsed_is_an_error_naming_it(apikley, source_image_url):
