@@ -10,8 +10,9 @@ once Apikley has accepted ``--kill-at`` creates; a second worker resumes from th
 a triggerer process runs the ``ApikleyBatchTrigger`` to its event; a last worker finishes
 (``execute_complete``) and returns the summary. It prints creates per second against the limit,
 requests per item, the bytes of the trigger's arguments, its event and the XCom value, the bytes
-written to the task state store per item, each process's RSS growth, and the time the second
-worker took to resume; it exits non-zero when an item was created twice or lost.
+the ledger wrote to the task state store per item (every phase's writes, the killed worker's
+included) and the keys the second worker read to resume, each process's RSS growth, and the time
+the second worker took to resume; it exits non-zero when an item was created twice or lost.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,26 +35,55 @@ from benchmarks.compare_waits import requests_by_endpoint, stage_latencies
 
 
 class FileStateStore:
-    """Airflow 3.3's task state store, as the operator uses it, kept in files; counts the bytes written."""
+    """
+    Airflow 3.3's task state store, as the operator uses it, kept in files.
 
-    def __init__(self, folder: Path) -> None:
+    Each read and write is also appended to a journal beside them (``phase read|write key bytes``),
+    which a SIGKILLed worker leaves behind too: :func:`store_figures` adds it up.
+    """
+
+    def __init__(self, folder: Path, phase: str = "") -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.phase = phase or "-"
         self.bytes_written = 0
 
     def _path(self, key: str) -> Path:
         return self.folder / key.replace("/", "__")
 
+    def _journal(self, operation: str, key: str, size: int) -> None:
+        with (self.folder.parent / "state-journal").open("a") as journal:
+            journal.write(f"{self.phase} {operation} {key} {size}\n")
+
     def get(self, key: str) -> Any:
         path = self._path(key)
-        return json.loads(path.read_text()) if path.exists() else None
+        data = path.read_text() if path.exists() else None
+        self._journal("read", key, len(data or ""))
+        return None if data is None else json.loads(data)
 
     def set(self, key: str, value: Any) -> None:
-        data = json.dumps(value)
+        data = json.dumps(value)  # as Airflow measures a value against [state_store] max_value_storage_bytes
         self.bytes_written += len(data)
         partial = self._path(key).with_suffix(".partial")
         partial.write_text(data)
         partial.replace(self._path(key))
+        self._journal("write", key, len(data))
+
+
+def store_figures(workdir: Path) -> dict[str, int]:
+    """Add up the state store's journal: bytes written by every phase, and keys each phase read."""
+    figures: dict[str, int] = {"bytes written": 0}
+    journal = workdir / "state-journal"
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        fields = line.split(" ")
+        if len(fields) != 4 or not fields[3].isdigit():
+            continue  # the last line of a worker killed while writing it
+        phase, operation, _, size = fields
+        if operation == "write":
+            figures["bytes written"] += int(size)
+        else:
+            figures[f"{phase} reads"] = figures.get(f"{phase} reads", 0) + 1
+    return figures
 
 
 def upload_small_image(emulator: Any) -> str:
@@ -98,9 +129,9 @@ def operator(spec: dict[str, Any]) -> Any:
     )
 
 
-def context(spec: dict[str, Any]) -> dict[str, Any]:
+def context(spec: dict[str, Any], phase: str = "") -> dict[str, Any]:
     ti = mock.Mock(dag_id="bench_batch", run_id="scale", task_id="batch", map_index=-1)
-    return {"ti": ti, "task_state_store": FileStateStore(Path(spec["state"]))}
+    return {"ti": ti, "task_state_store": FileStateStore(Path(spec["state"]), spec.get("phase_name") or phase)}
 
 
 def phase(name: str, spec_file: Path) -> None:
@@ -110,7 +141,7 @@ def phase(name: str, spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"] = spec["connection"]
     task = operator(spec)
-    task_context = context(spec)
+    task_context = context(spec, name)
     baseline = rss_kib()
     figures: dict[str, Any] = {}
     if name == "submit":
@@ -186,7 +217,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         killed_at = time.monotonic()
         at_kill = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
 
-        retry = start_phase("submit", spec, workdir)  # the retry, on another worker
+        retry = start_phase("submit", {**spec, "phase_name": "resume"}, workdir)  # the retry, on another worker
         while emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"] <= at_kill:
             time.sleep(0.05)
         resume_seconds = time.monotonic() - killed_at  # its first create: started, read the ledger, went on
@@ -198,10 +229,15 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         total_seconds = time.monotonic() - started
         after = emulator.stats()
 
+    from airflow_provider_qwen.batch_ledger import LEDGER_PAGE
     from airflow_provider_qwen.batch_manifest import read_batch_manifest
 
     summary = finished["xcom"]
-    records = sum(1 for _ in read_batch_manifest(summary["manifest"]))
+    if isinstance(summary, list):  # up to 1,000 items the XCom value is the items themselves
+        records, items, states = len(summary), len(summary), dict(Counter(item["state"] for item in summary))
+    else:
+        records = sum(1 for _ in read_batch_manifest(summary["manifest"]))
+        items, states = summary["items"], summary["states"]
     by_endpoint = requests_by_endpoint(before, after)
     accepted = after["accepted_create_tasks"] - before["accepted_create_tasks"]
     floor = max(0, args.edits - args.limit) * args.window / args.limit
@@ -210,7 +246,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "trigger event": len(json.dumps(waited["event"])),
         "XCom value": len(json.dumps(summary)),
     }
-    store_bytes = submitted["state_store_bytes"]  # the retry's; the killed worker wrote as many per item
+    store_bytes = submitted["state_store_bytes"]  # the retry's
+    ledger = store_figures(workdir)
     print(f"\n{args.edits} edits in one batch task; limit {args.limit} creates per {args.window:g} s;", end=" ")
     print(f"edits of {args.edit_seconds:g} s; worker SIGKILLed after {at_kill} accepted creates")
     print("| figure | value |")
@@ -227,15 +264,18 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"| {name} | {size:,} bytes |")
     per_item = store_bytes / max(args.edits - at_kill, 1)
     print(f"| task state store written per item (second worker) | {per_item:.0f} bytes |")
+    print(f"| ledger bytes written per item (both workers and the last) | {ledger['bytes written'] / args.edits:.0f} |")
+    pages = -(-args.edits // LEDGER_PAGE)
+    print(f"| ledger keys read on resume | {ledger.get('resume reads', 0)} (the batch has {pages} pages) |")
     growth = f"{submitted['rss_growth_mib']:.1f} / {finished['rss_growth_mib']:.1f}"
     print(f"| worker RSS growth: submit / complete | {growth} MiB |")
     print(f"| triggerer RSS growth | {waited['rss_growth_mib']:.1f} MiB |")
     print(f"| all ended after | {total_seconds:.1f} s |")
-    print(f"| items by state | {summary['states']} |")
+    print(f"| items by state | {states} |")
     problems = []
     if not args.edits <= accepted <= args.edits + 1:  # one create may be in flight when the worker dies
         problems.append(f"{accepted} creates accepted for {args.edits} items")
-    if records != args.edits or summary["items"] != args.edits:
+    if records != args.edits or items != args.edits:
         problems.append(f"the manifest holds {records} records for {args.edits} items")
     for problem in problems:
         print(f"CHECK FAILED: {problem}", file=sys.stderr)
