@@ -38,8 +38,9 @@ creates_per_window + 1`` times (6 at Apikley's default 20 creates a window: abou
 A key per burst writes each entry about twice, but a load would read a key per burst. Continuation
 keys with compaction write each entry about twice (into its burst's key, then into its compacted
 page) and keep a load within one read a page; only the last pages of a small batch, where a load
-has no read to spare, are rewritten whole for each burst. Measured with bursts of 20: about 140
-bytes per item at 10,000 items and more, 180 at 1,000; with bursts of 100, 70 (one write each).
+has no read to spare, are rewritten whole for each burst. Measured with bursts of 20: about 120
+bytes per item at 10,000 items and more, 150 at 1,000; with bursts of 100, 60 (one write each). A
+wait that ended badly is noted by rewriting its page once (every page exists by then).
 """
 
 from __future__ import annotations
