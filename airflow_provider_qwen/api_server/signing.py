@@ -42,11 +42,12 @@ def callback_signature(key: str, task_id: str, timestamp: str) -> str:
 
 def budget_signature(api_key: str, path: str, timestamp: str, body: bytes) -> str:
     """
-    Return the signature of a request to the run budgets' ledger: HMAC-SHA256 under the connection's API key.
+    Return the signature of a task's request to the provider's app: HMAC-SHA256 under the connection's API key.
 
-    It covers the endpoint's path, the time and the whole body (which names the connection), so
-    only a holder of that connection's API key, who can spend its credits anyway, can reserve or
-    settle for it, and a request cannot be moved to another endpoint or connection.
+    Every request a task signs is signed so: the run budgets' ledger's, which came first and name
+    it, and the create pace's. It covers the endpoint's path, the time and the whole body (which
+    names the connection), so only a holder of that connection's API key, who can spend its
+    credits anyway, can act for it, and a request cannot be moved to another endpoint or connection.
     """
     message = b"apikley-budget\n" + path.encode() + b"\n" + timestamp.encode() + b"\n" + body
     return base64.b64encode(hmac.new(api_key.encode(), message, hashlib.sha256).digest()).decode()
