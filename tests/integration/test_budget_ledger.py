@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from airflow_provider_qwen.api_server.app import create_app
 from airflow_provider_qwen.api_server.signing import budget_signature
 from tests.conftest import API_KEY
+from tests.provider_app import serving_provider_app
 
 pytestmark = pytest.mark.integration
 
@@ -172,26 +173,9 @@ def test_a_settlement_of_a_budget_never_reserved_in_is_404(client, run_id):
 @pytest.fixture
 def ledger_url(airflow_db, monkeypatch):
     """The provider's app on loopback under ``/apikley``, as the api-server mounts it, and ``[api] base_url`` on it."""
-    import socket
-
-    import uvicorn
-    from fastapi import FastAPI
-
-    server_app = FastAPI()
-    server_app.mount("/apikley", create_app())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_provider_app() as base_url:
+        monkeypatch.setenv("AIRFLOW__API__BASE_URL", base_url)
+        yield base_url
 
 
 def test_mapped_edits_share_the_runs_budget_and_the_one_over_it_is_refused_before_paying(
