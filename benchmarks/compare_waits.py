@@ -32,6 +32,9 @@ with URLs, exactly N tasks created and N succeeded on the emulator) and measured
   metadata database every ``--sample-interval`` seconds and integrated over time (a ``deferred``
   task instance holds no slot);
 - HTTP requests per edit: the emulator's request counters after the run minus before, by endpoint;
+- createTask answered 429, and the create rate achieved: the run's creates from its first to its
+  last, per 10 s, against the emulator's limit (``--rate-limit 20``, Apikley's, shows how close the
+  shared create pace keeps mapped edits to it);
 - latency: from each edit's ``completeTime`` on Apikley to the end of its task instance, p50 and p90;
 - CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
   scheduler and of the triggerer: each component's process and its descendants, less the
@@ -91,6 +94,8 @@ MEBIBYTE = 1024 * 1024
 EMULATOR_CREDITS = "1000000"
 
 POLLING_ENDPOINTS = ("createTask", "recordInfo")
+#: The window of the emulator's create limit (``--rate-limit`` creates in it), its default.
+RATE_WINDOW_SECONDS = 10.0
 #: Added to the modules the executor's fork server imports up front: the deployment preloads this
 #: provider and ``@task``, and without these (b)'s task processes alone would import their operators.
 EVEN_PRELOAD_MODULES = ("airflow.providers.http.operators.http", "airflow.providers.http.sensors.http", "requests")
@@ -117,6 +122,8 @@ class Measurement:
     counted: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    rate_limited: int = 0
+    creates_per_window: float = 0.0
 
     def latency(self, fraction: float) -> float:
         """The ``fraction`` percentile of the edits' latencies (``completeTime`` -> task instance end)."""
@@ -142,7 +149,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long an emulated edit takes, split 1:2:3 over waiting, queuing and generating; "
         "each duration is measured in turn (default: 6 30)",
     )
-    parser.add_argument("--rate-limit", type=int, default=1000, help="createTask per 10 s the emulator accepts")
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=1000,
+        help="createTask per 10 s the emulator accepts, which its connection tells the shared create pace "
+        "(default: 1000, which never binds; Apikley's is 20)",
+    )
     parser.add_argument(
         "--warmup-edits", type=int, default=10, help="edits of an unmeasured first run per DAG and duration; 0: none"
     )
@@ -228,6 +241,7 @@ def run_workload(
 ) -> Measurement:
     """Run one DAG with ``edits`` edits of ``edit_seconds``, sample it until it ends, and check what it produced."""
     before = emulator.stats()
+    tasks_before = {task["taskId"] for task in emulator.tasks()}
     groups = process_groups(deployment)
     for group in groups.values():
         group.sample()  # the CPU baseline, before the run exists
@@ -244,6 +258,9 @@ def run_workload(
     measurement.peak_running = sampler.slots.peak_running
     measurement.peak_deferred = sampler.slots.peak_deferred
     measurement.requests = requests_by_endpoint(before, after)
+    measurement.rate_limited = answers_between(before, after, "createTask 429")
+    created = [task["createTime"] / 1000 for task in emulator.tasks() if task["taskId"] not in tasks_before]
+    measurement.creates_per_window = creates_per_window(created, RATE_WINDOW_SECONDS)
     measurement.cpu_seconds = {name: group.cpu_seconds for name, group in groups.items()}
     measurement.peak_rss = {name: group.peak_rss for name, group in groups.items()}
     measurement.counted = {name: group.counted() for name, group in groups.items()}
@@ -281,6 +298,24 @@ def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) ->
         (dag_id, run_id),
     )
     return float(seconds)
+
+
+def creates_per_window(create_times: list[float], window_seconds: float) -> float:
+    """
+    The rate of creates from the first to the last, per ``window_seconds``; 0 for fewer than two.
+
+    ``n`` creates evenly spaced at a limit of ``L`` per window take ``(n - 1) / L`` windows, so at
+    the limit this is ``L``.
+    """
+    if len(create_times) < 2:
+        return 0.0
+    span = max(create_times) - min(create_times)
+    return (len(create_times) - 1) / span * window_seconds if span > 0 else float("inf")
+
+
+def answers_between(before: dict[str, Any], after: dict[str, Any], answer: str) -> int:
+    """How many times the emulator gave ``answer`` (``"<endpoint> <code>"``) between two statistics."""
+    return after["api_codes"].get(answer, 0) - before["api_codes"].get(answer, 0)
 
 
 def requests_by_endpoint(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -342,13 +377,14 @@ def decoded(value: Any) -> Any:
 # ---- report --------------------------------------------------------------------------------------
 
 
-def table(measurements: list[Measurement]) -> list[str]:
+def table(measurements: list[Measurement], rate_limit: int) -> list[str]:
     """The figures as a Markdown table, one row per way."""
     lines = [
         "| edit | way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
-        "(create + recordInfo + other) | latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
+        "(create + recordInfo + other) | createTask 429s | creates per 10 s (of the limit) "
+        "| latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
         "| scheduler peak RSS MiB | triggerer peak RSS MiB | api-server CPU s | workers CPU s | dag-processor CPU s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         create, record = m.requests_per_edit("createTask"), m.requests_per_edit("recordInfo")
@@ -357,6 +393,7 @@ def table(measurements: list[Measurement]) -> list[str]:
             f"| {m.edit_seconds:g} s | ({m.workload.key}) {m.workload.label} | {m.wall_seconds:.1f} "
             f"| {m.slot_seconds:.1f} | {m.peak_running} / {m.peak_deferred} "
             f"| {create + record + other:.2f} ({create:.2f} + {record:.2f} + {other:.2f}) "
+            f"| {m.rate_limited} | {create_rate(m, rate_limit)} "
             f"| {m.latency(0.5):.1f} / {m.latency(0.9):.1f} "
             f"| {m.cpu_seconds['scheduler']:.1f} | {m.cpu_seconds['triggerer']:.1f} "
             f"| {m.peak_rss['scheduler'] / MEBIBYTE:.0f} | {m.peak_rss['triggerer'] / MEBIBYTE:.0f} "
@@ -364,6 +401,13 @@ def table(measurements: list[Measurement]) -> list[str]:
             f"| {m.cpu_seconds['dag-processor']:.1f} |"
         )
     return lines
+
+
+def create_rate(measurement: Measurement, rate_limit: int) -> str:
+    """The run's creates per 10 s, and what part of the emulator's limit that is; n/a for a run that created nothing."""
+    if not measurement.workload.edits or not measurement.creates_per_window:
+        return "n/a"
+    return f"{measurement.creates_per_window:.1f} ({measurement.creates_per_window / rate_limit * 100:.0f} %)"
 
 
 RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -466,7 +510,11 @@ def deferral_floor_lines(measurements: list[Measurement]) -> list[str]:
 
 
 def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
-    print("\n".join(["", *setup_lines(args), "", *table(measurements), "", *ratio_table(measurements), ""]))
+    print(
+        "\n".join(
+            ["", *setup_lines(args), "", *table(measurements, args.rate_limit), "", *ratio_table(measurements), ""]
+        )
+    )
     print("\n".join([*floor_lines(args, measurements), ""]))
     print("Processes counted:")
     print("\n".join(f"  {line}" for line in counted_lines(measurements)))
