@@ -112,8 +112,8 @@ class CreatePace:
         self._warned = True
         self.log.warning(
             "Creating without the create pace this deployment's edits share (%s): this edit creates at once, "
-            "and backs off if Apikley answers 429. Connection %r's extra shared_create_pace set to false creates "
-            "without asking.",
+            "and backs off if Apikley answers 429. The extra shared_create_pace set to false on connection %r "
+            "creates without asking.",
             why,
             self.hook.apikley_conn_id,
         )

@@ -123,7 +123,7 @@ def test_without_an_api_server_url_the_edit_creates_at_once_after_one_warning(ap
     edit()
     (warning,) = fallback_warnings(logged)
     assert "[api] base_url is not set" in warning and "backs off if Apikley answers 429" in warning
-    assert "shared_create_pace set to false" in warning
+    assert "The extra shared_create_pace set to false on connection 'apikley_default' creates without" in warning
     assert len(apikley.seen("createTask")) == 1
 
 
