@@ -27,6 +27,7 @@ import tenacity
 
 from airflow.providers.common.compat.sdk import conf
 
+from airflow_provider_qwen.redaction import without_credentials
 from airflow_provider_qwen.safe_text import escape_controls
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class CreatePace:
                 with attempt:
                     wait, spacing = self._ask(url, body.encode())
         except (_PaceBusy, _PaceRefused) as err:
-            self._fall_back(f"the pace at {url} cannot be used: {err}")
+            self._fall_back(f"the pace at {without_credentials(url)} cannot be used: {err}")
             return 0.0
         if wait > LONG_WAIT_WINDOWS * settings.window_seconds:
             self.log.info(

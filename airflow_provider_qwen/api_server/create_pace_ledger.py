@@ -41,12 +41,16 @@ SPACING_MARGIN = 0.05
 #: timestamp lay within :data:`~airflow_provider_qwen.api_server.signed_requests.MAX_AGE_SECONDS`.
 SLOT_MEMORY_SECONDS = 2 * MAX_AGE_SECONDS
 
+#: Unix seconds, sub-second: double precision on every database (MySQL's bare FLOAT is single
+#: precision, which would round today's time to minutes).
+SECONDS = Float(precision=53)
+
 paces = Table(
     "apikley_create_pace",
     metadata,
     Column("conn_id", String(250), primary_key=True),
-    Column("next_slot_at", Float, nullable=False),
-    Column("touched_at", Float, nullable=False),
+    Column("next_slot_at", SECONDS, nullable=False),
+    Column("touched_at", SECONDS, nullable=False),
 )
 
 slots = Table(
@@ -54,8 +58,8 @@ slots = Table(
     metadata,
     Column("conn_id", String(250), primary_key=True),
     Column("request_id", String(32), primary_key=True),
-    Column("slot_at", Float, nullable=False),
-    Column("reserved_at", Float, nullable=False, index=True),
+    Column("slot_at", SECONDS, nullable=False),
+    Column("reserved_at", SECONDS, nullable=False, index=True),
 )
 
 

@@ -18,19 +18,19 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create the two tables, with the index that forgetting old slots uses."""
+    """Create the two tables, with the index that forgetting old slots uses; times in double precision."""
     op.create_table(
         "apikley_create_pace",
         sa.Column("conn_id", sa.String(250), primary_key=True),
-        sa.Column("next_slot_at", sa.Float, nullable=False),
-        sa.Column("touched_at", sa.Float, nullable=False),
+        sa.Column("next_slot_at", sa.Float(precision=53), nullable=False),
+        sa.Column("touched_at", sa.Float(precision=53), nullable=False),
     )
     op.create_table(
         "apikley_create_slot",
         sa.Column("conn_id", sa.String(250), primary_key=True),
         sa.Column("request_id", sa.String(32), primary_key=True),
-        sa.Column("slot_at", sa.Float, nullable=False),
-        sa.Column("reserved_at", sa.Float, nullable=False),
+        sa.Column("slot_at", sa.Float(precision=53), nullable=False),
+        sa.Column("reserved_at", sa.Float(precision=53), nullable=False),
     )
     op.create_index("ix_apikley_create_slot_reserved_at", "apikley_create_slot", ["reserved_at"])
 
