@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from airflow_provider_qwen.api_server.app import create_app
-from airflow_provider_qwen.api_server.signing import budget_signature
+from airflow_provider_qwen.api_server.signing import request_signature
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def post(client, path, fields, key=API_KEY, timestamp=None, signature=None, raw=
     body = raw if raw is not None else json.dumps(fields).encode()
     stamp = str(int(time.time())) if timestamp is None else timestamp
     headers = {"Content-Type": "application/json", "X-Apikley-Timestamp": stamp}
-    headers["X-Apikley-Signature"] = signature or budget_signature(key, path, stamp, body)
+    headers["X-Apikley-Signature"] = signature or request_signature(key, path, stamp, body)
     return client.post(path, content=body, headers=headers)
 
 
@@ -120,11 +120,11 @@ def test_refused_requests_reserve_nothing(client, run_id, how, expected, monkeyp
         )
         response = post(client, "/budgets/reserve", fields, key="sk-other-key")
     elif how == "body changed after signing":
-        signature = budget_signature(API_KEY, "/budgets/reserve", stamp, body)
+        signature = request_signature(API_KEY, "/budgets/reserve", stamp, body)
         changed = json.dumps({**fields, "limit": 1e9}).encode()
         response = post(client, "/budgets/reserve", None, timestamp=stamp, signature=signature, raw=changed)
     elif how == "other endpoint's signature":
-        signature = budget_signature(API_KEY, "/budgets/settle", stamp, body)
+        signature = request_signature(API_KEY, "/budgets/settle", stamp, body)
         response = post(client, "/budgets/reserve", None, timestamp=stamp, signature=signature, raw=body)
     elif how == "oversized":
         response = post(client, "/budgets/reserve", {**fields, "pad": "x" * 200_000})
