@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -79,7 +80,7 @@ def awaited_router() -> APIRouter:
         try:
             await run_in_threadpool(authenticate, conn_id, AWAIT_PATH, body, *signature_headers(request))
             task_ids, hold = awaited_tasks(payload.get("apikley_task_ids")), hold_seconds(payload.get("hold_seconds"))
-            delivered = await held_until_delivered(str(conn_id), task_ids, hold)
+            delivered = await held_until_delivered(str(conn_id), task_ids, hold, request.is_disconnected)
         except Refused as refusal:
             refusals.warning(refusal.kind, "Apikley deliveries request refused: %s", refusal)
             return Response(status_code=401)
@@ -93,10 +94,14 @@ def awaited_router() -> APIRouter:
     return router
 
 
-async def held_until_delivered(conn_id: str, task_ids: list[str], hold: float) -> dict[str, str]:
+async def held_until_delivered(
+    conn_id: str, task_ids: list[str], hold: float, gone: Callable[[], Awaitable[bool]]
+) -> dict[str, str]:
     """
     Return the kept records (JSON text) of those of ``task_ids`` delivered, once there is one or ``hold`` has passed.
 
+    :param gone: whether the caller hung up (a trigger that asks again for more tasks does): then
+        the request is let go at the next look, with nothing.
     :raises DeliveriesUnavailable: when the table cannot be read.
     """
     loop = asyncio.get_running_loop()
@@ -106,7 +111,7 @@ async def held_until_delivered(conn_id: str, task_ids: list[str], hold: float) -
         with DELIVERY_BELL.listening() as rung:
             found = await run_in_threadpool(read_deliveries, conn_id, task_ids)
             left = until - loop.time()
-            if found or left <= 0:
+            if found or left <= 0 or await gone():
                 return within_answer_bound(found)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rung.wait(), timeout=min(RECHECK_SECONDS, left))

@@ -152,6 +152,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
         if not self.output_path:
             self.output_path = self._from_operator("output_path")
             self._handed_on_name = self._from_operator("result_name")
+        if self.awaits_callback is None:
+            self.awaits_callback = bool(self._from_operator("awaits_callback"))
         self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         setattr(self, PUSHED_ID_ATTRIBUTE, self.apikley_task_id)
@@ -177,9 +179,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 output_path=output_path,
                 result_name=self._handed_on_name,
                 deferred_at=time.time(),
-                awaits_callback=bool(
-                    self._from_operator("awaits_callback") if self.awaits_callback is None else self.awaits_callback
-                ),
+                awaits_callback=self.awaits_callback,
             ),
             method_name="execute_complete",
             # the same for events of a trigger an older provider started, which do not carry it

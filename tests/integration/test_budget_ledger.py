@@ -169,33 +169,8 @@ def test_a_settlement_of_a_budget_never_reserved_in_is_404(client, run_id):
     assert post(client, "/budgets/settle", settlement(run_id)).status_code == 404
 
 
-@pytest.fixture
-def ledger_url(airflow_db, monkeypatch):
-    """The provider's app on loopback under ``/apikley``, as the api-server mounts it, and ``[api] base_url`` on it."""
-    import socket
-
-    import uvicorn
-    from fastapi import FastAPI
-
-    server_app = FastAPI()
-    server_app.mount("/apikley", create_app())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 def test_mapped_edits_share_the_runs_budget_and_the_one_over_it_is_refused_before_paying(
-    apikley, ledger_url, source_image_url, client, run_id
+    apikley, provider_app_url, source_image_url, client, run_id
 ):
     from unittest import mock
 
