@@ -124,17 +124,10 @@ class CreatePace:
         import requests
         import urllib3
 
-        from airflow_provider_qwen.api_server.signing import budget_signature
+        from airflow_provider_qwen.api_server.signing import signed_headers
         from airflow_provider_qwen.api_server.urls import CREATE_PACE_RESERVE_PATH
 
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Apikley-Timestamp": timestamp,
-            "X-Apikley-Signature": budget_signature(
-                self.hook.settings.api_key, CREATE_PACE_RESERVE_PATH, timestamp, body
-            ),
-        }
+        headers = signed_headers(self.hook.settings.api_key, CREATE_PACE_RESERVE_PATH, body)
         try:
             with requests.post(
                 url, data=body, headers=headers, timeout=PACE_TIMEOUT_SECONDS, allow_redirects=False, stream=True

@@ -1,9 +1,10 @@
-"""The FastAPI app the provider adds to the Airflow api-server: callbacks, task pages, budgets, create pace."""
+"""The FastAPI app the provider adds to the Airflow api-server: callbacks and their waits, task pages, budgets, pace."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from airflow_provider_qwen.api_server.awaited import awaited_router
 from airflow_provider_qwen.api_server.budgets import budgets_router
 from airflow_provider_qwen.api_server.callbacks import callback_router
 from airflow_provider_qwen.api_server.create_pace import create_pace_router
@@ -22,4 +23,5 @@ def create_app(checker: SignatureChecker | None = None) -> FastAPI:
     app.include_router(task_page_router)
     app.include_router(budgets_router())
     app.include_router(create_pace_router())
+    app.include_router(awaited_router())
     return app

@@ -29,7 +29,7 @@ class ApikleyDBManager(BaseDBManager):
     migration_dir = str(MIGRATIONS)
     alembic_file = str(MIGRATIONS / "alembic.ini")
     supports_table_dropping = True
-    revision_heads_map = {__version__: "a1c3e5f70004"}
+    revision_heads_map = {__version__: "a1c3e5f70005"}
 
     def downgrade(self, to_revision: str, from_revision: str | None = None, show_sql_only: bool = False) -> None:
         """

@@ -1,15 +1,16 @@
 """
-Requests that tasks sign with their connection's API key: how the provider's app reads and checks them.
+Requests that tasks and triggers sign with their connection's API key: how the provider's app reads and checks them.
 
-The run budgets' ledger (:mod:`~airflow_provider_qwen.api_server.budgets`) and the create pace
-(:mod:`~airflow_provider_qwen.api_server.create_pace`) take requests from anyone who reaches the
+The run budgets' ledger (:mod:`~airflow_provider_qwen.api_server.budgets`), the create pace
+(:mod:`~airflow_provider_qwen.api_server.create_pace`) and the deliveries a trigger waits for
+(:mod:`~airflow_provider_qwen.api_server.awaited`) take requests from anyone who reaches the
 api-server, so each is read the same way before it is acted on:
 
 - The body is read up to the endpoint's limit (413 past it) and must be a JSON object (400).
 - Its ``conn_id`` must be shaped like a connection id (and listed in ``[apikley]
   callback_connections`` when that is set) before the connection is read; a connection that is not
   of type ``apikley`` is never used.
-- ``X-Apikley-Signature`` must be :func:`~airflow_provider_qwen.api_server.signing.budget_signature`
+- ``X-Apikley-Signature`` must be :func:`~airflow_provider_qwen.api_server.signing.request_signature`
   of the endpoint's path, ``X-Apikley-Timestamp`` (at most :data:`MAX_AGE_SECONDS` off) and the
   whole body, under that connection's API key: only a holder of the key, who can spend its
   credits anyway, acts for the connection, and a request cannot be moved to another endpoint or
@@ -28,7 +29,13 @@ from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
 from airflow_provider_qwen.api_server.callbacks import BodyTooLarge, read_bounded
 from airflow_provider_qwen.api_server.refusals import connection_refusal
-from airflow_provider_qwen.api_server.signing import budget_signature, same_signature, timestamp_problem
+from airflow_provider_qwen.api_server.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    request_signature,
+    same_signature,
+    timestamp_problem,
+)
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 
 if TYPE_CHECKING:
@@ -36,8 +43,6 @@ if TYPE_CHECKING:
 
 #: Seconds a signed request stays acceptable after its timestamp (and how far ahead a clock may be).
 MAX_AGE_SECONDS = 300
-#: The headers of a signed request.
-TIMESTAMP_HEADER, SIGNATURE_HEADER = "X-Apikley-Timestamp", "X-Apikley-Signature"
 
 
 class Refused(Exception):
@@ -124,6 +129,6 @@ def authenticate(
         raise Refused(f"connection {conn_id!r} is not a usable Apikley connection", "connection unusable") from err
     except Exception as err:
         raise ConnectionUnreadable(f"connection {conn_id!r} could not be read") from err
-    if not same_signature(budget_signature(settings.api_key, path, timestamp, body), signature):
+    if not same_signature(request_signature(settings.api_key, path, timestamp, body), signature):
         raise Refused(f"bad signature for connection {conn_id!r}", "signature")
     return settings

@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath,
 
 from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
+from airflow_provider_qwen.callback_waits import calls_back_to_receiver
 from airflow_provider_qwen.create_pace import CreatePace
 from airflow_provider_qwen.events import (
     EventStatus,
@@ -450,8 +451,11 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """
         Return the value of a task that does not wait.
 
-        ``output_path``, and what the results are called there, go with it to the sensor that waits.
+        ``output_path``, what the results are called there, and whether the task calls back to this
+        deployment's receiver go with it to the sensor that waits.
         """
+        if calls_back_to_receiver(self.callback_url, self.apikley_conn_id):
+            summary["awaits_callback"] = True
         if self.output_path:
             summary["output_path"] = str(self.output_path)
             summary["result_name"] = self._results_named(context, summary["input"], summary["apikley_task_id"])
@@ -480,6 +484,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 result_name=result_name if self.output_path else None,
                 replaced_apikley_task_id=replaced_apikley_task_id,
                 deferred_at=time.time(),
+                awaits_callback=calls_back_to_receiver(self.callback_url, self.apikley_conn_id),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,

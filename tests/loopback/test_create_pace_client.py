@@ -16,7 +16,7 @@ from unittest import mock
 import pytest
 from structlog.testing import capture_logs
 
-from airflow_provider_qwen.api_server.signing import budget_signature
+from airflow_provider_qwen.api_server.signing import request_signature
 from airflow_provider_qwen.create_pace import MAX_PACE_ANSWER_BYTES, MAX_PACE_WAIT_SECONDS, PACE_ATTEMPTS, CreatePace
 from airflow_provider_qwen.hooks.apikley import ApikleyHook
 from tests.conftest import API_KEY, OPERATOR_KINDS, edit_operator
@@ -112,7 +112,7 @@ def test_an_edit_waits_for_its_slot_asked_for_with_a_signed_request(apikley, edi
     assert path == "/apikley/create-pace/reserve"
     fields = json.loads(body)
     assert fields["conn_id"] == "apikley_default" and len(fields["request_id"]) == 32
-    signature = budget_signature(API_KEY, "/create-pace/reserve", headers["X-Apikley-Timestamp"], body)
+    signature = request_signature(API_KEY, "/create-pace/reserve", headers["X-Apikley-Timestamp"], body)
     assert headers["X-Apikley-Signature"] == signature
     assert API_KEY not in json.dumps(headers) + body.decode()
     assert len(apikley.seen("createTask")) == 1

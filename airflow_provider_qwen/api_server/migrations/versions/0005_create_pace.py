@@ -1,8 +1,8 @@
 """
 The create pace: each connection's next create slot, and the slots handed out.
 
-Revision ID: a1c3e5f70004
-Revises: a1c3e5f70003
+Revision ID: a1c3e5f70005
+Revises: a1c3e5f70004
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "a1c3e5f70004"
-down_revision = "a1c3e5f70003"
+revision = "a1c3e5f70005"
+down_revision = "a1c3e5f70004"
 branch_labels = None
 depends_on = None
 
