@@ -22,7 +22,7 @@ from airflow_provider_qwen.api_server.create_pace_ledger import (
     slot_spacing,
     slots,
 )
-from airflow_provider_qwen.api_server.signing import budget_signature
+from airflow_provider_qwen.api_server.signing import request_signature
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def post(client, fields=None, key=API_KEY, timestamp=None, signature=None, raw=N
     body = raw if raw is not None else json.dumps(fields).encode()
     stamp = str(int(time.time())) if timestamp is None else timestamp
     headers = {"Content-Type": "application/json", "X-Apikley-Timestamp": stamp}
-    headers["X-Apikley-Signature"] = signature or budget_signature(key, path, stamp, body)
+    headers["X-Apikley-Signature"] = signature or request_signature(key, path, stamp, body)
     return client.post(RESERVE_SLOT_PATH, content=body, headers=headers)
 
 
@@ -189,11 +189,11 @@ def test_refused_requests_take_no_slot(client, conn_id, how, status, monkeypatch
         )
         response = post(client, fields, key="sk-other-key")
     elif how == "body changed after signing":
-        signature = budget_signature(API_KEY, RESERVE_SLOT_PATH, stamp, body)
+        signature = request_signature(API_KEY, RESERVE_SLOT_PATH, stamp, body)
         changed = json.dumps({**fields, "request_id": uuid.uuid4().hex}).encode()
         response = post(client, timestamp=stamp, signature=signature, raw=changed)
     elif how == "a budget endpoint's signature":
-        signature = budget_signature(API_KEY, "/budgets/reserve", stamp, body)
+        signature = request_signature(API_KEY, "/budgets/reserve", stamp, body)
         response = post(client, timestamp=stamp, signature=signature, raw=body)
     elif how == "no conn_id":
         response = post(client, {"request_id": fields["request_id"]})
