@@ -222,3 +222,23 @@ def test_a_signed_request_with_a_bad_field_is_refused_naming_it(client, fields, 
 def test_an_oversized_body_is_refused_before_it_is_read(client):
     fields = {"conn_id": "apikley_default", "apikley_task_ids": [TASK_A], "hold_seconds": 0, "pad": "x" * 200_000}
     assert ask(client, fields).status_code == 413
+
+
+def test_with_no_dag_on_the_default_asset_a_delivery_ends_the_wait_and_is_taken_once(
+    apikley, callbacks, source_image_url
+):
+    from airflow.models.asset import AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:  # no DAG uses apikley://qwen/image-to-image
+        session.execute(delete(AssetModel).where(AssetModel.uri == ASSET_URI))
+    task_id = called_back(source_image_url, callbacks)
+    (event,) = run_trigger(ApikleyTaskTrigger(task_id, submitted_at=time.time(), awaits_callback=True))
+    assert event.payload["status"] == "success"
+    deadline = time.time() + 10
+    while apikley.stats()["api_codes"].get("callback taken", 0) < 1:
+        assert time.time() < deadline, apikley.stats()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    # taken at the first delivery: Apikley does not send it again, so the receiver re-read it once
+    assert (apikley.stats()["api_codes"]["callback taken"], status_queries(apikley)) == (1, 1)
