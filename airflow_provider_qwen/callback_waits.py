@@ -103,6 +103,8 @@ class DeliveryWatch:
     def __init__(self, apikley_conn_id: str) -> None:
         self.apikley_conn_id = apikley_conn_id
         self.healthy = True
+        #: Set while the api-server cannot be asked: waits sleeping for the slow fallback wake up.
+        self.failing = asyncio.Event()
         self._waiting: dict[str, set[asyncio.Future[TaskRecord]]] = defaultdict(set)
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -204,6 +206,7 @@ class DeliveryWatch:
 
     def _failed(self, err: Exception) -> None:
         self.healthy = False
+        self.failing.set()
         if not self._warned:
             self._warned = True
             log.warning(
@@ -217,6 +220,7 @@ class DeliveryWatch:
         if not self.healthy:
             log.info("The api-server answers again: waits on connection %s end on callbacks", self.apikley_conn_id)
         self.healthy, self._warned = True, False
+        self.failing.clear()
 
 
 def slow_fallback(seconds: float, watch: DeliveryWatch | None, deadline: float | None, now: float) -> float:
@@ -232,13 +236,27 @@ def slow_fallback(seconds: float, watch: DeliveryWatch | None, deadline: float |
     return slowed if deadline is None else max(0.0, min(slowed, deadline - now))
 
 
-async def delivered_or_slept(seconds: float, delivered: Iterable[asyncio.Future[TaskRecord]]) -> None:
-    """Sleep ``seconds``, or less when one of ``delivered`` gets its record first."""
-    pending = [future for future in delivered if not future.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    else:
+async def delivered_or_slept(
+    seconds: float, delivered: Iterable[asyncio.Future[TaskRecord]], watch: DeliveryWatch | None = None
+) -> None:
+    """
+    Sleep ``seconds``, or less when one of ``delivered`` gets its record first.
+
+    A wait sleeping for the slow fallback is woken too when ``watch`` starts failing, so that it
+    goes back to its usual cadence at once.
+    """
+    pending: list[asyncio.Future[Any]] = [future for future in delivered if not future.done()]
+    if not pending:
         await asyncio.sleep(seconds)
+        return
+    failing = asyncio.ensure_future(watch.failing.wait()) if watch is not None and watch.healthy else None
+    if failing is not None:
+        pending.append(failing)
+    try:
+        await asyncio.wait(pending, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if failing is not None:
+            failing.cancel()
 
 
 def delivered_record(delivered: asyncio.Future[TaskRecord] | None) -> TaskRecord | None:

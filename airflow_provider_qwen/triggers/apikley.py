@@ -233,7 +233,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         try:
             now = time.time()
             first = slow_fallback(wait.first_query_delay(now), watch, self.deadline, now)
-            await delivered_or_slept(first, [delivered] if delivered else [])
+            await delivered_or_slept(first, [delivered] if delivered else [], watch)
             while True:
                 # Neither the record nor the step outlives this line while the trigger sleeps.
                 outcome = delivered_record(delivered) or await aquery(hook, self.apikley_task_id)
@@ -245,7 +245,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 if isinstance(step, TimedOut):
                     return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
                 pause = slow_fallback(step.seconds, watch, self.deadline, now)
-                await delivered_or_slept(pause, [delivered] if delivered else [])
+                await delivered_or_slept(pause, [delivered] if delivered else [], watch)
         except Exception as err:
             message = without_credentials(f"{type(err).__name__}: {err}")  # events are stored and shown as they are
             return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=message)

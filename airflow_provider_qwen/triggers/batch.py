@@ -221,12 +221,19 @@ class ApikleyBatchTrigger(BaseTrigger):
         heapq.heapify(due)
         events: dict[int, TaskEvent] = {}
         limit = asyncio.Semaphore(CONCURRENT_QUERIES)
+        polling = False
         try:
             while len(events) < len(task_waits):
                 while due[0][1] in events:  # ended on its callback
                     heapq.heappop(due)
-                await delivered_or_slept(max(0.0, due[0][0] - time.time()), delivered.values())
+                await delivered_or_slept(max(0.0, due[0][0] - time.time()), delivered.values(), watch)
                 self._take_deliveries(delivered, events)
+                if watch is not None and not watch.healthy and not polling:
+                    # the api-server cannot be asked: every wait is due now, then at its usual cadence
+                    polling, due = True, [(min(at, time.time()), index) for at, index in due]
+                    heapq.heapify(due)
+                elif watch is not None and watch.healthy:
+                    polling = False
                 batch = []
                 while due and due[0][0] <= time.time():
                     if (index := heapq.heappop(due)[1]) not in events:

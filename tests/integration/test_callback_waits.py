@@ -131,13 +131,18 @@ def test_a_wait_polls_at_its_usual_cadence_when_the_api_server_cannot_be_asked(
     apikley, callbacks, source_image_url, monkeypatch
 ):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setenv("AIRFLOW__APIKLEY__CALLBACK_FALLBACK_SECONDS", "1")
-    apikley.configure(callback_drop=1.0)
-    task_id = submit_edit(source_image_url)
+    task_ids = [submit_edit(source_image_url) for _ in range(3)]
     started = time.time()
-    (event,) = run_trigger(ApikleyTaskTrigger(task_id, submitted_at=started, poll_interval=0.2, awaits_callback=True))
+    (event,) = run_trigger(
+        ApikleyTaskTrigger(task_ids[0], submitted_at=started, poll_interval=0.2, awaits_callback=True)
+    )
     assert event.payload["status"] == "success"
-    assert time.time() - started < 4
+    (batch,) = run_trigger(
+        ApikleyBatchTrigger([[task_id, started] for task_id in task_ids], poll_interval=0.2, awaits_callback=True)
+    )
+    assert [task["status"] for task in batch.payload["tasks"]] == ["success"] * 3
+    # not the 30 s fallback: both went back to their usual cadence once the api-server could not be asked
+    assert time.time() - started < 8
 
 
 # ---- the endpoint, as anyone on the network reaches it ----------------------------------------------
