@@ -30,9 +30,9 @@ EXAMPLE_DAGS = [
 #: The key the emulator signs its callbacks with, and the connection's ``webhook_secret``.
 WEBHOOK_SECRET = "system-test-webhook-secret"
 
-#: ``[apikley] callback_fallback_seconds`` on the deployment: longer than an edit takes, so a wait
-#: whose callback was lost asks Apikley once.
-CALLBACK_FALLBACK_SECONDS = 20
+#: ``[apikley] callback_fallback_seconds`` on the deployment: longer than the edits of
+#: tests/system/test_callback_waits.py take, so a wait whose callback was lost asks Apikley once.
+CALLBACK_FALLBACK_SECONDS = 8
 
 #: ``[core] parallelism``: far fewer worker slots than edits, which must not hold one while they wait.
 PARALLELISM = 4

@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.system.conftest import CALLBACK_FALLBACK_SECONDS, MEASUREMENTS_SECTION
+from tests.system.conftest import CALLBACK_FALLBACK_SECONDS, GENERATION_LATENCY, MEASUREMENTS_SECTION
 from tests.system.deployment import AirflowDeployment, EmulatorProcess
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -23,6 +23,8 @@ CALLED_BACK_EDITS = 20
 #: The fraction of callbacks the emulator never sends.
 LOST = 0.1
 RUN_TIMEOUT_SECONDS = 300.0
+#: Seconds each edit spends waiting, queuing and generating (±20 %): well within the fallback's interval.
+QUICK_EDITS = (0.5, 1.0, 1.5)
 
 
 def ended_after_completion(deployment: AirflowDeployment, emulator: EmulatorProcess, run_id: str) -> list[float]:
@@ -46,7 +48,7 @@ def test_mapped_edits_end_on_their_callbacks_and_a_lost_one_on_the_fallback(
     deployment, emulator, system_workdir, measurement
 ):
     # one delivery per edit here (the shared emulator delivers each twice for the other tests)
-    emulator.configure(callback_twice=False, callback_drop=LOST)
+    emulator.configure(callback_twice=False, callback_drop=LOST, latency=QUICK_EDITS)
     try:
         before = emulator.stats()
         run_id = deployment.trigger(
@@ -56,7 +58,7 @@ def test_mapped_edits_end_on_their_callbacks_and_a_lost_one_on_the_fallback(
         state = deployment.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT_SECONDS)
         after = emulator.stats()
     finally:
-        emulator.configure(callback_twice=True, callback_drop=0.0)
+        emulator.configure(callback_twice=True, callback_drop=0.0, latency=GENERATION_LATENCY)
     edits = [ti for ti in deployment.task_instances(DAG_ID, run_id) if ti["task_id"] == "edit"]
     assert (state, Counter(ti["state"] for ti in edits)) == ("success", {"success": CALLED_BACK_EDITS})
 
