@@ -61,6 +61,17 @@ def get_provider_info() -> dict:
                         "example": "True",
                         "default": "False",
                     },
+                    "callback_fallback_seconds": {
+                        "description": (
+                            "Seconds between a wait's own queries to Apikley when the task calls back to this "
+                            "deployment's receiver, read by the triggerer: the wait ends on the callback, and "
+                            "this only ends it when the callback is lost. A number above 0."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "120",
+                        "default": "60",
+                    },
                     "callback_connections": {
                         "description": (
                             "The connections the callback receiver may use besides apikley_default, "

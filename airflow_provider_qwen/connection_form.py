@@ -17,6 +17,8 @@ CONN_TYPE = "apikley"
 DEFAULT_BASE_URL = "https://api.apikley.ru"
 DEFAULT_UPLOAD_BASE_URL = "https://api.apikley.ru/file-upload"
 DEFAULT_TIMEOUT_SECONDS = 60.0
+#: Apikley's create limit per account: this many tasks created in any window of this many seconds.
+DEFAULT_CREATES_PER_WINDOW, DEFAULT_WINDOW_SECONDS = 20, 10.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,30 @@ EXTRA_FIELDS = (
         "point to. Not needed when the Base URL itself is such a host.",
         "none",
         {"type": ["string", "null"]},
+    ),
+    ConnectionField(
+        "creates_per_window",
+        "Creates per window",
+        "Tasks the account may create in any window of window_seconds (Apikley's limit). Edits through "
+        "this connection space their creates to fit it, together across the deployment.",
+        f"`{DEFAULT_CREATES_PER_WINDOW}`",
+        {"type": ["integer", "null"], "minimum": 1, "default": DEFAULT_CREATES_PER_WINDOW},
+    ),
+    ConnectionField(
+        "window_seconds",
+        "Create window (seconds)",
+        "The length of the window creates_per_window counts in.",
+        f"`{DEFAULT_WINDOW_SECONDS:g}`",
+        {"type": ["number", "null"], "exclusiveMinimum": 0, "default": DEFAULT_WINDOW_SECONDS},
+    ),
+    ConnectionField(
+        "shared_create_pace",
+        "Share the create pace",
+        "When true, every edit through this connection takes a create slot from the api-server's "
+        "pace before it creates, so mapped edits on many workers stay under creates_per_window; when "
+        "false, each edit creates at once and backs off when Apikley answers 429.",
+        "`true`",
+        {"type": ["boolean", "null"], "default": True},
     ),
     ConnectionField(
         "strict_extras",

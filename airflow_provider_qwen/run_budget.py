@@ -11,7 +11,6 @@ fails closed: when the ledger cannot be reached or refuses, no edit is submitted
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -165,14 +164,9 @@ class RunBudget:
         """Send one signed request; return the ledger's answer, read up to :data:`MAX_LEDGER_ANSWER_BYTES`."""
         import requests
 
-        from airflow_provider_qwen.api_server.signing import budget_signature
+        from airflow_provider_qwen.api_server.signing import signed_headers
 
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Apikley-Timestamp": timestamp,
-            "X-Apikley-Signature": budget_signature(self.hook.settings.api_key, path, timestamp, body),
-        }
+        headers = signed_headers(self.hook.settings.api_key, path, body)
         try:
             with requests.post(
                 url, data=body, headers=headers, timeout=LEDGER_TIMEOUT_SECONDS, allow_redirects=False, stream=True

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         workdir,
         latency=stage_latencies(args.edit_seconds),
         rate_limit=args.limit,
-        extra_args=("--rate-window", str(args.window), "--credits", str(args.edits * 2)),
+        rate_window=args.window,
+        extra_args=("--credits", str(args.edits * 2)),
     ) as emulator:
         os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"] = emulator.airflow_connection()
         image_url = upload_source_image(emulator)

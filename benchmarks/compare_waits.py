@@ -22,6 +22,11 @@ dag-processor, triggerer, api-server; see ``tests/system/deployment.py``) run th
     deferring at all. ``make bench-floor`` (``--workloads a e f --edits 200``) sets the provider
     against both floors.
 
+(g) ``bench_provider_callbacks``: (a), each edit created with the provider's ``callback_url()``, so its
+    wait ends when the emulator calls the api-server's receiver back; ``--lost-callbacks`` of them
+    (10% by default) are never sent, and end by the trigger's own query after
+    ``--callback-fallback`` seconds.
+
 (b), (c) and (d) poll every ``POLL_SECONDS`` (2 s) of their DAG files. Before each duration the
 triggerer is restarted and every DAG warmed up, so (a)'s triggerer has learned that duration as a
 long-running one has. Each run is checked (the run and every task instance succeeded, N results
@@ -32,6 +37,9 @@ with URLs, exactly N tasks created and N succeeded on the emulator) and measured
   metadata database every ``--sample-interval`` seconds and integrated over time (a ``deferred``
   task instance holds no slot);
 - HTTP requests per edit: the emulator's request counters after the run minus before, by endpoint;
+- createTask answered 429, and the create rate achieved: the run's creates from its first to its
+  last, per 10 s, against the emulator's limit (``--rate-limit 20``, Apikley's, shows how close the
+  shared create pace keeps mapped edits to it);
 - latency: from each edit's ``completeTime`` on Apikley to the end of its task instance, p50 and p90;
 - CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
   scheduler and of the triggerer: each component's process and its descendants, less the
@@ -74,6 +82,7 @@ from benchmarks.compare_workloads import (
     FLOORS,
     NOOP,
     PROVIDER,
+    PROVIDER_CALLBACKS,
     WORKLOADS,
     Workload,
     apikley_task_id,
@@ -91,6 +100,10 @@ MEBIBYTE = 1024 * 1024
 EMULATOR_CREDITS = "1000000"
 
 POLLING_ENDPOINTS = ("createTask", "recordInfo")
+#: The key the emulator signs (g)'s callbacks with, and the connection's ``webhook_secret``.
+CALLBACK_KEY = "bench-webhook-secret"
+#: The window of the emulator's create limit (``--rate-limit`` creates in it), its default.
+RATE_WINDOW_SECONDS = 10.0
 #: Added to the modules the executor's fork server imports up front: the deployment preloads this
 #: provider and ``@task``, and without these (b)'s task processes alone would import their operators.
 EVEN_PRELOAD_MODULES = ("airflow.providers.http.operators.http", "airflow.providers.http.sensors.http", "requests")
@@ -117,6 +130,9 @@ class Measurement:
     counted: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    rate_limited: int = 0
+    creates_per_window: float = 0.0
+    callbacks: dict[str, int] = field(default_factory=dict)
 
     def latency(self, fraction: float) -> float:
         """The ``fraction`` percentile of the edits' latencies (``completeTime`` -> task instance end)."""
@@ -142,9 +158,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how long an emulated edit takes, split 1:2:3 over waiting, queuing and generating; "
         "each duration is measured in turn (default: 6 30)",
     )
-    parser.add_argument("--rate-limit", type=int, default=1000, help="createTask per 10 s the emulator accepts")
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=1000,
+        help="createTask per 10 s the emulator accepts, which its connection tells the shared create pace "
+        "(default: 1000, which never binds; Apikley's is 20)",
+    )
     parser.add_argument(
         "--warmup-edits", type=int, default=10, help="edits of an unmeasured first run per DAG and duration; 0: none"
+    )
+    parser.add_argument(
+        "--lost-callbacks", type=float, default=0.1, help="fraction of (g)'s callbacks never sent (default: 0.1)"
+    )
+    parser.add_argument(
+        "--callback-fallback",
+        type=float,
+        default=30.0,
+        help="[apikley] callback_fallback_seconds: when (g)'s waits ask Apikley themselves (default: 30)",
     )
     parser.add_argument("--sample-interval", type=float, default=0.2, help="seconds between samples (default: 0.2)")
     parser.add_argument("--run-timeout", type=float, default=900.0, help="seconds one DAG run may take")
@@ -153,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=[workload.key for workload in (*WORKLOADS, *FLOORS)],
         default=[workload.key for workload in WORKLOADS],
-        help="which ways to run (default: a b c d; e and f are Airflow's floors, with no deferral and with one)",
+        help="which ways to run (default: a b c d g; e and f are Airflow's floors, with no deferral and with one)",
     )
     parser.add_argument("--workdir", type=Path, help="where logs and Airflow's home go (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -228,6 +259,7 @@ def run_workload(
 ) -> Measurement:
     """Run one DAG with ``edits`` edits of ``edit_seconds``, sample it until it ends, and check what it produced."""
     before = emulator.stats()
+    tasks_before = {task["taskId"] for task in emulator.tasks()}
     groups = process_groups(deployment)
     for group in groups.values():
         group.sample()  # the CPU baseline, before the run exists
@@ -244,6 +276,10 @@ def run_workload(
     measurement.peak_running = sampler.slots.peak_running
     measurement.peak_deferred = sampler.slots.peak_deferred
     measurement.requests = requests_by_endpoint(before, after)
+    measurement.rate_limited = answers_between(before, after, "createTask 429")
+    measurement.callbacks = {fate: answers_between(before, after, f"callback {fate}") for fate in ("taken", "dropped")}
+    created = [task["createTime"] / 1000 for task in emulator.tasks() if task["taskId"] not in tasks_before]
+    measurement.creates_per_window = creates_per_window(created, RATE_WINDOW_SECONDS)
     measurement.cpu_seconds = {name: group.cpu_seconds for name, group in groups.items()}
     measurement.peak_rss = {name: group.peak_rss for name, group in groups.items()}
     measurement.counted = {name: group.counted() for name, group in groups.items()}
@@ -283,11 +319,31 @@ def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) ->
     return float(seconds)
 
 
+def creates_per_window(create_times: list[float], window_seconds: float) -> float:
+    """
+    The rate of creates from the first to the last, per ``window_seconds``; 0 for fewer than two.
+
+    ``n`` creates evenly spaced at a limit of ``L`` per window take ``(n - 1) / L`` windows, so at
+    the limit this is ``L``.
+    """
+    if len(create_times) < 2:
+        return 0.0
+    span = max(create_times) - min(create_times)
+    return (len(create_times) - 1) / span * window_seconds if span > 0 else float("inf")
+
+
+def answers_between(before: dict[str, Any], after: dict[str, Any], answer: str) -> int:
+    """How many times the emulator gave ``answer`` (``"<endpoint> <code>"``) between two statistics."""
+    return after["api_codes"].get(answer, 0) - before["api_codes"].get(answer, 0)
+
+
 def requests_by_endpoint(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     """Requests the emulator answered between two statistics, by endpoint, whatever the answer code."""
     counts: dict[str, int] = {}
     for key, count in after["api_codes"].items():
         endpoint = key.split(" ", 1)[0]
+        if endpoint == "callback":  # the emulator's own calls to the receiver, not requests to it
+            continue
         counts[endpoint] = counts.get(endpoint, 0) + count - before["api_codes"].get(key, 0)
     return {endpoint: count for endpoint, count in counts.items() if count}
 
@@ -342,13 +398,14 @@ def decoded(value: Any) -> Any:
 # ---- report --------------------------------------------------------------------------------------
 
 
-def table(measurements: list[Measurement]) -> list[str]:
+def table(measurements: list[Measurement], rate_limit: int) -> list[str]:
     """The figures as a Markdown table, one row per way."""
     lines = [
         "| edit | way | wall s | worker-slot-s | peak running / deferred | HTTP requests per edit "
-        "(create + recordInfo + other) | latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
+        "(create + recordInfo + other) | createTask 429s | creates per 10 s (of the limit) "
+        "| latency p50 / p90 s | scheduler CPU s | triggerer CPU s "
         "| scheduler peak RSS MiB | triggerer peak RSS MiB | api-server CPU s | workers CPU s | dag-processor CPU s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measurements:
         create, record = m.requests_per_edit("createTask"), m.requests_per_edit("recordInfo")
@@ -357,6 +414,7 @@ def table(measurements: list[Measurement]) -> list[str]:
             f"| {m.edit_seconds:g} s | ({m.workload.key}) {m.workload.label} | {m.wall_seconds:.1f} "
             f"| {m.slot_seconds:.1f} | {m.peak_running} / {m.peak_deferred} "
             f"| {create + record + other:.2f} ({create:.2f} + {record:.2f} + {other:.2f}) "
+            f"| {m.rate_limited} | {create_rate(m, rate_limit)} "
             f"| {m.latency(0.5):.1f} / {m.latency(0.9):.1f} "
             f"| {m.cpu_seconds['scheduler']:.1f} | {m.cpu_seconds['triggerer']:.1f} "
             f"| {m.peak_rss['scheduler'] / MEBIBYTE:.0f} | {m.peak_rss['triggerer'] / MEBIBYTE:.0f} "
@@ -364,6 +422,13 @@ def table(measurements: list[Measurement]) -> list[str]:
             f"| {m.cpu_seconds['dag-processor']:.1f} |"
         )
     return lines
+
+
+def create_rate(measurement: Measurement, rate_limit: int) -> str:
+    """The run's creates per 10 s, and what part of the emulator's limit that is; n/a for a run that created nothing."""
+    if not measurement.workload.edits or not measurement.creates_per_window:
+        return "n/a"
+    return f"{measurement.creates_per_window:.1f} ({measurement.creates_per_window / rate_limit * 100:.0f} %)"
 
 
 RATIO_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -409,7 +474,8 @@ def setup_lines(args: argparse.Namespace) -> list[str]:
         f"N = {args.edits} mapped edits per run, [core] parallelism = {args.parallelism} (LocalExecutor), "
         f"(b), (c), (d) poll every {POLL_SECONDS:g} s, (a) as its defaults say",
         f"emulator: waiting + queuing + generating per task {durations} (+-20% jitter), "
-        f"createTask limit {args.rate_limit} per 10 s",
+        f"createTask limit {args.rate_limit} per 10 s; (g): {args.lost_callbacks:.0%} of callbacks lost, "
+        f"[apikley] callback_fallback_seconds = {args.callback_fallback:g}",
         f"Airflow {version('apache-airflow')}, "
         f"apache-airflow-providers-http {version('apache-airflow-providers-http')}, "
         f"airflow-provider-qwen {version('airflow-provider-qwen')}, {os.cpu_count()} CPUs, "
@@ -465,9 +531,37 @@ def deferral_floor_lines(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
+def apikley_requests_per_edit(measurement: Measurement) -> float:
+    """The run's createTask and recordInfo requests per edit."""
+    return sum(measurement.requests.get(endpoint, 0) for endpoint in POLLING_ENDPOINTS) / measurement.edits
+
+
+def callback_lines(measurements: list[Measurement]) -> list[str]:
+    """(g)'s callbacks, and its Apikley requests and latency beside (a)'s."""
+    lines = []
+    for m in measurements:
+        polled = next((r for r in measurements if r.workload == PROVIDER and r.edit_seconds == m.edit_seconds), None)
+        if m.workload != PROVIDER_CALLBACKS:
+            continue
+        apikley = apikley_requests_per_edit(m)
+        line = (
+            f"{m.edit_seconds:g} s edits: (g) callbacks taken {m.callbacks.get('taken', 0)}, lost "
+            f"{m.callbacks.get('dropped', 0)}; Apikley requests per edit {apikley:.2f}, latency p50 "
+            f"{m.latency(0.5):.2f} s, p90 {m.latency(0.9):.2f} s"
+        )
+        if polled is not None:
+            line += f"; (a) polling: {apikley_requests_per_edit(polled):.2f} per edit, p50 {polled.latency(0.5):.2f} s"
+        lines.append(line)
+    return lines
+
+
 def report(args: argparse.Namespace, measurements: list[Measurement]) -> None:
-    print("\n".join(["", *setup_lines(args), "", *table(measurements), "", *ratio_table(measurements), ""]))
-    print("\n".join([*floor_lines(args, measurements), ""]))
+    print(
+        "\n".join(
+            ["", *setup_lines(args), "", *table(measurements, args.rate_limit), "", *ratio_table(measurements), ""]
+        )
+    )
+    print("\n".join([*floor_lines(args, measurements), *callback_lines(measurements), ""]))
     print("Processes counted:")
     print("\n".join(f"  {line}" for line in counted_lines(measurements)))
     for m in measurements:
@@ -485,12 +579,14 @@ def run_all(args: argparse.Namespace, workdir: Path) -> list[Measurement]:
         workdir,
         latency=stage_latencies(args.edit_seconds[0]),
         rate_limit=args.rate_limit,
-        extra_args=("--credits", EMULATOR_CREDITS),
+        callback_key=CALLBACK_KEY,
+        extra_args=("--credits", EMULATOR_CREDITS, "--callback-drop", str(args.lost_callbacks)),
     ) as emulator:
         image_url = upload_source_image(emulator)
         env = {
             **connection_environment(emulator.airflow_connection(), emulator.base_url, emulator.api_key),
             **preload_environment(),
+            "AIRFLOW__APIKLEY__CALLBACK_FALLBACK_SECONDS": str(args.callback_fallback),
         }
         print(f"Starting Airflow (logs in {workdir / 'logs'})...", flush=True)
         with AirflowDeployment(workdir, DAGS_FOLDER, parallelism=args.parallelism, env=env) as deployment:

@@ -38,8 +38,12 @@ PYTHON_SLEEP = Workload("c", "bench_python_sleep", "@task, requests, sleep", "ed
 HTTP_TASK_GROUP = Workload(
     "d", "bench_http_task_group", "HttpOperator -> HttpSensor per edit", "one_edit.wait", "one_edit.create"
 )
+#: (a), each edit called back to the deployment's receiver, its wait ending on the callback.
+PROVIDER_CALLBACKS = Workload(
+    "g", "bench_provider_callbacks", "provider, deferrable, ending on callbacks", "edit", "edit"
+)
 #: The ways of editing.
-WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP, HTTP_TASK_GROUP)
+WORKLOADS: tuple[Workload, ...] = (PROVIDER, HTTP_SENSOR, PYTHON_SLEEP, HTTP_TASK_GROUP, PROVIDER_CALLBACKS)
 #: Airflow's own floor: as many mapped tasks, each returning at once.
 NOOP = Workload("e", "bench_noop", "PythonOperator returning at once (the floor)", "noop", "noop", edits=False)
 #: Airflow's price for deferring: as many mapped tasks, each deferring for as long as an edit, ended in the triggerer.

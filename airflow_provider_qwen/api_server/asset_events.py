@@ -43,6 +43,8 @@ class Outcome(Enum):
     ALREADY_RECORDED = "already recorded"
     #: The delivery's signature was spent before: a replay of a recorded delivery, nothing changed.
     REPLAYED = "replayed"
+    #: No DAG uses the model's default asset, so there was nothing to record: only the signature was spent.
+    NO_CONSUMER = "no consumer"
 
 
 class _ClaimedMeanwhile(Exception):
@@ -50,7 +52,11 @@ class _ClaimedMeanwhile(Exception):
 
 
 def record_finished_task(
-    asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None = None, teams: set[str] | None = None
+    asset_uri: str,
+    extra: dict[str, Any],
+    signature: CheckedSignature | None = None,
+    teams: set[str] | None = None,
+    asset_named: bool = True,
 ) -> Outcome:
     """
     Record an event of ``asset_uri`` for a finished task, unless one was recorded already.
@@ -63,20 +69,23 @@ def record_finished_task(
     :param extra: the event's extra; its ``apikley_task_id`` identifies the task.
     :param signature: the delivery's signature, ``None`` for an unsigned one.
     :param teams: under ``[core] multi_team``, the teams the event comes from (the connection's).
+    :param asset_named: the callback URL named ``asset_uri``; when it did not (the model's default
+        asset), an asset no DAG uses is :attr:`Outcome.NO_CONSUMER`, not an error: the delivery
+        served the tasks waiting for it.
     :return: whether an event was recorded, and if not, why.
-    :raises UnknownAsset: when no DAG uses ``asset_uri``.
+    :raises UnknownAsset: when no DAG uses ``asset_uri`` and the URL named it.
     :raises DeliveriesUnavailable: when the receiver's tables cannot be used.
     """
     for _ in range(2):
         try:
-            return _record_once(asset_uri, extra, signature, teams)
+            return _record_once(asset_uri, extra, signature, teams, asset_named)
         except _ClaimedMeanwhile:
             continue  # the claim in the way is committed (a conflicting insert waits for that): the next look sees it
     return Outcome.ALREADY_RECORDED
 
 
 def _record_once(
-    asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None, teams: set[str] | None
+    asset_uri: str, extra: dict[str, Any], signature: CheckedSignature | None, teams: set[str] | None, asset_named: bool
 ) -> Outcome:
     task_id = extra["apikley_task_id"]
     step = "spend"
@@ -85,10 +94,12 @@ def _record_once(
     try:
         with create_session(scoped=False) as session:
             asset = session.scalar(select(AssetModel).where(AssetModel.uri == asset_uri))
-            if asset is None:
+            if asset is None and asset_named:
                 raise UnknownAsset(asset_uri)
             if signature is not None:
                 spend_signature(session, signature.value, signature.forget_before)
+            if asset is None:
+                return Outcome.NO_CONSUMER
             if task_claimed(session, asset.id, task_id):
                 return Outcome.ALREADY_RECORDED  # and the signature spent with this answer
             step = "claim"

@@ -6,15 +6,11 @@ run's budget lives here (its tables in :mod:`~airflow_provider_qwen.api_server.b
 Before a paid create, a task reserves its edit's expected cost; once the edit ended, it settles
 what Apikley charged. Anyone can reach these endpoints, so they trust nothing they are sent:
 
-- The body is read up to :data:`MAX_BUDGET_BYTES` (413 past it) and must be a JSON object.
-- Its ``conn_id`` must be shaped like a connection id (and listed in ``[apikley]
-  callback_connections`` when that is set, as for callbacks) before the connection is read; a
-  connection that is not of type ``apikley`` is never used.
-- ``X-Apikley-Signature`` must be :func:`~airflow_provider_qwen.api_server.signing.budget_signature`
-  of the path, ``X-Apikley-Timestamp`` (at most :data:`MAX_AGE_SECONDS` off) and the body under that
-  connection's API key: only a holder of the key, who can spend its credits anyway, reserves for it.
-  The connection chooses nothing else: its budgets are its own (the budget's key includes it).
-  Every refusal is the same bare 401, logged at most once a minute per kind.
+- The body is read up to :data:`MAX_BUDGET_BYTES`, and checked as every signed request is (see
+  :mod:`~airflow_provider_qwen.api_server.signed_requests`): its ``conn_id`` and its signature under
+  that connection's API key come first. The connection chooses nothing else: its budgets are its
+  own (the budget's key includes it). Every refusal is the same bare 401, logged at most once a
+  minute per kind.
 - Only then are the fields checked (422 naming the field, the value and the rule): ids of at most
   250 characters, credits finite and from 0 to :data:`~airflow_provider_qwen.budget.MAX_BUDGET_CREDITS`,
   at most :data:`MAX_SETTLED_TASKS` tasks a settlement.
@@ -25,16 +21,12 @@ nothing more; a task settled again is counted once. A fault of the database answ
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-
-from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
 from airflow_provider_qwen.api_server.budget_ledger import (
     BudgetKey,
@@ -45,11 +37,17 @@ from airflow_provider_qwen.api_server.budget_ledger import (
     reserve,
     settle,
 )
-from airflow_provider_qwen.api_server.callbacks import BodyTooLarge, read_bounded
-from airflow_provider_qwen.api_server.refusals import RefusalLog, connection_refusal
-from airflow_provider_qwen.api_server.signing import budget_signature, same_signature, timestamp_problem
+from airflow_provider_qwen.api_server.refusals import RefusalLog
+from airflow_provider_qwen.api_server.signed_requests import (
+    ConnectionUnreadable,
+    Refused,
+    Unreadable,
+    authenticate,
+    read_json_object,
+    signature_headers,
+)
 from airflow_provider_qwen.budget import MAX_BUDGET_CREDITS, check_credits
-from airflow_provider_qwen.exceptions import ApikleyConfigurationError, ApikleyInputError
+from airflow_provider_qwen.exceptions import ApikleyInputError
 from airflow_provider_qwen.validation import check_model, is_task_id
 
 log = logging.getLogger(__name__)
@@ -60,22 +58,10 @@ MAX_BUDGET_BYTES = 128 * 1024
 MAX_SETTLED_TASKS = 1000
 #: Edits one reservation may ask for.
 MAX_RESERVED_EDITS = 1_000_000
-#: Seconds a signed request stays acceptable after its timestamp (and how far ahead a clock may be).
-MAX_AGE_SECONDS = 300
 #: The longest DAG id, run id, budget name, owner or part taken.
 MAX_ID_CHARS = 250
-#: The headers of a signed request.
-TIMESTAMP_HEADER, SIGNATURE_HEADER = "X-Apikley-Timestamp", "X-Apikley-Signature"
 #: Where the endpoints are, under the provider's prefix.
 RESERVE_PATH, SETTLE_PATH = "/budgets/reserve", "/budgets/settle"
-
-
-class Refused(Exception):
-    """The request is refused (401); the reason is for the log, never for the caller."""
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
 
 
 class BadField(Exception):
@@ -89,18 +75,11 @@ def budgets_router() -> APIRouter:
 
     async def handle(request: Request, path: str) -> Response:
         try:
-            body = await read_bounded(request, MAX_BUDGET_BYTES)
-        except BodyTooLarge:
-            return JSONResponse({"detail": f"body larger than {MAX_BUDGET_BYTES} bytes"}, status_code=413)
+            body, payload = await read_json_object(request, MAX_BUDGET_BYTES)
+        except Unreadable as unreadable:
+            return JSONResponse({"detail": unreadable.detail}, status_code=unreadable.status)
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
-            payload = None
-        if not isinstance(payload, dict):
-            return JSONResponse({"detail": "the body must be a JSON object"}, status_code=400)
-        headers = (request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER))
-        try:
-            await run_in_threadpool(authenticate, payload.get("conn_id"), path, body, *headers)
+            await run_in_threadpool(authenticate, payload.get("conn_id"), path, body, *signature_headers(request))
             standing = await run_in_threadpool(apply, path, payload)
         except Refused as refusal:
             refusals.warning(refusal.kind, "Apikley budget request refused: %s", refusal)
@@ -130,39 +109,6 @@ def budgets_router() -> APIRouter:
         return await handle(request, SETTLE_PATH)
 
     return router
-
-
-class ConnectionUnreadable(RuntimeError):
-    """Reading the connection failed on Airflow's side: an outage, answered 503, never a refusal."""
-
-
-def authenticate(conn_id: object, path: str, body: bytes, timestamp: str | None, signature: str | None) -> None:
-    """
-    Check that the request is signed with the API key of the connection it names, and fresh.
-
-    :raises Refused: for a connection id of the wrong shape or not allowed, a connection that is
-        missing or not an Apikley one, a missing, stale or wrong signature.
-    :raises ConnectionUnreadable: when the connection could not be read (a secrets backend or database fault).
-    """
-    from airflow_provider_qwen.hooks.apikley import ApikleyHook
-
-    if not isinstance(conn_id, str):
-        raise Refused("no conn_id string in the body", "connection not allowed")
-    if refusal := connection_refusal(conn_id):
-        raise Refused(refusal, "connection not allowed")
-    if not timestamp or not signature:
-        raise Refused(f"unsigned request for connection {conn_id!r}", "unsigned")
-    if problem := timestamp_problem(timestamp, MAX_AGE_SECONDS, time.time()):
-        what, reason = problem
-        raise Refused(f"request for connection {conn_id!r} refused: {what}", reason)
-    try:
-        api_key = ApikleyHook(conn_id).settings.api_key
-    except (AirflowNotFoundException, ApikleyConfigurationError) as err:
-        raise Refused(f"connection {conn_id!r} is not a usable Apikley connection", "connection unusable") from err
-    except Exception as err:
-        raise ConnectionUnreadable(f"connection {conn_id!r} could not be read") from err
-    if not same_signature(budget_signature(api_key, path, timestamp, body), signature):
-        raise Refused(f"bad signature for connection {conn_id!r}", "signature")
 
 
 def apply(path: str, payload: dict[str, Any]) -> Standing:

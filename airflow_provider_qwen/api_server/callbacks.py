@@ -20,12 +20,15 @@ reach it, so it trusts nothing it is sent:
   is logged as a warning at most once a minute for each kind of refusal. A
   fault while reading the connection (a secrets backend or the database down) is not a refusal:
   it is logged as an error and answered 503, so Apikley sends again and operators see an outage.
-- The task's state is then read from Apikley, never taken from the body, and a finished task is
-  recorded once as an Asset event. The signature is spent in the transaction that records the
+- The task's state is then read from Apikley, never taken from the body. A finished task's record
+  is kept for the triggers waiting for it (:mod:`~airflow_provider_qwen.api_server.awaited`), and
+  the task is recorded once as an Asset event. The signature is spent in the transaction that records the
   event (or finds the task recorded already, answered 200 with ``recorded`` false): a delivery for
   a task Apikley still reports as running, or one that meets a fault, is answered 503 and spends
   nothing, so the same delivery sent again is recorded then. A taken delivery sent again is
-  refused (401).
+  refused (401). When no DAG uses the model's default asset there is no event to record: the
+  delivery is taken all the same (200, ``recorded`` false), since the tasks waiting for it were
+  told; an asset the URL names and no DAG uses is answered 404, and sent again once one does.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from airflow_provider_qwen.api_server.asset_events import (
     default_asset_uri,
     record_finished_task,
 )
-from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable
+from airflow_provider_qwen.api_server.deliveries import DeliveriesUnavailable, keep_delivery
 from airflow_provider_qwen.api_server.refusals import RefusalLog, connection_refusal
 from airflow_provider_qwen.api_server.signing import (
     CallbackRejected,
@@ -267,14 +270,27 @@ def _record(
             },
             status_code=503,
         )
+    # Kept before the asset is looked at: a task waiting for this delivery ends whether or not a DAG uses the asset.
+    keep_delivery(hook.apikley_conn_id, task_id, record.model_dump_json())
     asset_uri = asset or default_asset_uri(record.model or QWEN_IMAGE_TO_IMAGE)
     try:
         team = hook.settings.team
-        outcome = record_finished_task(asset_uri, event_extra(record), signature, teams={team} if team else None)
+        outcome = record_finished_task(
+            asset_uri, event_extra(record), signature, teams={team} if team else None, asset_named=asset is not None
+        )
     except UnknownAsset:
         log.warning("Apikley callback for task %s: no DAG uses asset %s", task_id, asset_uri)
         return JSONResponse({"detail": f"no DAG uses asset {asset_uri}"}, status_code=404)
     if outcome is Outcome.REPLAYED:
         return refused(task_id, CallbackRejected(f"replayed callback for task {task_id}", "replayed"), refusals)
+    if outcome is Outcome.NO_CONSUMER:
+        return JSONResponse(
+            {
+                "apikley_task_id": task_id,
+                "recorded": False,
+                "state": record.state.value,
+                "detail": f"no DAG uses asset {asset_uri}: nothing to record; the task's waits were told",
+            }
+        )
     recorded = outcome is Outcome.RECORDED
     return JSONResponse({"apikley_task_id": task_id, "recorded": recorded, "state": record.state.value})

@@ -1,5 +1,5 @@
 """
-The callback receiver's and the run budgets' tables, managed by Airflow's own database commands.
+The callback receiver's, the run budgets' and the create pace's tables, managed by Airflow's own database commands.
 
 ``airflow db migrate`` creates them, ``airflow db reset`` drops them, and ``airflow db-manager
 downgrade`` steps their migrations back, through this manager: Airflow 3.2+ finds it in the
@@ -15,21 +15,21 @@ from pathlib import Path
 from airflow.utils.db_manager import BaseDBManager
 
 from airflow_provider_qwen import __version__
-from airflow_provider_qwen.api_server import budget_ledger  # noqa: F401 (its tables join the metadata)
+from airflow_provider_qwen.api_server import budget_ledger, create_pace_ledger  # noqa: F401 (their tables join the metadata)
 from airflow_provider_qwen.api_server.deliveries import metadata
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class ApikleyDBManager(BaseDBManager):
-    """Migrations of the callback receiver's tables and the run budgets' ledger (``apikley_budget``...)."""
+    """Migrations of the callback receiver's tables, the run budgets' ledger and the create pace (``apikley_*``)."""
 
     metadata = metadata
     version_table_name = "apikley_alembic_version"
     migration_dir = str(MIGRATIONS)
     alembic_file = str(MIGRATIONS / "alembic.ini")
     supports_table_dropping = True
-    revision_heads_map = {__version__: "a1c3e5f70003"}
+    revision_heads_map = {__version__: "a1c3e5f70005"}
 
     def downgrade(self, to_revision: str, from_revision: str | None = None, show_sql_only: bool = False) -> None:
         """

@@ -1,27 +1,33 @@
 """
 What the callback receiver remembers, in Airflow's metadata database.
 
-Two small tables, shared by every api-server process and kept across restarts: the signatures of
-the callbacks taken (so a replay is refused wherever it lands) and the finished
-tasks already recorded per asset (so concurrent or repeated deliveries of one task record one Asset
-event). A delivery spends its signature and claims its task in the transaction that records its
-event (or that finds the task recorded already): a delivery that records nothing (the task still
-running, a fault) leaves both as they were, so the same delivery sent again can still be recorded.
-Both rely on a primary key, which every database Airflow supports enforces across transactions,
-SQLite included. ``airflow db migrate`` creates them (see
-:mod:`airflow_provider_qwen.api_server.db_manager`); nothing here changes their schema. Each table
-forgets its old rows as it takes new ones: ``airflow db clean`` cleans a fixed list of Airflow's
-own tables, and has no place for a provider's.
+Three small tables, shared by every api-server process and kept across restarts: the signatures
+of the callbacks taken (so a replay is refused wherever it lands), the finished tasks already
+recorded per asset (so concurrent or repeated deliveries of one task record one Asset event), and
+what Apikley said of each delivered task, for the triggers waiting for it (see
+:mod:`~airflow_provider_qwen.api_server.awaited`). A delivery spends its signature and claims its
+task in the transaction that records its event (or that finds the task recorded already): a
+delivery that records nothing (the task still running, a fault) leaves both as they were, so the
+same delivery sent again can still be recorded. All rely on a primary key, which every database
+Airflow supports enforces across transactions, SQLite included. ``airflow db migrate`` creates them
+(see :mod:`airflow_provider_qwen.api_server.db_manager`); nothing here changes their schema. Each
+table forgets its old rows as it takes new ones: ``airflow db clean`` cleans a fixed list of
+Airflow's own tables, and has no place for a provider's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, delete, exists, insert, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, delete, exists, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from airflow.configuration import conf
@@ -51,6 +57,22 @@ recorded_tasks = Table(
     Column("apikley_task_id", String(128), primary_key=True),
     Column("recorded_at", UtcDateTime, nullable=False, index=True),
 )
+
+
+delivered_tasks = Table(
+    "apikley_delivered_task",
+    metadata,
+    Column("conn_id", String(250), primary_key=True),
+    Column("apikley_task_id", String(128), primary_key=True),
+    Column("record", Text, nullable=False),
+    Column("delivered_at", Float, nullable=False, index=True),
+)
+
+#: Seconds a delivered task's record is kept for a trigger to read; a wait still going after that
+#: learns of the end from its own query to Apikley.
+DELIVERY_RETENTION_SECONDS = 24 * 3600
+#: The largest record kept: a larger one is left for the waiting trigger to read from Apikley.
+MAX_DELIVERED_RECORD_BYTES = 64 * 1024
 
 
 class DeliveriesUnavailable(RuntimeError):
@@ -134,3 +156,98 @@ def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
     days = recorded_task_retention_days()
     session.execute(insert(recorded_tasks).values(asset_id=asset_id, apikley_task_id=apikley_task_id, recorded_at=now))
     session.execute(delete(recorded_tasks).where(recorded_tasks.c.recorded_at < now - timedelta(days=days)))
+
+
+class DeliveryBell:
+    """
+    Wakes the waits of this process for deliveries (on their event loops) as soon as one is kept here.
+
+    A delivery kept by another api-server process rings no bell here: a wait also reads the table
+    every :data:`~airflow_provider_qwen.api_server.awaited.RECHECK_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self._listening: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def listening(self) -> Iterator[asyncio.Event]:
+        """Return an event set by every :meth:`ring` from now until the block ends; call it on an event loop."""
+        heard = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._listening.add(heard)
+        try:
+            yield heard[1]
+        finally:
+            with self._lock:
+                self._listening.discard(heard)
+
+    def ring(self) -> None:
+        """Wake every listener, from any thread."""
+        with self._lock:
+            listening = list(self._listening)
+        for loop, event in listening:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # its loop closed meanwhile
+                continue
+
+
+#: Rung when this process keeps a delivery.
+DELIVERY_BELL = DeliveryBell()
+
+
+def keep_delivery(conn_id: str, apikley_task_id: str, record_json: str) -> bool:
+    """
+    Keep what Apikley said of a finished task, delivered through ``conn_id``, for the triggers waiting for it.
+
+    Kept once: a repeated delivery leaves the first record. Records older than
+    :data:`DELIVERY_RETENTION_SECONDS` are forgotten.
+
+    :param record_json: the task's record as JSON; one over :data:`MAX_DELIVERED_RECORD_BYTES` is not kept.
+    :return: whether this call kept it.
+    :raises DeliveriesUnavailable: when the table cannot be used.
+    """
+    if len(record_json.encode()) > MAX_DELIVERED_RECORD_BYTES:
+        log.warning(
+            "Apikley task %s: its record is too large to keep for waiting tasks; they ask Apikley", apikley_task_id
+        )
+        return False
+    now = time.time()
+    row = {"conn_id": conn_id, "apikley_task_id": apikley_task_id, "record": record_json, "delivered_at": now}
+    try:
+        with create_session(scoped=False) as session:
+            session.execute(
+                delete(delivered_tasks).where(delivered_tasks.c.delivered_at < now - DELIVERY_RETENTION_SECONDS)
+            )
+            kept = exists().where(
+                delivered_tasks.c.conn_id == conn_id, delivered_tasks.c.apikley_task_id == apikley_task_id
+            )
+            if session.scalar(select(kept)):
+                return False
+            session.execute(insert(delivered_tasks).values(**row))
+    except IntegrityError:
+        return False  # another delivery of the task kept it meanwhile
+    except SQLAlchemyError as err:
+        raise DeliveriesUnavailable(err) from err
+    DELIVERY_BELL.ring()
+    return True
+
+
+def read_deliveries(conn_id: str, apikley_task_ids: Iterable[str]) -> dict[str, str]:
+    """
+    Return the kept records (as JSON) of those of ``apikley_task_ids`` delivered through ``conn_id``.
+
+    :raises DeliveriesUnavailable: when the table cannot be read.
+    """
+    wanted = list(apikley_task_ids)
+    if not wanted:
+        return {}
+    query = select(delivered_tasks.c.apikley_task_id, delivered_tasks.c.record).where(
+        delivered_tasks.c.conn_id == conn_id, delivered_tasks.c.apikley_task_id.in_(wanted)
+    )
+    try:
+        with create_session(scoped=False) as session:
+            return {task_id: record for task_id, record in session.execute(query)}
+    except SQLAlchemyError as err:
+        raise DeliveriesUnavailable(err) from err

@@ -40,16 +40,31 @@ def callback_signature(key: str, task_id: str, timestamp: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-def budget_signature(api_key: str, path: str, timestamp: str, body: bytes) -> str:
+#: The headers of a request a task or trigger signs for the provider's app.
+TIMESTAMP_HEADER, SIGNATURE_HEADER = "X-Apikley-Timestamp", "X-Apikley-Signature"
+
+
+def request_signature(api_key: str, path: str, timestamp: str, body: bytes) -> str:
     """
-    Return the signature of a request to the run budgets' ledger: HMAC-SHA256 under the connection's API key.
+    Return the signature of a request to the provider's app: HMAC-SHA256 under the connection's API key.
 
     It covers the endpoint's path, the time and the whole body (which names the connection), so
-    only a holder of that connection's API key, who can spend its credits anyway, can reserve or
-    settle for it, and a request cannot be moved to another endpoint or connection.
+    only a holder of that connection's API key, who can spend its credits anyway, can reserve,
+    settle, pace creates or read deliveries for it, and a request cannot be moved to another endpoint or
+    connection. (Its message starts ``apikley-budget``, as it did when budgets were its only use.)
     """
     message = b"apikley-budget\n" + path.encode() + b"\n" + timestamp.encode() + b"\n" + body
     return base64.b64encode(hmac.new(api_key.encode(), message, hashlib.sha256).digest()).decode()
+
+
+def signed_headers(api_key: str, path: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    """Return the headers of a JSON request to ``path`` of the provider's app, signed now with ``api_key``."""
+    timestamp = str(int(time.time() if now is None else now))
+    return {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: request_signature(api_key, path, timestamp, body),
+    }
 
 
 def route_token(key: str, conn_id: str, asset_uri: str) -> str:

@@ -1,5 +1,5 @@
 """
-URLs of the provider's app on the api-server: an Apikley task's page, and the callback receiver.
+URLs of the provider's app on the api-server: an Apikley task's page, the callback receiver, the create pace.
 
 Tasks and the extra link build them; the app they lead to is :mod:`airflow_provider_qwen.api_server.app`.
 """
@@ -14,6 +14,9 @@ from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 
 #: Where the provider's app is mounted on the api-server (see :mod:`airflow_provider_qwen.api_server.plugin`).
 API_SERVER_PREFIX = "/apikley"
+#: Where a task takes a create slot from the pace its connection's edits share, under the prefix
+#: (see :mod:`airflow_provider_qwen.api_server.create_pace`).
+CREATE_PACE_RESERVE_PATH = "/create-pace/reserve"
 
 
 def _api_server_url(path: str) -> str:

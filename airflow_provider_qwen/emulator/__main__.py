@@ -37,6 +37,7 @@ _SETTING_FLAGS = {
     "callback_attempts": "callback_attempts",
     "callback_timeout": "callback_timeout",
     "callback_backoff": "callback_backoff",
+    "callback_drop": "callback_drop",
     "maintenance_seconds": "maintenance_seconds",
     "random_seed": "random_seed",
 }
@@ -96,6 +97,7 @@ def build_parser(prog: str = "python -m airflow_provider_qwen.emulator") -> argp
     add("--callback-attempts", type=int, help="tries per callback delivery (default: 3)")
     add("--callback-timeout", type=float, help="seconds per callback POST (default: 15)")
     add("--callback-backoff", type=float, help="seconds before the first callback retry, doubling (default: 1)")
+    add("--callback-drop", type=float, help="fraction of callbacks never sent, at random (default: 0)")
     add(
         "--fault",
         action="append",

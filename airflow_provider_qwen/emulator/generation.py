@@ -135,7 +135,9 @@ async def run_task(
     else:
         task.finish(time.time(), fail=fail)
     callback_url = task.request.get("callBackUrl")
-    if callback_url:
+    if callback_url and state.rng.random() < state.settings.callback_drop:
+        state.stats["callback dropped"] += 1  # as if every delivery of it were lost
+    elif callback_url:
         state.spawn(_call_back(state, callback_url, task))
 
 

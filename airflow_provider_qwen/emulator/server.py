@@ -97,14 +97,19 @@ class RunningEmulator:
         asyncio.run_coroutine_threadsafe(_call(self.state.reset), self.loop).result(timeout=5)
 
     def airflow_connection(self, api_key: str | None = None) -> str:
-        """Return an ``apikley`` connection pointing at this emulator, as JSON for ``AIRFLOW_CONN_APIKLEY_DEFAULT``."""
+        """
+        Return an ``apikley`` connection pointing at this emulator, as JSON for ``AIRFLOW_CONN_APIKLEY_DEFAULT``.
+
+        Its create rate is the emulator's, as its settings say now, so edits pace their creates to it.
+        """
+        settings = self.state.settings
+        extra = {
+            "upload_base_url": self.upload_base_url,
+            "creates_per_window": settings.create_rate_limit,
+            "window_seconds": settings.create_rate_window,
+        }
         return json.dumps(
-            {
-                "conn_type": "apikley",
-                "host": self.base_url,
-                "password": api_key or self.api_key,
-                "extra": {"upload_base_url": self.upload_base_url},
-            }
+            {"conn_type": "apikley", "host": self.base_url, "password": api_key or self.api_key, "extra": extra}
         )
 
 

@@ -62,6 +62,8 @@ class EmulatorSettings(BaseModel):
     :ivar callback_attempts: tries per delivery before it is given up.
     :ivar callback_timeout: seconds one callback POST may take.
     :ivar callback_backoff: seconds before the first retry of a callback, doubled for each next one.
+    :ivar callback_drop: fraction of tasks, drawn at random, whose callback is never sent
+        (``callback dropped`` in the stats), as when every delivery of it is lost.
     :ivar faults: injected faults by endpoint name (see :data:`ENDPOINTS`).
     :ivar maintenance_seconds: answer 455 to every API call for this long, counted from when the
         value is set (at start, or later through ``/_emulator/config``).
@@ -87,6 +89,7 @@ class EmulatorSettings(BaseModel):
     callback_attempts: int = Field(3, ge=1)
     callback_timeout: float = Field(15.0, gt=0)
     callback_backoff: float = Field(1.0, ge=0)
+    callback_drop: float = Field(0.0, ge=0, le=1)
     faults: dict[str, Faults] = Field(default_factory=dict)
     maintenance_seconds: float = Field(0.0, ge=0)
     random_seed: int | None = None

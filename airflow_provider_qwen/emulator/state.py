@@ -104,9 +104,10 @@ class EmulatorState:
         """
         Return what ``GET /_emulator/tasks`` answers: every accepted task, oldest first.
 
-        Each is ``{"taskId", "request", "createTime", "state"}``: the createTask body as it was sent
-        (``model``, ``input`` and ``callBackUrl`` if given), and when it was created (Unix ms), so a
-        test can count the tasks a caller paid for and tell which request each one answered.
+        Each is ``{"taskId", "request", "createTime", "completeTime", "state"}``: the createTask body
+        as it was sent (``model``, ``input`` and ``callBackUrl`` if given), and when it was created
+        and when it ended (Unix ms; ``None`` while it runs), so a test can count the tasks a caller
+        paid for, tell which request each one answered, and time what followed its end.
         """
         now = time.time()
         return [
@@ -114,6 +115,7 @@ class EmulatorState:
                 "taskId": task.task_id,
                 "request": task.request,
                 "createTime": int(task.created * 1000),
+                "completeTime": None if task.completed is None else int(task.completed * 1000),
                 "state": task.state(now),
             }
             for task in sorted(self.tasks.values(), key=lambda task: task.created)

@@ -487,12 +487,16 @@ class ApikleyHook(HttpHook):
 
     # ---- async client (triggers) -------------------------------------------------------------
 
-    async def _open_aio(self) -> aiohttp.ClientSession:
+    async def asettings(self) -> ApikleySettings:
+        """Read the connection's settings without blocking the event loop (a trigger's way to :attr:`settings`)."""
         conn = await get_async_connection(self.apikley_conn_id, self)
         extra = await get_async_extra_dejson(conn)
         # Off the event loop: reading the settings masks the secrets, which in a triggerer tells its
         # supervisor with a blocking send, and Airflow 3.2's blocks the loop it waits on for good.
-        settings = await in_thread(ApikleySettings.from_connection, conn, extra)
+        return await in_thread(ApikleySettings.from_connection, conn, extra)
+
+    async def _open_aio(self) -> aiohttp.ClientSession:
+        settings = await self.asettings()
         # The key alone authenticates, as in the blocking client (whose bearer auth overrides a
         # user:password in the host); aiohttp would refuse a request that carries both.
         self._aio_base_url = str(yarl.URL(settings.base_url, encoded=True).with_user(None))

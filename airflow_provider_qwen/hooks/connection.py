@@ -25,8 +25,10 @@ from airflow.providers.common.compat.sdk import mask_secret
 from airflow_provider_qwen.connection_form import (
     CONN_TYPE,
     DEFAULT_BASE_URL,
+    DEFAULT_CREATES_PER_WINDOW,
     DEFAULT_TIMEOUT_SECONDS,
     DEFAULT_UPLOAD_BASE_URL,
+    DEFAULT_WINDOW_SECONDS,
     EXTRA_FIELDS,
 )
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
@@ -64,6 +66,9 @@ def secrets_backend_name() -> str | None:
     backend = conf.get("secrets", "backend", fallback="")
     return backend.rsplit(".", 1)[-1] if backend else None
 
+
+#: The most creates per window an extra may say, and the longest window in seconds: a day.
+MAX_CREATES_PER_WINDOW, MAX_WINDOW_SECONDS = 1_000_000, 86_400.0
 
 #: The shortest route key accepted: a key signs callback URLs, so it must not be guessable.
 MIN_ROUTE_KEY_CHARS = 32
@@ -114,6 +119,11 @@ class ApikleySettings:
         URLs may point to (extra ``private_result_hosts``); public hosts need no listing.
     :param team: the team that owns the connection under ``[core] multi_team`` (Airflow 3.3+), whose
         consumers a callback delivered through it may start.
+    :param creates_per_window: tasks the account may create in any ``window_seconds`` (extra
+        ``creates_per_window``; Apikley's limit, 20 by default).
+    :param window_seconds: the length of that window (extra ``window_seconds``, 10 by default).
+    :param shared_create_pace: whether edits take a create slot from the api-server's shared pace
+        before creating (extra ``shared_create_pace``, true by default).
     """
 
     conn_id: str
@@ -127,6 +137,9 @@ class ApikleySettings:
     verify: bool | str = True
     private_result_hosts: tuple[str, ...] = ()
     team: str | None = None
+    creates_per_window: int = DEFAULT_CREATES_PER_WINDOW
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    shared_create_pace: bool = True
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
@@ -177,6 +190,9 @@ class ApikleySettings:
             verify=_verify_from_extra(conn, extra),
             private_result_hosts=_hosts_from_extra(conn, extra),
             team=getattr(conn, "team_name", None) or None,
+            creates_per_window=_creates_per_window_from_extra(conn, extra),
+            window_seconds=_window_seconds_from_extra(conn, extra),
+            shared_create_pace=_boolean_extra(conn.conn_id, extra, "shared_create_pace", default=True),
         )
         for url in (settings.base_url, settings.upload_base_url, *settings.proxies.values()):
             for password in url_passwords(url):
@@ -224,16 +240,49 @@ def _closest_extra(name: str) -> str:
 
 
 def _strict_extras_from_extra(conn_id: str, extra: dict[str, Any]) -> bool:
-    strict = extra.get("strict_extras")
-    if strict in (None, ""):
-        return False
-    if isinstance(strict, str) and strict.lower() in ("true", "false"):
-        return strict.lower() == "true"
-    if not isinstance(strict, bool):
+    return _boolean_extra(conn_id, extra, "strict_extras", default=False)
+
+
+def _boolean_extra(conn_id: str, extra: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = extra.get(name)
+    if value in (None, ""):
+        return default
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
         raise ApikleyConfigurationError(
-            f"Connection {conn_id!r} extra {shown_setting('strict_extras', strict)}: must be true or false"
+            f"Connection {conn_id!r} extra {shown_setting(name, value)}: must be true or false"
         )
-    return strict
+    return value
+
+
+def _creates_per_window_from_extra(conn: Connection, extra: dict[str, Any]) -> int:
+    value = extra.get("creates_per_window")
+    if value in (None, ""):
+        return DEFAULT_CREATES_PER_WINDOW
+    creates = int(value) if isinstance(value, int | str) and str(value).strip().isdigit() else 0
+    if isinstance(value, bool) or not 1 <= creates <= MAX_CREATES_PER_WINDOW:
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra {shown_setting('creates_per_window', value)}: "
+            f"must be a whole number from 1 to {MAX_CREATES_PER_WINDOW}"
+        )
+    return creates
+
+
+def _window_seconds_from_extra(conn: Connection, extra: dict[str, Any]) -> float:
+    value = extra.get("window_seconds")
+    if value in (None, ""):
+        return DEFAULT_WINDOW_SECONDS
+    try:
+        seconds = float(value) if not isinstance(value, bool) else 0.0
+    except (TypeError, ValueError):
+        seconds = 0.0
+    if not 0 < seconds <= MAX_WINDOW_SECONDS:  # NaN fails too
+        raise ApikleyConfigurationError(
+            f"Connection {conn.conn_id!r} extra {shown_setting('window_seconds', value)}: "
+            f"must be a number of seconds above 0, at most {MAX_WINDOW_SECONDS:g}"
+        )
+    return seconds
 
 
 def require_apikley_type(conn: Connection) -> None:

@@ -13,6 +13,8 @@ from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath,
 
 from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
+from airflow_provider_qwen.callback_waits import calls_back_to_receiver
+from airflow_provider_qwen.create_pace import CreatePace
 from airflow_provider_qwen.events import (
     EventStatus,
     ResumeEvent,
@@ -92,6 +94,14 @@ class ApikleyCreateTaskOperator(BaseOperator):
     than ``resultUrls``; a failed task fails with Apikley's failCode and failMsg. ``result_urls``
     holds every http(s) URL in the result, and ``output_path`` copies each. Result URLs expire
     (assume 24 hours). A failure after the task was created says what a retry will do.
+
+    Right before its create, an edit takes a slot from the create pace that every edit through its
+    connection shares across the deployment (kept on the api-server, see
+    :mod:`~airflow_provider_qwen.create_pace`) and waits for it, so mapped edits on many workers stay
+    under the account's create limit (the connection's extras ``creates_per_window`` and
+    ``window_seconds``) instead of each meeting it with a 429. A pace that cannot be used costs one
+    warning: the edit creates at once and backs off on 429, as without it. The connection's extra
+    ``shared_create_pace`` set to false turns it off.
 
     On Airflow 3.3 (its task state store) a retry resumes the Apikley task an earlier try created
     only when it would send the same request (model, input and callback URL): the same input
@@ -294,6 +304,8 @@ class ApikleyCreateTaskOperator(BaseOperator):
             granted = reserve_edits(budget, self.max_credits, 0.0, 1, "0", self.log)
             if granted.limiting is not None:
                 raise granted.limiting.refusal(granted.expected)
+            # before the intent is saved: a try lost while it waits has begun no create
+            CreatePace(self.hook, self.log).wait_for_slot()
             create = partial(self.hook.create_task, model, request, self.callback_url)
             try:
                 apikley_task_id, submitted_at = create_recorded(
@@ -439,8 +451,11 @@ class ApikleyCreateTaskOperator(BaseOperator):
         """
         Return the value of a task that does not wait.
 
-        ``output_path``, and what the results are called there, go with it to the sensor that waits.
+        ``output_path``, what the results are called there, and whether the task calls back to this
+        deployment's receiver go with it to the sensor that waits.
         """
+        if calls_back_to_receiver(self.callback_url, self.apikley_conn_id):
+            summary["awaits_callback"] = True
         if self.output_path:
             summary["output_path"] = str(self.output_path)
             summary["result_name"] = self._results_named(context, summary["input"], summary["apikley_task_id"])
@@ -469,6 +484,7 @@ class ApikleyCreateTaskOperator(BaseOperator):
                 result_name=result_name if self.output_path else None,
                 replaced_apikley_task_id=replaced_apikley_task_id,
                 deferred_at=time.time(),
+                awaits_callback=calls_back_to_receiver(self.callback_url, self.apikley_conn_id),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,

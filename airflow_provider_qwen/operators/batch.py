@@ -28,6 +28,7 @@ from airflow_provider_qwen.batch_ledger import (
 )
 from airflow_provider_qwen.batch_manifest import SCHEMA_VERSION, BatchFolder, write_records
 from airflow_provider_qwen.budget import DEFAULT_RUN_BUDGET, check_credits
+from airflow_provider_qwen.callback_waits import calls_back_to_receiver
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import (
     ApikleyBudgetExceededError,
@@ -345,6 +346,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 generation=generation if folder else None,
                 deferred_at=time.time(),
+                awaits_callback=calls_back_to_receiver(self.callback_url, self.apikley_conn_id),
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(0.0, deadline - time.time())) + TRIGGER_GRACE,

@@ -78,6 +78,10 @@ class ApikleyTaskSensor(BaseSensorOperator):
         10% either way); by default Apikley's advised cadence (deferred: 2-3 s at first, slowing to
         15-30 s after two minutes; poking: every 3 s).
     :param timeout: seconds to wait before failing (or skipping, with ``soft_fail``).
+    :param awaits_callback: the task calls back to this deployment's receiver
+        (:func:`~airflow_provider_qwen.api_server.urls.callback_url`), so a deferred wait ends on
+        the callback and asks Apikley only every ``[apikley] callback_fallback_seconds``; by default
+        what the operator's returned dict hands on.
     """
 
     template_fields: Sequence[str] = ("apikley_task_id", "apikley_conn_id", "output_path", "result_name")
@@ -94,6 +98,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         max_consecutive_poll_errors: int = 10,
         output_path: str | ObjectStoragePath | None = None,
         result_name: str | None = None,
+        awaits_callback: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -106,6 +111,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.output_path = output_path
         self.result_name = result_name
+        self.awaits_callback = awaits_callback
         #: The name an operator's returned dict handed on with ``output_path``.
         self._handed_on_name: str | None = None
 
@@ -146,6 +152,8 @@ class ApikleyTaskSensor(BaseSensorOperator):
         if not self.output_path:
             self.output_path = self._from_operator("output_path")
             self._handed_on_name = self._from_operator("result_name")
+        if self.awaits_callback is None:
+            self.awaits_callback = bool(self._from_operator("awaits_callback"))
         self.apikley_task_id = task_id_of(self.apikley_task_id)
         context["ti"].xcom_push(key=APIKLEY_TASK_ID_XCOM_KEY, value=self.apikley_task_id)  # for the extra link
         setattr(self, PUSHED_ID_ATTRIBUTE, self.apikley_task_id)
@@ -171,6 +179,7 @@ class ApikleyTaskSensor(BaseSensorOperator):
                 output_path=output_path,
                 result_name=self._handed_on_name,
                 deferred_at=time.time(),
+                awaits_callback=self.awaits_callback,
             ),
             method_name="execute_complete",
             # the same for events of a trigger an older provider started, which do not carry it

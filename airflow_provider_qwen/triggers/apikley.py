@@ -23,6 +23,13 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from airflow_provider_qwen import _compat as compat
 from airflow_provider_qwen import waits
 from airflow_provider_qwen.api_server.urls import task_page_url
+from airflow_provider_qwen.callback_waits import (
+    callback_fallback_seconds,
+    delivered_or_slept,
+    delivered_record,
+    delivery_watch,
+    slow_fallback,
+)
 from airflow_provider_qwen.events import EventStatus, TaskEvent, outcome_line
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
@@ -132,6 +139,10 @@ class ApikleyTaskTrigger(BaseTrigger):
     :param result_name: what the results are called in ``output_path`` (see
         :func:`~airflow_provider_qwen.results.result_name`; ``None``: ``<apikley_task_id>-<n>``), as
         the deferring side worked it out; it travels back in the event likewise.
+    :param awaits_callback: the task was created with this deployment's
+        :func:`~airflow_provider_qwen.api_server.urls.callback_url`: the wait ends when the receiver
+        is called back (see :mod:`~airflow_provider_qwen.callback_waits`), and asks Apikley itself
+        only every ``[apikley] callback_fallback_seconds``, in case the callback never comes.
     """
 
     def __init__(
@@ -151,6 +162,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         replaced_apikley_task_id: str | None = None,
         deferred_at: float | None = None,
         result_name: str | None = None,
+        awaits_callback: bool = False,
     ) -> None:
         super().__init__()
         self.apikley_task_id = apikley_task_id
@@ -168,6 +180,7 @@ class ApikleyTaskTrigger(BaseTrigger):
         self.replaced_apikley_task_id = replaced_apikley_task_id
         self.deferred_at = deferred_at
         self.result_name = result_name
+        self.awaits_callback = awaits_callback
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -189,6 +202,7 @@ class ApikleyTaskTrigger(BaseTrigger):
                 "replaced_apikley_task_id": self.replaced_apikley_task_id,
                 "deferred_at": self.deferred_at,
                 "result_name": self.result_name,
+                "awaits_callback": self.awaits_callback,
             },
         )
 
@@ -197,6 +211,8 @@ class ApikleyTaskTrigger(BaseTrigger):
         from airflow_provider_qwen.hooks.apikley import ApikleyHook  # HTTP clients: imported in the triggerer only
 
         resume_settle_seconds()  # a misconfigured delay fails the wait now, not once it is over
+        if self.awaits_callback:
+            callback_fallback_seconds()
         hook = ApikleyHook(self.apikley_conn_id)
         try:
             event = replace(await self._wait(hook), replaced_apikley_task_id=self.replaced_apikley_task_id)
@@ -212,21 +228,30 @@ class ApikleyTaskTrigger(BaseTrigger):
 
     async def _wait(self, hook: ApikleyHook) -> TaskEvent:
         wait = TaskWait(self.apikley_task_id, submitted_at=self.submitted_at, **wait_settings(self))
+        watch = delivery_watch(self.apikley_conn_id) if self.awaits_callback else None
+        delivered = watch.subscribe(self.apikley_task_id) if watch else None
         try:
-            await asyncio.sleep(wait.first_query_delay(time.time()))
+            now = time.time()
+            first = slow_fallback(wait.first_query_delay(now), watch, self.deadline, now)
+            await delivered_or_slept(first, [delivered] if delivered else [], watch)
             while True:
                 # Neither the record nor the step outlives this line while the trigger sleeps.
-                step = wait.after(await aquery(hook, self.apikley_task_id), time.time())
+                outcome = delivered_record(delivered) or await aquery(hook, self.apikley_task_id)
+                step = wait.after(outcome, now := time.time())
                 if isinstance(step, Done):
                     waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
                     with_input = self.with_input or self.end_task_on_success
                     return TaskEvent.ended(step.record, with_input=with_input)
                 if isinstance(step, TimedOut):
                     return TaskEvent(EventStatus.TIMEOUT, self.apikley_task_id, message=step.message)
-                await asyncio.sleep(step.seconds)
+                pause = slow_fallback(step.seconds, watch, self.deadline, now)
+                await delivered_or_slept(pause, [delivered] if delivered else [], watch)
         except Exception as err:
             message = without_credentials(f"{type(err).__name__}: {err}")  # events are stored and shown as they are
             return TaskEvent(EventStatus.ERROR, self.apikley_task_id, message=message)
+        finally:
+            if watch is not None and delivered is not None:
+                watch.unsubscribe(self.apikley_task_id, delivered)
 
     async def _end_task(self, event: TaskEvent) -> bool:
         """

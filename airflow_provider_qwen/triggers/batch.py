@@ -13,6 +13,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_qwen import waits
 from airflow_provider_qwen.batch_manifest import BatchFolder, read_page, write_records
+from airflow_provider_qwen.callback_waits import (
+    DeliveryWatch,
+    delivered_or_slept,
+    delivered_record,
+    delivery_watch,
+    slow_fallback,
+)
 from airflow_provider_qwen.events import EventStatus, TaskEvent
 from airflow_provider_qwen.exceptions import ApikleyError
 from airflow_provider_qwen.hooks import DEFAULT_CONN_ID
@@ -65,6 +72,9 @@ class ApikleyBatchTrigger(BaseTrigger):
     :param unsubmitted: the indexes of a small batch's items its budget left unsubmitted, which
         ``tasks`` leaves out; handed back in the event, with ``over_budget``, the budget's refusal.
     :param over_budget: why those items were left unsubmitted.
+    :param awaits_callback: the tasks call back to this deployment's receiver: each wait ends on its
+        callback, and Apikley is asked only every ``[apikley] callback_fallback_seconds`` (see
+        :mod:`~airflow_provider_qwen.callback_waits`).
     """
 
     def __init__(
@@ -82,6 +92,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         deferred_at: float | None = None,
         unsubmitted: list[int] | None = None,
         over_budget: str | None = None,
+        awaits_callback: bool = False,
     ) -> None:
         super().__init__()
         self.tasks: list[list[str | float]] = [
@@ -100,6 +111,7 @@ class ApikleyBatchTrigger(BaseTrigger):
         self.deferred_at = deferred_at
         self.unsubmitted = [int(index) for index in unsubmitted or []]
         self.over_budget = over_budget
+        self.awaits_callback = awaits_callback
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Return the trigger's class path and its arguments (JSON primitives only)."""
@@ -119,6 +131,7 @@ class ApikleyBatchTrigger(BaseTrigger):
                 "deferred_at": self.deferred_at,
                 "unsubmitted": self.unsubmitted,
                 "over_budget": self.over_budget,
+                "awaits_callback": self.awaits_callback,
             },
         )
 
@@ -196,37 +209,84 @@ class ApikleyBatchTrigger(BaseTrigger):
     async def _wait_for_all(self, hook: ApikleyHook, tasks: list[list[Any]]) -> list[TaskEvent]:
         settings = wait_settings(self)
         task_waits = [TaskWait(str(task_id), submitted_at=float(at), **settings) for task_id, at, *_ in tasks]
+        watch = delivery_watch(self.apikley_conn_id) if self.awaits_callback else None
+        delivered = (
+            {index: watch.subscribe(wait.apikley_task_id) for index, wait in enumerate(task_waits)} if watch else {}
+        )
         now = time.time()
-        due = [(now + wait.first_query_delay(now), index) for index, wait in enumerate(task_waits)]
+        due = [
+            (now + slow_fallback(wait.first_query_delay(now), watch, self.deadline, now), index)
+            for index, wait in enumerate(task_waits)
+        ]
         heapq.heapify(due)
         events: dict[int, TaskEvent] = {}
         limit = asyncio.Semaphore(CONCURRENT_QUERIES)
-        while due:
-            await asyncio.sleep(max(0.0, due[0][0] - time.time()))
-            batch = []
-            while due and due[0][0] <= time.time():
-                batch.append(heapq.heappop(due)[1])
-            outcomes = await asyncio.gather(*(self._query(hook, task_waits[index], limit) for index in batch))
-            # from this batch's ended edits
-            learned = waits.EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
-            for index, outcome in zip(batch, outcomes, strict=True):
-                wait = task_waits[index]
-                try:
-                    step = wait.after(outcome, time.time())
-                except Exception as err:
-                    events[index] = TaskEvent(EventStatus.ERROR, wait.apikley_task_id, message=_describe(err))
-                    continue
-                if isinstance(step, Done):
-                    waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
-                    events[index] = TaskEvent.ended(step.record)
-                elif isinstance(step, TimedOut):
-                    events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
-                else:
-                    heapq.heappush(due, (time.time() + step.seconds, index))
-                    if self.expected_duration is None and learned > wait.expected_duration:
-                        wait.expected_duration = learned
+        polling = False
+        try:
+            while len(events) < len(task_waits):
+                while due[0][1] in events:  # ended on its callback
+                    heapq.heappop(due)
+                await delivered_or_slept(max(0.0, due[0][0] - time.time()), delivered.values(), watch)
+                self._take_deliveries(delivered, events)
+                if watch is not None and not watch.healthy and not polling:
+                    # the api-server cannot be asked: every wait is due now, then at its usual cadence
+                    polling, due = True, [(min(at, time.time()), index) for at, index in due]
+                    heapq.heapify(due)
+                elif watch is not None and watch.healthy:
+                    polling = False
+                batch = []
+                while due and due[0][0] <= time.time():
+                    if (index := heapq.heappop(due)[1]) not in events:
+                        batch.append(index)
+                if batch:
+                    await self._query_due(hook, task_waits, batch, events, due, limit, watch)
+        finally:
+            if watch is not None:
+                for index, future in delivered.items():
+                    watch.unsubscribe(task_waits[index].apikley_task_id, future)
         self.log.info("All %d Apikley tasks have ended", len(task_waits))
         return [events[index] for index in range(len(task_waits))]
+
+    def _take_deliveries(self, delivered: dict[int, asyncio.Future[TaskRecord]], events: dict[int, TaskEvent]) -> None:
+        """Turn the tasks whose callbacks were delivered into their events."""
+        for index in [index for index, future in delivered.items() if future.done()]:
+            record = delivered_record(delivered.pop(index))
+            if record is not None and index not in events:
+                waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, record)
+                events[index] = TaskEvent.ended(record)
+
+    async def _query_due(
+        self,
+        hook: ApikleyHook,
+        task_waits: list[TaskWait],
+        batch: list[int],
+        events: dict[int, TaskEvent],
+        due: list[tuple[float, int]],
+        limit: asyncio.Semaphore,
+        watch: DeliveryWatch | None,
+    ) -> None:
+        """Query the tasks of ``batch`` whose answers are due; note those that ended, schedule the others."""
+        outcomes = await asyncio.gather(*(self._query(hook, task_waits[index], limit) for index in batch))
+        # from this batch's ended edits
+        learned = waits.EXPECTED_DURATIONS.expected(self.apikley_conn_id, self.model)
+        for index, outcome in zip(batch, outcomes, strict=True):
+            wait = task_waits[index]
+            if index in events:  # its callback came while it was being asked about
+                continue
+            try:
+                step = wait.after(outcome, now := time.time())
+            except Exception as err:
+                events[index] = TaskEvent(EventStatus.ERROR, wait.apikley_task_id, message=_describe(err))
+                continue
+            if isinstance(step, Done):
+                waits.EXPECTED_DURATIONS.note(self.apikley_conn_id, step.record)
+                events[index] = TaskEvent.ended(step.record)
+            elif isinstance(step, TimedOut):
+                events[index] = TaskEvent(EventStatus.TIMEOUT, wait.apikley_task_id, message=step.message)
+            else:
+                heapq.heappush(due, (now + slow_fallback(step.seconds, watch, self.deadline, now), index))
+                if self.expected_duration is None and learned > wait.expected_duration:
+                    wait.expected_duration = learned
 
     @staticmethod
     async def _query(hook: ApikleyHook, wait: TaskWait, limit: asyncio.Semaphore) -> TaskRecord | ApikleyError:

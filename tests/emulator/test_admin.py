@@ -129,6 +129,7 @@ def test_every_setting_has_a_flag():
             "--fail-fraction", "0.1", "--file-ttl", "60", "--download-link-ttl", "30",
             "--upload-base-path", "/up", "--allow-image-host", "cdn.example.org", "--callback-key", "k",
             "--callback-twice", "--callback-attempts", "5", "--callback-timeout", "3", "--callback-backoff", "0.5",
+            "--callback-drop", "0.1",
             "--fault", "recordInfo:server_error=0.1,slow=0.2,slow_seconds=3", "--fault", "createTask:rate_limited=1",
             "--maintenance-seconds", "9", "--seed", "4",
         ]

@@ -133,3 +133,16 @@ def test_a_callback_nobody_takes_is_given_up(client):
         receiver.server.server_close()
     assert len(receiver.calls) == 2
     assert client.record(task_id)["data"]["state"] == "success"  # polling still tells
+
+
+def test_a_fraction_of_callbacks_can_be_dropped_at_random_and_is_counted(client, receiver):
+    client.configure(callback_drop=0.5, random_seed=7)
+    task_ids = [create_with_callback(client, receiver.url) for _ in range(20)]
+    deadline = time.monotonic() + 10
+    while sum(client.stats()["api_codes"].get(kind, 0) for kind in ("callback taken", "callback dropped")) < 20:
+        assert time.monotonic() < deadline, client.stats()
+        time.sleep(0.02)
+    dropped = client.stats()["api_codes"]["callback dropped"]
+    assert 3 <= dropped <= 17  # at random, not all or none
+    assert len(receiver.calls) == 20 - dropped
+    assert {body["data"]["taskId"] for _, body in receiver.calls} < set(task_ids)

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from airflow_provider_qwen.api_server.app import create_app
-from airflow_provider_qwen.api_server.signing import budget_signature
+from airflow_provider_qwen.api_server.signing import request_signature
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def post(client, path, fields, key=API_KEY, timestamp=None, signature=None, raw=
     body = raw if raw is not None else json.dumps(fields).encode()
     stamp = str(int(time.time())) if timestamp is None else timestamp
     headers = {"Content-Type": "application/json", "X-Apikley-Timestamp": stamp}
-    headers["X-Apikley-Signature"] = signature or budget_signature(key, path, stamp, body)
+    headers["X-Apikley-Signature"] = signature or request_signature(key, path, stamp, body)
     return client.post(path, content=body, headers=headers)
 
 
@@ -120,11 +120,11 @@ def test_refused_requests_reserve_nothing(client, run_id, how, expected, monkeyp
         )
         response = post(client, "/budgets/reserve", fields, key="sk-other-key")
     elif how == "body changed after signing":
-        signature = budget_signature(API_KEY, "/budgets/reserve", stamp, body)
+        signature = request_signature(API_KEY, "/budgets/reserve", stamp, body)
         changed = json.dumps({**fields, "limit": 1e9}).encode()
         response = post(client, "/budgets/reserve", None, timestamp=stamp, signature=signature, raw=changed)
     elif how == "other endpoint's signature":
-        signature = budget_signature(API_KEY, "/budgets/settle", stamp, body)
+        signature = request_signature(API_KEY, "/budgets/settle", stamp, body)
         response = post(client, "/budgets/reserve", None, timestamp=stamp, signature=signature, raw=body)
     elif how == "oversized":
         response = post(client, "/budgets/reserve", {**fields, "pad": "x" * 200_000})
@@ -169,33 +169,8 @@ def test_a_settlement_of_a_budget_never_reserved_in_is_404(client, run_id):
     assert post(client, "/budgets/settle", settlement(run_id)).status_code == 404
 
 
-@pytest.fixture
-def ledger_url(airflow_db, monkeypatch):
-    """The provider's app on loopback under ``/apikley``, as the api-server mounts it, and ``[api] base_url`` on it."""
-    import socket
-
-    import uvicorn
-    from fastapi import FastAPI
-
-    server_app = FastAPI()
-    server_app.mount("/apikley", create_app())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 def test_mapped_edits_share_the_runs_budget_and_the_one_over_it_is_refused_before_paying(
-    apikley, ledger_url, source_image_url, client, run_id
+    apikley, provider_app_url, source_image_url, client, run_id
 ):
     from unittest import mock
 

@@ -20,11 +20,19 @@ from airflow_provider_qwen.api_server.db_manager import ApikleyDBManager
 pytestmark = pytest.mark.integration
 
 MANAGER = f"{ApikleyDBManager.__module__}.{ApikleyDBManager.__name__}"
-HEAD, SECOND, FIRST = "a1c3e5f70003", "a1c3e5f70002", "a1c3e5f70001"
-#: The callback receiver's tables, which the first revision made, and the run budgets' ledger.
+HEAD, DELIVERIES, LEDGER, SECOND, FIRST = (
+    "a1c3e5f70005",
+    "a1c3e5f70004",
+    "a1c3e5f70003",
+    "a1c3e5f70002",
+    "a1c3e5f70001",
+)
+#: The callback receiver's tables, which the first revision made, the run budgets' ledger, the
+#: delivered tasks' records and the create pace.
 FIRST_TABLES = ["apikley_alembic_version", "apikley_callback_signature", "apikley_recorded_task"]
 LEDGER_TABLES = ["apikley_budget", "apikley_budget_reservation", "apikley_budget_task", "apikley_model_cost"]
-TABLES = sorted([*FIRST_TABLES, *LEDGER_TABLES])
+PACE_TABLES = ["apikley_create_pace", "apikley_create_slot"]
+TABLES = sorted([*FIRST_TABLES, *LEDGER_TABLES, "apikley_delivered_task", *PACE_TABLES])
 CLAIM = (1, "3f2b9c0d4e5a6b7c8d9e0f1a2b3c4d5e", "2026-12-06 10:00:00.000000")
 
 #: Runs each step in one process (Airflow's imports cost seconds), printing after each the SQL
@@ -43,7 +51,10 @@ def state():
         columns = db.execute("PRAGMA table_info(apikley_recorded_task)").fetchall()
         indexes = db.execute("PRAGMA index_list(apikley_recorded_task)").fetchall()
         claims = db.execute("SELECT * FROM apikley_recorded_task").fetchall() if columns else None
-    return {"tables": tables, "versions": versions, "columns": columns, "indexes": indexes, "claims": claims}
+        pace = [db.execute(f"PRAGMA {pragma}({table})").fetchall()
+                for table in ("apikley_create_pace", "apikley_create_slot") for pragma in ("table_info", "index_list")]
+    return {"tables": tables, "versions": versions, "columns": columns, "indexes": indexes, "claims": claims,
+            "pace": pace}
 
 for step in steps:
     if step[0] == "sql":
@@ -113,15 +124,18 @@ def test_migrate_downgrade_and_migrate_again_on_sqlite(tmp_path):
     assert claimed["claims"] == [list(CLAIM)]
 
     assert (stepped_back["versions"], declared_type(stepped_back, "recorded_at")) == ([FIRST], "DATETIME")
-    assert stepped_back["tables"] == FIRST_TABLES  # the ledger's tables are gone
+    assert stepped_back["tables"] == FIRST_TABLES  # the later tables are gone
     assert stepped_back["claims"] == [list(CLAIM)]  # the table was copied, not emptied
     assert stepped_back["indexes"] == created["indexes"]
 
     assert migrated["versions"] == [HEAD]
     assert (migrated["columns"], migrated["indexes"]) == (created["columns"], created["indexes"])
+    assert migrated["pace"] == created["pace"]  # the migration makes the create pace's tables as the ORM does
     assert migrated["claims"] == [list(CLAIM)]
 
-    assert f"Running downgrade {HEAD} -> {SECOND}" in sql and "DROP TABLE apikley_budget" in sql
+    assert f"Running downgrade {HEAD} -> {DELIVERIES}" in sql and "DROP TABLE apikley_create_pace" in sql
+    assert f"Running downgrade {DELIVERIES} -> {LEDGER}" in sql and "DROP TABLE apikley_delivered_task" in sql
+    assert f"Running downgrade {LEDGER} -> {SECOND}" in sql and "DROP TABLE apikley_budget" in sql
     assert f"Running downgrade {SECOND} -> {FIRST}" in sql and "recorded_at DATETIME NOT NULL" in sql
     assert shown == migrated  # only shown
 

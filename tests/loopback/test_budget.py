@@ -62,7 +62,7 @@ def closed_port() -> int:
 def test_a_run_budget_whose_ledger_cannot_be_reached_refuses_the_edit_before_paying(apikley, edit, monkeypatch):
     port = closed_port()
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
     before = apikley.state.credits
     with pytest.raises(ApikleyBudgetUnavailableError) as excinfo:
         edit(run_max_credits=10).execute(context())
@@ -112,7 +112,7 @@ def test_a_batch_whose_first_item_is_over_budget_submits_nothing(apikley, source
 @pytest.mark.parametrize("kind", OPERATOR_KINDS)
 def test_a_dead_image_url_is_refused_before_the_run_budget_is_asked(apikley, kind, monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{closed_port()}")  # a ledger asked would fail
-    monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
     image_url = f"http://127.0.0.1:{closed_port()}/gone.png"
     operator = edit_operator(kind, task_id="edit", prompt="sepia", image_url=image_url, run_max_credits=10)
     with pytest.raises(ApikleyInputError, match=r"image_url='http://127\.0\.0\.1:\d+/gone\.png': could not be"):
@@ -208,7 +208,7 @@ def test_a_ledger_that_answers_no_budget_refuses_the_edit_before_paying(
     apikley, edit, monkeypatch, ledger, answer, requests, problem
 ):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{ledger.server_address[1]}")
-    monkeypatch.setattr("airflow_provider_qwen.run_budget.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
     ledger.answer = answer
     with pytest.raises(ApikleyBudgetUnavailableError) as excinfo:
         edit(run_max_credits=10).execute(context())

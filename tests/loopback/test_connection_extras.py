@@ -47,7 +47,8 @@ def test_strict_extras_refuses_an_unknown_extra_before_any_request(apikley, monk
     assert str(refused.value).startswith(
         "Connection 'apikley_default' extra timout=5 (did you mean 'timeout'?), "
         "webhook_secert (a text, not shown) (did you mean 'webhook_secret'?): not an Apikley setting, "
-        "and strict_extras refuses extras the provider does not read (it reads private_result_hosts, proxies, "
+        "and strict_extras refuses extras the provider does not read (it reads creates_per_window, "
+        "private_result_hosts, proxies, "
     )
     assert "whsec-not-shown" not in str(refused.value)
     assert apikley.seen() == []
@@ -64,3 +65,48 @@ def test_strict_extras_that_is_not_a_boolean_is_refused_naming_it(apikley, monke
     with pytest.raises(ApikleyConfigurationError, match=r"extra strict_extras \(a text, not shown\): must be true or"):
         ApikleyHook().get_credits()
     assert apikley.seen() == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "rule"),
+    [
+        ({"creates_per_window": 0}, "extra creates_per_window=0: must be a whole number from 1 to 1000000"),
+        ({"creates_per_window": "2.5"}, "extra creates_per_window='2.5': must be a whole number"),
+        ({"creates_per_window": True}, "extra creates_per_window=True: must be a whole number"),
+        ({"window_seconds": 0}, "extra window_seconds=0: must be a number of seconds above 0, at most 86400"),
+        ({"window_seconds": "NaN"}, "extra window_seconds='NaN': must be a number of seconds"),
+        ({"window_seconds": 1e9}, "extra window_seconds=1000000000.0: must be a number of seconds"),
+        ({"shared_create_pace": "sometimes"}, "extra shared_create_pace (a text, not shown): must be true or false"),
+    ],
+    ids=[
+        "no creates",
+        "a fraction of creates",
+        "creates as a boolean",
+        "no window",
+        "NaN window",
+        "a window of years",
+        "a pace neither on nor off",
+    ],
+)
+def test_a_create_rate_extra_that_breaks_its_rule_is_refused_naming_it(apikley, monkeypatch, extra, rule):
+    set_extra(monkeypatch, apikley, **extra)
+    with pytest.raises(ApikleyConfigurationError) as refused:
+        ApikleyHook().get_credits()
+    assert f"Connection 'apikley_default' {rule}" in str(refused.value)
+    assert apikley.seen() == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "read"),
+    [
+        ({}, (20, 10.0, True)),
+        ({"creates_per_window": None, "window_seconds": "", "shared_create_pace": None}, (20, 10.0, True)),
+        ({"creates_per_window": "40", "window_seconds": "2.5", "shared_create_pace": "false"}, (40, 2.5, False)),
+        ({"creates_per_window": 5, "window_seconds": 1, "shared_create_pace": True}, (5, 1.0, True)),
+    ],
+    ids=["unset: Apikley's limit, paced", "left empty in the form", "as the form saves them", "as JSON"],
+)
+def test_the_create_rate_and_the_shared_pace_are_read_from_the_extras(apikley, monkeypatch, extra, read):
+    set_extra(monkeypatch, apikley, **extra)
+    settings = ApikleyHook().settings
+    assert (settings.creates_per_window, settings.window_seconds, settings.shared_create_pace) == read

@@ -317,3 +317,27 @@ def test_a_result_name_that_is_not_a_file_name_is_refused_before_any_query(apikl
     with pytest.raises(ApikleyInputError, match=r"result_name='\.\./\{source_stem\}'"):
         sensor.execute(context)
     assert apikley.seen("recordInfo") == []
+
+
+@pytest.mark.parametrize(("receiver", "awaits"), [(True, True), (False, False)])
+def test_a_task_that_calls_back_to_the_receiver_is_awaited_on_its_callback(
+    apikley, source_image_url, context, monkeypatch, receiver, awaits
+):
+    from airflow_provider_qwen.api_server.urls import callback_url
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
+    apikley.configure(latency=STAYS_QUEUING)
+    url = callback_url() if receiver else "https://hooks.example.com/apikley"
+    submit = QwenImageToImageOperator(
+        task_id="submit", prompt="sepia", image_url=source_image_url, callback_url=url, wait_for_completion=False
+    )
+    handed_on = submit.execute({"ti": mock.Mock()})
+    assert handed_on.get("awaits_callback", False) is awaits
+    with pytest.raises(TaskDeferred) as excinfo:
+        make_sensor(handed_on, deferrable=True).execute(context)
+    assert excinfo.value.trigger.awaits_callback is awaits
+    with pytest.raises(TaskDeferred) as excinfo:  # the operator's own wait alike
+        QwenImageToImageOperator(
+            task_id="edit", prompt="sepia", image_url=source_image_url, callback_url=url, deferrable=True
+        ).execute({"ti": mock.Mock()})
+    assert excinfo.value.trigger.awaits_callback is awaits

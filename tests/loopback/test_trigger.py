@@ -91,6 +91,7 @@ def test_serialize_round_trips_through_json_and_holds_no_key():
         "replaced_apikley_task_id",
         "deferred_at",
         "result_name",
+        "awaits_callback",
     }
 
 

@@ -30,6 +30,10 @@ EXAMPLE_DAGS = [
 #: The key the emulator signs its callbacks with, and the connection's ``webhook_secret``.
 WEBHOOK_SECRET = "system-test-webhook-secret"
 
+#: ``[apikley] callback_fallback_seconds`` on the deployment: longer than the edits of
+#: tests/system/test_callback_waits.py take, so a wait whose callback was lost asks Apikley once.
+CALLBACK_FALLBACK_SECONDS = 8
+
 #: ``[core] parallelism``: far fewer worker slots than edits, which must not hold one while they wait.
 PARALLELISM = 4
 
@@ -95,6 +99,8 @@ def deployment(system_workdir: Path, emulator: EmulatorProcess) -> Iterator[Airf
     for dag_file in SYSTEM_DAGS + EXAMPLE_DAGS:
         shutil.copy(dag_file, dags_folder / dag_file.name)
     env["QWEN_EDITS_OUTPUT_URI"] = f"file://{system_workdir}/callback-edits"
+    # a lost callback ends its wait this long after the edit was submitted (tests/system/test_callback_waits.py)
+    env["AIRFLOW__APIKLEY__CALLBACK_FALLBACK_SECONDS"] = str(CALLBACK_FALLBACK_SECONDS)
     env.update(openlineage_config(system_workdir / "airflow-home"))  # the path matrix compares lineage
     with AirflowDeployment(system_workdir, dags_folder, parallelism=PARALLELISM, env=env) as running:
         yield running

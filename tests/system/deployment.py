@@ -69,8 +69,10 @@ class EmulatorProcess:
 
     :param workdir: its log goes to ``<workdir>/logs/emulator.log``.
     :param latency: seconds each task spends waiting, queuing and generating (before the emulator's jitter).
-    :param rate_limit: createTask calls accepted per key per 10 s window; the default of 1000 never binds,
+    :param rate_limit: createTask calls accepted per key per ``rate_window``; the default of 1000 never binds,
         unlike the emulator's own default of 20, which throttles runs of hundreds of edits.
+    :param rate_window: the rate limit's window in seconds. The connection it suggests says both, so
+        edits pace their creates to this emulator's limit.
     :param callback_key: the key the emulator signs callbacks with, also put in the connection's
         ``webhook_secret`` so the receiver checks it; ``None`` sends them unsigned.
     :param extra_args: more command-line flags, e.g. ``["--fault", "recordInfo:slow=0.1"]``.
@@ -84,10 +86,12 @@ class EmulatorProcess:
         *,
         latency: tuple[float, float, float] = (1.0, 2.0, 3.0),
         rate_limit: int = 1000,
+        rate_window: float = 10.0,
         callback_key: str | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.callback_key = callback_key
+        self.rate_limit, self.rate_window = rate_limit, rate_window
         self.port = free_port()
         self.base_url = f"http://{LOOPBACK}:{self.port}"
         self.log_dir = Path(workdir) / "logs"
@@ -105,6 +109,8 @@ class EmulatorProcess:
             *(str(seconds) for seconds in latency),
             "--rate-limit",
             str(rate_limit),
+            "--rate-window",
+            str(rate_window),
             "--log-level",
             "warning",
             *(["--callback-key", callback_key] if callback_key else []),
@@ -177,6 +183,9 @@ class EmulatorProcess:
                 "password": self.api_key,
                 "extra": {
                     "upload_base_url": f"{self.base_url}{self._upload_base_path}",
+                    # the emulator's limit, so edits pace their creates to it, not to Apikley's default
+                    "creates_per_window": self.rate_limit,
+                    "window_seconds": self.rate_window,
                     **({"webhook_secret": self.callback_key} if self.callback_key else {}),
                 },
             }

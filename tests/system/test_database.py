@@ -32,6 +32,9 @@ TABLES = {
     "apikley_budget_reservation",
     "apikley_budget_task",
     "apikley_model_cost",
+    "apikley_delivered_task",
+    "apikley_create_pace",
+    "apikley_create_slot",
     ApikleyDBManager.version_table_name,
 }
 COMMAND_TIMEOUT_SECONDS = 180
