@@ -58,13 +58,22 @@ def accepted_creates(emulator: EmulatorProcess) -> int:
 
 def batch_ids_saved(deployment: AirflowDeployment, run_id: str) -> int:
     """How many Apikley task ids the batch's ledger holds in the task state store."""
-    pages = deployment.sql(
-        "SELECT value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' "
+    from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, read_compact
+
+    keys = deployment.sql(
+        "SELECT key, value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' "
         "AND key LIKE 'apikley_batch/%%'",
         (BATCH_DAG_ID, run_id),
     )
-    # an entry without a task id is an intent: a create begun, not yet answered
-    return sum(1 for (value,) in pages for entry in json.loads(value).values() if entry["apikley_task_id"])
+    # a page's key, or one of its continuations (apikley_batch/<page>/<n>), each with the items it
+    # last wrote; an entry without a task id is an intent: a create begun, not yet answered
+    saved = {
+        index
+        for key, value in keys
+        for index, entry in read_compact(json.loads(value), int(key.split("/")[1]), LEDGER_PAGE).entries.items()
+        if entry.apikley_task_id
+    }
+    return len(saved)
 
 
 def stop_between_creates(worker: psutil.Process, saved: Callable[[], int], accepted: Callable[[], int]) -> None:
