@@ -41,6 +41,7 @@ with URLs, exactly N tasks created and N succeeded on the emulator) and measured
   last, per 10 s, against the emulator's limit (``--rate-limit 20``, Apikley's, shows how close the
   shared create pace keeps mapped edits to it);
 - latency: from each edit's ``completeTime`` on Apikley to the end of its task instance, p50 and p90;
+  for (f), from the moment its wait ends to the end of its task instance: Airflow's own part;
 - CPU seconds (user + system) and peak RSS (summed over the group's processes, sampled) of the
   scheduler and of the triggerer: each component's process and its descendants, less the
   LocalExecutor's workers and their task processes (titled ``airflow worker ...``). The api-server,
@@ -286,6 +287,8 @@ def run_workload(
     measurement.problems = check_run(deployment, workload, run_id, state, edits, before, after)
     if not measurement.problems and workload.edits:
         measurement.latencies = completion_latencies(deployment, emulator, workload, run_id)
+    elif not measurement.problems and workload == DEFERRAL_FLOOR:
+        measurement.latencies = deferral_latencies(deployment, run_id)
     return measurement
 
 
@@ -308,6 +311,17 @@ def completion_latencies(
         float(ended[map_index]) - emulator.record(apikley_task_id(decoded(value)))["completeTime"] / 1000
         for map_index, value in ids
     ]
+
+
+def deferral_latencies(deployment: AirflowDeployment, run_id: str) -> list[float]:
+    """Seconds from the end of each of (f)'s waits to the end of its task instance: Airflow's part of a latency."""
+    rows = deployment.sql(
+        "SELECT extract(epoch FROM ti.end_date), x.value FROM task_instance ti JOIN xcom x ON x.dag_id = ti.dag_id "
+        "AND x.run_id = ti.run_id AND x.task_id = ti.task_id AND x.map_index = ti.map_index "
+        "WHERE ti.dag_id = %s AND ti.run_id = %s AND ti.task_id = %s AND x.key = 'moment'",
+        (DEFERRAL_FLOOR.dag_id, run_id, DEFERRAL_FLOOR.result_task_id),
+    )
+    return [float(ended) - float(decoded(moment)) for ended, moment in rows]
 
 
 def run_wall_seconds(deployment: AirflowDeployment, dag_id: str, run_id: str) -> float:
@@ -551,6 +565,10 @@ def callback_lines(measurements: list[Measurement]) -> list[str]:
         )
         if polled is not None:
             line += f"; (a) polling: {apikley_requests_per_edit(polled):.2f} per edit, p50 {polled.latency(0.5):.2f} s"
+        same_edits = [f for f in measurements if f.edit_seconds == m.edit_seconds]
+        floor = next((f for f in same_edits if f.workload == DEFERRAL_FLOOR), None)
+        if floor is not None and floor.latencies:
+            line += f"; (f) Airflow's deferral alone, its wait's end to the task's: p50 {floor.latency(0.5):.2f} s"
         lines.append(line)
     return lines
 

@@ -18,6 +18,9 @@ import pendulum
 from airflow.providers.common.compat.sdk import DAG, BaseOperator, Param, task
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
+#: The XCom key of the moment each task's wait ends, in epoch seconds.
+MOMENT_XCOM_KEY = "moment"
+
 
 class WaitLikeAnEdit(BaseOperator):
     """Defer for ``seconds`` to ``DateTimeTrigger``, which ends the task in the triggerer."""
@@ -28,6 +31,8 @@ class WaitLikeAnEdit(BaseOperator):
 
     def execute(self, context: Any) -> None:
         moment = pendulum.now("UTC") + timedelta(seconds=float(self.seconds))
+        # when the wait is over, as an edit's completeTime is: the benchmark times the task's end from it
+        context["ti"].xcom_push(key=MOMENT_XCOM_KEY, value=moment.timestamp())
         self.defer(trigger=DateTimeTrigger(moment=moment, end_from_trigger=True), method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: Any = None) -> None:
