@@ -23,23 +23,19 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_qwen.api_server.deliveries import DELIVERY_BELL, DeliveriesUnavailable, read_deliveries
 from airflow_provider_qwen.api_server.refusals import RefusalLog
-from airflow_provider_qwen.api_server.signed_requests import (
-    ConnectionUnreadable,
-    Refused,
-    Unreadable,
-    authenticate,
-    read_json_object,
-    signature_headers,
-)
+from airflow_provider_qwen.api_server.signed_requests import BadField, answer_signed
 from airflow_provider_qwen.validation import is_task_id
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +54,6 @@ RECHECK_SECONDS = 1.0
 MAX_ANSWER_RECORD_BYTES = 1024 * 1024
 
 
-class BadField(Exception):
-    """A field of a signed request breaks a rule (422); the message names it."""
-
-
 def awaited_router() -> APIRouter:
     """Return the endpoint's route."""
     refusals = RefusalLog(log)
@@ -69,24 +61,21 @@ def awaited_router() -> APIRouter:
 
     @router.post(AWAIT_PATH)
     async def await_deliveries(request: Request) -> Response:
-        try:
-            body, payload = await read_json_object(request, MAX_AWAIT_BYTES)
-        except Unreadable as unreadable:
-            return JSONResponse({"detail": unreadable.detail}, status_code=unreadable.status)
-        conn_id = payload.get("conn_id")
-        try:
-            await run_in_threadpool(authenticate, conn_id, AWAIT_PATH, body, *signature_headers(request))
+        async def act(settings: ApikleySettings, payload: dict[str, Any]) -> dict[str, Any]:
             task_ids, hold = awaited_tasks(payload.get("apikley_task_ids")), hold_seconds(payload.get("hold_seconds"))
-            delivered = await held_until_delivered(str(conn_id), task_ids, hold, request.is_disconnected)
-        except Refused as refusal:
-            refusals.warning(refusal.kind, "Apikley deliveries request refused: %s", refusal)
-            return Response(status_code=401)
-        except BadField as err:
-            return JSONResponse({"detail": str(err)}, status_code=422)
-        except (DeliveriesUnavailable, ConnectionUnreadable) as fault:
-            log.error("Apikley deliveries request: %s", fault, exc_info=fault.__cause__)
-            return JSONResponse({"detail": "deliveries cannot be read right now"}, status_code=503)
-        return JSONResponse({"delivered": delivered})
+            return {"delivered": await held_until_delivered(settings.conn_id, task_ids, hold, request.is_disconnected)}
+
+        return await answer_signed(
+            request,
+            AWAIT_PATH,
+            MAX_AWAIT_BYTES,
+            act,
+            what="deliveries",
+            refusals=refusals,
+            log=log,
+            outages=(DeliveriesUnavailable,),
+            outage_detail="deliveries cannot be read right now",
+        )
 
     return router
 
@@ -105,10 +94,12 @@ async def held_until_delivered(
     until = loop.time() + hold
     while True:
         # listening before reading: a delivery kept between the read and the wait still wakes it
-        with DELIVERY_BELL.listening() as rung:
+        with DELIVERY_BELL.listening(conn_id, task_ids) as rung:
+            if await gone():  # asked again, for more tasks: not worth a read
+                return {}
             found = await run_in_threadpool(read_deliveries, conn_id, task_ids)
             left = until - loop.time()
-            if found or left <= 0 or await gone():
+            if found or left <= 0:
                 return within_answer_bound(found)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(rung.wait(), timeout=min(RECHECK_SECONDS, left))

@@ -22,7 +22,7 @@ nothing more; a task settled again is counted once. A fault of the database answ
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,17 +38,13 @@ from airflow_provider_qwen.api_server.budget_ledger import (
     settle,
 )
 from airflow_provider_qwen.api_server.refusals import RefusalLog
-from airflow_provider_qwen.api_server.signed_requests import (
-    ConnectionUnreadable,
-    Refused,
-    Unreadable,
-    authenticate,
-    read_json_object,
-    signature_headers,
-)
+from airflow_provider_qwen.api_server.signed_requests import BadField, answer_signed
 from airflow_provider_qwen.budget import MAX_BUDGET_CREDITS, check_credits
 from airflow_provider_qwen.exceptions import ApikleyInputError
 from airflow_provider_qwen.validation import check_model, is_task_id
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
 
 log = logging.getLogger(__name__)
 
@@ -64,40 +60,34 @@ MAX_ID_CHARS = 250
 RESERVE_PATH, SETTLE_PATH = "/budgets/reserve", "/budgets/settle"
 
 
-class BadField(Exception):
-    """A field of a signed request breaks a rule (422); the message names it."""
-
-
 def budgets_router() -> APIRouter:
     """Return the ledger's routes."""
     refusals = RefusalLog(log)
     router = APIRouter()
 
     async def handle(request: Request, path: str) -> Response:
-        try:
-            body, payload = await read_json_object(request, MAX_BUDGET_BYTES)
-        except Unreadable as unreadable:
-            return JSONResponse({"detail": unreadable.detail}, status_code=unreadable.status)
-        try:
-            await run_in_threadpool(authenticate, payload.get("conn_id"), path, body, *signature_headers(request))
-            standing = await run_in_threadpool(apply, path, payload)
-        except Refused as refusal:
-            refusals.warning(refusal.kind, "Apikley budget request refused: %s", refusal)
-            return Response(status_code=401)
-        except BadField as err:
-            return JSONResponse({"detail": str(err)}, status_code=422)
-        except UnknownBudget:
-            return JSONResponse({"detail": "nothing was ever reserved in this budget"}, status_code=404)
-        except (LedgerUnavailable, ConnectionUnreadable) as fault:
-            log.error("Apikley budget request: %s", fault, exc_info=fault.__cause__)
-            return JSONResponse({"detail": "the budget ledger cannot be used right now"}, status_code=503)
-        return JSONResponse(
-            {
+        async def act(settings: ApikleySettings, payload: dict[str, Any]) -> dict[str, Any] | Response:
+            try:
+                standing = await run_in_threadpool(apply, path, payload)
+            except UnknownBudget:
+                return JSONResponse({"detail": "nothing was ever reserved in this budget"}, status_code=404)
+            return {
                 "granted": standing.granted,
                 "expected": standing.expected,
                 "spent": standing.spent,
                 "in_flight": standing.in_flight,
             }
+
+        return await answer_signed(
+            request,
+            path,
+            MAX_BUDGET_BYTES,
+            act,
+            what="budget",
+            refusals=refusals,
+            log=log,
+            outages=(LedgerUnavailable,),
+            outage_detail="the budget ledger cannot be used right now",
         )
 
     @router.post(RESERVE_PATH)

@@ -28,23 +28,19 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_qwen.api_server.create_pace_ledger import PaceUnavailable, reserve_slot, slot_spacing
 from airflow_provider_qwen.api_server.refusals import RefusalLog
-from airflow_provider_qwen.api_server.signed_requests import (
-    ConnectionUnreadable,
-    Refused,
-    Unreadable,
-    authenticate,
-    read_json_object,
-    signature_headers,
-)
+from airflow_provider_qwen.api_server.signed_requests import BadField, answer_signed
 from airflow_provider_qwen.api_server.urls import CREATE_PACE_RESERVE_PATH
+
+if TYPE_CHECKING:
+    from airflow_provider_qwen.hooks.connection import ApikleySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +54,6 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 FIELDS = frozenset({"conn_id", "request_id"})
 
 
-class BadField(Exception):
-    """A field of a signed request breaks a rule (422); the message names it."""
-
-
 def create_pace_router() -> APIRouter:
     """Return the pace's route."""
     refusals = RefusalLog(log)
@@ -69,28 +61,28 @@ def create_pace_router() -> APIRouter:
 
     @router.post(RESERVE_SLOT_PATH)
     async def reserve_create_slot(request: Request) -> Response:
-        try:
-            body, payload = await read_json_object(request, MAX_PACE_BYTES, allow_nan=False)
-        except Unreadable as unreadable:
-            return JSONResponse({"detail": unreadable.detail}, status_code=unreadable.status)
-        try:
-            settings = await run_in_threadpool(
-                authenticate, payload.get("conn_id"), RESERVE_SLOT_PATH, body, *signature_headers(request)
-            )
-            request_id = checked_request_id(payload)
-            spacing = slot_spacing(settings.creates_per_window, settings.window_seconds)
-            slot = await run_in_threadpool(reserve_slot, settings.conn_id, request_id, spacing)
-        except Refused as refusal:
-            refusals.warning(refusal.kind, "Apikley create pace request refused: %s", refusal)
-            return Response(status_code=401)
-        except BadField as err:
-            return JSONResponse({"detail": str(err)}, status_code=422)
-        except (PaceUnavailable, ConnectionUnreadable) as fault:
-            log.error("Apikley create pace request: %s", fault, exc_info=fault.__cause__)
-            return JSONResponse({"detail": "the create pace cannot be used right now"}, status_code=503)
-        return JSONResponse({"wait_seconds": max(0.0, slot.at - time.time()), "spacing_seconds": slot.spacing})
+        return await answer_signed(
+            request,
+            RESERVE_SLOT_PATH,
+            MAX_PACE_BYTES,
+            reserve,
+            what="create pace",
+            refusals=refusals,
+            log=log,
+            outages=(PaceUnavailable,),
+            outage_detail="the create pace cannot be used right now",
+            allow_nan=False,
+        )
 
     return router
+
+
+async def reserve(settings: ApikleySettings, payload: dict[str, Any]) -> dict[str, float]:
+    """Hand the request its connection's next slot; answer how long to wait for it, and the spacing."""
+    request_id = checked_request_id(payload)
+    spacing = slot_spacing(settings.creates_per_window, settings.window_seconds)
+    slot = await run_in_threadpool(reserve_slot, settings.conn_id, request_id, spacing)
+    return {"wait_seconds": max(0.0, slot.at - time.time()), "spacing_seconds": slot.spacing}
 
 
 def checked_request_id(payload: dict[str, Any]) -> str:

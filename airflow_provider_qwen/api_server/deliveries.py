@@ -160,32 +160,40 @@ def claim_task(session: Session, asset_id: int, apikley_task_id: str) -> None:
 
 class DeliveryBell:
     """
-    Wakes the waits of this process for deliveries (on their event loops) as soon as one is kept here.
+    Wakes the waits of this process for a task's delivery (on their event loops) as soon as it is kept here.
 
-    A delivery kept by another api-server process rings no bell here: a wait also reads the table
-    every :data:`~airflow_provider_qwen.api_server.awaited.RECHECK_SECONDS`.
+    Only the waits for that task of that connection wake, so a burst of callbacks costs each wait
+    no more than its own. A delivery kept by another api-server process rings no bell here: a wait
+    also reads the table every :data:`~airflow_provider_qwen.api_server.awaited.RECHECK_SECONDS`.
     """
 
     def __init__(self) -> None:
-        self._listening: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._listening: dict[tuple[str, str], set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._lock = threading.Lock()
 
     @contextmanager
-    def listening(self) -> Iterator[asyncio.Event]:
-        """Return an event set by every :meth:`ring` from now until the block ends; call it on an event loop."""
+    def listening(self, conn_id: str, apikley_task_ids: Iterable[str]) -> Iterator[asyncio.Event]:
+        """Return an event set when one of the tasks is kept, until the block ends; call it on an event loop."""
         heard = (asyncio.get_running_loop(), asyncio.Event())
+        keys = [(conn_id, task_id) for task_id in apikley_task_ids]
         with self._lock:
-            self._listening.add(heard)
+            for key in keys:
+                self._listening.setdefault(key, set()).add(heard)
         try:
             yield heard[1]
         finally:
             with self._lock:
-                self._listening.discard(heard)
+                for key in keys:
+                    waits = self._listening.get(key)
+                    if waits is not None:
+                        waits.discard(heard)
+                        if not waits:
+                            del self._listening[key]
 
-    def ring(self) -> None:
-        """Wake every listener, from any thread."""
+    def ring(self, conn_id: str, apikley_task_id: str) -> None:
+        """Wake the waits for the task, from any thread."""
         with self._lock:
-            listening = list(self._listening)
+            listening = list(self._listening.get((conn_id, apikley_task_id), ()))
         for loop, event in listening:
             try:
                 loop.call_soon_threadsafe(event.set)
@@ -230,7 +238,7 @@ def keep_delivery(conn_id: str, apikley_task_id: str, record_json: str) -> bool:
         return False  # another delivery of the task kept it meanwhile
     except SQLAlchemyError as err:
         raise DeliveriesUnavailable(err) from err
-    DELIVERY_BELL.ring()
+    DELIVERY_BELL.ring(conn_id, apikley_task_id)
     return True
 
 

@@ -20,10 +20,13 @@ api-server, so each is read the same way before it is acted on:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 
@@ -39,6 +42,9 @@ from airflow_provider_qwen.api_server.signing import (
 from airflow_provider_qwen.exceptions import ApikleyConfigurationError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from airflow_provider_qwen.api_server.refusals import RefusalLog
     from airflow_provider_qwen.hooks.connection import ApikleySettings
 
 #: Seconds a signed request stays acceptable after its timestamp (and how far ahead a clock may be).
@@ -51,6 +57,10 @@ class Refused(Exception):
     def __init__(self, reason: str, kind: str) -> None:
         super().__init__(reason)
         self.kind = kind
+
+
+class BadField(Exception):
+    """A field of a signed request breaks a rule (422); the message names it."""
 
 
 class ConnectionUnreadable(RuntimeError):
@@ -132,3 +142,49 @@ def authenticate(
     if not same_signature(request_signature(settings.api_key, path, timestamp, body), signature):
         raise Refused(f"bad signature for connection {conn_id!r}", "signature")
     return settings
+
+
+async def answer_signed(
+    request: Request,
+    path: str,
+    max_bytes: int,
+    act: Callable[[ApikleySettings, dict[str, Any]], Awaitable[dict[str, Any] | Response]],
+    *,
+    what: str,
+    refusals: RefusalLog,
+    log: logging.Logger,
+    outages: tuple[type[Exception], ...],
+    outage_detail: str,
+    allow_nan: bool = True,
+) -> Response:
+    """
+    Answer a signed request to ``path``: read it, check it, then answer what ``act`` returns.
+
+    ``act`` gets the connection's settings and the request's fields once the signature is right; it
+    returns the answer's JSON, or a response of its own. A request that cannot be read is answered
+    413 or 400, a refusal a bare 401 (the reason logged at most once a minute per kind), a
+    :class:`BadField` 422 naming the field, and one of ``outages`` (or a connection that could not be
+    read) 503 with ``outage_detail``, logged as an error.
+
+    :param what: what the endpoint is, for the log: ``"budget"``, ``"create pace"``...
+    """
+    try:
+        body, payload = await read_json_object(request, max_bytes, allow_nan=allow_nan)
+    except Unreadable as unreadable:
+        return JSONResponse({"detail": unreadable.detail}, status_code=unreadable.status)
+    try:
+        settings = await run_in_threadpool(
+            authenticate, payload.get("conn_id"), path, body, *signature_headers(request)
+        )
+        answer = await act(settings, payload)
+    except Refused as refusal:
+        refusals.warning(refusal.kind, f"Apikley {what} request refused: %s", refusal)
+        return Response(status_code=401)
+    except BadField as err:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+    except Exception as fault:
+        if not isinstance(fault, (*outages, ConnectionUnreadable)):
+            raise
+        log.error("Apikley %s request: %s", what, fault, exc_info=fault.__cause__)
+        return JSONResponse({"detail": outage_detail}, status_code=503)
+    return answer if isinstance(answer, Response) else JSONResponse(answer)

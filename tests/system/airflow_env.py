@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tests.system.ports import LOOPBACK
 
+#: ``[triggerer] triggerer_health_check_threshold``: a killed triggerer's triggers move to a live one after 15 s.
+TRIGGERER_HEALTH_CHECK_SECONDS = 15
 #: The provider's DB manager, as docs/security.md tells a user of Airflow 3.1 to list it before migrating.
 DB_MANAGER = "airflow_provider_qwen.api_server.db_manager.ApikleyDBManager"
 
@@ -81,7 +83,7 @@ def airflow_config(settings: DeploymentSettings) -> dict[str, str]:
         # New DAG files are found within seconds instead of the default five minutes.
         "dag_processor": {"refresh_interval": 5, "min_file_process_interval": 30},
         # A killed triggerer's triggers move to a live one after 15 s instead of 30 s.
-        "triggerer": {"job_heartbeat_sec": 2, "triggerer_health_check_threshold": 15},
+        "triggerer": {"job_heartbeat_sec": 2, "triggerer_health_check_threshold": TRIGGERER_HEALTH_CHECK_SECONDS},
         # Executor workers come from a fork server holding EXECUTOR_PRELOAD_MODULES, not from the scheduler.
         "scheduler": {"job_heartbeat_sec": 2, "scheduler_heartbeat_sec": 2, "mp_start_method": "forkserver"},
         "logging": {"logging_level": "INFO"},
