@@ -21,14 +21,10 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-import tenacity
-
-from airflow.providers.common.compat.sdk import conf
-
+from airflow_provider_qwen.app_requests import AppBusy, AppRefused, app_url, post_signed
 from airflow_provider_qwen.redaction import without_credentials
-from airflow_provider_qwen.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -72,25 +68,27 @@ class CreatePace:
         settings = self.hook.settings
         if not settings.shared_create_pace:
             return 0.0
-        base = conf.get("api", "base_url", fallback="").rstrip("/")
-        if not base:
+        from airflow_provider_qwen.api_server.urls import CREATE_PACE_RESERVE_PATH
+
+        url = app_url(CREATE_PACE_RESERVE_PATH)
+        if url is None:
             self._fall_back("[api] base_url is not set, and the pace is kept on the api-server")
             return 0.0
-        from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX, CREATE_PACE_RESERVE_PATH
-
-        url = base + API_SERVER_PREFIX + CREATE_PACE_RESERVE_PATH
         # one id for every attempt: the pace answers a request it has seen with the slot it gave
         body = json.dumps({"conn_id": settings.conn_id, "request_id": uuid.uuid4().hex}, separators=(",", ":"))
         try:
-            for attempt in tenacity.Retrying(
-                stop=tenacity.stop_after_attempt(PACE_ATTEMPTS),
-                wait=tenacity.wait_incrementing(start=0.25, increment=0.25),
-                retry=tenacity.retry_if_exception_type(_PaceBusy),
-                reraise=True,
-            ):
-                with attempt:
-                    wait, spacing = self._ask(url, body.encode())
-        except (_PaceBusy, _PaceRefused) as err:
+            answer = post_signed(
+                url,
+                CREATE_PACE_RESERVE_PATH,
+                body.encode(),
+                settings.api_key,
+                attempts=PACE_ATTEMPTS,
+                first_wait=0.25,
+                timeout=PACE_TIMEOUT_SECONDS,
+                max_answer_bytes=MAX_PACE_ANSWER_BYTES,
+            )
+            wait, spacing = _slot_from_answer(answer)
+        except (AppBusy, AppRefused) as err:
             self._fall_back(f"the pace at {without_credentials(url)} cannot be used: {err}")
             return 0.0
         if wait > LONG_WAIT_WINDOWS * settings.window_seconds:
@@ -119,60 +117,16 @@ class CreatePace:
             self.hook.apikley_conn_id,
         )
 
-    def _ask(self, url: str, body: bytes) -> tuple[float, float]:
-        """Send one signed request; return the seconds to wait and the connection's spacing, as the pace answered."""
-        import requests
-        import urllib3
 
-        from airflow_provider_qwen.api_server.signing import signed_headers
-        from airflow_provider_qwen.api_server.urls import CREATE_PACE_RESERVE_PATH
-
-        headers = signed_headers(self.hook.settings.api_key, CREATE_PACE_RESERVE_PATH, body)
-        try:
-            with requests.post(
-                url, data=body, headers=headers, timeout=PACE_TIMEOUT_SECONDS, allow_redirects=False, stream=True
-            ) as answer:
-                status = answer.status_code
-                text = answer.raw.read(MAX_PACE_ANSWER_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as err:  # reading the body too
-            raise _PaceBusy(f"it could not be reached ({type(err).__name__})") from None
-        if status == 503:
-            raise _PaceBusy("its database cannot be used right now (503)")
-        if status == 401:
-            raise _PaceRefused(
-                "it answered 401: the request's signature was refused: is this connection's API key the one the "
-                "api-server reads?"
-            )
-        if status != 200:
-            raise _PaceRefused(f"it answered {status}: {escape_controls(text[:300].decode(errors='replace'))}")
-        return _slot_from_answer(text)
-
-
-def _slot_from_answer(text: bytes) -> tuple[float, float]:
+def _slot_from_answer(parsed: dict[str, Any]) -> tuple[float, float]:
     """Return ``wait_seconds`` and ``spacing_seconds`` from the pace's answer, checked."""
-    if len(text) > MAX_PACE_ANSWER_BYTES:
-        raise _PaceRefused(f"its answer is larger than {MAX_PACE_ANSWER_BYTES} bytes")
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise _PaceRefused("its answer is not a JSON object")
     wait, spacing = parsed.get("wait_seconds"), parsed.get("spacing_seconds")
     if not _is_seconds(wait) or not 0 <= wait <= MAX_PACE_WAIT_SECONDS:
-        raise _PaceRefused(f"its answer's wait_seconds={wait!r:.40} is not from 0 to {MAX_PACE_WAIT_SECONDS:g} s")
+        raise AppRefused(f"its answer's wait_seconds={wait!r:.40} is not from 0 to {MAX_PACE_WAIT_SECONDS:g} s")
     if not _is_seconds(spacing) or not spacing > 0:
-        raise _PaceRefused(f"its answer's spacing_seconds={spacing!r:.40} is not a positive number of seconds")
+        raise AppRefused(f"its answer's spacing_seconds={spacing!r:.40} is not a positive number of seconds")
     return float(wait), float(spacing)
 
 
 def _is_seconds(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class _PaceBusy(Exception):
-    """The pace could not answer this time: the request is worth sending again."""
-
-
-class _PaceRefused(Exception):
-    """The pace answered, and not with a slot: sending again would not help."""

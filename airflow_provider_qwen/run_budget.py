@@ -14,12 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import tenacity
-
-from airflow.providers.common.compat.sdk import conf
-
+from airflow_provider_qwen.app_requests import AppBusy, AppRefused, app_url, post_signed
 from airflow_provider_qwen.budget import DEFAULT_EDIT_CREDITS, BudgetState
-from airflow_provider_qwen.safe_text import escape_controls
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -135,72 +131,29 @@ class RunBudget:
 
         :raises ApikleyBudgetUnavailableError: when the ledger cannot be used, naming why.
         """
-        from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
         from airflow_provider_qwen.exceptions import ApikleyBudgetUnavailableError
 
-        base = conf.get("api", "base_url", fallback="").rstrip("/")
-        if not base:
+        url = app_url(path)
+        if url is None:
             raise ApikleyBudgetUnavailableError(
                 f"{self.which} is kept on the api-server, and [api] base_url is not set: nothing was submitted"
             )
-        url = base + API_SERVER_PREFIX + path
         body = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
         try:
-            for attempt in tenacity.Retrying(
-                stop=tenacity.stop_after_attempt(LEDGER_ATTEMPTS),
-                wait=tenacity.wait_incrementing(start=1, increment=1),
-                retry=tenacity.retry_if_exception_type(_LedgerBusy),
-                reraise=True,
-            ):
-                with attempt:
-                    return self._ask(url, path, body)
-        except (_LedgerBusy, _LedgerRefused) as err:
-            problem = str(err)
-        raise ApikleyBudgetUnavailableError(
-            f"{self.which}: the budget ledger at {url} cannot be used, so nothing was submitted: {problem}"
-        )
-
-    def _ask(self, url: str, path: str, body: bytes) -> dict[str, Any]:
-        """Send one signed request; return the ledger's answer, read up to :data:`MAX_LEDGER_ANSWER_BYTES`."""
-        import requests
-
-        from airflow_provider_qwen.api_server.signing import signed_headers
-
-        headers = signed_headers(self.hook.settings.api_key, path, body)
-        try:
-            with requests.post(
-                url, data=body, headers=headers, timeout=LEDGER_TIMEOUT_SECONDS, allow_redirects=False, stream=True
-            ) as answer:
-                status = answer.status_code
-                text = answer.raw.read(MAX_LEDGER_ANSWER_BYTES + 1, decode_content=True)
-        except requests.RequestException as err:
-            raise _LedgerBusy(f"it could not be reached ({type(err).__name__})") from None
-        if status == 503:
-            raise _LedgerBusy("its database cannot be used right now (503)")
-        if status == 401:
-            raise _LedgerRefused(
-                "it answered 401: the request's signature was refused: is this connection's API key the one the "
-                "api-server reads?"
+            return post_signed(
+                url,
+                path,
+                body,
+                self.hook.settings.api_key,
+                attempts=LEDGER_ATTEMPTS,
+                first_wait=1.0,
+                timeout=LEDGER_TIMEOUT_SECONDS,
+                max_answer_bytes=MAX_LEDGER_ANSWER_BYTES,
             )
-        if status != 200:
-            raise _LedgerRefused(f"it answered {status}: {escape_controls(text[:300].decode(errors='replace'))}")
-        if len(text) > MAX_LEDGER_ANSWER_BYTES:
-            raise _LedgerRefused(f"its answer is larger than {MAX_LEDGER_ANSWER_BYTES} bytes")
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise _LedgerRefused("its answer is not a JSON object")
-        return parsed
-
-
-class _LedgerBusy(Exception):
-    """The ledger could not answer this time: the request is worth sending again."""
-
-
-class _LedgerRefused(Exception):
-    """The ledger answered, and not with a budget: sending again would not help."""
+        except (AppBusy, AppRefused) as err:
+            raise ApikleyBudgetUnavailableError(
+                f"{self.which}: the budget ledger at {url} cannot be used, so nothing was submitted: {err}"
+            ) from None
 
 
 @dataclass(frozen=True)
