@@ -1,7 +1,7 @@
 """
 One batch task of 20,000 edits, a worker killed halfway: what it writes, holds and resumes.
 
-``python -m benchmarks.batch_scale [--edits 20000] [--limit 100] [--window 1] [--kill-at 10000]``
+``python -m benchmarks.batch_scale [--edits 20000] [--limit 100] [--window 1] [--kill-at 10000] [--callbacks]``
 
 The emulator runs as its own process with the create limit raised (``--limit`` per ``--window``
 seconds), so the run takes minutes. Each phase of the task runs in a process of its own, as on a
@@ -13,6 +13,11 @@ requests per item, the bytes of the trigger's arguments, its event and the XCom 
 the ledger wrote to the task state store per item (every phase's writes, the killed worker's
 included) and the keys the second worker read to resume, each process's RSS growth, and the time
 the second worker took to resume; it exits non-zero when an item was created twice or lost.
+
+With ``--callbacks`` the items are created with the provider's callback URL: the provider's
+api-server app serves the receiver (and the deliveries the trigger awaits) from a process of its
+own on a SQLite metadata database, Apikley calls back as each edit ends, and the trigger queries
+Apikley only where a callback has not come by ``[apikley] callback_fallback_seconds``.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from benchmarks.compare_waits import requests_by_endpoint, stage_latencies
+
+#: The key the emulator signs its callbacks with, with ``--callbacks``.
+CALLBACK_KEY = "bench-callback-key"
 
 
 class FileStateStore:
@@ -122,6 +132,7 @@ def operator(spec: dict[str, Any]) -> Any:
     return QwenImageToImageBatchOperator(
         task_id="batch",
         inputs=inputs,
+        callback_url=spec.get("callback_url"),
         creates_per_window=spec["limit"],
         window_seconds=spec["window"],
         output_path=spec["output_path"],
@@ -140,6 +151,9 @@ def phase(name: str, spec_file: Path) -> None:
 
     spec = json.loads(spec_file.read_text())
     os.environ["AIRFLOW_CONN_APIKLEY_DEFAULT"] = spec["connection"]
+    if name == "serve":
+        serve_provider_app(spec)
+        return
     task = operator(spec)
     task_context = context(spec, name)
     baseline = rss_kib()
@@ -166,11 +180,62 @@ def phase(name: str, spec_file: Path) -> None:
     print(json.dumps(figures))
 
 
+def serve_provider_app(spec: dict[str, Any]) -> None:
+    """Serve the provider's api-server app under ``/apikley`` on ``spec["app_port"]`` until killed."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from airflow_provider_qwen.api_server.app import create_app
+    from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
+
+    server_app = FastAPI()
+    server_app.mount(API_SERVER_PREFIX, create_app())
+    uvicorn.run(server_app, host="127.0.0.1", port=spec["app_port"], log_level="warning")
+
+
 def start_phase(name: str, spec: dict[str, Any], workdir: Path) -> subprocess.Popen[str]:
     spec_file = workdir / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.batch_scale", "--phase", name, str(spec_file)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextmanager
+def receiving_callbacks(workdir: Path, spec: dict[str, Any]) -> Iterator[str]:
+    """
+    Set this process's (and so every phase's) Airflow up to take callbacks; serve the provider's app.
+
+    :return: the callback URL to create the items with.
+    """
+    import requests
+
+    from tests.system.ports import free_port
+
+    port = free_port()
+    os.environ.update(
+        AIRFLOW_HOME=str(workdir / "airflow"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{workdir / 'airflow.db'}",
+        AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS="airflow_provider_qwen.api_server.db_manager.ApikleyDBManager",
+        AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+        AIRFLOW_CONN_APIKLEY_DEFAULT=spec["connection"],
+    )
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
+    server = start_phase("serve", {**spec, "app_port": port}, workdir)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/apikley/callback", timeout=1)
+                break
+            except requests.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the provider's app did not start: {server.communicate()[1][-3000:]}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/apikley/callback"
+    finally:
+        server.terminate()
+        server.communicate()
 
 
 def finish_phase(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -187,13 +252,17 @@ def run_phase(name: str, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace, workdir: Path) -> int:
     from tests.system.deployment import EmulatorProcess
 
-    with EmulatorProcess(
-        workdir,
-        latency=stage_latencies(args.edit_seconds),
-        rate_limit=args.limit,
-        rate_window=args.window,
-        extra_args=("--credits", str(args.edits * 2)),
-    ) as emulator:
+    with ExitStack() as stack:
+        emulator = stack.enter_context(
+            EmulatorProcess(
+                workdir,
+                latency=stage_latencies(args.edit_seconds),
+                rate_limit=args.limit,
+                rate_window=args.window,
+                callback_key=CALLBACK_KEY if args.callbacks else None,
+                extra_args=("--credits", str(args.edits * 2)),
+            )
+        )
         spec = {
             "connection": emulator.airflow_connection(),
             "image_url": upload_small_image(emulator),
@@ -204,6 +273,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "output_path": f"file://{workdir / 'output'}",
             "state": str(workdir / "state"),
         }
+        if args.callbacks:
+            spec["callback_url"] = stack.enter_context(receiving_callbacks(workdir, spec))
         before = emulator.stats()
         started = time.monotonic()
 
@@ -250,7 +321,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     store_bytes = submitted["state_store_bytes"]  # the retry's
     ledger = store_figures(workdir)
     print(f"\n{args.edits} edits in one batch task; limit {args.limit} creates per {args.window:g} s;", end=" ")
-    print(f"edits of {args.edit_seconds:g} s; worker SIGKILLed after {at_kill} accepted creates")
+    print(f"edits of {args.edit_seconds:g} s; worker SIGKILLed after {at_kill} accepted creates;", end=" ")
+    print("Apikley calling back" if args.callbacks else "polling")
     print("| figure | value |")
     print("|---|---:|")
     print(f"| submission, both workers | {submit_seconds:.1f} s (floor at the limit: {floor:.1f} s) |")
@@ -271,6 +343,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     growth = f"{submitted['rss_growth_mib']:.1f} / {finished['rss_growth_mib']:.1f}"
     print(f"| worker RSS growth: submit / complete | {growth} MiB |")
     print(f"| triggerer RSS growth | {waited['rss_growth_mib']:.1f} MiB |")
+    if args.callbacks:
+        taken = after["api_codes"].get("callback taken", 0) - before["api_codes"].get("callback taken", 0)
+        print(f"| callbacks the receiver took | {taken} |")
     print(f"| all ended after | {total_seconds:.1f} s |")
     print(f"| items by state | {states} |")
     problems = []
@@ -290,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=1.0, help="the limit's window in seconds (default: 1)")
     parser.add_argument("--edit-seconds", type=float, default=2.0, help="how long an emulated edit takes (default: 2)")
     parser.add_argument("--kill-at", type=int, default=10_000, help="accepted creates before the kill (default: 10000)")
+    parser.add_argument("--callbacks", action="store_true", help="create the items with the provider's callback URL")
     parser.add_argument("--phase", nargs=2, metavar=("PHASE", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
