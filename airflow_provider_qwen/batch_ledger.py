@@ -76,6 +76,10 @@ EMPTY_FIELD = "."
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 #: The same in base64url, unpadded, as a compact entry holds it.
 SHORT_ID = re.compile(r"[A-Za-z0-9_-]{21}[AQgw]")
+#: Characters of a request fingerprint (in base64url) a created slot keeps: 66 bits.
+SLOT_FINGERPRINT = 11
+#: What a fingerprint read from a created slot starts with, the rest being the slot's characters.
+PARTIAL_FINGERPRINT = "~"
 #: Versions of a page key each try may write: a try's first is its generation times this, so that
 #: no try takes a continuation an earlier try left over for its own (a whole page its trigger
 #: reads, version 0, is followed by none).
@@ -283,6 +287,46 @@ def full_id(short: str) -> str:
     return base64.urlsafe_b64decode(f"{short}==").hex()
 
 
+def created_value(index: int, entry: LedgerEntry) -> str:
+    """
+    Return a created item's slot value: ``"<index> <task id> <fingerprint> [<replaced>]"``.
+
+    The task ids are in base64url (:func:`short_id`), the fingerprint its first
+    :data:`SLOT_FINGERPRINT` characters (enough to tell whether a retry sends the same request),
+    and ``replaced`` is the task its intent replaces, which ties the slot to that intent (see
+    :meth:`ChainedPages.load`). The create's time is left out: the intent's, a burst earlier at
+    most, stands for it.
+    """
+    fields = [str(index), short_id(str(entry.apikley_task_id)), short_id(entry.fingerprint)[:SLOT_FINGERPRINT]]
+    if entry.replaced_apikley_task_id:
+        fields.append(short_id(entry.replaced_apikley_task_id))
+    return " ".join(fields)
+
+
+def read_created(value: object, intended_at: float) -> tuple[int, LedgerEntry]:
+    """
+    Read a slot :func:`created_value` wrote: the item's index and its entry, sent at ``intended_at``.
+
+    The entry's fingerprint is the slot's start of one after :data:`PARTIAL_FINGERPRINT`, which
+    :func:`same_request` compares.
+
+    :raises ValueError: saying what is wrong with it.
+    """
+    fields = value.split(" ") if isinstance(value, str) else []
+    if len(fields) not in (3, 4) or not fields[0].isdigit() or not re.fullmatch(r"[A-Za-z0-9_-]+", fields[2]):
+        raise ValueError(f"a created slot must hold an index, a task id and a fingerprint, got {str(value)[:100]!r}")
+    replaced = full_id(fields[3]) if len(fields) == 4 else None
+    fingerprint = PARTIAL_FINGERPRINT + fields[2]
+    return int(fields[0]), LedgerEntry.checked(full_id(fields[1]), intended_at, fingerprint, replaced, None)
+
+
+def same_request(saved: str, fingerprint: str) -> bool:
+    """Whether the ``saved`` fingerprint, whole or as a slot keeps it, is ``fingerprint``."""
+    if saved.startswith(PARTIAL_FINGERPRINT):
+        return short_id(fingerprint).startswith(saved[len(PARTIAL_FINGERPRINT) :])
+    return saved == fingerprint
+
+
 def _milliseconds(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -309,6 +353,15 @@ class PageKeys(Protocol):
 
     def unreadable(self, page: int, part: int, problem: Exception) -> ApikleyError:
         """Return the error that a key cannot be read, naming it."""
+
+    def read_created(self, slot: int) -> object:
+        """Return what created slot ``slot`` holds, or ``None`` when it was never written."""
+
+    def write_created(self, slot: int, value: str) -> None:
+        """Write ``value`` (:func:`created_value`) to created slot ``slot``."""
+
+    def created_name(self, slot: int) -> str:
+        """Return the name of created slot ``slot``, as an error about it says."""
 
 
 class StateStoreKeys:
@@ -340,6 +393,19 @@ class StateStoreKeys:
     def write(self, page: int, part: int, value: dict[str, Any]) -> None:
         """Save ``value`` under the key."""
         self.state_store.set(self.key(page, part), value)
+
+    def read_created(self, slot: int) -> object:
+        """Return what ``apikley_batch/created/<slot>`` holds."""
+        return self.state_store.get(self.created_name(slot))
+
+    def write_created(self, slot: int, value: str) -> None:
+        """Save ``value`` under ``apikley_batch/created/<slot>``."""
+        self.state_store.set(self.created_name(slot), value)
+
+    @staticmethod
+    def created_name(slot: int) -> str:
+        """Return the key of created slot ``slot``."""
+        return f"apikley_batch/created/{slot}"
 
     def unreadable(self, page: int, part: int, problem: Exception) -> ApikleyError:
         """Return the error that the key cannot be read, naming it."""
@@ -397,6 +463,19 @@ class FolderKeys:
     def write(self, page: int, part: int, value: dict[str, Any]) -> None:
         """Write ``value`` as the file's one line, tagged with this try's generation (which its trigger checks)."""
         write_records(self.path(page, part), [{"generation": self.generation, **value}])
+
+    def read_created(self, slot: int) -> object:
+        """Return the one record of ``created-NNN.jsonl``: ``{"e": value}``."""
+        records = read_page(self.folder.created(slot))
+        return records if records is None or len(records) != 1 else records[0].get("e")
+
+    def write_created(self, slot: int, value: str) -> None:
+        """Write ``value`` as the one line of ``created-NNN.jsonl``."""
+        write_records(self.folder.created(slot), [{"e": value}])
+
+    def created_name(self, slot: int) -> str:
+        """Return the file of created slot ``slot``."""
+        return str(self.folder.created(slot))
 
     def unreadable(self, page: int, part: int, problem: Exception) -> ApikleyError:
         """Return the error that the file cannot be read, naming it."""
@@ -502,7 +581,53 @@ class ChainedPages:
             self.written = page + 1
             if content.last_page:
                 break
-        return {index: entry for entries in self.stored.values() for index, entry in entries.items()}
+        entries = {index: entry for entries in self.stored.values() for index, entry in entries.items()}
+        if created := self._created(entries):
+            entries.update(created)
+            self.save(created, entries)  # before this try's creates take the slots over
+        return entries
+
+    def note_created(self, slot: int, index: int, entry: LedgerEntry) -> None:
+        """
+        Keep the task id of ``index``, the ``slot`` th create of its burst, until its burst's next save.
+
+        The burst's save writes it where it belongs; until then a load finds it in the slot.
+        """
+        self.keys.write_created(slot, created_value(index, entry))
+
+    def _created(self, entries: Mapping[int, LedgerEntry]) -> dict[int, LedgerEntry]:
+        """
+        Return the intents of ``entries`` whose creates were answered, as their slots keep them.
+
+        A burst creates its items in order, each into the next slot, so a load reads the slots in
+        order, from the first that is one of the intents to the first after it that is not, passing
+        over the slots before it whose creates are already saved where they belong (a save that
+        writes the lower pages first was cut short): at most a burst and one more slot. A slot
+        counts for an intent of the same item that replaces the same task, which no earlier burst's
+        slot does (an item submitted anew replaces the task it had).
+        """
+        intents = {index: entry for index, entry in entries.items() if entry.apikley_task_id is None}
+        created: dict[int, LedgerEntry] = {}
+        slot = 0
+        while len(created) < len(intents) and (value := self.keys.read_created(slot)) is not None:
+            try:
+                index, entry = read_created(value, 0.0)
+            except ValueError as err:
+                raise ApikleyUnreadableStateError(
+                    f"The batch's ledger slot {self.keys.created_name(slot)} cannot be read: {err}. This try "
+                    "submitted nothing; without it, the item it names would be submitted and paid for again"
+                ) from None
+            intent, saved = intents.get(index), entries.get(index)
+            if (
+                intent is not None
+                and index not in created
+                and intent.replaced_apikley_task_id == entry.replaced_apikley_task_id
+            ):
+                created[index] = replace(entry, submitted_at=intent.submitted_at)
+            elif created or saved is None or saved.apikley_task_id != entry.apikley_task_id:
+                break
+            slot += 1
+        return created
 
     def save(self, indexes: Iterable[int], entries: Mapping[int, LedgerEntry]) -> None:
         """Save the entries of ``indexes`` (those without one in ``entries`` go), each on its own page."""
@@ -536,10 +661,13 @@ class ChainedPages:
         last = {index: entry for index, entry in chain.last.items() if index not in part} | values
         compaction = len(stored) + len(values) if stored and self._fits(1 - chain.reads) else None
         extension = 2 * len(chain.last) + len(values) if chain.continuations else None
+        removed = any(index in stored and index not in entries for index in part)
         if page >= self.written or not self._fits(0):
             self._write_page(page, after, keep)
-        elif part and chain.held == part:  # the same items again: a burst's task ids after its intents
+        elif part and chain.held == part:  # the same items again: a burst's intents taken back
             self._rewrite_last(page, last, after, keep)
+        elif removed:  # a key written after the one that holds them cannot take them away
+            self._write_page(page, after, keep)
         elif chain.more:
             self._append(page, values, after, keep)
         elif extension is not None and (compaction is None or extension <= compaction):
@@ -673,6 +801,9 @@ class Ledger(Protocol):
     def save(self, indexes: Iterable[int], entries: Mapping[int, LedgerEntry]) -> None:
         """Save the entries of ``indexes`` from ``entries``; an index with none there has none saved."""
 
+    def note_created(self, slot: int, index: int, entry: LedgerEntry) -> None:
+        """Keep ``entry`` of ``index``, the ``slot`` th create of a burst, until the burst's next save."""
+
 
 class BatchLedger:
     """
@@ -703,6 +834,11 @@ class BatchLedger:
         """Save the entries of ``indexes`` from ``entries`` (items never move between pages)."""
         if self.pages is not None:
             self.pages.save(indexes, entries)
+
+    def note_created(self, slot: int, index: int, entry: LedgerEntry) -> None:
+        """Keep ``entry`` of ``index``, the ``slot`` th create of a burst, until the burst's next save."""
+        if self.pages is not None:
+            self.pages.note_created(slot, index, entry)
 
     def settle(self, count: int, outcomes: Mapping[int, tuple[str, str]]) -> None:
         """
@@ -753,6 +889,10 @@ class PageLedger:
     def save(self, indexes: Iterable[int], entries: Mapping[int, LedgerEntry]) -> None:
         """Save the entries of ``indexes`` from ``entries`` (items never move between pages)."""
         self.pages.save(indexes, entries)
+
+    def note_created(self, slot: int, index: int, entry: LedgerEntry) -> None:
+        """Keep ``entry`` of ``index``, the ``slot`` th create of a burst, until the burst's next save."""
+        self.pages.note_created(slot, index, entry)
 
 
 def write_submitted_pages(folder: BatchFolder, generation: int, count: int, entries: Mapping[int, LedgerEntry]) -> None:
@@ -831,7 +971,7 @@ def plan_retry(
             state = outcome[1]
         if entry.apikley_task_id is None:
             plan.orphaned.append(index)
-        elif entry.fingerprint != fingerprint:
+        elif not same_request(entry.fingerprint, fingerprint):
             plan.changed.append(index)
         elif state in RESUBMITTED_STATES:
             plan.ended_badly.append(index)

@@ -101,6 +101,10 @@ class BatchFolder:
         """Return the file of continuation ``part`` (1, 2...) of page ``page`` of the ledger (see ``PageLedger``)."""
         return self.folder / f"submitted-{page:05d}.{part}.jsonl"
 
+    def created(self, slot: int) -> ObjectStoragePath:
+        """Return the file of the ledger's created slot ``slot`` (see ``PageLedger``)."""
+        return self.folder / f"created-{slot:03d}.jsonl"
+
     def ended(self, page: int) -> ObjectStoragePath:
         """Return the file of page ``page`` once every item on it has ended."""
         return self.folder / f"ended-{page:05d}.jsonl"

@@ -1,18 +1,20 @@
 """
 One batch task of 20,000 edits, a worker killed halfway: what it writes, holds and resumes.
 
-``python -m benchmarks.batch_scale [--edits 20000] [--limit 100] [--window 1] [--kill-at 10000] [--callbacks]``
+``python -m benchmarks.batch_scale [--edits 20000] [--limit 100] [--window 1] [--kill-at N] [--callbacks]``
 
 The emulator runs as its own process with the create limit raised (``--limit`` per ``--window``
 seconds), so the run takes minutes. Each phase of the task runs in a process of its own, as on a
 deployment: a worker submits (``execute``) with a task state store kept in files, and is SIGKILLed
-once Apikley has accepted ``--kill-at`` creates; a second worker resumes from the store and defers;
-a triggerer process runs the ``ApikleyBatchTrigger`` to its event; a last worker finishes
-(``execute_complete``) and returns the summary. It prints creates per second against the limit,
-requests per item, the bytes of the trigger's arguments, its event and the XCom value, the bytes
-the ledger wrote to the task state store per item (every phase's writes, the killed worker's
-included) and the keys the second worker read to resume, each process's RSS growth, and the time
-the second worker took to resume; it exits non-zero when an item was created twice or lost.
+once Apikley has accepted ``--kill-at`` creates (by default halfway, in the middle of a burst); a
+second worker resumes from the store and defers; a triggerer process runs the
+``ApikleyBatchTrigger`` to its event; a last worker finishes (``execute_complete``) and returns the
+summary. It prints creates per second against the limit, requests per item, the bytes of the
+trigger's arguments, its event and the XCom value, the bytes the ledger wrote to the task state
+store per item (every phase's writes, the killed worker's included) and the keys the second worker
+read to resume, each process's RSS growth, and the time the second worker took to resume; it exits
+non-zero when more than one item was created twice (the create in flight when the worker died) or
+one was lost.
 
 With ``--callbacks`` the items are created with the provider's callback URL: the provider's
 api-server app serves the receiver (and the deliveries the trigger awaits) from a process of its
@@ -88,11 +90,12 @@ def store_figures(workdir: Path) -> dict[str, int]:
         fields = line.split(" ")
         if len(fields) != 4 or not fields[3].isdigit():
             continue  # the last line of a worker killed while writing it
-        phase, operation, _, size = fields
+        phase, operation, key, size = fields
         if operation == "write":
             figures["bytes written"] += int(size)
         else:
-            figures[f"{phase} reads"] = figures.get(f"{phase} reads", 0) + 1
+            read = f"{phase} slot reads" if key.startswith("apikley_batch/created/") else f"{phase} reads"
+            figures[read] = figures.get(read, 0) + 1
     return figures
 
 
@@ -329,6 +332,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"| creates per second against the limit | {floor / submit_seconds * 100:.1f} % |")
     print(f"| second worker: from the kill to its first create | {resume_seconds:.1f} s |")
     print(f"| createTask accepted for {args.edits} items | {accepted} ({creates} when the second worker deferred) |")
+    print(f"| items created twice | {accepted - args.edits} |")
     api = by_endpoint.get("createTask", 0) + by_endpoint.get("recordInfo", 0)
     print(f"| API requests per item (createTask + recordInfo) | {api / args.edits:.3f} |")
     for endpoint, count in sorted(by_endpoint.items()):
@@ -340,6 +344,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     print(f"| ledger bytes written per item (both workers and the last) | {ledger['bytes written'] / args.edits:.0f} |")
     pages = -(-args.edits // LEDGER_PAGE)
     print(f"| ledger keys read on resume | {ledger.get('resume reads', 0)} (the batch has {pages} pages) |")
+    print(f"| created slots read on resume | {ledger.get('resume slot reads', 0)} |")
     growth = f"{submitted['rss_growth_mib']:.1f} / {finished['rss_growth_mib']:.1f}"
     print(f"| worker RSS growth: submit / complete | {growth} MiB |")
     print(f"| triggerer RSS growth | {waited['rss_growth_mib']:.1f} MiB |")
@@ -364,13 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100, help="creates the account may make per window (default: 100)")
     parser.add_argument("--window", type=float, default=1.0, help="the limit's window in seconds (default: 1)")
     parser.add_argument("--edit-seconds", type=float, default=2.0, help="how long an emulated edit takes (default: 2)")
-    parser.add_argument("--kill-at", type=int, default=10_000, help="accepted creates before the kill (default: 10000)")
+    parser.add_argument(
+        "--kill-at",
+        type=int,
+        help="accepted creates before the kill (default: halfway, in the middle of a burst of --limit creates)",
+    )
     parser.add_argument("--callbacks", action="store_true", help="create the items with the provider's callback URL")
     parser.add_argument("--phase", nargs=2, metavar=("PHASE", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
         phase(args.phase[0], Path(args.phase[1]))
         return 0
+    if args.kill_at is None:
+        args.kill_at = args.edits // 2 // args.limit * args.limit + args.limit // 2
     with tempfile.TemporaryDirectory(prefix="batch-scale-") as workdir:
         return run(args, Path(workdir))
 

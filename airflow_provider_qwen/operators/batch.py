@@ -444,10 +444,11 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """
         Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
 
-        Each burst costs two saves of the ledger: the intents before its first create, the task ids
-        after its last (or after the create that raised, whose intent stays unless Apikley surely
-        created nothing). With ``per_burst`` and a budget, each burst is reserved first, and the
-        submission stops at the first item that does not fit.
+        Each burst costs one save of the ledger, before its first create: its intents, and the task
+        ids of the burst before it, which were noted as they came (see :meth:`_submit_burst`); the
+        last burst's task ids are saved once it ends (a lost worker leaves them noted, where a
+        retry's load finds them). With ``per_burst`` and a budget, each burst is
+        reserved first, and the submission stops at the first item that does not fit.
 
         :return: the items left unsubmitted, and the budget's refusal that left them.
         """
@@ -455,6 +456,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         pending = plan.submit
         committed = 0.0
         budgeted = per_burst and (budget is not None or self.max_credits is not None)
+        noted: list[int] = []  # the last burst's items, whose task ids the ledger has only noted
         for start in range(0, len(pending), self.creates_per_window):
             burst = pending[start : start + self.creates_per_window]
             if budgeted:
@@ -462,39 +464,54 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 committed += granted.count * granted.expected
                 if granted.limiting is not None:
                     left = pending[start + granted.count :]
-                    self._submit_burst(burst[: granted.count], plan, requests, fingerprints, entries, ledger, limiter)
+                    noted = self._submit_burst(
+                        burst[: granted.count], noted, plan, requests, fingerprints, entries, ledger, limiter
+                    )
+                    ledger.save(noted, entries)
                     submitted = f"{start + granted.count} of {len(pending)} items were submitted"
                     return sorted(left), str(granted.limiting.refusal(granted.expected, submitted))
-            self._submit_burst(burst, plan, requests, fingerprints, entries, ledger, limiter)
+            noted = self._submit_burst(burst, noted, plan, requests, fingerprints, entries, ledger, limiter)
             done = start + len(burst)
             if done // 50 > start // 50 or done == len(pending):
                 self.log.info("Submitted %d of %d edits", done, len(pending))
+        ledger.save(noted, entries)
         return [], ""
 
     def _submit_burst(
         self,
         burst: list[int],
+        noted: list[int],
         plan: RetryPlan,
         requests: list[dict[str, Any]],
         fingerprints: list[str],
         entries: dict[int, LedgerEntry],
         ledger: Ledger,
         limiter: CreateRateLimiter,
-    ) -> None:
-        """Submit one burst: its intents saved before the first create, its task ids after the last."""
+    ) -> list[int]:
+        """
+        Submit one burst: its intents saved before the first create, with the task ids of ``noted``.
+
+        Each task id is noted in the ledger as soon as it exists (a slot per create of the burst,
+        which the next burst's save frees), so a worker lost during a burst leaves at most one
+        create that a retry cannot tell was answered (``on_orphaned_intent``). A create that raised
+        keeps its intent unless Apikley surely created nothing.
+
+        :return: the items whose task ids are only noted, for the next save.
+        """
         if not burst:
-            return
+            return noted
         limiter.wait(len(burst))
         before = {index: entries.get(index) for index in burst}
         intended_at = round(time.time(), 3)  # the ledger keeps milliseconds
         for index in burst:
             entries[index] = LedgerEntry(None, intended_at, fingerprints[index], plan.replaced.get(index))
-        ledger.save(burst, entries)
+        ledger.save([*noted, *burst], entries)
         created = 0
         try:
             for index in burst:
                 task_id = self._submit(requests[index], limiter)
                 entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=round(time.time(), 3))
+                ledger.note_created(created, index, entries[index])
                 created += 1
         except BaseException as err:
             for index in burst[created + (0 if surely_not_created(err) else 1) :]:
@@ -502,9 +519,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
                     entries.pop(index)
                 else:
                     entries[index] = earlier
+            ledger.save([*noted, *burst], entries)  # as the intents were: their keys are rewritten in place
             raise
-        finally:
-            ledger.save(burst, entries)
+        return burst
 
     def _batch_folder(self, context: Context) -> BatchFolder:
         """

@@ -190,7 +190,12 @@ def test_a_retry_resumes_the_batch_and_pays_only_for_the_items_never_submitted(a
 def test_a_first_try_does_not_read_the_ledger(source_image_url):
     store = mock.Mock(get=mock.Mock(side_effect=AssertionError("a first try has no earlier try to resume")))
     deferred(make_batch(source_image_url, items=2), store, try_number=1)
-    assert [call.args[0] for call in store.set.call_args_list] == ["apikley_batch/0", "apikley_batch/0"]
+    assert [call.args[0] for call in store.set.call_args_list] == [
+        "apikley_batch/0",  # the intents
+        "apikley_batch/created/0",  # each task id as it comes
+        "apikley_batch/created/1",
+        "apikley_batch/0",  # the task ids where they belong
+    ]
 
 
 def test_the_ledger_reads_back_each_page_as_saved_and_no_write_grows_with_the_batch():
@@ -360,6 +365,7 @@ async def test_a_large_batch_carries_counts_not_items_and_returns_its_manifest(
         (stored,) = record["stored"]
         assert (tmp_path / stored["uri"].rsplit("/", 1)[-1]).stat().st_size == stored["size"]
     assert sorted(path.name for path in folder.glob("*-*.jsonl")) == [
+        *(f"created-00{slot}.jsonl" for slot in range(5)),  # a slot per create of the (one) burst
         *(f"ended-0000{page}.jsonl" for page in range(3)),
         *(f"submitted-0000{page}.jsonl" for page in range(3)),
     ]
@@ -639,26 +645,29 @@ def test_a_create_apikley_refused_leaves_no_intent_behind(apikley, source_image_
     assert sent_seeds(apikley) == [0, 1, 1, 2]
 
 
-def test_each_create_is_preceded_by_its_saved_intent_in_no_more_writes_than_items(apikley, source_image_url):
-    saved_before_create: list[tuple[dict, int]] = []
+def test_each_create_is_preceded_by_its_saved_intent_and_followed_by_its_noted_task_id(apikley, source_image_url):
+    saved_around_creates: list[tuple[dict, int]] = []
 
     class Snapshots(FakeStateStore):
         def set(self, key, value):
             super().set(key, json.loads(json.dumps(value)))
-            saved_before_create.append((dict(self), apikley.state.accepted_creates))
+            saved_around_creates.append((dict(self), apikley.state.accepted_creates))
 
     operator = make_batch(source_image_url, items=6, creates_per_window=3, window_seconds=0.2)
     trigger = deferred(operator, Snapshots())
 
-    assert 0 < len(saved_before_create) <= 6
-    for index in range(6):  # the (index + 1)-th create was sent after a write that held its intent
+    assert len(saved_around_creates) <= 6 + 2 + 1  # a write per create, one per burst, and the last burst's ids
+    loads = [(BatchLedger(FakeStateStore(saved)).load(6), creates) for saved, creates in saved_around_creates]
+    for index in range(6):
+        # the (index + 1)-th create was sent after a write that held its intent, and its task id was
+        # written before the next create was sent
         intents_at = [
-            creates
-            for saved, creates in saved_before_create
-            if (entry := BatchLedger(FakeStateStore(saved)).load(6).get(index)) and entry.apikley_task_id is None
+            creates for loaded, creates in loads if (entry := loaded.get(index)) and not entry.apikley_task_id
         ]
         assert intents_at and min(intents_at) <= index, index
-    last, _ = saved_before_create[-1]
+        task_ids_at = [creates for loaded, creates in loads if (entry := loaded.get(index)) and entry.apikley_task_id]
+        assert min(task_ids_at) == index + 1, index
+    last, _ = saved_around_creates[-1]
     assert [entry.apikley_task_id for entry in BatchLedger(FakeStateStore(last)).load(6).values()] == [
         task_id for task_id, *_ in trigger.tasks
     ]

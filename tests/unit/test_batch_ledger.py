@@ -16,7 +16,14 @@ import pytest
 
 from airflow.providers.common.compat.sdk import TaskDeferred
 
-from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, BatchLedger, LedgerEntry, PageLedger, write_submitted_pages
+from airflow_provider_qwen.batch_ledger import (
+    LEDGER_PAGE,
+    BatchLedger,
+    LedgerEntry,
+    PageLedger,
+    plan_retry,
+    write_submitted_pages,
+)
 from airflow_provider_qwen.batch_manifest import BatchFolder, read_page, write_records
 from airflow_provider_qwen.exceptions import ApikleyError, ApikleyUnreadableStateError
 from airflow_provider_qwen.models import QWEN_IMAGE_TO_IMAGE
@@ -27,15 +34,21 @@ IMAGE_URL = "https://images.example.org/shoe.png"
 
 
 class RecordingStore(dict):
-    """Airflow 3.3's task state store, counting the keys read and the bytes of the JSON values written."""
+    """
+    Airflow 3.3's task state store, counting the bytes of the JSON values written, and the keys
+    read: pages (``reads``) and created slots (``slot_reads``) apart.
+    """
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.reads = 0
+        self.reads = self.slot_reads = 0
         self.bytes_written = 0
 
     def get(self, key, default=None):
-        self.reads += 1
+        if key.startswith("apikley_batch/created/"):
+            self.slot_reads += 1
+        else:
+            self.reads += 1
         return super().get(key, default)
 
     def set(self, key, value):
@@ -115,6 +128,68 @@ def test_a_retry_after_a_stop_halfway_reads_fewer_keys_than_pages_and_pays_for_t
     assert store.reads < math.ceil(1000 / LEDGER_PAGE)  # a load stops at the pages never written
     assert [task for task, *_ in tasks[:500]] == [task_id(number) for number in range(500)]
     assert retry.hook.create_task.call_count == 500
+
+
+@pytest.mark.parametrize("killed_at", [0, 7, 19, 20, 513, 999])
+def test_a_worker_killed_during_a_burst_leaves_a_retry_at_most_one_create_to_pay_for_again(killed_at):
+    store, left_behind = RecordingStore(), RecordingStore()
+    killed = batch(1000)  # in bursts of 20
+
+    def create(*_):
+        if killed.hook.create_task.call_count > killed_at:  # the create in flight when the worker is killed
+            left_behind.update(json.loads(json.dumps(store)))
+            raise Stop()
+        return task_id(killed.hook.create_task.call_count - 1)
+
+    killed.hook.create_task.side_effect = create
+    with pytest.raises(Stop):
+        killed.execute(context(store))
+
+    retry = batch(1000, first_task=10_000)
+    tasks = submit(retry, left_behind, try_number=2)
+
+    assert retry.hook.create_task.call_count == 1000 - killed_at  # the one in flight may have been created
+    assert [task for task, *_ in tasks[:killed_at]] == [task_id(number) for number in range(killed_at)]
+    assert left_behind.reads <= math.ceil(1000 / LEDGER_PAGE) and left_behind.slot_reads <= 20 + 1
+
+
+def test_on_object_storage_a_load_finds_the_task_ids_a_burst_cut_short_noted(tmp_path):
+    with mock.patch("airflow_provider_qwen.batch_manifest.PAGE_ITEMS", 10):
+        folder = BatchFolder(f"file://{tmp_path}")
+        ledger = PageLedger(folder, 1, 25)
+        entries = {index: LedgerEntry(None, 1.5, f"{index:032x}") for index in range(12)}
+        ledger.save(range(12), entries)  # a burst's intents, across two pages
+        for slot in range(5):
+            entries[slot] = replace(entries[slot], apikley_task_id=task_id(slot), submitted_at=1.6)
+            ledger.note_created(slot, slot, entries[slot])
+        loaded = PageLedger(folder, 2).load(25)
+
+    assert {index: entry.apikley_task_id for index, entry in loaded.items()} == {
+        index: task_id(index) if index < 5 else None for index in range(12)
+    }
+    plan = plan_retry(loaded, [f"{index:032x}" for index in range(12)])
+    assert plan.resumed == [0, 1, 2, 3, 4] and plan.orphaned == list(range(5, 12))
+
+
+def test_a_slot_counts_only_for_the_intent_it_was_created_for_and_only_for_the_same_request():
+    store = RecordingStore()
+    ledger = BatchLedger(store, 1, 3)
+    first = {index: LedgerEntry(task_id(index), 1.5, f"{index:032x}") for index in range(3)}
+    for slot in range(3):
+        ledger.note_created(slot, slot, first[slot])
+    ledger.save(range(3), first)
+    # a later try submits item 0 anew (replacing its task) and is lost before that create was answered
+    later = {**first, 0: LedgerEntry(None, 2.5, "", task_id(0))}
+    BatchLedger(store, 2, 3).save([0], later)
+
+    loaded = BatchLedger(RecordingStore(store), 3).load(3)
+    assert loaded[0].apikley_task_id is None  # the slot is the first try's create, not this intent's
+
+    BatchLedger(store, 3, 3).note_created(0, 0, LedgerEntry(task_id(9), 3.5, "e" * 32, task_id(0)))
+    loaded = BatchLedger(RecordingStore(store), 4).load(3)
+    plan = plan_retry(loaded, ["f" * 32, f"{1:032x}", f"{2:032x}"])
+    assert loaded[0].apikley_task_id == task_id(9)
+    assert plan.changed == [0] and plan.replaced == {0: task_id(9)}  # sent another request: submitted anew
 
 
 def test_a_retry_pays_only_for_the_items_that_ended_badly_or_whose_request_changed():
@@ -219,6 +294,15 @@ def test_each_page_keeps_its_own_items():
     }
 
 
+@pytest.mark.parametrize("slot", ["0 not/a/task abc", "0", {"e": "0 abc def"}, "x " + "A" * 22 + " abc"])
+def test_a_created_slot_that_cannot_be_read_is_refused_naming_it_before_any_create(slot):
+    saved = {"apikley_batch/0": {"v": 1, "t": 0, "e": "0\n1\n2"}, "apikley_batch/created/0": slot}
+    operator = batch(3)
+    with pytest.raises(ApikleyUnreadableStateError, match=r"ledger slot apikley_batch/created/0 cannot be read"):
+        operator.execute(context(RecordingStore(saved), try_number=2))
+    operator.hook.create_task.assert_not_called()
+
+
 # ---- wherever a try stops --------------------------------------------------------------------------
 
 
@@ -253,6 +337,7 @@ class CrashChecks:
         self.before: dict | None = None
         self.after: dict = {}
         self.checked = 0
+        self.burst = 0
 
     def ledger(self, generation: int) -> BatchLedger | PageLedger:
         if self.folder:
@@ -263,18 +348,22 @@ class CrashChecks:
     def seen_by_a_retry(self) -> dict[int, tuple]:
         if self.folder:
             with mock.patch("airflow_provider_qwen.batch_ledger.read_page", side_effect=self.counted(read_page)):
-                loaded, reads = PageLedger(self.folder).load(self.count), self.reads
+                loaded, reads, slot_reads = PageLedger(self.folder).load(self.count), self.reads, self.slot_reads
         else:
             reader = RecordingStore(self.store)
-            loaded, reads = BatchLedger(reader).load(self.count), reader.reads
+            loaded, reads, slot_reads = BatchLedger(reader).load(self.count), reader.reads, reader.slot_reads
         assert reads <= math.ceil(self.count / (self.folder.items(0).stop if self.folder else LEDGER_PAGE))
+        assert slot_reads <= self.burst + 1  # the slots of a burst a lost worker cut short, and one more
         return as_retry_sees(loaded)
 
     def counted(self, read):
-        self.reads = 0
+        self.reads = self.slot_reads = 0
 
         def counting(path):
-            self.reads += 1
+            if path.name.startswith("created-"):
+                self.slot_reads += 1
+            else:
+                self.reads += 1
             return read(path)
 
         return counting
@@ -306,11 +395,16 @@ class CrashChecks:
 
 
 def a_try(checks: CrashChecks, generation: int, burst: int, pending: list[int], rng: random.Random) -> bool:
-    """Save as the operator does (intents, creates, task ids), stopped or refused at random; return whether it ended."""
+    """
+    Save as the operator does (each burst's intents with the task ids of the burst before, each task
+    id noted as it comes), stopped or refused at random; return whether it ended.
+    """
     ledger = checks.ledger(generation)
+    checks.burst = burst
     entries = ledger.load(checks.count) if generation > 1 else {}
     now = 1_780_000_000.0 + generation * 10_000
     stop_at = rng.choice([None, rng.randrange(len(pending) + 1)])
+    noted: list[int] = []
     for start in range(0, len(pending), burst):
         items = pending[start : start + burst]
         before = {index: entries.get(index) for index in items}
@@ -318,18 +412,19 @@ def a_try(checks: CrashChecks, generation: int, burst: int, pending: list[int], 
             earlier = entries.get(index)
             replaced = earlier and (earlier.apikley_task_id or earlier.replaced_apikley_task_id)
             entries[index] = LedgerEntry(None, now, f"{index:032x}", replaced)
-        checks.save(ledger, items, entries)
+        checks.save(ledger, [*noted, *items], entries)
         for created, index in enumerate(items):
             if start + created == stop_at:
                 if rng.random() < 0.5:
-                    return False  # killed: the intents stay
+                    return False  # killed: the intents stay, and the task ids noted so far
                 for left in items[created:]:  # refused: nothing was created for the rest
                     entries.pop(left) if before[left] is None else entries.__setitem__(left, before[left])
-                checks.save(ledger, items, entries)
+                checks.save(ledger, [*noted, *items], entries)
                 return False
-            now += 0.037
-            entries[index] = replace(entries[index], apikley_task_id=f"{rng.getrandbits(128):032x}", submitted_at=now)
-        checks.save(ledger, items, entries)
+            entries[index] = replace(entries[index], apikley_task_id=f"{rng.getrandbits(128):032x}")
+            ledger.note_created(created, index, entries[index])
+        noted = items
+    checks.save(ledger, noted, entries)
     if checks.folder:  # every page whole, for the trigger to wait for
         write_submitted_pages(checks.folder, generation, checks.count, entries)
     return True
