@@ -4,8 +4,11 @@ What a batch's earlier tries submitted, so that a retry pays once for each item 
 Each item's entry holds its Apikley task id, when it was submitted (to the millisecond), the
 :func:`~airflow_provider_qwen.resume.request_fingerprint` of what was sent, the task it replaced,
 and, once known, that the wait for it failed, timed out or errored. Before a burst of creates the
-batch saves an intent for each of the burst's items (an entry with no task id yet), and after the
-burst their task ids: two saves per burst of up to ``creates_per_window`` items.
+batch saves an intent for each of the burst's items (an entry with no task id yet) with the task
+ids of the burst before: one save per burst of up to ``creates_per_window`` items. In between,
+each task id is noted as its create is answered, in a created slot of its own (one per create of a
+burst, reused by the next; :meth:`ChainedPages.note_created`), where a load finds the task ids of
+a burst a lost worker cut short: a retry pays again for the one create on its way at most.
 
 On Airflow 3.3 the entries live in the task state store (:class:`BatchLedger`, pages of
 :data:`LEDGER_PAGE` items). Without one (3.1, 3.2), a large batch keeps them in its own

@@ -140,9 +140,10 @@ class QwenImageToImageBatchOperator(BaseOperator):
 
     Every input is validated before anything is sent. The edits are then submitted at the account's
     create rate (``creates_per_window`` in any ``window_seconds``: a 429 slows the submission down
-    and never drops an item). Each create is recorded as an intent before it is sent and its task
-    id as soon as it exists, a burst of creates at a time (see :mod:`~airflow_provider_qwen.batch_ledger`),
-    so a retry pays once for each item. One trigger then waits for all of them, asking about each
+    and never drops an item). Each create is recorded as an intent before it is sent (a burst of
+    creates at a time) and its task id as soon as it exists (see
+    :mod:`~airflow_provider_qwen.batch_ledger`), so a retry pays once for each item, and a lost
+    worker leaves at most the create it was sending unaccounted. One trigger then waits for all of them, asking about each
     about once, when its answer is due. The results are copied to ``output_path`` when given.
 
     A retry (or a clear) resumes an item's task from an earlier try only when the item's request is
