@@ -57,23 +57,25 @@ def accepted_creates(emulator: EmulatorProcess) -> int:
 
 
 def batch_ids_saved(deployment: AirflowDeployment, run_id: str) -> int:
-    """How many Apikley task ids the batch's ledger holds in the task state store."""
-    from airflow_provider_qwen.batch_ledger import LEDGER_PAGE, read_compact
+    """How many Apikley task ids a retry would find in the batch's ledger in the task state store."""
+    from airflow_provider_qwen.batch_ledger import BatchLedger
 
     keys = deployment.sql(
         "SELECT key, value FROM task_state_store WHERE dag_id = %s AND run_id = %s AND task_id = 'batch' "
         "AND key LIKE 'apikley_batch/%%'",
         (BATCH_DAG_ID, run_id),
     )
-    # a page's key, or one of its continuations (apikley_batch/<page>/<n>), each with the items it
-    # last wrote; an entry without a task id is an intent: a create begun, not yet answered
-    saved = {
-        index
-        for key, value in keys
-        for index, entry in read_compact(json.loads(value), int(key.split("/")[1]), LEDGER_PAGE).entries.items()
-        if entry.apikley_task_id
-    }
-    return len(saved)
+    store = StoreCopy({key: json.loads(value) for key, value in keys})
+    # pages, their continuations, and the created slots of the burst being sent; an entry without
+    # a task id is an intent: a create begun, not yet answered
+    return sum(1 for entry in BatchLedger(store).load(BATCH_EDITS).values() if entry.apikley_task_id)
+
+
+class StoreCopy(dict):
+    """A copy of a task state store's keys, read as the operator reads them (a load may write to it)."""
+
+    def set(self, key: str, value: object) -> None:
+        self[key] = value
 
 
 def stop_between_creates(worker: psutil.Process, saved: Callable[[], int], accepted: Callable[[], int]) -> None:
