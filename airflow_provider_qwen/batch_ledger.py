@@ -297,8 +297,8 @@ def created_value(index: int, entry: LedgerEntry) -> str:
     The task ids are in base64url (:func:`short_id`), the fingerprint its first
     :data:`SLOT_FINGERPRINT` characters (enough to tell whether a retry sends the same request),
     and ``replaced`` is the task its intent replaces, which ties the slot to that intent (see
-    :meth:`ChainedPages.load`). The create's time is left out: the intent's, a burst earlier at
-    most, stands for it.
+    :meth:`ChainedPages.load`). The create's time is left out: the intent's stands for it, which
+    its key keeps as the earliest of the key's times (an earlier first status query at worst).
     """
     fields = [str(index), short_id(str(entry.apikley_task_id)), short_id(entry.fingerprint)[:SLOT_FINGERPRINT]]
     if entry.replaced_apikley_task_id:
@@ -306,9 +306,9 @@ def created_value(index: int, entry: LedgerEntry) -> str:
     return " ".join(fields)
 
 
-def read_created(value: object, intended_at: float) -> tuple[int, LedgerEntry]:
+def read_created(value: object) -> tuple[int, LedgerEntry]:
     """
-    Read a slot :func:`created_value` wrote: the item's index and its entry, sent at ``intended_at``.
+    Read a slot :func:`created_value` wrote: the item's index and its entry, with no time (0).
 
     The entry's fingerprint is the slot's start of one after :data:`PARTIAL_FINGERPRINT`, which
     :func:`same_request` compares.
@@ -320,7 +320,7 @@ def read_created(value: object, intended_at: float) -> tuple[int, LedgerEntry]:
         raise ValueError(f"a created slot must hold an index, a task id and a fingerprint, got {str(value)[:100]!r}")
     replaced = full_id(fields[3]) if len(fields) == 4 else None
     fingerprint = PARTIAL_FINGERPRINT + fields[2]
-    return int(fields[0]), LedgerEntry.checked(full_id(fields[1]), intended_at, fingerprint, replaced, None)
+    return int(fields[0]), LedgerEntry.checked(full_id(fields[1]), 0.0, fingerprint, replaced, None)
 
 
 def same_request(saved: str, fingerprint: str) -> bool:
@@ -614,7 +614,7 @@ class ChainedPages:
         slot = 0
         while len(created) < len(intents) and (value := self.keys.read_created(slot)) is not None:
             try:
-                index, entry = read_created(value, 0.0)
+                index, entry = read_created(value)
             except ValueError as err:
                 raise ApikleyUnreadableStateError(
                     f"The batch's ledger slot {self.keys.created_name(slot)} cannot be read: {err}. This try "
@@ -626,7 +626,7 @@ class ChainedPages:
                 and index not in created
                 and intent.replaced_apikley_task_id == entry.replaced_apikley_task_id
             ):
-                created[index] = replace(entry, submitted_at=intent.submitted_at)
+                created[index] = replace(entry, submitted_at=intent.submitted_at)  # at most a window early
             elif created or saved is None or saved.apikley_task_id != entry.apikley_task_id:
                 break
             slot += 1

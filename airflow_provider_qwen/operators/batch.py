@@ -143,8 +143,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
     and never drops an item). Each create is recorded as an intent before it is sent (a burst of
     creates at a time) and its task id as soon as it exists (see
     :mod:`~airflow_provider_qwen.batch_ledger`), so a retry pays once for each item, and a lost
-    worker leaves at most the create it was sending unaccounted. One trigger then waits for all of them, asking about each
-    about once, when its answer is due. The results are copied to ``output_path`` when given.
+    worker leaves at most the create it was sending unaccounted. One trigger then waits for all of
+    them, asking about each about once, when its answer is due. The results are copied to
+    ``output_path`` when given.
 
     A retry (or a clear) resumes an item's task from an earlier try only when the item's request is
     the same (model, input and ``callback_url``) and the task did not end ``failed``, ``timeout`` or
@@ -448,8 +449,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         Each burst costs one save of the ledger, before its first create: its intents, and the task
         ids of the burst before it, which were noted as they came (see :meth:`_submit_burst`); the
         last burst's task ids are saved once it ends (a lost worker leaves them noted, where a
-        retry's load finds them). With ``per_burst`` and a budget, each burst is
-        reserved first, and the submission stops at the first item that does not fit.
+        retry's load finds them). With ``per_burst`` and a budget, each burst is reserved first,
+        and the submission stops at the first item that does not fit.
 
         :return: the items left unsubmitted, and the budget's refusal that left them.
         """

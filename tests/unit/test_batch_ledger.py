@@ -18,6 +18,7 @@ from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_qwen.batch_ledger import (
     LEDGER_PAGE,
+    PARTIAL_FINGERPRINT,
     BatchLedger,
     LedgerEntry,
     PageLedger,
@@ -307,14 +308,19 @@ def test_a_created_slot_that_cannot_be_read_is_refused_naming_it_before_any_crea
 
 
 def as_retry_sees(entries: dict[int, LedgerEntry]) -> dict[int, tuple]:
-    """What a retry acts on: an intent's replaced task; a task's id, request, time (ms) and bad end."""
+    """
+    What a retry acts on: an intent's replaced task; a task's id, request, time (ms) and bad end.
+
+    A task found in a created slot (its fingerprint partial) has its intent's time, which is only
+    as exact as its key keeps it: no time is compared for it.
+    """
     return {
         index: ("intent", entry.replaced_apikley_task_id)
         if entry.apikley_task_id is None
         else (
             entry.apikley_task_id,
             entry.fingerprint,
-            round(entry.submitted_at * 1000),
+            None if entry.fingerprint.startswith(PARTIAL_FINGERPRINT) else round(entry.submitted_at * 1000),
             entry.replaced_apikley_task_id,
             entry.state if entry.state != "success" else None,
         )
@@ -421,7 +427,8 @@ def a_try(checks: CrashChecks, generation: int, burst: int, pending: list[int], 
                     entries.pop(left) if before[left] is None else entries.__setitem__(left, before[left])
                 checks.save(ledger, [*noted, *items], entries)
                 return False
-            entries[index] = replace(entries[index], apikley_task_id=f"{rng.getrandbits(128):032x}")
+            now += 0.037
+            entries[index] = replace(entries[index], apikley_task_id=f"{rng.getrandbits(128):032x}", submitted_at=now)
             ledger.note_created(created, index, entries[index])
         noted = items
     checks.save(ledger, noted, entries)
