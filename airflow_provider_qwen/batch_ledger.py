@@ -79,8 +79,8 @@ EMPTY_FIELD = "."
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 #: The same in base64url, unpadded, as a compact entry holds it.
 SHORT_ID = re.compile(r"[A-Za-z0-9_-]{21}[AQgw]")
-#: Characters of a request fingerprint (in base64url) a created slot keeps: 66 bits.
-SLOT_FINGERPRINT = 11
+#: Characters of a request fingerprint (in base64url) a created slot keeps: 48 bits.
+SLOT_FINGERPRINT = 8
 #: What a fingerprint read from a created slot starts with, the rest being the slot's characters.
 PARTIAL_FINGERPRINT = "~"
 #: Versions of a page key each try may write: a try's first is its generation times this, so that

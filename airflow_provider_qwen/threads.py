@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from asgiref.sync import sync_to_async
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -22,4 +20,6 @@ async def in_thread(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> 
     Airflow 3.1 and 3.2.1 read the answers in the order they arrive and their trigger runner dies on
     the first one out of order ("Response read out of order"), taking every trigger with it.
     """
+    from asgiref.sync import sync_to_async  # here: every DAG file that imports an operator would pay for it
+
     return await sync_to_async(func, thread_sensitive=False)(*args, **kwargs)

@@ -104,14 +104,18 @@ def fingerprints(operator: QwenImageToImageBatchOperator) -> list[str]:
     return [request_fingerprint(QWEN_IMAGE_TO_IMAGE, request, None) for request in operator.build_inputs()]
 
 
-def test_a_batch_of_1000_writes_at_most_200_bytes_per_item_to_the_task_state_store():
+def test_a_batch_of_1000_writes_at_most_200_bytes_per_item_and_a_page_for_each_page_with_an_item_that_failed():
     store = RecordingStore()
     operator = batch(1000)  # in bursts of 20, Apikley's default create rate
-
-    tasks = submit(operator, store)
+    ticks = itertools.count()
+    # its times as far apart as at that rate (20 creates and an intent every 10 s), which the ledger keeps
+    with mock.patch("airflow_provider_qwen.operators.batch.time.time", side_effect=lambda: 1.78e9 + next(ticks) / 2):
+        tasks = submit(operator, store)
+    submitted = store.bytes_written
     finish(operator, store, tasks, failed={7, 450, 999})
 
-    assert store.bytes_written <= 200 * 1000
+    assert submitted <= 200 * 1000
+    assert store.bytes_written - submitted <= 3 * LEDGER_PAGE * 60  # three pages rewritten, about 55 bytes an item
     assert {index for index, entry in BatchLedger(store).load(1000).items() if entry.state} == {7, 450, 999}
 
 
