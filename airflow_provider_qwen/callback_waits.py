@@ -194,7 +194,9 @@ class DeliveryWatch:
             headers=signed_headers(self._api_key, AWAIT_PATH, body),
             allow_redirects=False,
         ) as answer:
-            text = await answer.content.read(MAX_ANSWER_BYTES + 1)
+            text = bytearray()
+            while len(text) <= MAX_ANSWER_BYTES and (chunk := await answer.content.readany()):
+                text += chunk  # read() would give the first chunk only: hundreds of records come in several
             status = answer.status
         if status == 401:
             self._api_key = None  # read it again: the connection may have a new key

@@ -197,10 +197,25 @@ def serve_provider_app(spec: dict[str, Any]) -> None:
 
 
 def start_phase(name: str, spec: dict[str, Any], workdir: Path) -> subprocess.Popen[str]:
-    spec_file = workdir / f"{name}.json"
+    """
+    Start a phase in a process of its own, its output into ``<label>.out`` and ``<label>.log`` in ``workdir``.
+
+    Files, not pipes: a phase logs a line every 50 creates, which would fill a pipe nobody reads
+    until it ends, and stop it there.
+    """
+    label = spec.get("phase_name") or name
+    spec_file = workdir / f"{label}.json"
     spec_file.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "benchmarks.batch_scale", "--phase", name, str(spec_file)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with (workdir / f"{label}.out").open("w") as out, (workdir / f"{label}.log").open("w") as log:
+        return subprocess.Popen(command, stdout=out, stderr=log, text=True)
+
+
+def phase_output(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Return what the phase ``process`` printed and logged, once it ended."""
+    process.wait()
+    spec_file = Path(process.args[-1])
+    return spec_file.with_suffix(".out").read_text(), spec_file.with_suffix(".log").read_text()
 
 
 @contextmanager
@@ -233,16 +248,17 @@ def receiving_callbacks(workdir: Path, spec: dict[str, Any]) -> Iterator[str]:
                 break
             except requests.ConnectionError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the provider's app did not start: {server.communicate()[1][-3000:]}") from None
+                    server.kill()
+                    raise RuntimeError(f"the provider's app did not start: {phase_output(server)[1][-3000:]}") from None
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/apikley/callback"
     finally:
         server.terminate()
-        server.communicate()
+        server.wait()
 
 
 def finish_phase(process: subprocess.Popen[str]) -> dict[str, Any]:
-    out, err = process.communicate()
+    out, err = phase_output(process)
     if process.returncode != 0:
         raise RuntimeError(f"a phase failed: {err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
@@ -288,7 +304,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 raise RuntimeError("the first worker ended before it was to be killed")
             time.sleep(0.05)
         killed.send_signal(signal.SIGKILL)
-        killed.communicate()
+        killed.wait()
         killed_at = time.monotonic()
         at_kill = emulator.stats()["accepted_create_tasks"] - before["accepted_create_tasks"]
 

@@ -127,6 +127,20 @@ def test_a_batch_waits_for_its_items_callbacks(apikley, callbacks, source_image_
     assert status_queries(apikley) == len(task_ids)
 
 
+def test_a_batch_of_hundreds_reads_their_deliveries_from_an_answer_that_comes_in_many_chunks(apikley, callbacks):
+    task_ids = [f"{number:032x}" for number in range(400)]  # unknown to Apikley: a status query would fail
+    padded = {"resultUrls": [f"https://results.example.org/{'x' * 500}.png"]}  # about 700 bytes a record
+    for task_id in task_ids:
+        record = TaskRecord.model_validate({"taskId": task_id, "state": "success", "resultJson": padded})
+        keep_delivery("apikley_default", task_id, record.model_dump_json())
+
+    trigger = ApikleyBatchTrigger([[task_id, time.time()] for task_id in task_ids], awaits_callback=True)
+    (event,) = run_trigger(trigger)
+
+    assert [task["status"] for task in event.payload["tasks"]] == ["success"] * 400
+    assert status_queries(apikley) == 0
+
+
 def test_a_wait_polls_at_its_usual_cadence_when_the_api_server_cannot_be_asked(
     apikley, callbacks, source_image_url, monkeypatch
 ):
