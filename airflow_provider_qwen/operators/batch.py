@@ -502,7 +502,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """
         if not burst:
             return noted
-        limiter.wait(len(burst))
+        # each create waits for its own place in the window (_submit): waiting here for the whole
+        # burst to fit would add the burst's own duration to every window
         before = {index: entries.get(index) for index in burst}
         intended_at = round(time.time(), 3)  # the ledger keeps milliseconds
         for index in burst:
