@@ -18,7 +18,7 @@ one was lost.
 
 With ``--callbacks`` the items are created with the provider's callback URL: the provider's
 api-server app serves the receiver (and the deliveries the trigger awaits) from a process of its
-own on a SQLite metadata database, Apikley calls back as each edit ends, and the trigger queries
+own on a PostgreSQL metadata database, Apikley calls back as each edit ends, and the trigger queries
 Apikley only where a callback has not come by ``[apikley] callback_fallback_seconds``.
 """
 
@@ -219,21 +219,26 @@ def phase_output(process: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 @contextmanager
-def receiving_callbacks(workdir: Path, spec: dict[str, Any]) -> Iterator[str]:
+def receiving_callbacks(workdir: Path, spec: dict[str, Any], stack: ExitStack) -> Iterator[str]:
     """
     Set this process's (and so every phase's) Airflow up to take callbacks; serve the provider's app.
+
+    Its metadata database is PostgreSQL, as on a deployment (``stack`` stops it): on SQLite, every
+    delivery's writes wait for the one lock, and the receiver falls behind 100 callbacks a second.
 
     :return: the callback URL to create the items with.
     """
     import requests
 
     from tests.system.ports import free_port
+    from tests.system.postgres import PostgresCluster
 
     port = free_port()
+    database = stack.enter_context(PostgresCluster(workdir / "logs"))
     os.environ.update(
         AIRFLOW_HOME=str(workdir / "airflow"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{workdir / 'airflow.db'}",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database.sqlalchemy_url,
         AIRFLOW__DATABASE__EXTERNAL_DB_MANAGERS="airflow_provider_qwen.api_server.db_manager.ApikleyDBManager",
         AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
         AIRFLOW_CONN_APIKLEY_DEFAULT=spec["connection"],
@@ -293,7 +298,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             "state": str(workdir / "state"),
         }
         if args.callbacks:
-            spec["callback_url"] = stack.enter_context(receiving_callbacks(workdir, spec))
+            spec["callback_url"] = stack.enter_context(receiving_callbacks(workdir, spec, stack))
         before = emulator.stats()
         started = time.monotonic()
 
