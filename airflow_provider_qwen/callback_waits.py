@@ -204,7 +204,7 @@ class DeliveryWatch:
             raise DeliveriesUnavailableError(f"the api-server answered {status}")
         if len(text) > MAX_ANSWER_BYTES:
             raise DeliveriesUnavailableError(f"its answer is larger than {MAX_ANSWER_BYTES} bytes")
-        return records_from_answer(text, set(task_ids))
+        return records_from_answer(bytes(text), set(task_ids))
 
     def _failed(self, err: Exception) -> None:
         self.healthy = False
