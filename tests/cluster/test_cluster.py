@@ -98,10 +98,15 @@ def triggers_held(cluster: AirflowCluster) -> Counter[int]:
 
 
 def task_instances_held_by(cluster: AirflowCluster, run_id: str, job_id: int) -> set[tuple[str, int]]:
-    """The run's task instances (task id, map index) whose trigger the triggerer job holds."""
+    """
+    The run's task instances (task id, map index) still deferred on a trigger the triggerer job holds.
+
+    One whose trigger's event was already taken (the task instance scheduled again) is not waiting on
+    it, though the trigger's row may name the job until Airflow cleans it up.
+    """
     rows = cluster.sql(
         "SELECT ti.task_id, ti.map_index FROM task_instance ti JOIN trigger t ON t.id = ti.trigger_id "
-        "WHERE ti.dag_id = %s AND ti.run_id = %s AND t.triggerer_id = %s",
+        "WHERE ti.dag_id = %s AND ti.run_id = %s AND t.triggerer_id = %s AND ti.state = 'deferred'",
         (DAG_ID, run_id, job_id),
     )
     return set(rows)
