@@ -175,10 +175,10 @@ class DeliveryWatch:
 
         from airflow_provider_qwen.api_server.awaited import AWAIT_PATH
         from airflow_provider_qwen.api_server.signing import signed_headers
-        from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
+        from airflow_provider_qwen.app_requests import app_url
 
-        base = conf.get("api", "base_url", fallback="").rstrip("/")
-        if not base:
+        url = app_url(AWAIT_PATH)
+        if url is None:
             raise ApikleyConfigurationError("[api] base_url is not set, so the api-server cannot be asked")
         if self._api_key is None:
             from airflow_provider_qwen.hooks.apikley import ApikleyHook
@@ -189,7 +189,7 @@ class DeliveryWatch:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HOLD_SECONDS + 15))
         async with self._session.post(
-            base + API_SERVER_PREFIX + AWAIT_PATH,
+            url,
             data=body,
             headers=signed_headers(self._api_key, AWAIT_PATH, body),
             allow_redirects=False,

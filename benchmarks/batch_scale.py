@@ -186,14 +186,10 @@ def phase(name: str, spec_file: Path) -> None:
 def serve_provider_app(spec: dict[str, Any]) -> None:
     """Serve the provider's api-server app under ``/apikley`` on ``spec["app_port"]`` until killed."""
     import uvicorn
-    from fastapi import FastAPI
 
-    from airflow_provider_qwen.api_server.app import create_app
-    from airflow_provider_qwen.api_server.urls import API_SERVER_PREFIX
+    from tests.provider_app import mounted_provider_app
 
-    server_app = FastAPI()
-    server_app.mount(API_SERVER_PREFIX, create_app())
-    uvicorn.run(server_app, host="127.0.0.1", port=spec["app_port"], log_level="warning")
+    uvicorn.run(mounted_provider_app(), host="127.0.0.1", port=spec["app_port"], log_level="warning")
 
 
 def start_phase(name: str, spec: dict[str, Any], workdir: Path) -> subprocess.Popen[str]:

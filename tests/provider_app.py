@@ -7,15 +7,17 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 #: Seconds the server may take to start.
 START_TIMEOUT_SECONDS = 20.0
 
 
-@contextmanager
-def serving_provider_app() -> Iterator[str]:
-    """Serve the provider's app under ``/apikley`` from a background thread; yield the base URL (``[api] base_url``)."""
-    import uvicorn
+def mounted_provider_app() -> FastAPI:
+    """The provider's app mounted under ``/apikley``, as the api-server mounts it."""
     from fastapi import FastAPI
 
     from airflow_provider_qwen.api_server.app import create_app
@@ -23,6 +25,15 @@ def serving_provider_app() -> Iterator[str]:
 
     server_app = FastAPI()
     server_app.mount(API_SERVER_PREFIX, create_app())
+    return server_app
+
+
+@contextmanager
+def serving_provider_app() -> Iterator[str]:
+    """Serve the provider's app under ``/apikley`` from a background thread; yield the base URL (``[api] base_url``)."""
+    import uvicorn
+
+    server_app = mounted_provider_app()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
