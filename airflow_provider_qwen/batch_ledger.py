@@ -89,7 +89,7 @@ PARTIAL_FINGERPRINT = "~"
 TRY_VERSIONS = 1_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """
     One item as a try left it.

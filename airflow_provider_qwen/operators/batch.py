@@ -296,6 +296,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
     def execute(self, context: Context) -> None:
         """Validate every item, resume what earlier tries left running, submit the rest, then wait in one trigger."""
         requests = self.build_inputs()
+        count = len(requests)
         check_callback_url(self.callback_url)
         if self.result_name is not None:
             check_result_name(self.result_name)
@@ -304,13 +305,13 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 self._name(DistinctNames(), index, request, "0" * 32)
         policy = check_orphaned_intent_policy(self.on_orphaned_intent)
         deadline = try_deadline(context, self.timeout, self.execution_timeout)
-        folder = self._batch_folder(context) if len(requests) > INLINE_RESULTS_LIMIT else None
+        folder = self._batch_folder(context) if count > INLINE_RESULTS_LIMIT else None
         generation = _generation(context)
         store = context.get("task_state_store")
         ledger: Ledger = (
-            PageLedger(folder, generation, len(requests))
+            PageLedger(folder, generation, count)
             if folder and store is None
-            else BatchLedger(store, generation, len(requests))
+            else BatchLedger(store, generation, count)
         )
         fingerprints = [request_fingerprint(QWEN_IMAGE_TO_IMAGE, request, self.callback_url) for request in requests]
         plan = self._plan(context, ledger, folder, fingerprints, policy)
@@ -324,14 +325,16 @@ class QwenImageToImageBatchOperator(BaseOperator):
         if folder and plan.submit:
             self._reserve_whole(budget, len(plan.submit))
         entries = plan.entries
-        unsubmitted, over_budget = self._submit_all(plan, requests, fingerprints, entries, ledger, budget, not folder)
+        unsent = {index: requests[index] for index in plan.submit}
+        del requests  # each request is let go once its create is answered: 100,000 hold about 20 MB
+        unsubmitted, over_budget = self._submit_all(plan, unsent, fingerprints, entries, ledger, budget, not folder)
         left = set(unsubmitted)
-        waited = [index for index in range(len(requests)) if index in entries and index not in left]
+        waited = [index for index in range(count) if index in entries and index not in left]
         if unsubmitted and not waited:
             raise ApikleyBudgetExceededError(over_budget)
         if folder:  # every page again, with this try's generation: the trigger waits for these, and no earlier ones
-            write_submitted_pages(folder, generation, len(requests), entries)
-            tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": len(requests)}
+            write_submitted_pages(folder, generation, count, entries)
+            tasks: dict[str, Any] = {"tasks": [], "folder": folder.uri, "count": count}
         else:
             tasks = {"tasks": [_trigger_task(entries[index]) for index in waited]}
             if unsubmitted:
@@ -436,7 +439,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
     def _submit_all(
         self,
         plan: RetryPlan,
-        requests: list[dict[str, Any]],
+        unsent: dict[int, dict[str, Any]],
         fingerprints: list[str],
         entries: dict[int, LedgerEntry],
         ledger: Ledger,
@@ -444,7 +447,8 @@ class QwenImageToImageBatchOperator(BaseOperator):
         per_burst: bool,
     ) -> tuple[list[int], str]:
         """
-        Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
+        Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``, taking
+        each request out of ``unsent`` as it is sent.
 
         Each burst costs one save of the ledger, before its first create: its intents, and the task
         ids of the burst before it, which were noted as they came (see :meth:`_submit_burst`); the
@@ -467,12 +471,12 @@ class QwenImageToImageBatchOperator(BaseOperator):
                 if granted.limiting is not None:
                     left = pending[start + granted.count :]
                     noted = self._submit_burst(
-                        burst[: granted.count], noted, plan, requests, fingerprints, entries, ledger, limiter
+                        burst[: granted.count], noted, plan, unsent, fingerprints, entries, ledger, limiter
                     )
                     ledger.save(noted, entries)
                     submitted = f"{start + granted.count} of {len(pending)} items were submitted"
                     return sorted(left), str(granted.limiting.refusal(granted.expected, submitted))
-            noted = self._submit_burst(burst, noted, plan, requests, fingerprints, entries, ledger, limiter)
+            noted = self._submit_burst(burst, noted, plan, unsent, fingerprints, entries, ledger, limiter)
             done = start + len(burst)
             if done // 50 > start // 50 or done == len(pending):
                 self.log.info("Submitted %d of %d edits", done, len(pending))
@@ -484,7 +488,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         burst: list[int],
         noted: list[int],
         plan: RetryPlan,
-        requests: list[dict[str, Any]],
+        unsent: dict[int, dict[str, Any]],
         fingerprints: list[str],
         entries: dict[int, LedgerEntry],
         ledger: Ledger,
@@ -512,7 +516,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         created = 0
         try:
             for index in burst:
-                task_id = self._submit(requests[index], limiter)
+                task_id = self._submit(unsent.pop(index), limiter)
                 entries[index] = replace(entries[index], apikley_task_id=task_id, submitted_at=round(time.time(), 3))
                 ledger.note_created(created, index, entries[index])
                 created += 1
