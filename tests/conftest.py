@@ -60,6 +60,10 @@ BASE_URL = "http://apikley.test"
 
 
 SYSTEM_TESTS = Path(__file__).parent / "system"
+#: The system test modules that share a second deployment. Under pytest-xdist each group of system
+#: modules is one unit, with a deployment of its own, so two workers run them at once; the split
+#: balances their time (``--durations`` on three workers: about 350 s each, each deployment's start included).
+SECOND_DEPLOYMENT_MODULES = frozenset({"test_callback_waits.py", "test_paths.py", "test_review.py", "test_ui.py"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,8 +75,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """
     Under pytest-xdist (``make test``), hand out whole modules, whose module-scoped set-up then runs
-    once, and the system tests, which share one deployment, as one unit: one worker runs them while
-    the other takes everything else. ``--no-loadscope-reorder`` keeps the collection's order.
+    once, and the system tests as two units, each on a deployment of its own
+    (:data:`SECOND_DEPLOYMENT_MODULES`): two workers start on them while the others take everything
+    else, and take more once their unit is nearly done. ``--no-loadscope-reorder`` keeps the
+    collection's order.
     """
     from xdist.scheduler import LoadScopeScheduling
 
@@ -81,7 +87,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return system if module.startswith(system) else module
+            if not module.startswith(system):
+                return module
+            return system + ("second" if module.removeprefix(system) in SECOND_DEPLOYMENT_MODULES else "first")
 
     return ModuleScheduling(config, log)
 
