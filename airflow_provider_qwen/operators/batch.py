@@ -447,10 +447,9 @@ class QwenImageToImageBatchOperator(BaseOperator):
         per_burst: bool,
     ) -> tuple[list[int], str]:
         """
-        Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``, taking
-        each request out of ``unsent`` as it is sent.
+        Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
 
-        Each burst costs one save of the ledger, before its first create: its intents, and the task
+        Each request is taken out of ``unsent`` as it is sent. Each burst costs one save of the ledger, before its first create: its intents, and the task
         ids of the burst before it, which were noted as they came (see :meth:`_submit_burst`); the
         last burst's task ids are saved once it ends (a lost worker leaves them noted, where a
         retry's load finds them). With ``per_burst`` and a budget, each burst is reserved first,
