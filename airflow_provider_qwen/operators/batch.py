@@ -309,9 +309,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
         generation = _generation(context)
         store = context.get("task_state_store")
         ledger: Ledger = (
-            PageLedger(folder, generation, count)
-            if folder and store is None
-            else BatchLedger(store, generation, count)
+            PageLedger(folder, generation, count) if folder and store is None else BatchLedger(store, generation, count)
         )
         fingerprints = [request_fingerprint(QWEN_IMAGE_TO_IMAGE, request, self.callback_url) for request in requests]
         plan = self._plan(context, ledger, folder, fingerprints, policy)
@@ -449,11 +447,12 @@ class QwenImageToImageBatchOperator(BaseOperator):
         """
         Submit ``plan.submit`` in bursts the create rate allows at once, into ``entries``.
 
-        Each request is taken out of ``unsent`` as it is sent. Each burst costs one save of the ledger, before its first create: its intents, and the task
-        ids of the burst before it, which were noted as they came (see :meth:`_submit_burst`); the
-        last burst's task ids are saved once it ends (a lost worker leaves them noted, where a
-        retry's load finds them). With ``per_burst`` and a budget, each burst is reserved first,
-        and the submission stops at the first item that does not fit.
+        Each request is taken out of ``unsent`` as it is sent. Each burst costs one save of the
+        ledger, before its first create: its intents, and the task ids of the burst before it,
+        which were noted as they came (see :meth:`_submit_burst`); the last burst's task ids are
+        saved once it ends (a lost worker leaves them noted, where a retry's load finds them).
+        With ``per_burst`` and a budget, each burst is reserved first, and the submission stops at
+        the first item that does not fit.
 
         :return: the items left unsubmitted, and the budget's refusal that left them.
         """
