@@ -14,7 +14,7 @@ COMPAT_AIRFLOW_VERSIONS ?= 3.1 3.2
 # pytest_xdist_make_scheduler in tests/conftest.py): the system tests come first, as two units, so two
 # workers run them, each on a deployment of its own, while the third runs everything else a module at
 # a time, and the other two join it when their unit is nearly done. The tests mostly wait on the
-# deployments, so three workers keep two cores busier than two did (`make test`: 514 s against 606 s).
+# deployments, so three workers keep two cores busier than two did (`make test`: 518 s against 606 s).
 XDIST := -n 3 --no-loadscope-reorder
 
 # pytest exits 5 when it collected no tests: that is a failure, never a pass.

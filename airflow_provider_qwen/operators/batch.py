@@ -324,7 +324,7 @@ class QwenImageToImageBatchOperator(BaseOperator):
             self._reserve_whole(budget, len(plan.submit))
         entries = plan.entries
         unsent = {index: requests[index] for index in plan.submit}
-        del requests  # each request is let go once its create is answered: 100,000 hold about 20 MB
+        del requests  # each request is let go as it is sent (_submit_burst): 100,000 hold about 20 MB
         unsubmitted, over_budget = self._submit_all(plan, unsent, fingerprints, entries, ledger, budget, not folder)
         left = set(unsubmitted)
         waited = [index for index in range(count) if index in entries and index not in left]
